@@ -1,0 +1,29 @@
+"""Backends start the child runner somewhere — a fresh local process, or (planned) a container —
+and hand back what it left in the run directory. They share one interface:
+
+    backend.run(job: dict, run_dir: Path, tree: Path, env_spec, timeout: float, echo) -> ChildOutcome
+"""
+from __future__ import annotations
+
+from repro.backends.base import ChildOutcome
+from repro.errors import ReproError
+
+BACKENDS = ("local", "docker")
+
+
+def get_backend(name: str):
+    """The backend called `name`; ReproError for one this installation cannot provide."""
+    if name == "local":
+        from repro.backends.local import LocalBackend
+        return LocalBackend()
+    if name == "docker":
+        try:
+            from repro.backends.docker import DockerBackend  # noqa: F401
+        except ImportError:
+            raise ReproError("the docker backend is not part of this version of repro yet; "
+                             "run with --backend local") from None
+        return DockerBackend()
+    raise ReproError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["ChildOutcome", "get_backend", "BACKENDS"]

@@ -1,0 +1,73 @@
+"""The local backend: the runner in a fresh Python process of this interpreter.
+
+The child gets an explicitly built environment (nothing JAX/XLA-related leaks in from the
+caller), runs in its own process group so a timeout or Ctrl-C kills everything it started, and
+imports the harness through a shim directory that holds only `repro` — the code tree, put first
+on sys.path by the runner, can never shadow it, and the harness checkout's other folders
+(`zoo/`, `tests/`) are never importable by accident.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import repro
+from repro.backends.base import ChildOutcome, pump_output
+from repro.pins.env import child_environment
+
+
+def harness_shim(run_dir: Path) -> Path:
+    """A directory whose only entry is a link to the harness package."""
+    shim = run_dir / "_harness"
+    shim.mkdir(exist_ok=True)
+    link = shim / "repro"
+    if not link.exists():
+        link.symlink_to(Path(repro.__file__).resolve().parent, target_is_directory=True)
+    return shim
+
+
+class LocalBackend:
+    name = "local"
+
+    def run(self, job: dict, run_dir: Path, tree: Path, env_spec, timeout: float,
+            echo=False) -> ChildOutcome:
+        env, dropped = child_environment(env_spec, [str(harness_shim(run_dir))])
+        cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir)]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        pump, tail = pump_output(proc.stdout, run_dir / "output.log", echo)
+        outcome = ChildOutcome(returncode=None, dropped_env=dropped)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            outcome.timed_out = True
+            outcome.killed_reason = f"timed out after {timeout:g} s and was killed"
+        except BaseException:  # Ctrl-C: leave nothing running behind us
+            _kill_group(proc)
+            raise
+        finally:
+            pump.join(timeout=5)
+        outcome.returncode = proc.returncode
+        if proc.returncode is not None and proc.returncode < 0 and not outcome.timed_out:
+            sig = -proc.returncode
+            outcome.killed_reason = f"was killed by signal {signal.Signals(sig).name}"
+            if sig == signal.SIGKILL:
+                outcome.killed_reason += " (out of memory? `dmesg` may say)"
+        outcome.log_tail = list(tail)
+        outcome.wall_s = time.perf_counter() - start
+        return outcome
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()

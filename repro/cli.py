@@ -1,0 +1,174 @@
+"""The `repro` command line: a thin shell over repro.pipeline that prints verdicts.
+
+Exit codes: 0 pass (or done), 1 a mismatch, 2 an error (bad spec, broken pin, crash, bad usage).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from repro.errors import ReproError
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+def _spec_paths(args: list[str]) -> list[Path]:
+    """Expand directories to the spec files below them (YAML carrying `repro:`)."""
+    from repro.spec import is_spec_text
+
+    out = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()
+                           and is_spec_text(q.read_text(encoding="utf-8", errors="replace")))
+            if not found:
+                raise ReproError(f"no spec files (YAML with `repro:`) under {p}")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def _options(ns):
+    from repro.pipeline import Options
+
+    echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
+    return Options(backend=ns.backend, code=ns.code, platform=ns.platform,
+                   records_root=Path(ns.records) if ns.records else None,
+                   timeout=ns.timeout, echo=echo)
+
+
+def _run_each(ns, action) -> int:
+    from repro.report import render
+
+    code = EXIT_OK
+    options = _options(ns)
+    for path in _spec_paths(ns.specs):
+        verdict = action(path, options)
+        print(render(verdict, verbose=ns.verbose), flush=True)
+        code = max(code, verdict.exit_code)
+    return code
+
+
+def cmd_run(ns) -> int:
+    from repro import pipeline
+    return _run_each(ns, pipeline.run)
+
+
+def cmd_record(ns) -> int:
+    from repro import pipeline
+    return _run_each(ns, pipeline.record)
+
+
+def cmd_verify(ns) -> int:
+    from repro import pipeline
+    return _run_each(ns, pipeline.verify)
+
+
+def cmd_hash(ns) -> int:
+    from repro.pins.data import hash_paths
+
+    for path, digest in hash_paths(ns.paths):
+        print(f"{digest}  {path}")
+    return EXIT_OK
+
+
+def cmd_pin(ns) -> int:
+    from repro.pin import pin_spec
+
+    for path in _spec_paths(ns.specs):
+        changes, warnings = pin_spec(path, commit=ns.commit)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if not changes:
+            print(f"{path}: already pinned to the current commit and data")
+        for key, old, new in changes:
+            print(f"{path}: {key}: {old or '(unset)'} -> {new}")
+    return EXIT_OK
+
+
+def cmd_diff(ns) -> int:
+    from repro.pipeline import diff_records
+    from repro.report import render
+
+    verdict = diff_records(ns.record_a, ns.record_b, ns.spec)
+    print(render(verdict, verbose=ns.verbose))
+    return verdict.exit_code
+
+
+def cmd_schema(ns) -> int:
+    import json
+
+    from repro.spec import spec_json_schema
+    print(json.dumps(spec_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repro", description="Prove JAX training results "
+                                     "reproduce from their pinned code, data and environment.")
+    parser.add_argument("--version", action="version", version=f"repro {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def running(name, func, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("specs", nargs="+", metavar="SPEC", help="spec file(s) or directories")
+        p.add_argument("--backend", default="local", choices=("local", "docker"))
+        p.add_argument("--code", default="pinned", choices=("pinned", "worktree"),
+                       help="pinned: the tree at code.commit (default); worktree: this checkout")
+        p.add_argument("--platform", metavar="KEY", help="record platform key (default: the "
+                       "run's platform: cpu, gpu or tpu)")
+        p.add_argument("--records", metavar="DIR", help="records root (default "
+                       "<repo>/fixtures/records)")
+        p.add_argument("--timeout", type=float, metavar="S", help="kill the run after S seconds "
+                       "(default: the spec's timeout)")
+        p.add_argument("--stream", dest="stream", action="store_true", default=None,
+                       help="show the training output as it runs (default: on a terminal)")
+        p.add_argument("--no-stream", dest="stream", action="store_false")
+        p.add_argument("-v", "--verbose", action="store_true", help="show every quantity")
+        p.set_defaults(func=func)
+
+    running("run", cmd_run, "execute specs and print a summary; compare nothing")
+    running("record", cmd_record, "execute specs and write their recorded versions")
+    running("verify", cmd_verify, "execute specs and compare with their recorded versions "
+            "(exit 0 pass, 1 mismatch, 2 error)")
+    p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_hash)
+    p = sub.add_parser("pin", help="rewrite specs' code commit and data hashes to the current ones")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--commit", help="pin this full commit instead of HEAD")
+    p.set_defaults(func=cmd_pin)
+    p = sub.add_parser("diff", help="compare two recorded versions with a spec's tolerances")
+    p.add_argument("record_a", metavar="RECORD_A")
+    p.add_argument("record_b", metavar="RECORD_B")
+    p.add_argument("--spec", help="take tolerances from this spec (default: RECORD_B's)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_diff)
+    p = sub.add_parser("schema", help="print the spec's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def _version() -> str:
+    import repro
+    return repro.__version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except ReproError as exc:
+        print(f"repro: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("repro: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Compare a run with its record: pure functions from (record, run, tolerances) to rows.
+
+Every quantity — each metric trajectory, each kept-gradient leaf (over all kept steps), each
+final-weight leaf — becomes one `QuantityResult` holding the numbers that decide it: first
+diverging step, max absolute and relative error, the tolerance applied and how many elements
+were out. Closeness is elementwise `|run - record| <= atol + rtol * |record|`; bitwise means the
+same dtype, shape and bytes (NaN payloads included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from repro.pins.env import NUMERIC_FIELDS
+
+_FALLBACK = {"rtol": 1e-6, "atol": 1e-8}
+
+
+@dataclass
+class QuantityResult:
+    kind: str                     # "metric" | "grad" | "weight"
+    name: str                     # metric name or pytree leaf path
+    ok: bool
+    bitwise: bool                 # compared bitwise (True) or within rtol/atol (False)
+    first_step: int | None = None
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    rtol: float | None = None
+    atol: float | None = None
+    n_out: int = 0
+    n_total: int = 0
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return {"metric": "metric", "grad": "grad", "weight": "weights"}[self.kind] + f" {self.name}"
+
+    @property
+    def tolerance_text(self) -> str:
+        return "bitwise" if self.bitwise else f"rtol={self.rtol:g} atol={self.atol:g}"
+
+
+@dataclass
+class Comparison:
+    rows: list[QuantityResult] = field(default_factory=list)
+    bitwise: bool = False
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def failures(self) -> list[QuantityResult]:
+        return [r for r in self.rows if not r.ok]
+
+
+def resolve_tolerance(tol_spec: dict, kind: str, name: str | None, platform_key: str) -> dict:
+    """rtol/atol for one quantity. Later layers override earlier ones field by field:
+    built-in fallback < `default` < the quantity's block (`grads`, `weights`, `metrics.<name>`)
+    < `platforms.<key>` (its rtol/atol, then its default, then its quantity block)."""
+    out = dict(_FALLBACK)
+
+    def overlay(block):
+        if block:
+            out.update({k: v for k, v in block.items() if k in ("rtol", "atol") and v is not None})
+
+    def quantity_block(t):
+        if kind == "metric":
+            return (t.get("metrics") or {}).get(name)
+        return t.get({"grad": "grads", "weight": "weights"}[kind])
+
+    overlay(tol_spec.get("default"))
+    overlay(quantity_block(tol_spec))
+    plat = (tol_spec.get("platforms") or {}).get(platform_key)
+    if plat:
+        overlay(plat)
+        overlay(plat.get("default"))
+        overlay(quantity_block(plat))
+    return out
+
+
+def numeric_fingerprint_equal(a: dict, b: dict) -> tuple[bool, list[str]]:
+    """Do two fingerprints agree on every field that decides the arithmetic?"""
+    differ = [k for k in NUMERIC_FIELDS if a.get(k) != b.get(k)]
+    return not differ, differ
+
+
+def choose_bitwise(mode: str, recorded_fp: dict, run_fp: dict) -> tuple[bool, str]:
+    if mode == "exact":
+        return True, "tolerance.mode is exact"
+    if mode == "close":
+        return False, "tolerance.mode is close"
+    same, differ = numeric_fingerprint_equal(recorded_fp, run_fp)
+    if same:
+        return True, "the environment fingerprint equals the record's"
+    return False, "the environment differs from the record's (" + ", ".join(differ) + ")"
+
+
+def compare_arrays(kind: str, name: str, recorded: np.ndarray, current: np.ndarray, *,
+                   bitwise: bool, tol: dict, steps: list[int] | None = None) -> QuantityResult:
+    """One quantity. With `steps`, axis 0 indexes steps and first_step names the first bad one."""
+    row = QuantityResult(kind, name, ok=True, bitwise=bitwise, rtol=tol["rtol"], atol=tol["atol"],
+                         n_total=int(np.size(recorded)))
+    if recorded.shape != current.shape:
+        row.ok, row.note = False, f"shape {current.shape} != recorded {recorded.shape}"
+        return row
+    if bitwise and recorded.dtype != current.dtype:
+        row.ok, row.note = False, f"dtype {current.dtype} != recorded {recorded.dtype}"
+        return row
+    if recorded.dtype.kind not in "fciub" or current.dtype.kind not in "fciub":
+        row.ok, row.note = False, f"cannot compare dtype {current.dtype}"
+        return row
+    a = recorded.astype(np.float64) if recorded.dtype.kind != "c" else recorded.astype(np.complex128)
+    b = current.astype(a.dtype)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        diff = np.abs(b - a)
+        both_nan = np.isnan(a) & np.isnan(b)
+        same_inf = np.isinf(a) & (a == b)
+        diff = np.where(both_nan | same_inf, 0.0, diff)
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        rel = np.where(diff == 0, 0.0, diff / np.abs(a))
+    if bitwise:
+        bad = _bitwise_unequal(recorded, current)
+    else:
+        bad = diff > tol["atol"] + tol["rtol"] * np.abs(np.where(np.isfinite(a), a, 0))
+    row.n_out = int(np.count_nonzero(bad))
+    row.ok = row.n_out == 0
+    if diff.size:
+        row.max_abs = float(np.max(diff))
+        row.max_rel = float(np.max(rel))
+    if not row.ok and steps is not None:
+        per_step = bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim else np.array([bool(bad)])
+        row.first_step = int(steps[int(np.argmax(per_step))])
+    return row
+
+
+def _bitwise_unequal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.itemsize in (1, 2, 4, 8) and a.dtype == b.dtype:
+        view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+        return np.ascontiguousarray(a).view(view) != np.ascontiguousarray(b).view(view)
+    return np.asarray(a != b)
+
+
+def _metric_array(series: dict) -> np.ndarray:
+    values = [float(v) if not isinstance(v, str) else float(v) for v in series["values"]]
+    return np.asarray(values, dtype=series.get("dtype", "float64")
+                      if np.dtype(series.get("dtype", "float64")).kind == "f" else np.float64)
+
+
+def compare_run(record_meta: dict, record_arrays: dict, run_metrics: dict, run_arrays: dict, *,
+                tolerance: dict, platform_key: str, run_fingerprint: dict,
+                metric_names: list[str] | None) -> Comparison:
+    """Compare everything a spec records. `tolerance` is the spec's canonical tolerance block."""
+    bitwise, reason = choose_bitwise(tolerance.get("mode", "auto"),
+                                     record_meta.get("fingerprint", {}), run_fingerprint)
+    out = Comparison(bitwise=bitwise, reason=reason)
+    rec_metrics = record_meta.get("metrics", {})
+    names = metric_names if metric_names is not None else sorted(set(rec_metrics) | set(run_metrics))
+    for name in names:
+        tol = resolve_tolerance(tolerance, "metric", name, platform_key)
+        a, b = rec_metrics.get(name), run_metrics.get(name)
+        if a is None or b is None:
+            out.rows.append(QuantityResult("metric", name, ok=False, bitwise=bitwise, **tol,
+                            note="not in the record" if a is None else "not logged by the run"))
+            continue
+        if a["steps"] != b["steps"]:
+            first = next((x for x, y in zip(a["steps"], b["steps"]) if x != y),
+                         min(len(a["steps"]), len(b["steps"])))
+            out.rows.append(QuantityResult(
+                "metric", name, ok=False, bitwise=bitwise, **tol,
+                note=f"logged steps differ: record has {len(a['steps'])}, run has "
+                     f"{len(b['steps'])} (first difference at position {first})"))
+            continue
+        out.rows.append(compare_arrays("metric", name, _metric_array(a), _metric_array(b),
+                                       bitwise=bitwise, tol=tol, steps=a["steps"]))
+    out.rows += _compare_leaves("grad", record_arrays, run_arrays, tolerance, platform_key, bitwise)
+    out.rows += _compare_leaves("weight", record_arrays, run_arrays, tolerance, platform_key, bitwise)
+    return out
+
+
+def _compare_leaves(kind, rec, run, tolerance, platform_key, bitwise) -> list[QuantityResult]:
+    prefix = "grads/" if kind == "grad" else "weights"
+    tol = resolve_tolerance(tolerance, kind, None, platform_key)
+    rows = []
+    if kind == "weight":
+        keys = _ordered([k for k in rec if k.startswith(prefix)], [k for k in run if k.startswith(prefix)])
+        for key in keys:
+            leaf = key[len("weights/"):] if key != "weights" else "(root)"
+            if key not in rec or key not in run:
+                rows.append(QuantityResult(kind, leaf, ok=False, bitwise=bitwise, **tol,
+                            note="not in the record" if key not in rec else "not returned by the run"))
+            else:
+                rows.append(compare_arrays(kind, leaf, rec[key], run[key], bitwise=bitwise, tol=tol))
+        return rows
+    # gradients: group by leaf path across kept steps
+    def by_leaf(arrays):
+        out: dict[str, dict[int, np.ndarray]] = {}
+        for key, value in arrays.items():
+            if key.startswith(prefix):
+                _, step, *path = key.split("/", 2)
+                out.setdefault(path[0] if path else "(root)", {})[int(step)] = value
+        return out
+    a, b = by_leaf(rec), by_leaf(run)
+    for leaf in _ordered(list(a), list(b)):
+        if leaf not in a or leaf not in b:
+            rows.append(QuantityResult(kind, leaf, ok=False, bitwise=bitwise, **tol,
+                        note="not in the record" if leaf not in a else "not logged by the run"))
+            continue
+        if sorted(a[leaf]) != sorted(b[leaf]):
+            rows.append(QuantityResult(kind, leaf, ok=False, bitwise=bitwise, **tol,
+                        note=f"kept steps differ: record {sorted(a[leaf])[:6]}…, "
+                             f"run {sorted(b[leaf])[:6]}…"))
+            continue
+        steps = sorted(a[leaf])
+        try:
+            ra, rb = np.stack([a[leaf][s] for s in steps]), np.stack([b[leaf][s] for s in steps])
+        except ValueError:
+            rows.append(QuantityResult(kind, leaf, ok=False, bitwise=bitwise, **tol,
+                                       note="leaf shape changes between steps"))
+            continue
+        rows.append(compare_arrays(kind, leaf, ra, rb, bitwise=bitwise, tol=tol, steps=steps))
+    return rows
+
+
+def _ordered(first: list[str], second: list[str]) -> list[str]:
+    """Union keeping the record's (pytree) order, then the run's extra keys."""
+    seen = dict.fromkeys(first)
+    seen.update(dict.fromkeys(second))
+    return list(seen)

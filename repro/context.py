@@ -1,0 +1,96 @@
+"""`Context`: everything a training function sees of repro (interface §3).
+
+The runner builds one per run, inside the child process, after the determinism settings are in
+place. The training function reads its seeds, data paths and config from it and reports metrics
+and gradients through it; the runner then writes what was collected to the run directory.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from repro.treepath import flatten_with_paths
+
+
+class Context:
+    """What `train(ctx)` receives.
+
+    Attributes:
+      data: name -> absolute path of each pinned data entry, verified against its sha256 before
+        the call.
+      config: the spec's free-form `config` mapping.
+      seeds: the spec's named integer seeds.
+    """
+
+    def __init__(self, *, seeds: Mapping[str, int], data: Mapping[str, str],
+                 config: Mapping[str, Any], grad_steps: "GradSchedule"):
+        self.seeds = dict(seeds)
+        self.data = dict(data)
+        self.config = dict(config)
+        self._grad_steps = grad_steps
+        self.metrics: dict[str, dict[str, list]] = {}
+        self.grads: dict[int, dict[str, np.ndarray]] = {}
+        self.nonfinite: list[tuple[str, int, float]] = []
+
+    # -- randomness -----------------------------------------------------------------------------
+    def seed(self, name: str) -> int:
+        """The integer seed `seeds.<name>` (for numpy or Python generators)."""
+        try:
+            return int(self.seeds[name])
+        except KeyError:
+            raise KeyError(f"seed {name!r} is not in the spec's seeds "
+                           f"(it has: {', '.join(sorted(self.seeds)) or 'none'}); add "
+                           f"`seeds: {{{name}: 0}}` to the spec") from None
+
+    def key(self, name: str):
+        """A jax PRNG key (`jax.random.PRNGKey`, threefry2x32) made from `seeds.<name>`."""
+        import jax
+
+        return jax.random.PRNGKey(self.seed(name))
+
+    # -- reporting ------------------------------------------------------------------------------
+    def log(self, step: int, **scalars) -> None:
+        """Record scalar metrics at `step`. Values may be jax or numpy scalars or Python numbers.
+
+        Each name keeps its own trajectory; steps must increase per name.
+        """
+        step = int(step)
+        for name, value in scalars.items():
+            arr = np.asarray(value)
+            if arr.size != 1:
+                raise ValueError(f"ctx.log({name}=...) at step {step}: expected a scalar, got an "
+                                 f"array of shape {arr.shape}; log a reduction such as .mean()")
+            arr = arr.reshape(())
+            if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+                raise TypeError(f"ctx.log({name}=...) at step {step}: {arr.dtype} is not numeric")
+            series = self.metrics.setdefault(name, {"steps": [], "values": [],
+                                                    "dtype": str(arr.dtype)})
+            if series["steps"] and step <= series["steps"][-1]:
+                raise ValueError(f"ctx.log({name}=...): step {step} does not follow step "
+                                 f"{series['steps'][-1]}; steps must increase")
+            fvalue = float(arr)
+            if not math.isfinite(fvalue):
+                self.nonfinite.append((name, step, fvalue))
+            series["steps"].append(step)
+            series["values"].append(fvalue)
+
+    def log_grads(self, step: int, grads) -> None:
+        """Record a gradient pytree at `step`; kept only on the steps `record.grads` asks for."""
+        step = int(step)
+        if not self._grad_steps.keeps(step):
+            return
+        if step in self.grads:
+            raise ValueError(f"ctx.log_grads: gradients for step {step} were already logged")
+        self.grads[step] = {path: np.asarray(leaf) for path, leaf in flatten_with_paths(grads)}
+
+
+class GradSchedule:
+    """Which steps' gradients are kept: every N steps and/or an explicit list."""
+
+    def __init__(self, every: int | None = None, steps: list[int] | None = None):
+        self.every, self.steps = every, set(steps or ())
+
+    def keeps(self, step: int) -> bool:
+        return (self.every is not None and step % self.every == 0) or step in self.steps

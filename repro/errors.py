@@ -1,0 +1,53 @@
+"""Error types. Each carries a message written for the user: what was wrong, where, what to do.
+
+Everything repro raises on bad input derives from `ReproError`, so front ends can print the
+message and exit 2 instead of showing a traceback from deep inside.
+"""
+from __future__ import annotations
+
+
+class ReproError(Exception):
+    """Base of every error repro reports to a user (exit code 2 on the command line)."""
+
+
+class SpecError(ReproError):
+    """A spec file that cannot be loaded: malformed YAML, unknown keys, wrong types, bad pins.
+
+    Attributes name where: `file`, `key_path` (dotted, e.g. ``code.commit``) and `line` (1-based,
+    where YAML gives it).
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, key_path: str | None = None,
+                 line: int | None = None):
+        self.file, self.key_path, self.line, self.reason = file, key_path, line, message
+        where = file or "<spec>"
+        if line is not None:
+            where += f":{line}"
+        if key_path:
+            where += f": {key_path}"
+        super().__init__(f"{where}: {message}")
+
+
+class PinError(ReproError):
+    """A pin that does not hold: a missing commit, a changed data file, an absent image."""
+
+
+class CodePinError(PinError):
+    """The pinned code cannot be found or exported."""
+
+
+class DataPinError(PinError):
+    """A data file or directory is missing, leaves the repo, or does not match its sha256."""
+
+
+class RecordError(ReproError):
+    """A recorded version is missing, unreadable or corrupted."""
+
+
+class RunError(ReproError):
+    """The child run failed or did not produce a usable result. `detail` holds what explains
+    it: the user's traceback trimmed to their own frames, or the last lines of the output."""
+
+    def __init__(self, message: str, *, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail

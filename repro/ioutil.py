@@ -1,0 +1,81 @@
+"""Atomic, defensive file I/O for the files that matter (run results, records).
+
+A write goes to a temp file in the same directory, is fsynced, then renamed over the target:
+a reader sees the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
+    _atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Load every array of an .npz eagerly (allow_pickle=False); raise ValueError on damage."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace a text file atomically, keeping its permission bits."""
+    path = Path(path)
+    mode = os.stat(path).st_mode & 0o777 if path.exists() else 0o644
+
+    def write(f):
+        f.write(text.encode("utf-8"))
+        os.fchmod(f.fileno(), mode)
+    _atomic_write(path, write)

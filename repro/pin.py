@@ -1,0 +1,91 @@
+"""`repro pin SPEC`: rewrite a spec's code commit and data hashes to what they are now.
+
+The file is edited in place, value by value, so the user's comments, key order and quoting
+survive; missing keys are inserted beside their siblings. The result is re-validated before it
+is written (atomically).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from repro.errors import SpecError
+from repro.ioutil import atomic_write_text
+from repro.pins.code import code_repo, dirty_paths, head_commit, repo_root
+from repro.pins.data import hash_paths, resolve_data_path
+from repro.spec import load_spec
+from repro.yamlio import SpecLoader
+
+
+def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple[str, object, object]], list[str]]:
+    """Pin a spec to the current HEAD (or `commit`) and the current data hashes.
+
+    Returns ([(key, old, new)] for each value changed, warnings).
+    """
+    path = Path(path)
+    spec = load_spec(path, require_pins=False)
+    root = repo_root(path)
+    repo = code_repo(root, spec.code.repo)
+    warnings = []
+    new_commit = commit or head_commit(repo)
+    if commit is None and (repo / ".git").exists():
+        dirty = [p for p in dirty_paths(repo) if Path(repo, p).resolve() != path.resolve()]
+        if dirty:
+            warnings.append(f"{len(dirty)} uncommitted change(s) in {repo} are not part of commit "
+                            f"{new_commit[:12]} ({', '.join(dirty[:5])}); commit them and pin again "
+                            "if the training code depends on them")
+    wanted: dict[tuple, str] = {("code", "commit"): new_commit}
+    entries = {name: resolve_data_path(root, e.path) for name, e in spec.data.items()}
+    for (name, _), (_, digest) in zip(entries.items(), hash_paths(list(entries.values()), root=root)):
+        wanted[("data", name, "sha256")] = digest
+    text = path.read_text(encoding="utf-8")
+    current = {k: _get(spec.model_dump(), k) for k in wanted}
+    changes = [(".".join(k), current[k], v) for k, v in wanted.items() if current[k] != v]
+    for key, _, value in changes:
+        text = _set_value(text, tuple(key.split(".")), value, str(path))
+    if changes:
+        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+        if data is None:
+            raise SpecError("pinning produced an empty spec (a bug in repro)", file=str(path))
+        atomic_write_text(path, text)
+        load_spec(path)  # the pinned spec must now load with every pin in place
+    return changes, warnings
+
+
+def _get(tree, key):
+    for part in key:
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
+def _set_value(text: str, key: tuple, value: str, file: str) -> str:
+    root = yaml.compose(text, Loader=SpecLoader)
+    node, parent = root, None
+    for part in key:
+        if not isinstance(node, yaml.MappingNode):
+            raise SpecError("cannot pin: expected a mapping", file=file, key_path=".".join(key))
+        parent = node
+        node = next((v for k, v in node.value if k.value == part), None)
+        if node is None:
+            break
+    if node is not None:
+        start, end = node.start_mark.index, node.end_mark.index
+        return text[:start] + value + text[end:]
+    missing = key[-1]
+    if parent.flow_style:
+        close = parent.end_mark.index - 1
+        sep = ", " if parent.value else ""
+        return text[:close] + f"{sep}{missing}: {value}" + text[close:]
+    if not parent.value:
+        raise SpecError(f"cannot insert {missing!r} into an empty mapping; add it by hand",
+                        file=file, key_path=".".join(key))
+    indent = " " * parent.value[0][0].start_mark.column
+    pos = parent.value[-1][1].end_mark.index
+    if pos > 0 and text[pos - 1] == "\n":
+        return text[:pos] + f"{indent}{missing}: {value}\n" + text[pos:]
+    eol = text.find("\n", pos)
+    eol = len(text) if eol < 0 else eol
+    return text[:eol] + f"\n{indent}{missing}: {value}" + text[eol:]

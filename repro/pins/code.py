@@ -1,0 +1,192 @@
+"""The code pin: find the spec's git repository, check the pinned commit exists, and export the
+tree at that commit once into a read-only cache (or use the working tree, and say if it is dirty).
+
+Exports are keyed by commit id alone: a commit names its tree's content, whichever clone it
+came from. Writers race safely (export to a temp dir, then rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repro.errors import CodePinError
+from repro.paths import cache_dir
+
+_COMPLETE = ".repro-export"
+
+
+@dataclass(frozen=True)
+class CodePin:
+    """Where the child will import the training code from, and what that tree is."""
+
+    mode: str                    # "pinned" | "worktree"
+    commit: str                  # the pinned commit, or HEAD for a worktree run
+    tree: Path                   # directory the child puts first on sys.path
+    repo: str                    # the repository the commit was found in
+    dirty: list[str] = field(default_factory=list)  # worktree only: changed/untracked paths
+
+    def describe(self) -> str:
+        if self.mode == "pinned":
+            return f"code at pinned commit {self.commit[:12]}"
+        state = f"dirty: {len(self.dirty)} changed file(s)" if self.dirty else "clean"
+        return f"code from the working tree (HEAD {self.commit[:12]}, {state})"
+
+
+def git(args: list[str], cwd: Path | str, *, check: bool = True, text: bool = True,
+        stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """Run git with a clean, predictable environment (no pager, no prompts, C locale)."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_PAGER": "cat"}
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        env.pop(var, None)
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=stdout,
+                              stderr=subprocess.PIPE, text=text)
+    except FileNotFoundError:
+        raise CodePinError("git is not installed; repro needs git to read code pins") from None
+    if check and proc.returncode != 0:
+        err = proc.stderr if text else proc.stderr.decode(errors="replace")
+        raise CodePinError(f"`git {' '.join(args)}` failed in {cwd}: {err.strip()}")
+    return proc
+
+
+def repo_root(start: Path) -> Path:
+    """The root of the git working tree holding `start` (a file or directory)."""
+    start = Path(start).resolve()
+    directory = start if start.is_dir() else start.parent
+    proc = git(["rev-parse", "--show-toplevel"], directory, check=False)
+    if proc.returncode != 0:
+        raise CodePinError(f"{start} is not inside a git repository; a spec lives in the git "
+                           "repository whose commits it pins (run `git init` and commit first)")
+    return Path(proc.stdout.strip()).resolve()
+
+
+def _is_url(repo: str) -> bool:
+    return "://" in repo or (":" in repo.split("/")[0] and "@" in repo.split(":")[0])
+
+
+def code_repo(spec_repo_root: Path, repo: str) -> Path:
+    """The local git repository named by `code.repo`: a path relative to the spec's repository,
+    or a URL mirrored once into the cache."""
+    if not _is_url(repo):
+        path = (spec_repo_root / repo).resolve()
+        if not path.exists():
+            raise CodePinError(f"code.repo {repo!r} does not exist (resolved to {path})")
+        return repo_root(path)
+    mirror = cache_dir() / "repos" / (hashlib.sha256(repo.encode()).hexdigest()[:24] + ".git")
+    if not mirror.exists():
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=mirror.parent, prefix=".clone-"))
+        proc = git(["clone", "--mirror", "--quiet", repo, str(tmp)], mirror.parent, check=False)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CodePinError(f"cannot clone code.repo {repo}: {proc.stderr.strip()}")
+        try:
+            os.rename(tmp, mirror)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return mirror
+
+
+def head_commit(repo: Path) -> str:
+    proc = git(["rev-parse", "--verify", "HEAD^{commit}"], repo, check=False)
+    if proc.returncode != 0:
+        raise CodePinError(f"the repository {repo} has no commits yet; commit the training code "
+                           "first, then run `repro pin`")
+    return proc.stdout.strip()
+
+
+def dirty_paths(repo: Path) -> list[str]:
+    """Tracked files changed and untracked files not ignored, as `git status` names them."""
+    out = git(["status", "--porcelain", "--untracked-files=all"], repo).stdout
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def check_commit(repo: Path, commit: str) -> None:
+    """Raise CodePinError naming the commit if the repository does not have it."""
+    if git(["cat-file", "-e", f"{commit}^{{commit}}"], repo, check=False).returncode == 0:
+        return
+    if _is_url(str(repo)) or repo.suffix == ".git":
+        git(["fetch", "--quiet", "origin", "+refs/*:refs/*"], repo, check=False)
+        if git(["cat-file", "-e", f"{commit}^{{commit}}"], repo, check=False).returncode == 0:
+            return
+    shallow = git(["rev-parse", "--is-shallow-repository"], repo, check=False).stdout.strip()
+    hint = (" This clone is shallow: fetch the full history (`git fetch --unshallow`)."
+            if shallow == "true" else
+            " Was it never pushed, or rewritten? `git log --all --oneline` lists what exists;"
+            " `repro pin SPEC` pins the current HEAD.")
+    raise CodePinError(f"pinned commit {commit} does not exist in {repo}.{hint}")
+
+
+def export_commit(repo: Path, commit: str) -> Path:
+    """The tree at `commit`, exported once into `<cache>/trees/<commit>` and made read-only."""
+    check_commit(repo, commit)
+    target = cache_dir() / "trees" / commit
+    if (target / _COMPLETE).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{commit[:12]}-"))
+    try:
+        archive = git(["archive", "--format=tar", commit], repo, text=False)
+        with tempfile.TemporaryFile() as buf:
+            buf.write(archive.stdout)
+            buf.seek(0)
+            with tarfile.open(fileobj=buf) as tar:
+                tar.extractall(tmp, filter="tar")
+        (tmp / _COMPLETE).write_text(f"{commit}\n")
+        _make_read_only(tmp)
+        if target.exists():  # an incomplete export left by a killed process
+            _make_writable(target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _COMPLETE).exists():
+                raise
+    finally:
+        if tmp.exists():
+            _make_writable(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _make_read_only(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)
+    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+        os.chmod(dirpath, 0o555)
+
+
+def _make_writable(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+
+
+def resolve_code(spec, spec_repo_root: Path, mode: str = "pinned") -> CodePin:
+    """Resolve a spec's code pin to a tree the child can import from.
+
+    Args:
+      spec: the loaded Spec.
+      spec_repo_root: root of the git repository holding the spec file.
+      mode: "pinned" (the tree at code.commit) or "worktree" (the current checkout, as is).
+    """
+    repo = code_repo(spec_repo_root, spec.code.repo)
+    if mode == "pinned":
+        return CodePin("pinned", spec.code.commit, export_commit(repo, spec.code.commit), str(repo))
+    if mode == "worktree":
+        if repo.suffix == ".git" and not (repo / ".git").exists():
+            raise CodePinError(f"--code worktree needs a checkout, but code.repo {spec.code.repo} "
+                               "is a remote; run from a clone of it")
+        return CodePin("worktree", head_commit(repo), repo, str(repo), dirty_paths(repo))
+    raise ValueError(f"code mode must be 'pinned' or 'worktree', not {mode!r}")

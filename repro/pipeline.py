@@ -1,0 +1,327 @@
+"""The one pipeline behind every front end: load → pin → run → (record | compare) → Verdict.
+
+`run`, `record` and `verify` return a `Verdict` for every outcome a user can cause (bad spec,
+broken pin, crash in their code, mismatch); only bugs in repro itself raise. The pytest plugin,
+the CLI and the audit call these functions and render what they return.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import repro
+from repro.backends import ChildOutcome, get_backend
+from repro.compare import compare_run
+from repro.errors import RecordError, ReproError, RunError
+from repro.ioutil import read_npz
+from repro.pins.code import CodePin, repo_root, resolve_code
+from repro.pins.data import verify_data
+from repro.pins.env import fingerprint_changes
+from repro.record import Record, read_record, record_dir, write_record
+from repro.spec import Spec, load_spec, spec_changes
+from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, Change, Verdict
+
+PLATFORM_KEYS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+
+
+@dataclass
+class Options:
+    """How to run a spec; every front end maps its flags onto this."""
+
+    backend: str = "local"
+    code: str = "pinned"                 # pinned | worktree
+    platform: str | None = None          # record platform key; default: the run's platform
+    records_root: Path | None = None     # default: <repo root>/fixtures/records
+    timeout: float | None = None         # default: the spec's timeout
+    echo: object = False                 # stream the child's output (True, or a callable per line)
+    keep_run_dir: bool = False
+
+
+@dataclass
+class Prepared:
+    spec: Spec
+    repo_root: Path
+    code: CodePin
+    data: dict[str, Path]
+
+
+@dataclass
+class RunResult:
+    platform_key: str
+    fingerprint: dict
+    metrics: dict
+    arrays: dict
+    timings: dict
+    grad_steps: list[int]
+    outcome: ChildOutcome
+    notes: list[str] = field(default_factory=list)
+
+
+def as_spec(spec: Spec | str | Path) -> Spec:
+    return spec if isinstance(spec, Spec) else load_spec(spec)
+
+
+def prepare(spec: Spec | str | Path, options: Options) -> Prepared:
+    """Check every pin before anything runs: spec, code commit, data hashes."""
+    spec = as_spec(spec)
+    root = repo_root(spec.path)
+    code = resolve_code(spec, root, options.code)
+    data = verify_data({n: (e.path, e.sha256) for n, e in spec.data.items()}, root)
+    return Prepared(spec, root, code, data)
+
+
+def execute(prep: Prepared, options: Options) -> RunResult:
+    """Run the training function in a fresh child and collect what it wrote."""
+    spec = prep.spec
+    backend = get_backend(options.backend)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"repro-{spec.name}-"))
+    try:
+        from repro.pins.env import determinism_settings
+        settings = determinism_settings(spec.environment)
+        job = {"entrypoint": spec.code.entrypoint, "tree": str(prep.code.tree),
+               "seeds": spec.seeds, "data": {k: str(v) for k, v in prep.data.items()},
+               "config": spec.config, "cpus": spec.environment.cpus,
+               "grads": spec.record.grads.model_dump() if spec.record.grads else None,
+               "weights": spec.record.weights, "packages": spec.environment.packages,
+               "settings": settings}
+        (run_dir / "job.json").write_text(json.dumps(job, indent=1))
+        timeout = options.timeout or spec.timeout
+        outcome = backend.run(job, run_dir, prep.code.tree, spec.environment, timeout, options.echo)
+        return _collect(run_dir, outcome, spec, options)
+    finally:
+        if not options.keep_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _collect(run_dir: Path, outcome: ChildOutcome, spec: Spec, options: Options) -> RunResult:
+    tail = "\n".join(outcome.log_tail[-20:])
+    if outcome.timed_out:
+        raise RunError(f"the run {outcome.killed_reason} (spec timeout: {spec.timeout:g} s; raise "
+                       "`timeout:` in the spec or pass --timeout)", detail=tail)
+    try:
+        result = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        how = outcome.killed_reason or f"exited with code {outcome.returncode}"
+        raise RunError(f"the run {how} before writing its result; the last lines of its output "
+                       "are below", detail=tail) from None
+    if result.get("status") != "ok":
+        err = result.get("error") or {}
+        kind = err.get("kind")
+        prefix = {"user": "the training function raised",
+                  "entrypoint": "the entrypoint could not be loaded",
+                  "packages": "the environment does not match the spec",
+                  "environment": "the environment cannot honour the spec",
+                  "harness": "repro's runner failed (a bug in repro: please report it)"}.get(kind, "the run failed")
+        detail = err.get("traceback") or tail
+        raise RunError(f"{prefix}: {err.get('message', '')}", detail=detail)
+    if result.get("nonfinite"):
+        first = result["nonfinite"][0]
+        raise RunError(f"metric {first['metric']!r} is not finite at step {first['step']} "
+                       f"({first['value']}); {len(result['nonfinite'])} non-finite value(s) "
+                       "logged in all. A diverged run is not a result to reproduce: fix the "
+                       "training (learning rate, initialisation) before recording")
+    try:
+        arrays = read_npz(run_dir / "arrays.npz")
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunError(f"the run's arrays.npz cannot be read: {exc}") from None
+    fp = result.get("fingerprint", {})
+    key = options.platform or PLATFORM_KEYS.get(fp.get("backend", ""), fp.get("backend", "cpu"))
+    notes = []
+    if outcome.dropped_env:
+        notes.append("dropped from the run's environment (set by the caller): "
+                     + ", ".join(outcome.dropped_env))
+    notes += outcome.notes
+    return RunResult(key, fp, result.get("metrics", {}), arrays, result.get("timings", {}),
+                     result.get("grad_steps", []), outcome, notes)
+
+
+def _backend_notes(spec: Spec, options: Options) -> list[str]:
+    notes = []
+    if options.backend == "local" and spec.environment.image:
+        pinned = ("its packages were checked against this interpreter"
+                  if spec.environment.packages else "nothing but the fingerprint pins the environment")
+        notes.append(f"the local backend does not use environment.image "
+                     f"({spec.environment.image[:40]}…): the image was not pinned; {pinned}")
+    return notes
+
+
+def _base_verdict(spec: Spec | None, status: str, options: Options) -> Verdict:
+    return Verdict(name=spec.name if spec else "?", status=status,
+                   spec_path=str(spec.path) if spec else "", backend=options.backend,
+                   spec_hash=spec.hash if spec else "", commit=spec.code.commit or "" if spec else "")
+
+
+def _error_verdict(spec_ref, exc: ReproError, options: Options, spec: Spec | None) -> Verdict:
+    v = _base_verdict(spec, ERROR, options)
+    if spec is None:
+        v.name = Path(str(spec_ref)).stem if not isinstance(spec_ref, Spec) else "?"
+        v.spec_path = str(spec_ref)
+    v.error = str(exc)
+    v.error_detail = getattr(exc, "detail", "") or ""
+    return v
+
+
+def run(spec_ref, options: Options | None = None) -> Verdict:
+    """Execute a spec and summarise the run; compare nothing (`repro run`)."""
+    options = options or Options()
+    spec = None
+    try:
+        spec = as_spec(spec_ref)
+        prep = prepare(spec, options)
+        result = execute(prep, options)
+    except ReproError as exc:
+        return _error_verdict(spec_ref, exc, options, spec)
+    v = _verdict_for_run(spec, prep, result, RAN, options)
+    return v
+
+
+def _verdict_for_run(spec, prep, result: RunResult, status, options) -> Verdict:
+    v = _base_verdict(spec, status, options)
+    v.platform, v.code, v.fingerprint = result.platform_key, prep.code.describe(), result.fingerprint
+    v.timings = result.timings
+    v.commit = prep.code.commit
+    v.metrics_final = {k: s["values"][-1] for k, s in result.metrics.items() if s["values"]}
+    v.notes = _backend_notes(spec, options) + result.notes
+    if prep.code.dirty:
+        v.notes.append("the working tree has uncommitted changes: " + ", ".join(prep.code.dirty[:8]))
+    return v
+
+
+def record(spec_ref, options: Options | None = None) -> Verdict:
+    """Execute a spec and write its recorded version (atomically)."""
+    options = options or Options()
+    spec = None
+    try:
+        spec = as_spec(spec_ref)
+        prep = prepare(spec, options)
+        result = execute(prep, options)
+        missing = [m for m in (spec.record.metrics or []) if m not in result.metrics]
+        if missing:
+            raise RunError(f"record.metrics lists {missing}, which the training function never "
+                           f"logged (it logged: {sorted(result.metrics) or 'nothing'}); "
+                           "call ctx.log(step, name=value) or fix the list")
+        directory = record_dir(prep.repo_root, spec.name, result.platform_key, options.records_root)
+        meta = _record_meta(prep, result, options)
+        write_record(directory, meta, result.arrays)
+    except ReproError as exc:
+        return _error_verdict(spec_ref, exc, options, spec)
+    v = _verdict_for_run(spec, prep, result, RECORDED, options)
+    v.record_path = str(directory)
+    return v
+
+
+def _record_meta(prep: Prepared, result: RunResult, options: Options) -> dict:
+    spec = prep.spec
+    return {
+        "repro_version": repro.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "spec": {"name": spec.name, "hash": spec.hash, "canonical": spec.canonical,
+                 "file": _relative(spec.path, prep.repo_root)},
+        "code": {"mode": prep.code.mode, "commit": prep.code.commit, "dirty": prep.code.dirty},
+        "data": {n: {"path": e.path, "sha256": e.sha256} for n, e in spec.data.items()},
+        "image": spec.environment.image if options.backend != "local" else None,
+        "backend": options.backend,
+        "platform": result.platform_key,
+        "fingerprint": result.fingerprint,
+        "metrics": result.metrics,
+        "grad_steps": result.grad_steps,
+        "timings": result.timings,
+    }
+
+
+def _relative(path: Path | None, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except (ValueError, TypeError):
+        return str(path)
+
+
+def verify(spec_ref, options: Options | None = None) -> Verdict:
+    """Retrain from the pins and compare with the recorded version."""
+    options = options or Options()
+    spec = None
+    try:
+        spec = as_spec(spec_ref)
+        prep = prepare(spec, options)
+        rec = None
+        early_key = options.platform or (spec.environment.platform
+                                         if spec.environment.platform != "any" else None)
+        if early_key:  # a broken record is reported before any training time is spent
+            rec = read_record(record_dir(prep.repo_root, spec.name, early_key, options.records_root))
+        result = execute(prep, options)
+        if rec is None:
+            rec = read_record(record_dir(prep.repo_root, spec.name, result.platform_key,
+                                         options.records_root))
+    except ReproError as exc:
+        return _error_verdict(spec_ref, exc, options, spec)
+    return judge(prep, rec, result, options)
+
+
+def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:
+    """Compare a finished run with its record and say what changed since recording."""
+    spec = prep.spec
+    cmp = compare_run(rec.meta, rec.arrays, result.metrics, result.arrays,
+                      tolerance=spec.canonical["tolerance"], platform_key=result.platform_key,
+                      run_fingerprint=result.fingerprint, metric_names=spec.record.metrics)
+    v = _verdict_for_run(spec, prep, result, PASS if cmp.ok else FAIL, options)
+    v.rows, v.bitwise, v.mode_reason = cmp.rows, cmp.bitwise, cmp.reason
+    v.record_path = str(rec.path)
+    v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend)
+    return v
+
+
+def changes_since_record(meta: dict, spec: Spec, code: CodePin, fingerprint: dict,
+                         backend: str) -> list[Change]:
+    """What differs between the record's pins, spec and environment and the current ones,
+    most likely causes first (code, data, spec keys, then environment)."""
+    out: list[Change] = []
+    rec_code = meta.get("code", {})
+    if rec_code.get("mode") != code.mode:
+        out.append(Change("code", "code mode", rec_code.get("mode"), code.mode))
+    if rec_code.get("commit") != code.commit and code.mode == "worktree":
+        out.append(Change("code", "code commit (worktree HEAD)", rec_code.get("commit"), code.commit))
+    if code.dirty:
+        out.append(Change("code", "uncommitted changes", None, f"{len(code.dirty)} file(s)"))
+    for key, a, b in spec_changes(meta.get("spec", {}).get("canonical", {}), spec.canonical):
+        what = "code" if key.startswith("code.") else "data" if key.startswith("data.") else "spec"
+        informational = key.startswith(("tolerance.", "description", "timeout", "record.metrics"))
+        out.append(Change(what, key, a, b, numeric=not informational))
+    if meta.get("backend") and meta.get("backend") != backend:
+        out.append(Change("backend", "backend", meta.get("backend"), backend, numeric=False))
+    for key, a, b, numeric in fingerprint_changes(meta.get("fingerprint", {}), fingerprint):
+        out.append(Change("environment", f"environment.{key}", a, b, numeric))
+    order = {"code": 0, "data": 1, "spec": 2, "backend": 3, "environment": 4}
+    out.sort(key=lambda c: (not c.numeric, order[c.what]))
+    return out
+
+
+def diff_records(path_a, path_b, spec_ref=None) -> Verdict:
+    """Compare two recorded versions with a spec's tolerances (default: record B's spec)."""
+    try:
+        a, b = read_record(Path(path_a)), read_record(Path(path_b))
+        if spec_ref is not None:
+            tolerance, metrics = as_spec(spec_ref).canonical["tolerance"], None
+        else:
+            canonical = b.meta.get("spec", {}).get("canonical", {})
+            tolerance = canonical.get("tolerance", {})
+            metrics = (canonical.get("record") or {}).get("metrics")
+    except ReproError as exc:
+        v = Verdict(name=Path(str(path_b)).parent.name, status=ERROR, error=str(exc))
+        return v
+    cmp = compare_run(a.meta, a.arrays, b.metrics, b.arrays, tolerance=tolerance,
+                      platform_key=b.meta.get("platform", ""), run_fingerprint=b.fingerprint,
+                      metric_names=metrics)
+    v = Verdict(name=b.meta.get("spec", {}).get("name", "?"), status=PASS if cmp.ok else FAIL,
+                platform=b.meta.get("platform", ""), rows=cmp.rows, bitwise=cmp.bitwise,
+                mode_reason=cmp.reason, record_path=f"{a.path} vs {b.path}")
+    for key, x, y in spec_changes(a.meta.get("spec", {}).get("canonical", {}),
+                                  b.meta.get("spec", {}).get("canonical", {})):
+        v.changes.append(Change("spec", key, x, y))
+    for key, x, y, numeric in fingerprint_changes(a.fingerprint, b.fingerprint):
+        v.changes.append(Change("environment", f"environment.{key}", x, y, numeric))
+    return v

@@ -1,0 +1,104 @@
+"""Rendering verdicts for people: the terminal table a failure shows, and one-line summaries.
+
+Rendering only; the numbers come from the Verdict. Kept free of pytest and argparse so that the
+plugin, the CLI and the audit print the same text.
+"""
+from __future__ import annotations
+
+from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, Verdict
+
+MAX_ROWS = 15
+
+
+def _num(x: float) -> str:
+    if x == 0:
+        return "0"
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    return f"{x:.3g}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def summary_line(v: Verdict) -> str:
+    word = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", RECORDED: "RECORDED", RAN: "RAN"}[v.status]
+    parts = [f"{word} {v.name}"]
+    if v.platform:
+        parts.append(f"[{v.platform}]")
+    if v.status == PASS:
+        parts.append("bitwise identical" if v.bitwise else "within tolerance")
+        parts.append(f"({len(v.rows)} quantities)")
+    elif v.status == FAIL:
+        first = v.first_divergence
+        parts.append(f"{len(v.failures)} of {len(v.rows)} quantities out of tolerance")
+        if first is not None:
+            where = f" at step {first.first_step}" if first.first_step is not None else ""
+            parts.append(f"— first: {first.label}{where}")
+    elif v.status == RECORDED:
+        parts.append(f"-> {v.record_path}")
+    elif v.status == ERROR:
+        parts.append("— " + v.error.splitlines()[0] if v.error else "")
+    return " ".join(p for p in parts if p)
+
+
+def render(v: Verdict, *, verbose: bool = False) -> str:
+    """The full text for one verdict: what was compared, the table, what changed, notes."""
+    out = [summary_line(v)]
+    if v.spec_path:
+        out.append(f"  spec:   {v.spec_path}")
+    if v.code:
+        out.append(f"  code:   {v.code}")
+    if v.record_path and v.status != RECORDED:
+        out.append(f"  record: {v.record_path}")
+    if v.status == ERROR:
+        out.append("")
+        out.append(v.error)
+        if v.error_detail:
+            out.append("")
+            out.append(v.error_detail.rstrip())
+    if v.rows and (v.status != PASS or verbose):
+        out.append(f"  compared {'bitwise' if v.bitwise else 'within tolerance'}: {v.mode_reason}")
+        rows = v.failures if (v.status == FAIL and not verbose) else v.rows
+        body = [[r.label, "-" if r.first_step is None else str(r.first_step), _num(r.max_abs),
+                 _num(r.max_rel), r.tolerance_text, f"{r.n_out}/{r.n_total}" + (f"  {r.note}" if r.note else "")]
+                for r in rows[:MAX_ROWS]]
+        out.append("")
+        out.append(table(body, ["quantity", "first step", "max abs err", "max rel err",
+                                "tolerance", "out"]))
+        if len(rows) > MAX_ROWS:
+            out.append(f"… and {len(rows) - MAX_ROWS} more")
+        if v.status == FAIL and not verbose and len(v.rows) > len(rows):
+            out.append(f"({len(v.rows) - len(rows)} other quantities within tolerance)")
+    if v.metrics_final and v.status in (RAN, RECORDED):
+        out.append("  final metrics: " + ", ".join(f"{k}={_fmt_metric(x)}"
+                                                   for k, x in sorted(v.metrics_final.items())))
+    if v.timings.get("train_s") is not None and v.status in (RAN, RECORDED):
+        out.append(f"  training took {v.timings['train_s']:.2f} s "
+                   f"(process {v.timings.get('total_s', 0):.2f} s)")
+    numeric = [c for c in v.changes if c.numeric]
+    info = [c for c in v.changes if not c.numeric]
+    if v.status == FAIL or (v.changes and verbose):
+        out.append("")
+        if numeric:
+            out.append("What changed since the record (likely causes first):")
+            out += [f"  {c.what:<12} {c.text()}" for c in numeric]
+        elif v.status == FAIL:
+            out.append("No pin, spec key or environment fact that decides the numbers changed "
+                       "since the record: the training itself is not deterministic "
+                       "(host callbacks, unseeded randomness, threads?).")
+        if info:
+            out.append("Also different (does not change the numbers):")
+            out += [f"  {c.what:<12} {c.text()}" for c in info]
+    elif v.status == PASS and numeric:
+        out.append("  changed since the record: " + "; ".join(c.text() for c in numeric[:5]))
+    for note in v.notes:
+        out.append(f"  note: {note}")
+    return "\n".join(out)
+
+
+def _fmt_metric(x) -> str:
+    return f"{x:.6g}" if isinstance(x, float) else str(x)

@@ -1,0 +1,133 @@
+"""The child side of a run: `python -P -m repro.runner RUN_DIR`.
+
+Runs in a fresh process (or container) whose environment the parent built explicitly. It pins the
+CPU affinity, imports jax (the determinism settings are already in the environment), takes the
+fingerprint, imports the training entrypoint from the code tree, calls `train(ctx)` and writes
+`run.json` + `arrays.npz` into RUN_DIR. User code and jax state live only here.
+
+Exit status: 0 ok, 3 the run failed (run.json says why); anything else is a crash before
+run.json could be written (the parent shows the output).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import repro  # the harness, imported before the code tree is put on sys.path
+from repro.ioutil import write_json_atomic, write_npz_atomic
+
+EXIT_FAILED = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_dir = Path(argv[0])
+    job = json.loads((run_dir / "job.json").read_text())
+    result: dict = {"status": "error", "timings": {}, "harness": repro.__version__}
+    t_start = time.perf_counter()
+    try:
+        _run(job, run_dir, result)
+    except _Failure as f:
+        result.update(status="error", error=f.info)
+    except BaseException as exc:  # a bug in the harness itself: report, never hide
+        result.update(status="error", error={"kind": "harness", "type": type(exc).__name__,
+                                             "message": str(exc),
+                                             "traceback": traceback.format_exc()})
+    result["timings"]["total_s"] = time.perf_counter() - t_start
+    write_json_atomic(run_dir / "run.json", result)
+    return 0 if result["status"] == "ok" else EXIT_FAILED
+
+
+class _Failure(Exception):
+    def __init__(self, **info):
+        super().__init__(info.get("message"))
+        self.info = info
+
+
+def _run(job: dict, run_dir: Path, result: dict) -> None:
+    from repro.pins.env import check_packages, fingerprint, pick_cpus
+
+    try:
+        cpus = pick_cpus(job["cpus"])
+    except RuntimeError as exc:
+        raise _Failure(kind="environment", message=str(exc)) from None
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+
+    t0 = time.perf_counter()
+    import jax  # noqa: F401  (settings come from the environment)
+    import numpy as np
+
+    from repro.context import Context, GradSchedule
+    from repro.treepath import flatten_with_paths
+    result["timings"]["import_jax_s"] = time.perf_counter() - t0
+
+    problems = check_packages(job.get("packages", {}))
+    if problems:
+        raise _Failure(kind="packages", message="environment.packages do not match this "
+                       "interpreter: " + "; ".join(problems), problems=problems)
+    result["fingerprint"] = fingerprint(job["settings"], cpus)
+
+    tree = str(Path(job["tree"]).resolve())
+    sys.path.insert(0, tree)
+    module_name, func_name = job["entrypoint"].split(":")
+    try:
+        module = importlib.import_module(module_name)
+        train = getattr(module, func_name)
+    except BaseException as exc:
+        raise _Failure(kind="entrypoint", type=type(exc).__name__,
+                       message=f"cannot load entrypoint {job['entrypoint']!r} from {tree}: "
+                               f"{type(exc).__name__}: {exc}",
+                       traceback=_user_traceback(exc, tree)) from None
+
+    grads = job.get("grads") or {}
+    ctx = Context(seeds=job["seeds"], data=job["data"], config=job["config"],
+                  grad_steps=GradSchedule(grads.get("every"), grads.get("steps")))
+    t0 = time.perf_counter()
+    try:
+        params = train(ctx)
+        params = jax.block_until_ready(params)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise _Failure(kind="user", type=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
+                       traceback=_user_traceback(exc, tree)) from None
+    result["timings"]["train_s"] = time.perf_counter() - t0
+
+    arrays: dict[str, np.ndarray] = {}
+    if job.get("weights", "final") == "final":
+        if params is None:
+            raise _Failure(kind="user", type="ValueError",
+                           message=f"{job['entrypoint']} returned None; return the final params "
+                                   "pytree, or set `record.weights: none` in the spec")
+        for path, leaf in flatten_with_paths(params):
+            arrays[f"weights/{path}" if path else "weights"] = np.asarray(leaf)
+    for step, leaves in sorted(ctx.grads.items()):
+        for path, leaf in leaves.items():
+            arrays[f"grads/{step}/{path}" if path else f"grads/{step}"] = leaf
+    write_npz_atomic(run_dir / "arrays.npz", arrays)
+    for series in ctx.metrics.values():  # JSON has no NaN/inf: keep them as strings
+        series["values"] = [v if math.isfinite(v) else repr(v) for v in series["values"]]
+    result.update(status="ok", metrics=ctx.metrics,
+                  nonfinite=[{"metric": m, "step": s, "value": repr(v)} for m, s, v in ctx.nonfinite],
+                  grad_steps=sorted(ctx.grads))
+
+
+def _user_traceback(exc: BaseException, tree: str) -> str:
+    """The traceback trimmed to the user's own frames (those under the code tree)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if os.path.abspath(f.filename).startswith(tree + os.sep)]
+    lines = ["Traceback (most recent call last, your frames only):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

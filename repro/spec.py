@@ -1,0 +1,317 @@
+"""The experiment spec: its model, loading with errors that name file, key path and line, the
+canonical hash, and the key-by-key difference between two versions of a spec.
+
+Validation is pydantic's (strict types, unknown keys forbidden); this module only turns its
+errors into `SpecError`s a user can act on. `spec_json_schema()` publishes the same model as a
+JSON Schema for editor completion (`docs/spec.schema.json`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
+
+from repro.errors import SpecError
+from repro.yamlio import load_with_lines
+
+FORMAT_VERSION = 1
+_HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_IMAGE = re.compile(r"^([a-z0-9]+([._/:-][a-z0-9]+)*@)?sha256:[0-9a-f]{64}$")
+_ENTRYPOINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _relative_path(value: str, what: str) -> str:
+    if not value:
+        raise ValueError(f"{what} is empty")
+    if "\\" in value:
+        raise ValueError(f"{what} {value!r}: use '/' as the separator")
+    p = PurePosixPath(value)
+    if p.is_absolute():
+        raise ValueError(f"{what} {value!r} is absolute; give it relative to the repository root")
+    if ".." in p.parts:
+        raise ValueError(f"{what} {value!r} leaves the repository ('..'); data must live inside it")
+    return str(p)
+
+
+class CodeSpec(_Model):
+    repo: str = Field(".", description="path relative to the spec's git repository, or a git URL")
+    commit: str | None = Field(None, description="full 40-hex commit; `repro pin` fills it in")
+    entrypoint: str = Field(description="module:function inside the tree at that commit")
+
+    @field_validator("commit")
+    @classmethod
+    def _full_commit(cls, v):
+        if v is not None and not _HEX40.match(v):
+            hint = (f"a full 40-hex commit is required, got {len(v)} characters"
+                    if re.fullmatch(r"[0-9a-fA-F]+", v) else f"{v!r} is not a hex commit id")
+            raise ValueError(f"{hint}; `git rev-parse {v}` prints the full id, or run `repro pin`")
+        return v.lower() if v else v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, v):
+        if not _ENTRYPOINT.match(v):
+            raise ValueError(f"{v!r} is not 'package.module:function'")
+        return v
+
+
+class DataEntry(_Model):
+    path: str = Field(description="relative to the repo root; never outside it")
+    sha256: str | None = Field(None, description="file sha256, or for a directory the sha256 of "
+                                                 "its sorted '<sha256>  <relpath>' lines")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, v):
+        return _relative_path(v, "data path")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v):
+        if v is not None and not _HEX64.match(v):
+            raise ValueError(f"{v!r} is not a 64-character lowercase hex sha256; "
+                             "`repro hash PATH` prints it, `repro pin` fills it in")
+        return v
+
+
+class EnvironmentSpec(_Model):
+    image: str | None = Field(None, description="docker image pinned by digest: NAME@sha256:<hex>")
+    recipe: str | None = Field(None, description="directory with the Dockerfile and lock file")
+    platform: Literal["cpu", "gpu", "any"] = "cpu"
+    packages: dict[str, str] = Field(default_factory=dict,
+                                     description="distribution -> exact version, asserted in the run")
+    cpus: int = Field(1, ge=1, le=1024, description="CPU affinity: how many cores the run may use")
+    x64: bool = False
+    matmul_precision: Literal["default", "high", "highest", "bfloat16", "tensorfloat32",
+                              "float32"] = "highest"
+    xla_flags: list[str] = Field(default_factory=list)
+
+    @field_validator("image")
+    @classmethod
+    def _digest(cls, v):
+        if v is not None and not _IMAGE.match(v):
+            raise ValueError(f"{v!r} is not pinned by digest; write NAME@sha256:<64 hex> "
+                             "(`docker image inspect --format '{{.Id}}' NAME` prints it)")
+        return v
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, v):
+        return v if v is None else _relative_path(v, "recipe")
+
+    @field_validator("xla_flags")
+    @classmethod
+    def _flags(cls, v):
+        for flag in v:
+            if not flag.startswith("--"):
+                raise ValueError(f"XLA flag {flag!r} must start with '--'")
+        return v
+
+
+class GradsRecord(_Model):
+    every: int | None = Field(None, ge=1)
+    steps: list[int] = Field(default_factory=list)
+
+
+class RecordSpec(_Model):
+    metrics: list[str] | None = Field(None, description="metrics compared; default: all logged")
+    grads: GradsRecord | None = None
+    weights: Literal["final", "none"] = "final"
+
+
+class Tol(_Model):
+    rtol: float | None = Field(None, ge=0)
+    atol: float | None = Field(None, ge=0)
+
+
+class PlatformTolerance(Tol):
+    default: Tol | None = None
+    metrics: dict[str, Tol] = Field(default_factory=dict)
+    grads: Tol | None = None
+    weights: Tol | None = None
+
+
+class ToleranceSpec(_Model):
+    mode: Literal["auto", "exact", "close"] = "auto"
+    default: Tol = Tol(rtol=1e-6, atol=1e-8)
+    metrics: dict[str, Tol] = Field(default_factory=dict)
+    grads: Tol | None = None
+    weights: Tol | None = None
+    platforms: dict[str, PlatformTolerance] = Field(default_factory=dict)
+
+
+class Spec(_Model):
+    """A loaded, validated spec. `path` is the YAML file; `hash` its canonical hash."""
+
+    repro: Literal[1] = Field(description="spec format version")
+    name: str | None = None
+    description: str | None = None
+    code: CodeSpec
+    data: dict[str, DataEntry] = Field(default_factory=dict)
+    environment: EnvironmentSpec = EnvironmentSpec()
+    seeds: dict[str, int] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+    record: RecordSpec = RecordSpec()
+    tolerance: ToleranceSpec = ToleranceSpec()
+    timeout: float = Field(3600.0, gt=0, description="seconds before the run is killed")
+
+    _path: Path | None = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        for k, s in v.items():
+            if not 0 <= s < 2**32:
+                raise ValueError(f"seed {k!r} = {s} is outside 0 .. 2**32-1")
+        return v
+
+    @model_validator(mode="after")
+    def _metrics_listed(self):
+        for name in self.tolerance.metrics:
+            if self.record.metrics is not None and name not in self.record.metrics:
+                raise ValueError(f"tolerance.metrics names {name!r}, which record.metrics "
+                                 "does not list")
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def canonical(self) -> dict:
+        """Normalised content (defaults filled in, JSON types): what the hash covers."""
+        return self.model_dump(mode="json")
+
+    @property
+    def hash(self) -> str:
+        text = json.dumps(self.canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_spec(data: Any, *, file: str, lines: dict | None = None, default_name: str | None = None,
+               require_pins: bool = True) -> Spec:
+    """Validate already-parsed YAML; raise SpecError naming file, key path and line."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise SpecError("a spec is a YAML mapping with a top-level `repro: 1`; this file holds "
+                        f"{type(data).__name__ if data is not None else 'nothing'}", file=file, line=1)
+    if "repro" not in data:
+        raise SpecError("not a repro spec: the top-level key `repro: 1` is missing", file=file, line=1)
+    if data.get("name") is None and default_name is not None:
+        data = {**data, "name": default_name}
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise _spec_error(exc, file, lines) from None
+    if require_pins:
+        if spec.code.commit is None:
+            raise SpecError("no commit pinned; run `repro pin SPEC` to pin the current HEAD",
+                            file=file, key_path="code.commit", line=lines.get(("code",)))
+        for name, entry in spec.data.items():
+            if entry.sha256 is None:
+                raise SpecError("no sha256 pinned; run `repro pin SPEC` (or `repro hash PATH`)",
+                                file=file, key_path=f"data.{name}.sha256",
+                                line=lines.get(("data", name)))
+    return spec
+
+
+def load_spec(path: str | Path, *, require_pins: bool = True) -> Spec:
+    """Read and validate a spec file. The default `name` is the file stem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("no such spec file", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read the spec: {exc}", file=str(path)) from None
+    data, lines = load_with_lines(text, str(path))
+    spec = parse_spec(data, file=str(path), lines=lines, default_name=_default_name(path),
+                      require_pins=require_pins)
+    spec._path = path.resolve()
+    return spec
+
+
+def _default_name(path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "spec"
+    return stem
+
+
+def _spec_error(exc: ValidationError, file: str, lines: dict) -> SpecError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and
+                                               p.startswith(("function-", "literal["))))
+    key_path = ".".join(str(p) for p in loc) or None
+    line = None
+    for i in range(len(loc), -1, -1):
+        if loc[:i] in lines:
+            line = lines[loc[:i]]
+            break
+    message = _describe(first)
+    if len(errors) > 1:
+        others = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {_describe(e)}" for e in errors[1:4])
+        message += f" (and {len(errors) - 1} more: {others})"
+    return SpecError(message, file=file, key_path=key_path, line=line)
+
+
+def _describe(err: dict) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling; see docs/spec.schema.json for the allowed keys)"
+    if kind == "missing":
+        return "required key is missing"
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, "):]
+    got = err.get("input")
+    if kind.endswith("_type") and not isinstance(got, (dict, list)):
+        return f"{msg} (got {type(got).__name__} {got!r})"
+    return msg
+
+
+def spec_changes(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """Key-by-key difference of two canonical specs: [(dotted key, recorded, current)]."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}.{k}" if prefix else str(k))
+        elif a != b:
+            out.append((prefix, None if a is _MISSING else a, None if b is _MISSING else b))
+
+    walk(recorded, current, "")
+    return out
+
+
+_MISSING = object()
+
+
+def spec_json_schema() -> dict:
+    """The spec's JSON Schema (draft 2020-12), for editors and `docs/spec.schema.json`."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "repro experiment spec"
+    return schema
+
+
+def is_spec_text(text: str) -> bool:
+    """Cheap test used by pytest collection: does this YAML file declare `repro:` at top level?"""
+    return re.search(r"^repro\s*:", text, re.M) is not None

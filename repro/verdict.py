@@ -1,0 +1,76 @@
+"""The Verdict: everything that decided one spec's outcome, in one plain object.
+
+Front ends (pytest item, CLI, audit) only render it; every number that decides pass/fail is here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from repro.compare import QuantityResult
+
+PASS, FAIL, ERROR, RECORDED, RAN = "pass", "fail", "error", "recorded", "ran"
+EXIT_CODES = {PASS: 0, RECORDED: 0, RAN: 0, FAIL: 1, ERROR: 2}
+
+
+@dataclass
+class Change:
+    """One difference between the recorded version and now: a pin, a spec key or an env fact."""
+
+    what: str          # "spec" | "code" | "data" | "environment" | "backend"
+    key: str
+    recorded: object
+    current: object
+    numeric: bool = True   # may change the numbers (False: informational only)
+
+    def text(self) -> str:
+        return f"{self.key}: {_short(self.recorded)} -> {_short(self.current)}"
+
+
+def _short(value, limit: int = 60) -> str:
+    text = "(none)" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class Verdict:
+    name: str
+    status: str                               # pass | fail | error | recorded | ran
+    spec_path: str = ""
+    platform: str = ""
+    backend: str = "local"
+    code: str = ""                            # CodePin.describe()
+    bitwise: bool | None = None
+    mode_reason: str = ""
+    rows: list[QuantityResult] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""                           # one-paragraph message for status error
+    error_detail: str = ""                    # e.g. the user's trimmed traceback, the log tail
+    record_path: str = ""
+    spec_hash: str = ""
+    commit: str = ""
+    fingerprint: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    metrics_final: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (PASS, RECORDED, RAN)
+
+    @property
+    def failures(self) -> list[QuantityResult]:
+        return [r for r in self.rows if not r.ok]
+
+    @property
+    def first_divergence(self) -> QuantityResult | None:
+        """The failing quantity to look at first: earliest step, metrics before grads/weights."""
+        bad = self.failures
+        if not bad:
+            return None
+        order = {"metric": 0, "grad": 1, "weight": 2}
+        return min(bad, key=lambda r: (r.first_step if r.first_step is not None else 10**12,
+                                       order[r.kind]))

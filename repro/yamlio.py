@@ -1,0 +1,85 @@
+"""YAML reading for specs: line numbers for every key path, duplicate keys rejected, and YAML 1.2
+floats (``1e-3`` is a float, not the string PyYAML's YAML 1.1 rules make of it).
+"""
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from repro.errors import SpecError
+
+_FLOAT_12 = re.compile(r"""^[-+]?(
+    (\d[\d_]*)?\.\d*([eE][-+]?\d+)?
+  | \d[\d_]*[eE][-+]?\d+
+  | \.(inf|Inf|INF) | \.(nan|NaN|NAN))$""", re.X)
+
+
+class SpecLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float (as YAML 1.2 and every user expects)."""
+
+
+SpecLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def load_with_lines(text: str, file: str) -> tuple[object, dict[tuple, int]]:
+    """Parse YAML text; return (data, {key path tuple: 1-based line}).
+
+    Raises SpecError for malformed YAML (with its line) and for duplicate keys.
+    """
+    try:
+        node = yaml.compose(text, Loader=SpecLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"malformed YAML: {problem}", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    if node is None:
+        return None, {}
+    lines: dict[tuple, int] = {}
+    _walk(node, (), lines, file)
+    try:
+        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+    except yaml.YAMLError as exc:  # e.g. a bad tag only found at construction time
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError(f"malformed YAML: {getattr(exc, 'problem', exc)}", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    return data, lines
+
+
+def _walk(node, path: tuple, lines: dict, file: str) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key in seen:
+                dotted = ".".join(str(p) for p in path + (key,))
+                raise SpecError(f"duplicate key {key!r} (first at line {seen[key]})", file=file,
+                                key_path=dotted, line=key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line + 1
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _walk(value_node, path + (key,), lines, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, path + (i,), lines, file)
+
+
+def scalar_spans(text: str) -> dict[tuple, tuple[int, int]]:
+    """{key path: (start, end) character offsets of its scalar value} — for in-place edits that
+    keep the user's comments and layout (`repro pin`)."""
+    node = yaml.compose(text, Loader=SpecLoader)
+    spans: dict[tuple, tuple[int, int]] = {}
+
+    def walk(n, path):
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                walk(v, path + (k.value,))
+        elif isinstance(n, yaml.ScalarNode):
+            spans[path] = (n.start_mark.index, n.end_mark.index)
+        spans.setdefault(path + ("__node__",), (n.start_mark.index, n.end_mark.index))
+
+    if node is not None:
+        walk(node, ())
+    return spans
