@@ -1,0 +1,149 @@
+"""Shared test fixtures: real git repositories in tmp dirs holding a tiny real JAX workload.
+
+`project` builds one: a package `tinyproj` with a linear-regression training function (a few
+jitted steps, ~0.3 s after the jax import), a data file, a commit and a pinned spec. Tests
+change code, data and spec through it exactly as a user would: edit, commit, `repro pin`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TRAIN_PY = '''
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LR_SCALE = 1.0
+
+
+def train(ctx):
+    d = np.load(ctx.data["xy"])
+    x, y = jnp.asarray(d["x"]), jnp.asarray(d["y"])
+    k1, k2 = jax.random.split(ctx.key("params"))
+    params = {"hidden": {"w": jax.random.normal(k1, (x.shape[1], 8)) * 0.3, "b": jnp.zeros((8,))},
+              "out": {"w": jax.random.normal(k2, (8, 1)) * 0.3, "b": jnp.zeros((1,))}}
+
+    def loss_fn(p):
+        h = jnp.tanh(x @ p["hidden"]["w"] + p["hidden"]["b"])
+        return jnp.mean((h @ p["out"]["w"] + p["out"]["b"] - y) ** 2)
+
+    step_fn = jax.jit(jax.value_and_grad(loss_fn))
+    lr = ctx.config["lr"] * LR_SCALE
+    for step in range(ctx.config["steps"]):
+        loss, g = step_fn(params)
+        params = jax.tree_util.tree_map(lambda a, b: a - lr * b, params, g)
+        ctx.log(step, loss=loss)
+        ctx.log_grads(step, g)
+    return params
+'''
+
+SPEC = '''\
+repro: 1
+name: tiny
+description: a tiny tanh regression for repro's own tests
+code:
+  commit: {commit}   # pinned by the test
+  entrypoint: tinyproj.train:train
+data:
+  xy:
+    path: data/xy.npz
+    sha256: {sha}
+seeds: {{params: 0}}
+config: {{lr: 0.05, steps: 12}}
+record:
+  metrics: [loss]
+  grads: {{every: 4}}
+'''
+
+
+def git(cwd, *args) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, text=True,
+                          capture_output=True).stdout.strip()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class Project:
+    """A real git repository with a tiny JAX workload and its spec."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.spec = root / "specs" / "tiny.yaml"
+        self.data = root / "data" / "xy.npz"
+
+    def commit(self, message: str = "change") -> str:
+        git(self.root, "add", "-A")
+        git(self.root, "commit", "-q", "-m", message)
+        return git(self.root, "rev-parse", "HEAD")
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def edit_spec(self, old: str, new: str) -> None:
+        text = self.spec.read_text()
+        assert old in text, f"{old!r} not in spec"
+        self.spec.write_text(text.replace(old, new))
+
+    def repro(self, *args: str, check_rc: int | None = None) -> subprocess.CompletedProcess:
+        """The `repro` command line, run for real in a subprocess."""
+        proc = subprocess.run([sys.executable, "-m", "repro.cli", *args], cwd=self.root,
+                              text=True, capture_output=True, env=os.environ.copy())
+        if check_rc is not None:
+            assert proc.returncode == check_rc, proc.stdout + proc.stderr
+        return proc
+
+    @property
+    def record_dir(self) -> Path:
+        return self.root / "fixtures" / "records" / "tiny" / "cpu"
+
+
+def write_data(path: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (np.sin(x @ np.array([[1.0], [-2.0], [0.5], [1.5]])) ).astype(np.float32)
+    with open(path, "wb") as f:
+        np.savez(f, x=x, y=y)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repro_cache(tmp_path_factory):
+    """Keep repro's machine caches (exported trees, hash cache) inside the test session."""
+    old = os.environ.get("REPRO_CACHE_DIR")
+    os.environ["REPRO_CACHE_DIR"] = str(tmp_path_factory.mktemp("repro-cache"))
+    yield
+    if old is None:
+        os.environ.pop("REPRO_CACHE_DIR", None)
+    else:
+        os.environ["REPRO_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    """A fresh repo: tinyproj committed, data written, spec pinned to that commit (not recorded)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    p = Project(root)
+    p.write("tinyproj/__init__.py", "")
+    p.write("tinyproj/train.py", textwrap.dedent(TRAIN_PY))
+    p.data.parent.mkdir()
+    write_data(p.data)
+    commit = p.commit("tiny workload")
+    p.write("specs/tiny.yaml", SPEC.format(commit=commit, sha=sha256(p.data)))
+    p.commit("spec")
+    return p
