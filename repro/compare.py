@@ -13,32 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from repro.pins.env import NUMERIC_FIELDS
+from repro.verdict import QuantityResult
 
 _FALLBACK = {"rtol": 1e-6, "atol": 1e-8}
-
-
-@dataclass
-class QuantityResult:
-    kind: str                     # "metric" | "grad" | "weight"
-    name: str                     # metric name or pytree leaf path
-    ok: bool
-    bitwise: bool                 # compared bitwise (True) or within rtol/atol (False)
-    first_step: int | None = None
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    rtol: float | None = None
-    atol: float | None = None
-    n_out: int = 0
-    n_total: int = 0
-    note: str = ""
-
-    @property
-    def label(self) -> str:
-        return {"metric": "metric", "grad": "grad", "weight": "weights"}[self.kind] + f" {self.name}"
-
-    @property
-    def tolerance_text(self) -> str:
-        return "bitwise" if self.bitwise else f"rtol={self.rtol:g} atol={self.atol:g}"
 
 
 @dataclass

@@ -11,8 +11,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
@@ -44,19 +42,23 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def _json_default(obj):
-    if isinstance(obj, np.generic):
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
         return obj.item()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz_atomic(path: Path, arrays: dict) -> None:
+    import numpy as np
+
     _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict:
     """Load every array of an .npz eagerly (allow_pickle=False); raise ValueError on damage."""
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

@@ -14,8 +14,8 @@ from repro.errors import SpecError
 from repro.ioutil import atomic_write_text
 from repro.pins.code import code_repo, dirty_paths, head_commit, repo_root
 from repro.pins.data import hash_paths, resolve_data_path
-from repro.spec import load_spec
-from repro.yamlio import SpecLoader
+from repro.spec import _default_name, load_spec, parse_spec
+from repro.yamlio import SpecLoader, load_with_lines
 
 
 def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple[str, object, object]], list[str]]:
@@ -24,13 +24,24 @@ def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple
     Returns ([(key, old, new)] for each value changed, warnings).
     """
     path = Path(path)
-    spec = load_spec(path, require_pins=False)
+    try:
+        spec = load_spec(path, require_pins=False)
+    except SpecError as exc:
+        if exc.key_path != "code.commit":
+            raise
+        # a short or mistyped commit (the error tells the user to run `repro pin`): pinning
+        # replaces it, so validate everything else with the commit left out
+        data, lines = load_with_lines(path.read_text(encoding="utf-8"), str(path))
+        data = {**data, "code": {**data["code"], "commit": None}}
+        spec = parse_spec(data, file=str(path), lines=lines, require_pins=False,
+                          default_name=_default_name(path))
     root = repo_root(path)
     repo = code_repo(root, spec.code.repo)
     warnings = []
     new_commit = commit or head_commit(repo)
     if commit is None and (repo / ".git").exists():
-        dirty = [p for p in dirty_paths(repo) if Path(repo, p).resolve() != path.resolve()]
+        dirty = [p for p in dirty_paths(repo) if Path(repo, p).resolve() != path.resolve()
+                 and not p.startswith("fixtures/records/")]
         if dirty:
             warnings.append(f"{len(dirty)} uncommitted change(s) in {repo} are not part of commit "
                             f"{new_commit[:12]} ({', '.join(dirty[:5])}); commit them and pin again "
@@ -45,11 +56,14 @@ def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple
     for key, _, value in changes:
         text = _set_value(text, tuple(key.split(".")), value, str(path))
     if changes:
-        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
-        if data is None:
-            raise SpecError("pinning produced an empty spec (a bug in repro)", file=str(path))
+        # validate the edited text before writing it: a failed pin leaves the file as it was
+        try:
+            data, lines = load_with_lines(text, str(path))
+        except SpecError as exc:
+            raise SpecError(f"pinning produced invalid YAML (a bug in repro; the file is "
+                            f"unchanged): {exc.reason}", file=str(path), line=exc.line) from None
+        parse_spec(data, file=str(path), lines=lines, default_name=spec.name)
         atomic_write_text(path, text)
-        load_spec(path)  # the pinned spec must now load with every pin in place
     return changes, warnings
 
 
@@ -73,19 +87,34 @@ def _set_value(text: str, key: tuple, value: str, file: str) -> str:
             break
     if node is not None:
         start, end = node.start_mark.index, node.end_mark.index
-        return text[:start] + value + text[end:]
+        style = getattr(node, "style", None)
+        if start == end:  # `key:` with no value: the empty scalar starts right after the colon
+            return text[:start] + " " + _scalar(value) + text[end:]
+        return text[:start] + _scalar(value, style) + text[end:]
     missing = key[-1]
     if parent.flow_style:
-        close = parent.end_mark.index - 1
-        sep = ", " if parent.value else ""
-        return text[:close] + f"{sep}{missing}: {value}" + text[close:]
+        if not parent.value:
+            close = parent.end_mark.index - 1
+            return text[:close] + f"{missing}: {_scalar(value)}" + text[close:]
+        pos = parent.value[-1][1].end_mark.index  # after the last value: any trailing ',' stays
+        return text[:pos] + f", {missing}: {_scalar(value)}" + text[pos:]
     if not parent.value:
         raise SpecError(f"cannot insert {missing!r} into an empty mapping; add it by hand",
                         file=file, key_path=".".join(key))
     indent = " " * parent.value[0][0].start_mark.column
     pos = parent.value[-1][1].end_mark.index
     if pos > 0 and text[pos - 1] == "\n":
-        return text[:pos] + f"{indent}{missing}: {value}\n" + text[pos:]
+        return text[:pos] + f"{indent}{missing}: {_scalar(value)}\n" + text[pos:]
     eol = text.find("\n", pos)
     eol = len(text) if eol < 0 else eol
-    return text[:eol] + f"\n{indent}{missing}: {value}" + text[eol:]
+    return text[:eol] + f"\n{indent}{missing}: {_scalar(value)}" + text[eol:]
+
+
+def _scalar(value: str, style: str | None = None) -> str:
+    """`value` as YAML text: in the quotes the user had, else bare unless YAML would read the bare
+    text as something other than this string (an all-digit commit id loads as an int)."""
+    if style in ('"', "'"):
+        return f"{style}{value}{style}"
+    if yaml.load(value, Loader=SpecLoader) != value:  # noqa: S506 - SpecLoader is a SafeLoader
+        return f'"{value}"'
+    return value

@@ -10,19 +10,18 @@ import datetime as _dt
 import json
 import shutil
 import tempfile
-import time
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import repro
 from repro.backends import ChildOutcome, get_backend
-from repro.compare import compare_run
-from repro.errors import RecordError, ReproError, RunError
+from repro.errors import ReproError, RunError
 from repro.ioutil import read_npz
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
 from repro.pins.env import fingerprint_changes
-from repro.record import Record, read_record, record_dir, write_record
+from repro.record import Record, check_record, read_record, record_dir, write_record
 from repro.spec import Spec, load_spec, spec_changes
 from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, Change, Verdict
 
@@ -248,13 +247,19 @@ def verify(spec_ref, options: Options | None = None) -> Verdict:
     try:
         spec = as_spec(spec_ref)
         prep = prepare(spec, options)
-        rec = None
+        loader = None
         early_key = options.platform or (spec.environment.platform
                                          if spec.environment.platform != "any" else None)
-        if early_key:  # a broken record is reported before any training time is spent
-            rec = read_record(record_dir(prep.repo_root, spec.name, early_key, options.records_root))
+        if early_key:
+            # A missing or corrupted record is reported before any training time is spent; the
+            # arrays (and numpy, and the comparison code) load while the child trains.
+            directory, _ = check_record(record_dir(prep.repo_root, spec.name, early_key,
+                                                   options.records_root))
+            loader = _Background(read_record, directory)
         result = execute(prep, options)
-        if rec is None:
+        if loader is not None:
+            rec = loader.result()
+        else:
             rec = read_record(record_dir(prep.repo_root, spec.name, result.platform_key,
                                          options.records_root))
     except ReproError as exc:
@@ -262,8 +267,32 @@ def verify(spec_ref, options: Options | None = None) -> Verdict:
     return judge(prep, rec, result, options)
 
 
+class _Background:
+    """Run a function in a thread; `result()` returns its value or raises its exception."""
+
+    def __init__(self, func, *args):
+        self._value, self._error = None, None
+
+        def work():
+            try:
+                import repro.compare  # noqa: F401  (warm the import while the child runs)
+                self._value = func(*args)
+            except BaseException as exc:  # handed to the caller in result()
+                self._error = exc
+        self._thread = threading.Thread(target=work, daemon=True, name="repro-record-loader")
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:
     """Compare a finished run with its record and say what changed since recording."""
+    from repro.compare import compare_run
+
     spec = prep.spec
     cmp = compare_run(rec.meta, rec.arrays, result.metrics, result.arrays,
                       tolerance=spec.canonical["tolerance"], platform_key=result.platform_key,
@@ -302,6 +331,8 @@ def changes_since_record(meta: dict, spec: Spec, code: CodePin, fingerprint: dic
 
 def diff_records(path_a, path_b, spec_ref=None) -> Verdict:
     """Compare two recorded versions with a spec's tolerances (default: record B's spec)."""
+    from repro.compare import compare_run
+
     try:
         a, b = read_record(Path(path_a)), read_record(Path(path_b))
         if spec_ref is not None:

@@ -18,8 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from repro.errors import RecordError
 from repro.ioutil import fsync_dir, read_npz, write_json_atomic, write_npz_atomic
 
@@ -33,7 +31,7 @@ class Record:
 
     path: Path
     meta: dict
-    arrays: dict[str, np.ndarray]
+    arrays: dict  # key -> numpy array
 
     @property
     def metrics(self) -> dict:
@@ -58,7 +56,7 @@ def sha256_bytes_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_record(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
+def write_record(directory: Path, meta: dict, arrays: dict) -> Path:
     """Write record.json + arrays.npz into `directory`, replacing any previous record atomically."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -106,8 +104,9 @@ def _clean_leftovers(directory: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def read_record(directory: Path) -> Record:
-    """Load and check a record. Raise RecordError naming the file and what to do."""
+def check_record(directory: Path) -> tuple[Path, dict]:
+    """Find a record and check it without loading arrays (no numpy): record.json parses, is of
+    this format, and the arrays file has the sha256 it names. Returns (directory, meta)."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -128,20 +127,30 @@ def read_record(directory: Path) -> Record:
         raise RecordError(f"{meta_path} is not a repro record of format {RECORD_FORMAT} "
                           f"(found format {meta.get('format') if isinstance(meta, dict) else '?'}); "
                           "record again with this version of repro")
-    index = meta.get("arrays") or {}
-    arrays_path = directory / index.get("file", "arrays.npz")
-    if not arrays_path.exists():
+    index = meta.get("arrays")
+    if not isinstance(index, dict):
+        raise RecordError(f"{meta_path} is corrupted: it has no arrays index; record again")
+    arrays_path = directory / str(index.get("file", "arrays.npz"))
+    if not arrays_path.is_file():
         raise RecordError(f"{arrays_path} is missing; restore it from git or record again")
     actual = sha256_bytes_of(arrays_path)
     if actual != index.get("sha256"):
         raise RecordError(f"{arrays_path} is corrupted or truncated: its sha256 is {actual}, "
                           f"record.json expects {index.get('sha256')}; restore it from git "
                           "(`git checkout -- <path>`) or record again")
+    return directory, meta
+
+
+def read_record(directory: Path) -> Record:
+    """Load and check a record. Raise RecordError naming the file and what to do."""
+    directory, meta = check_record(directory)
+    index = meta["arrays"]
+    arrays_path = directory / str(index.get("file", "arrays.npz"))
     try:
         arrays = read_npz(arrays_path)
     except ValueError as exc:
-        raise RecordError(f"{arrays_path} cannot be read ({exc}); restore it from git or "
-                          "record again") from None
+        raise RecordError(f"{arrays_path} is corrupted: it cannot be read ({exc}); restore it "
+                          "from git or record again") from None
     expected = set(index.get("index", {}))
     if set(arrays) != expected:
         raise RecordError(f"{arrays_path} holds {sorted(set(arrays) ^ expected)[:5]} that "

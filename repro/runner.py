@@ -72,8 +72,6 @@ def _run(job: dict, run_dir: Path, result: dict) -> None:
     if problems:
         raise _Failure(kind="packages", message="environment.packages do not match this "
                        "interpreter: " + "; ".join(problems), problems=problems)
-    result["fingerprint"] = fingerprint(job["settings"], cpus)
-
     tree = str(Path(job["tree"]).resolve())
     sys.path.insert(0, tree)
     module_name, func_name = job["entrypoint"].split(":")
@@ -99,6 +97,9 @@ def _run(job: dict, run_dir: Path, result: dict) -> None:
         raise _Failure(kind="user", type=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
                        traceback=_user_traceback(exc, tree)) from None
     result["timings"]["train_s"] = time.perf_counter() - t0
+    # Taken after training: the fingerprint describes the process the result came from, and
+    # the canary's compile (when not cached) finds the compiler warm.
+    result["fingerprint"] = fingerprint(job["settings"], cpus)
 
     arrays: dict[str, np.ndarray] = {}
     if job.get("weights", "final") == "final":

@@ -221,6 +221,17 @@ def parse_spec(data: Any, *, file: str, lines: dict | None = None, default_name:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise _spec_error(exc, file, lines) from None
+    except RecursionError:
+        raise SpecError("nested too deeply (a spec needs a few levels, not hundreds)",
+                        file=file) from None
+    try:
+        spec.hash  # every record stores it: a value JSON cannot hold must fail here, not later
+    except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
+        key = _unstorable(data, ())
+        raise SpecError(f"holds a value that cannot be stored as JSON ({type(exc).__name__}: "
+                        f"{exc}); use strings, numbers, booleans, null, lists and mappings",
+                        file=file, key_path=".".join(str(p) for p in key) if key else None,
+                        line=lines.get(key) if key else None) from None
     if require_pins:
         if spec.code.commit is None:
             raise SpecError("no commit pinned; run `repro pin SPEC` to pin the current HEAD",
@@ -231,6 +242,33 @@ def parse_spec(data: Any, *, file: str, lines: dict | None = None, default_name:
                                 file=file, key_path=f"data.{name}.sha256",
                                 line=lines.get(("data", name)))
     return spec
+
+
+def _unstorable(value: Any, path: tuple, depth: int = 0) -> tuple | None:
+    """Key path of the first value that JSON (UTF-8) cannot hold, if there is one."""
+    if depth > 200:
+        return path
+    if isinstance(value, (bytes, bytearray)):
+        return path
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        if isinstance(k, str) and _unstorable(k, path) is not None:
+            return path + (k,)
+        found = _unstorable(v, path + (k,), depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def load_spec(path: str | Path, *, require_pins: bool = True) -> Spec:

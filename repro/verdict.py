@@ -6,7 +6,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from repro.compare import QuantityResult
+
+@dataclass
+class QuantityResult:
+    kind: str                     # "metric" | "grad" | "weight"
+    name: str                     # metric name or pytree leaf path
+    ok: bool
+    bitwise: bool                 # compared bitwise (True) or within rtol/atol (False)
+    first_step: int | None = None
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    rtol: float | None = None
+    atol: float | None = None
+    n_out: int = 0
+    n_total: int = 0
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return {"metric": "metric", "grad": "grad", "weight": "weights"}[self.kind] + f" {self.name}"
+
+    @property
+    def tolerance_text(self) -> str:
+        return "bitwise" if self.bitwise else f"rtol={self.rtol:g} atol={self.atol:g}"
+
 
 PASS, FAIL, ERROR, RECORDED, RAN = "pass", "fail", "error", "recorded", "ran"
 EXIT_CODES = {PASS: 0, RECORDED: 0, RAN: 0, FAIL: 1, ERROR: 2}

@@ -59,10 +59,13 @@ def load_with_lines(text: str, file: str) -> tuple[object, dict[tuple, int]]:
 
 
 _TOO_DEEP = "malformed YAML: nested too deeply (a spec needs a few levels, not hundreds)"
+_MAX_DEPTH = 100
 
 
 def _walk(node, path: tuple, lines: dict, file: str, ancestors: frozenset, seen_nodes: set) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
+    if len(path) > _MAX_DEPTH:
+        raise SpecError(_TOO_DEEP, file=file, key_path=str(path[0]), line=lines[path])
     if id(node) in ancestors:  # an alias to a node that contains it: a cyclic structure
         raise SpecError("an alias (*name) refers to a mapping or list that contains it; a spec "
                         "cannot be recursive", file=file,

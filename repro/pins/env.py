@@ -75,7 +75,10 @@ def pick_cpus(n: int) -> list[int]:
         raise RuntimeError(f"environment.cpus is {n} but this machine lets the run use only "
                            f"{len(allowed)} CPU(s) ({allowed}); lower environment.cpus or run "
                            "on a larger machine")
-    return allowed[:n]
+    # Start at a pid-dependent offset so parallel runs (pytest -n 2) spread over the cores;
+    # which cores a run gets does not change its numbers, how many does.
+    start = os.getpid() % len(allowed)
+    return sorted((allowed + allowed)[start:start + n])
 
 
 def cpu_isa() -> list[str]:
@@ -104,16 +107,73 @@ def cpu_model() -> str:
 
 def prng_canary() -> str:
     """sha256 of bits, uniform and normal draws from a fixed key: a changed random stream shows
-    here, told apart from changed arithmetic."""
+    here, told apart from changed arithmetic.
+
+    Computing it costs one XLA compile (~0.25 s, a tenth of a small training run), so the value
+    is cached per installed jax: the key holds the jax and jaxlib versions, the size and mtime of
+    every jaxlib shared library and of jax's random implementation, and the PRNG settings. Any
+    reinstall or patch of jax/jaxlib changes the key and the canary is drawn afresh.
+    """
     import jax
+
+    key = _canary_cache_key(jax)
+    path = None
+    if key is not None:
+        from repro.paths import cache_dir
+
+        path = cache_dir() / "canary" / f"{key}.txt"
+        try:
+            cached = path.read_text().strip()
+            if len(cached) == 64:
+                return cached
+        except OSError:
+            pass
+    value = _draw_canary(jax)
+    if path is not None:
+        try:
+            from repro.ioutil import atomic_write_text
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, value + "\n")
+        except OSError:
+            pass  # a read-only cache (a sandboxed container): compute each time
+    return value
+
+
+def _draw_canary(jax) -> str:
     import numpy as np
 
-    key = jax.random.PRNGKey(0)
+    @jax.jit
+    def draws(key):
+        return (jax.random.bits(key, (64,)), jax.random.uniform(key, (64,)),
+                jax.random.normal(key, (64,)))
+
     h = hashlib.sha256()
-    for draw in (jax.random.bits(key, (64,)), jax.random.uniform(key, (64,)),
-                 jax.random.normal(key, (64,))):
+    for draw in draws(jax.random.PRNGKey(0)):
         h.update(np.asarray(draw).tobytes())
     return h.hexdigest()
+
+
+def _canary_cache_key(jax) -> str | None:
+    import glob
+    try:
+        import jaxlib
+        files = sorted(glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "**", "*.so*"),
+                                 recursive=True))
+        src = os.path.join(os.path.dirname(jax.__file__), "_src")
+        files += sorted(glob.glob(os.path.join(src, "*prng*.py")) +
+                        glob.glob(os.path.join(src, "random", "*.py")))
+        files += [os.path.join(os.path.dirname(jax.__file__), "random.py")]
+        h = hashlib.sha256()
+        h.update(f"{jax.__version__} {getattr(jaxlib, '__version__', '')} "
+                 f"{jax.config.jax_default_prng_impl} {jax.config.jax_threefry_partitionable} "
+                 f"{jax.config.jax_enable_x64} {jax.default_backend()}".encode())
+        for f in files:
+            st = os.stat(f)
+            h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:32]
+    except (OSError, ImportError, AttributeError):
+        return None
 
 
 def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:

@@ -1,0 +1,185 @@
+"""The pytest front end (a `pytest11` entry point): spec files are test items.
+
+Collection turns every YAML file carrying `repro:` into one item per spec; running an item calls
+`repro.pipeline.verify` (or `record` under --repro-record) and a failure shows the verdict's
+table instead of a traceback. Fixtures: `repro_verify`, `gradcheck`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from pathlib import Path
+
+import pytest
+
+from repro.errors import SpecError
+
+DEFAULT_PATTERNS = ["*.yaml", "*.yml"]
+_VERDICTS = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("repro", "repro: reproducibility of JAX training")
+    group.addoption("--repro-record", action="store_true", default=False,
+                    help="write (or overwrite) recorded versions instead of comparing")
+    group.addoption("--repro-backend", choices=("local", "docker"), default=None,
+                    help="where runs happen (default: ini repro_backend, else local)")
+    group.addoption("--repro-code", choices=("pinned", "worktree"), default=None,
+                    help="pinned: the tree at code.commit (default); worktree: this checkout")
+    group.addoption("--repro-platform", default=None, metavar="KEY",
+                    help="record platform key (default: the run's platform)")
+    group.addoption("--repro-records", default=None, metavar="DIR",
+                    help="records root (default: <repo>/fixtures/records)")
+    parser.addini("repro_specs", "glob patterns of spec files to collect", type="args",
+                  default=DEFAULT_PATTERNS)
+    parser.addini("repro_backend", "default backend: local or docker", default="local")
+    parser.addini("repro_code", "default code mode: pinned or worktree", default="pinned")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "repro: a repro spec retrained and compared with its record")
+    config.addinivalue_line("markers", "gpu: needs a GPU (a spec with environment.platform: gpu)")
+    config.stash[_VERDICTS] = []
+
+
+def options_from_config(config):
+    """The pipeline Options that this pytest invocation asks for."""
+    from repro.pipeline import Options
+
+    records = config.getoption("--repro-records")
+    return Options(
+        backend=config.getoption("--repro-backend") or config.getini("repro_backend"),
+        code=config.getoption("--repro-code") or config.getini("repro_code"),
+        platform=config.getoption("--repro-platform"),
+        records_root=Path(records).resolve() if records else None,
+        echo=config.getoption("capture") == "no")
+
+
+def pytest_collect_file(file_path: Path, parent):
+    from repro.spec import is_spec_text
+
+    patterns = parent.config.getini("repro_specs") or DEFAULT_PATTERNS
+    if not any(fnmatch.fnmatch(file_path.name, p) for p in patterns):
+        return None
+    try:
+        text = file_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if is_spec_text(text):
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SpecFile(pytest.File):
+    def collect(self):
+        from repro.spec import load_spec
+
+        try:
+            spec = load_spec(self.path)
+        except SpecError as exc:
+            # marked `repro` too: `pytest -m repro` must fail on a broken spec, not skip it
+            item = SpecItem.from_parent(self, name=self.path.stem, spec=None, load_error=exc)
+            item.add_marker("repro")
+            yield item
+            return
+        item = SpecItem.from_parent(self, name=spec.name, spec=spec, load_error=None)
+        item.add_marker("repro")
+        if spec.environment.platform == "gpu":
+            item.add_marker("gpu")
+        yield item
+
+
+class ReproFailure(Exception):
+    """Raised by a spec item; carries the verdict that repr_failure renders."""
+
+    def __init__(self, verdict):
+        super().__init__(verdict.status)
+        self.verdict = verdict
+
+
+class SpecItem(pytest.Item):
+    def __init__(self, *, spec, load_error, **kwargs):
+        super().__init__(**kwargs)
+        self.spec, self.load_error = spec, load_error
+
+    def runtest(self):
+        from repro import pipeline
+        from repro.verdict import ERROR, RECORDED, Verdict
+
+        if self.load_error is not None:
+            raise ReproFailure(Verdict(name=self.name, status=ERROR, spec_path=str(self.path),
+                                       error=str(self.load_error)))
+        options = options_from_config(self.config)
+        action = pipeline.record if self.config.getoption("--repro-record") else pipeline.verify
+        verdict = action(self.spec, options)
+        self._properties(verdict)
+        self.config.stash[_VERDICTS].append(verdict)
+        if verdict.status == RECORDED:
+            from repro.report import summary_line
+            self._repro_recorded = summary_line(verdict)
+        if not verdict.ok:
+            raise ReproFailure(verdict)
+
+    def _properties(self, v):
+        props = {"repro_status": v.status, "repro_spec_hash": v.spec_hash,
+                 "repro_commit": v.commit, "repro_platform": v.platform,
+                 "repro_bitwise": "" if v.bitwise is None else str(v.bitwise).lower(),
+                 "repro_fingerprint": json.dumps(v.fingerprint, sort_keys=True)}
+        self.user_properties.extend(props.items())
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ReproFailure):
+            from repro.report import render
+            return render(excinfo.value.verdict)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"repro spec {self.name}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    line = getattr(item, "_repro_recorded", None)
+    if line and call.when == "call":
+        # on the report, not in this process's stash: under pytest-xdist the summary is written
+        # by the controller, which only sees the (serialised) reports of its workers
+        report.repro_recorded = line
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = [r.repro_recorded for r in terminalreporter.stats.get("passed", [])
+             if getattr(r, "repro_recorded", None)]
+    if lines:
+        terminalreporter.section("repro: recorded versions written")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def repro_verify(request):
+    """`repro_verify(spec_path, **options)`: retrain a spec and compare it with its record from
+    a Python test; fails the test with the verdict table, returns the Verdict on a pass."""
+    from repro import pipeline
+    from repro.report import render
+
+    base = options_from_config(request.config)
+
+    def check(spec, **overrides):
+        options = dataclasses.replace(base, **overrides)
+        action = pipeline.record if request.config.getoption("--repro-record") else pipeline.verify
+        verdict = action(spec, options)
+        if not verdict.ok:
+            pytest.fail(render(verdict), pytrace=False)
+        return verdict
+
+    return check
+
+
+@pytest.fixture
+def gradcheck():
+    """`gradcheck(fn, *args, **kw)` is `repro.gradcheck.check_gradients`."""
+    from repro.fixtures import gradcheck_fixture
+    return gradcheck_fixture()
