@@ -15,14 +15,13 @@ EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
 def _spec_paths(args: list[str]) -> list[Path]:
     """Expand directories to the spec files below them (YAML carrying `repro:`)."""
-    from repro.spec import is_spec_text
+    from repro.spec import find_specs
 
     out = []
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()
-                           and is_spec_text(q.read_text(encoding="utf-8", errors="replace")))
+            found = find_specs(p)
             if not found:
                 raise ReproError(f"no spec files (YAML with `repro:`) under {p}")
             out += found
@@ -37,7 +36,7 @@ def _options(ns):
     echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
     return Options(backend=ns.backend, code=ns.code, platform=ns.platform,
                    records_root=Path(ns.records) if ns.records else None,
-                   timeout=ns.timeout, echo=echo)
+                   timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache)
 
 
 def _run_each(ns, action) -> int:
@@ -65,6 +64,49 @@ def cmd_record(ns) -> int:
 def cmd_verify(ns) -> int:
     from repro import pipeline
     return _run_each(ns, pipeline.verify)
+
+
+def cmd_audit(ns) -> int:
+    import json
+    import signal
+
+    from repro.audit import audit_json, junit_xml, load_history, run_audit, save_history
+    from repro.ioutil import atomic_write_text
+    from repro.report import audit_summary, progress_line
+
+    ns.stream = False  # parallel children's output would interleave; it is in each verdict
+    options = _options(ns)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a CI job's kill: report, then stop
+    try:
+        audit = run_audit(ns.directory, options, jobs=ns.jobs,
+                          on_done=lambda v, k, n: print(progress_line(v, k, n), flush=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print()
+    print(audit_summary(audit), flush=True)
+    doc = audit_json(audit)
+    if ns.json:
+        atomic_write_text(Path(ns.json), json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if ns.junit:
+        atomic_write_text(Path(ns.junit), junit_xml(audit))
+    history = []
+    if ns.history:
+        save_history(ns.history, doc)
+        history = load_history(ns.history, ns.history_limit)
+    if ns.report:
+        from repro.report_html import render_html
+        atomic_write_text(Path(ns.report), render_html(doc, history))
+    for flag, path in (("json", ns.json), ("junit", ns.junit), ("report", ns.report)):
+        if path:
+            print(f"{flag}: {path}")
+    if not audit.complete:
+        print("repro: audit interrupted; the reports are marked incomplete", file=sys.stderr)
+        return 130
+    return audit.exit_code
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def cmd_hash(ns) -> int:
@@ -112,9 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"repro {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def running(name, func, help_):
+    def running(name, func, help_, audit=False):
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("specs", nargs="+", metavar="SPEC", help="spec file(s) or directories")
+        if audit:
+            p.add_argument("directory", nargs="?", default="specs", metavar="DIR",
+                           help="where to look for specs (default: specs/)")
+            p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                           help="verify N specs at a time (each run takes environment.cpus cores)")
+            p.add_argument("--json", metavar="F", help="write the machine-readable result")
+            p.add_argument("--junit", metavar="F", help="write JUnit XML (one case per spec)")
+            p.add_argument("--report", metavar="F.html", help="write the HTML report")
+            p.add_argument("--history", metavar="DIR", help="keep this audit's JSON in DIR; the "
+                           "report shows the last audits per spec")
+            p.add_argument("--history-limit", type=int, default=10, metavar="N")
+        else:
+            p.add_argument("specs", nargs="+", metavar="SPEC", help="spec file(s) or directories")
         p.add_argument("--backend", default="local", choices=("local", "docker"))
         p.add_argument("--code", default="pinned", choices=("pinned", "worktree"),
                        help="pinned: the tree at code.commit (default); worktree: this checkout")
@@ -127,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stream", dest="stream", action="store_true", default=None,
                        help="show the training output as it runs (default: on a terminal)")
         p.add_argument("--no-stream", dest="stream", action="store_false")
+        p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                       help="do not share JAX's persistent compilation cache between runs")
         p.add_argument("-v", "--verbose", action="store_true", help="show every quantity")
         p.set_defaults(func=func)
 
@@ -134,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     running("record", cmd_record, "execute specs and write their recorded versions")
     running("verify", cmd_verify, "execute specs and compare with their recorded versions "
             "(exit 0 pass, 1 mismatch, 2 error)")
+    running("audit", cmd_audit, "verify every spec under DIR and report (exit 0 all pass, "
+            "1 any fail, 2 any error)", audit=True)
     p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_hash)
@@ -149,7 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diff)
     p = sub.add_parser("schema", help="print the spec's JSON Schema")
     p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("env", help="environment images (docker backend)")
+    env_sub = p.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
+    p = env_sub.add_parser("build", help="build an image offline from a recipe (Dockerfile + "
+                           "hashed requirements.lock + recipe.yaml); last line printed: "
+                           "NAME@sha256:<64 hex>")
+    p.add_argument("recipe", metavar="RECIPE_DIR")
+    p.set_defaults(func=cmd_env_build)
     return parser
+
+
+def cmd_env_build(ns) -> int:
+    from repro.envbuild import main_build
+    return main_build(ns.recipe)
 
 
 def _version() -> str:

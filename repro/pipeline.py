@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import repro
 from repro.backends import ChildOutcome, get_backend
 from repro.errors import ReproError, RunError
 from repro.ioutil import read_npz
+from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
 from repro.pins.env import fingerprint_changes
@@ -39,6 +42,10 @@ class Options:
     timeout: float | None = None         # default: the spec's timeout
     echo: object = False                 # stream the child's output (True, or a callable per line)
     keep_run_dir: bool = False
+    compile_cache: bool = True           # JAX persistent compilation cache shared by runs
+    cpu_slot: int | None = None          # which cores a parallel run takes (audit/xdist worker)
+    docker_memory: str | None = None     # docker backend: memory limit when the spec sets none
+    docker_pids: int | None = None       # docker backend: pids limit when the spec sets none
 
 
 @dataclass
@@ -59,6 +66,8 @@ class RunResult:
     grad_steps: list[int]
     outcome: ChildOutcome
     notes: list[str] = field(default_factory=list)
+    image: object = None                 # docker: the repro.pins.image.ImagePin that ran
+    packages: list[str] | None = None    # docker: the image's package list, taken inside it
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:
@@ -74,10 +83,19 @@ def prepare(spec: Spec | str | Path, options: Options) -> Prepared:
     return Prepared(spec, root, code, data)
 
 
-def execute(prep: Prepared, options: Options) -> RunResult:
-    """Run the training function in a fresh child and collect what it wrote."""
+def execute(prep: Prepared, options: Options, recorded: dict | None = None) -> RunResult:
+    """Run the training function in a fresh child and collect what it wrote. `recorded` (the
+    record's metadata, verify only) lets the docker backend accept an image rebuilt from the
+    spec's recipe when its package list equals the record's."""
     spec = prep.spec
     backend = get_backend(options.backend)
+    env_spec, image = spec.environment, None
+    if options.backend == "docker":
+        from repro.pins.image import resolve_image
+        image = resolve_image(spec, prep.repo_root, recorded, _say(options.echo))
+        env_spec = env_spec.model_copy(update={
+            "image": image.id, "memory": env_spec.memory or options.docker_memory,
+            "pids": env_spec.pids or options.docker_pids})
     run_dir = Path(tempfile.mkdtemp(prefix=f"repro-{spec.name}-"))
     try:
         from repro.pins.env import determinism_settings
@@ -87,14 +105,34 @@ def execute(prep: Prepared, options: Options) -> RunResult:
                "config": spec.config, "cpus": spec.environment.cpus,
                "grads": spec.record.grads.model_dump() if spec.record.grads else None,
                "weights": spec.record.weights, "packages": spec.environment.packages,
-               "settings": settings}
+               "settings": settings, "cpu_slot": _cpu_slot(options),
+               "compile_cache": str(cache_dir() / "jax-compile") if options.compile_cache else None}
+        job["spec"] = spec.name
         (run_dir / "job.json").write_text(json.dumps(job, indent=1))
         timeout = options.timeout or spec.timeout
-        outcome = backend.run(job, run_dir, prep.code.tree, spec.environment, timeout, options.echo)
-        return _collect(run_dir, outcome, spec, options)
+        outcome = backend.run(job, run_dir, prep.code.tree, env_spec, timeout, options.echo)
+        result = _collect(run_dir, outcome, spec, options)
+        if image is not None:
+            result.image, result.notes = image, image.notes + result.notes
+        return result
     finally:
         if not options.keep_run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _say(echo):
+    """Where progress lines (an image rebuild) go: like the child's output."""
+    if echo is True:
+        import sys
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    return echo if callable(echo) else None
+
+
+def _cpu_slot(options: Options) -> int | None:
+    if options.cpu_slot is not None:
+        return options.cpu_slot
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
 
 
 def _collect(run_dir: Path, outcome: ChildOutcome, spec: Spec, options: Options) -> RunResult:
@@ -136,7 +174,8 @@ def _collect(run_dir: Path, outcome: ChildOutcome, spec: Spec, options: Options)
                      + ", ".join(outcome.dropped_env))
     notes += outcome.notes
     return RunResult(key, fp, result.get("metrics", {}), arrays, result.get("timings", {}),
-                     result.get("grad_steps", []), outcome, notes)
+                     result.get("grad_steps", []), outcome, notes,
+                     packages=result.get("packages"))
 
 
 def _backend_notes(spec: Spec, options: Options) -> list[str]:
@@ -150,9 +189,14 @@ def _backend_notes(spec: Spec, options: Options) -> list[str]:
 
 
 def _base_verdict(spec: Spec | None, status: str, options: Options) -> Verdict:
-    return Verdict(name=spec.name if spec else "?", status=status,
-                   spec_path=str(spec.path) if spec else "", backend=options.backend,
-                   spec_hash=spec.hash if spec else "", commit=spec.code.commit or "" if spec else "")
+    v = Verdict(name=spec.name if spec else "?", status=status,
+                spec_path=str(spec.path) if spec else "", backend=options.backend,
+                spec_hash=spec.hash if spec else "", commit=spec.code.commit or "" if spec else "")
+    if spec is not None:
+        v.pins = {"commit": spec.code.commit, "spec_hash": spec.hash,
+                  "data": {n: e.sha256 for n, e in spec.data.items()},
+                  "image": spec.environment.image}
+    return v
 
 
 def _error_verdict(spec_ref, exc: ReproError, options: Options, spec: Spec | None) -> Verdict:
@@ -165,6 +209,20 @@ def _error_verdict(spec_ref, exc: ReproError, options: Options, spec: Spec | Non
     return v
 
 
+def _timed(func):
+    """Stamp the verdict with the wall time of the whole call."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        verdict = func(*args, **kwargs)
+        verdict.duration_s = time.perf_counter() - t0
+        return verdict
+    return wrapper
+
+
+@_timed
 def run(spec_ref, options: Options | None = None) -> Verdict:
     """Execute a spec and summarise the run; compare nothing (`repro run`)."""
     options = options or Options()
@@ -191,6 +249,7 @@ def _verdict_for_run(spec, prep, result: RunResult, status, options) -> Verdict:
     return v
 
 
+@_timed
 def record(spec_ref, options: Options | None = None) -> Verdict:
     """Execute a spec and write its recorded version (atomically)."""
     options = options or Options()
@@ -223,7 +282,9 @@ def _record_meta(prep: Prepared, result: RunResult, options: Options) -> dict:
                  "file": _relative(spec.path, prep.repo_root)},
         "code": {"mode": prep.code.mode, "commit": prep.code.commit, "dirty": prep.code.dirty},
         "data": {n: {"path": e.path, "sha256": e.sha256} for n, e in spec.data.items()},
-        "image": spec.environment.image if options.backend != "local" else None,
+        "image": (result.image.ref if result.image is not None else spec.environment.image)
+                 if options.backend != "local" else None,
+        "image_packages": _image_packages(result),
         "backend": options.backend,
         "platform": result.platform_key,
         "fingerprint": result.fingerprint,
@@ -233,6 +294,14 @@ def _record_meta(prep: Prepared, result: RunResult, options: Options) -> dict:
     }
 
 
+def _image_packages(result: RunResult) -> dict | None:
+    """The image's package fingerprint (docker runs): what a rebuild from recipe must match."""
+    if result.packages is None:
+        return None
+    from repro.pins.image import describe_packages
+    return describe_packages(result.packages)
+
+
 def _relative(path: Path | None, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(root))
@@ -240,6 +309,7 @@ def _relative(path: Path | None, root: Path) -> str:
         return str(path)
 
 
+@_timed
 def verify(spec_ref, options: Options | None = None) -> Verdict:
     """Retrain from the pins and compare with the recorded version."""
     options = options or Options()
@@ -253,10 +323,12 @@ def verify(spec_ref, options: Options | None = None) -> Verdict:
         if early_key:
             # A missing or corrupted record is reported before any training time is spent; the
             # arrays (and numpy, and the comparison code) load while the child trains.
-            directory, _ = check_record(record_dir(prep.repo_root, spec.name, early_key,
-                                                   options.records_root))
+            directory, recorded = check_record(record_dir(prep.repo_root, spec.name, early_key,
+                                                          options.records_root))
             loader = _Background(read_record, directory)
-        result = execute(prep, options)
+        else:
+            recorded = {}  # found after the run: an image rebuild cannot be checked against it
+        result = execute(prep, options, recorded)
         if loader is not None:
             rec = loader.result()
         else:
@@ -301,6 +373,11 @@ def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> V
     v.rows, v.bitwise, v.mode_reason = cmp.rows, cmp.bitwise, cmp.reason
     v.record_path = str(rec.path)
     v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend)
+    for name in (spec.record.metrics or sorted(set(rec.metrics) & set(result.metrics))):
+        a, b = rec.metrics.get(name), result.metrics.get(name)
+        if a and b:
+            v.curves[name] = {"steps": a["steps"], "recorded": a["values"],
+                              "run_steps": b["steps"], "run": b["values"]}
     return v
 
 

@@ -102,3 +102,33 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
 
 def _fmt_metric(x) -> str:
     return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def _detail(v: Verdict) -> str:
+    if v.status == FAIL and v.first_divergence is not None:
+        r = v.first_divergence
+        where = f" at step {r.first_step}" if r.first_step is not None else ""
+        return f"{r.label}{where}, max rel err {_num(r.max_rel)}"
+    if v.status == ERROR:
+        return (v.error.splitlines() or [""])[0][:100]
+    if v.status == PASS:
+        return "bitwise" if v.bitwise else "within tolerance"
+    return ""
+
+
+def progress_line(v: Verdict, done: int, total: int, width: int = 20) -> str:
+    """One line per finished spec: a bar, the count, the status and why."""
+    filled = round(width * done / total)
+    bar = "#" * filled + "-" * (width - filled)
+    word = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR"}.get(v.status, v.status.upper())
+    return f"[{bar}] {done}/{total} {word:<5} {v.name} ({v.duration_s:.1f} s) {_detail(v)}"
+
+
+def audit_summary(audit) -> str:
+    """The table printed at the end of an audit."""
+    rows = [[v.name, v.status, f"{v.duration_s:.1f} s", _detail(v)] for v in audit.verdicts]
+    counts = audit.counts()
+    head = (f"repro audit of {audit.directory}: {counts['pass']} pass, {counts['fail']} fail, "
+            f"{counts['error']} error in {audit.duration_s:.1f} s (-j {audit.jobs})"
+            + ("" if audit.complete else "  [INCOMPLETE: interrupted]"))
+    return head + "\n\n" + table(rows, ["spec", "status", "time", "detail"])

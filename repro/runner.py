@@ -54,7 +54,7 @@ def _run(job: dict, run_dir: Path, result: dict) -> None:
     from repro.pins.env import check_packages, fingerprint, pick_cpus
 
     try:
-        cpus = pick_cpus(job["cpus"])
+        cpus = pick_cpus(job["cpus"], job.get("cpu_slot"))
     except RuntimeError as exc:
         raise _Failure(kind="environment", message=str(exc)) from None
     if hasattr(os, "sched_setaffinity"):
@@ -68,6 +68,9 @@ def _run(job: dict, run_dir: Path, result: dict) -> None:
     from repro.treepath import flatten_with_paths
     result["timings"]["import_jax_s"] = time.perf_counter() - t0
 
+    if job.get("list_packages"):  # docker: the image's package fingerprint, from inside it
+        from repro.pins.env import installed_packages
+        result["packages"] = installed_packages()
     problems = check_packages(job.get("packages", {}))
     if problems:
         raise _Failure(kind="packages", message="environment.packages do not match this "

@@ -96,6 +96,14 @@ class EnvironmentSpec(_Model):
     matmul_precision: Literal["default", "high", "highest", "bfloat16", "tensorfloat32",
                               "float32"] = "highest"
     xla_flags: list[str] = Field(default_factory=list)
+    # Sandbox limits of the docker backend. They cannot change a result, only stop a run, so
+    # they stay out of the canonical form and the hash (exclude=True).
+    memory: str | None = Field(None, exclude=True, pattern=r"^[0-9]+[kmgKMG]?$",
+                               description="docker backend: container memory limit, e.g. 4g "
+                                           "(default: ini repro_docker_memory, else 4g)")
+    pids: int | None = Field(None, exclude=True, ge=16, le=1_000_000,
+                             description="docker backend: container pids limit (default: ini "
+                                         "repro_docker_pids, else 1024)")
 
     @field_validator("image")
     @classmethod
@@ -353,3 +361,17 @@ def spec_json_schema() -> dict:
 def is_spec_text(text: str) -> bool:
     """Cheap test used by pytest collection: does this YAML file declare `repro:` at top level?"""
     return re.search(r"^repro\s*:", text, re.M) is not None
+
+
+def find_specs(directory: str | Path) -> list[Path]:
+    """Every spec file (YAML carrying a top-level `repro:`) below `directory`, sorted."""
+    found = []
+    for path in sorted(Path(directory).rglob("*")):
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if is_spec_text(text):
+                found.append(path)
+    return found

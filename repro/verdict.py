@@ -75,6 +75,9 @@ class Verdict:
     fingerprint: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     metrics_final: dict = field(default_factory=dict)
+    pins: dict = field(default_factory=dict)    # commit, spec hash, data sha256s, image
+    curves: dict = field(default_factory=dict)  # metric -> {steps, recorded, run} (verify only)
+    duration_s: float = 0.0                      # wall time of the whole verify/record/run
 
     @property
     def exit_code(self) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import repro
 from repro.backends.base import ChildOutcome, pump_output
-from repro.pins.env import child_environment
+from repro.pins.env import child_environment, compile_cache_env
 
 
 def harness_shim(run_dir: Path) -> Path:
@@ -36,11 +36,13 @@ class LocalBackend:
     def run(self, job: dict, run_dir: Path, tree: Path, env_spec, timeout: float,
             echo=False) -> ChildOutcome:
         env, dropped = child_environment(env_spec, [str(harness_shim(run_dir))])
+        env.update(compile_cache_env(job.get("compile_cache")))
         cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir)]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        _LIVE.add(proc)
         pump, tail = pump_output(proc.stdout, run_dir / "output.log", echo)
         outcome = ChildOutcome(returncode=None, dropped_env=dropped)
         try:
@@ -53,6 +55,7 @@ class LocalBackend:
             _kill_group(proc)
             raise
         finally:
+            _LIVE.discard(proc)
             pump.join(timeout=5)
         outcome.returncode = proc.returncode
         if proc.returncode is not None and proc.returncode < 0 and not outcome.timed_out:
@@ -63,6 +66,19 @@ class LocalBackend:
         outcome.log_tail = list(tail)
         outcome.wall_s = time.perf_counter() - start
         return outcome
+
+
+_LIVE: set[subprocess.Popen] = set()
+
+
+def kill_all() -> int:
+    """Kill every child this process started and that still runs (an interrupted audit's
+    worker threads are blocked in wait(); the children live in their own sessions, so the
+    terminal's Ctrl-C never reaches them). Returns how many were killed."""
+    procs = list(_LIVE)
+    for proc in procs:
+        _kill_group(proc)
+    return len(procs)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

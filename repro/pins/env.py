@@ -67,17 +67,35 @@ def child_environment(env_spec, pythonpath: list[str], inherited: dict | None = 
     return env, dropped
 
 
-def pick_cpus(n: int) -> list[int]:
-    """The first `n` CPUs this process may run on; error if fewer exist."""
+def compile_cache_env(directory: str | None) -> dict[str, str]:
+    """Environment for JAX's persistent compilation cache, shared by child runs (None: off).
+
+    Small programs compile in well under JAX's default 1 s threshold, so the thresholds are
+    dropped to cache everything. The cache holds compiled executables keyed by XLA's own
+    fingerprint of program, flags and backend: it changes how long a run takes, never its
+    numbers (tests/test_audit.py checks every bit), so it is not part of the fingerprint.
+    """
+    if not directory:
+        return {}
+    return {"JAX_COMPILATION_CACHE_DIR": directory,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+def pick_cpus(n: int, slot: int | None = None) -> list[int]:
+    """`n` CPUs this process may run on; error if fewer exist.
+
+    Parallel runs pass different `slot`s (audit workers, pytest-xdist workers) so that they
+    land on different cores; without one, a pid-dependent offset spreads them. Which cores a
+    run gets does not change its numbers; how many does.
+    """
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
         range(os.cpu_count() or 1))
     if n > len(allowed):
         raise RuntimeError(f"environment.cpus is {n} but this machine lets the run use only "
                            f"{len(allowed)} CPU(s) ({allowed}); lower environment.cpus or run "
                            "on a larger machine")
-    # Start at a pid-dependent offset so parallel runs (pytest -n 2) spread over the cores;
-    # which cores a run gets does not change its numbers, how many does.
-    start = os.getpid() % len(allowed)
+    start = ((slot * n) if slot is not None else os.getpid()) % len(allowed)
     return sorted((allowed + allowed)[start:start + n])
 
 
@@ -211,6 +229,22 @@ def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:
         "prng_canary": prng_canary(),
         "in_container": os.path.exists("/.dockerenv"),
     }
+
+
+def installed_packages() -> list[str]:
+    """Every distribution this interpreter sees, as sorted `name==version` lines (names
+    normalised as PEP 503 does; the first on sys.path wins, as for imports). Taken inside a
+    container it is the image's package fingerprint (repro.pins.image)."""
+    import importlib.metadata as md
+    import re
+
+    seen: dict[str, str] = {}
+    for dist in md.distributions():
+        name = dist.metadata["Name"] if dist.metadata else None
+        if name:
+            key = re.sub(r"[-_.]+", "-", name).lower()
+            seen.setdefault(key, f"{key}=={dist.version}")
+    return sorted(seen.values())
 
 
 def check_packages(expected: dict[str, str]) -> list[str]:
