@@ -98,6 +98,7 @@ def compare_arrays(kind: str, name: str, recorded: np.ndarray, current: np.ndarr
         diff = np.where(both_nan | same_inf, 0.0, diff)
         diff = np.where(np.isnan(diff), np.inf, diff)
         rel = np.where(diff == 0, 0.0, diff / np.abs(a))
+        rel = np.where(np.isnan(rel), np.inf, rel)  # inf/inf, x/nan: out, not 'nan'
     if bitwise:
         bad = _bitwise_unequal(recorded, current)
     else:
