@@ -50,8 +50,28 @@ class _Failure(Exception):
         self.info = info
 
 
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to SIGKILL this process when the repro process that started it dies: the child
+    runs in its own session (so a Ctrl-C is the parent's to handle), and a SIGKILLed parent
+    must not leave a training run behind."""
+    if not parent_pid or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(EXIT_FAILED)
+
+
 def _run(job: dict, run_dir: Path, result: dict) -> None:
     from repro.pins.env import check_packages, fingerprint, pick_cpus
+
+    _die_with_parent(job.get("parent_pid"))
 
     try:
         cpus = pick_cpus(job["cpus"], job.get("cpu_slot"))

@@ -8,6 +8,7 @@ on sys.path by the runner, can never shadow it, and the harness checkout's other
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ class LocalBackend:
             echo=False) -> ChildOutcome:
         env, dropped = child_environment(env_spec, [str(harness_shim(run_dir))])
         env.update(compile_cache_env(job.get("compile_cache")))
+        (run_dir / "job.json").write_text(json.dumps({**job, "parent_pid": os.getpid()}, indent=1))
         cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir)]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.DEVNULL,
