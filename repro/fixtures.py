@@ -1,0 +1,16 @@
+"""Bodies of the pytest fixtures that repro's pytest plugin exposes.
+
+Kept apart from the plugin so they can be imported and tested without pytest machinery.
+"""
+from __future__ import annotations
+
+
+def gradcheck_fixture():
+    """The ``gradcheck`` fixture: returns `repro.gradcheck.check_gradients`.
+
+    In a test: ``def test_loss_grads(gradcheck): gradcheck(loss, params, batch)``; it raises
+    `repro.gradcheck.GradientMismatch` (an AssertionError) naming the leaf that disagrees.
+    """
+    from repro.gradcheck import check_gradients
+
+    return check_gradients
