@@ -96,7 +96,7 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
         audit.complete = False
         for fut in pending:
             fut.cancel()
-        from repro.backends.local import kill_all
+        from repro.backends import kill_all  # local children and docker containers
         kill_all()
         pool.shutdown(wait=True, cancel_futures=True)
     finally:

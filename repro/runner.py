@@ -68,10 +68,28 @@ def _die_with_parent(parent_pid: int | None) -> None:
         os._exit(EXIT_FAILED)
 
 
+def _die_on_stdin_eof() -> None:
+    """The docker backend's version of _die_with_parent: the repro process holds the
+    container's stdin open (StdinOnce), so EOF on stdin means it died (even by SIGKILL)."""
+    import threading
+
+    def watch():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        os._exit(EXIT_FAILED)
+
+    threading.Thread(target=watch, daemon=True, name="repro-parent-watch").start()
+
+
 def _run(job: dict, run_dir: Path, result: dict) -> None:
     from repro.pins.env import check_packages, fingerprint, pick_cpus
 
     _die_with_parent(job.get("parent_pid"))
+    if job.get("watch_stdin"):
+        _die_on_stdin_eof()
 
     try:
         cpus = pick_cpus(job["cpus"], job.get("cpu_slot"))

@@ -33,15 +33,18 @@ def audited(project):
     return project
 
 
-def _runner_children(marker: str) -> list[int]:
+def _runner_children(parent: int) -> list[int]:
+    """Live `repro.runner` processes whose parent is `parent` (this test's audit only)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                cmd = (entry / "cmdline").read_bytes()
+                status = (entry / "status").read_text()
             except OSError:
                 continue
-            if "repro.runner" in cmd and marker in cmd:
+            if b"repro.runner" in cmd and f"PPid:\t{parent}\n" in status \
+                    and "State:\tZ" not in status:
                 pids.append(int(entry.name))
     return pids
 
@@ -110,17 +113,19 @@ def test_interrupt_kills_every_child_and_writes_a_partial_report(audited, tmp_pa
                             cwd=audited.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.time() + 60
-    marker = "repro-tiny"
-    while time.time() < deadline and len(_runner_children(marker)) < 2:
+    while time.time() < deadline and len(_runner_children(proc.pid)) < 2:
         time.sleep(0.2)
-    assert len(_runner_children(marker)) == 2, "two children should be running"
+    children = _runner_children(proc.pid)
+    assert len(children) == 2, "two children should be running"
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "INCOMPLETE" in out
     time.sleep(0.5)
-    assert _runner_children(marker) == []
+    alive = [p for p in children if Path(f"/proc/{p}").exists()
+             and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
+    assert alive == []
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["complete"] is False
     assert all(r["status"] == "error" and "interrupted" in r["error"] for r in doc["results"])

@@ -26,4 +26,15 @@ def get_backend(name: str):
     raise ReproError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["ChildOutcome", "get_backend", "BACKENDS"]
+def kill_all() -> int:
+    """Kill every run this process started on any backend (local children, containers)."""
+    import sys
+
+    from repro.backends.local import kill_all as kill_local
+    killed = kill_local()
+    if "repro.backends.docker" in sys.modules:  # never import the docker SDK just for this
+        killed += sys.modules["repro.backends.docker"].kill_all()
+    return killed
+
+
+__all__ = ["ChildOutcome", "get_backend", "BACKENDS", "kill_all"]
