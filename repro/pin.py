@@ -50,6 +50,12 @@ def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple
     entries = {name: resolve_data_path(root, e.path) for name, e in spec.data.items()}
     for (name, _), (_, digest) in zip(entries.items(), hash_paths(list(entries.values()), root=root)):
         wanted[("data", name, "sha256")] = digest
+    if spec.environment.image:
+        image, warning = _current_image(spec.environment.image)
+        if image:
+            wanted[("environment", "image")] = image
+        if warning:
+            warnings.append(warning)
     text = path.read_text(encoding="utf-8")
     current = {k: _get(spec.model_dump(), k) for k in wanted}
     changes = [(".".join(k), current[k], v) for k, v in wanted.items() if current[k] != v]
@@ -65,6 +71,27 @@ def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple
         parse_spec(data, file=str(path), lines=lines, default_name=spec.name)
         atomic_write_text(path, text)
     return changes, warnings
+
+
+def _current_image(pinned: str) -> tuple[str | None, str | None]:
+    """`NAME@<Id of the local image NAME now>`, or a warning saying why the pin was kept."""
+    from repro.errors import ReproError
+    from repro.pins.image import split_pin
+
+    name, _ = split_pin(pinned)
+    if not name:
+        return None, "environment.image is a bare image Id: kept as it is (no name to look up)"
+    try:
+        from repro.engine import connect
+
+        client = connect(timeout=10)
+        image = client.images.get(name)
+    except ReproError as exc:
+        return None, f"environment.image kept: {exc}"
+    except Exception as exc:  # docker.errors.ImageNotFound, APIError
+        return None, (f"environment.image kept: no local image {name!r} "
+                      f"({type(exc).__name__}); build it (`repro env build RECIPE`) and pin again")
+    return f"{name}@{image.id}", None
 
 
 def _get(tree, key):

@@ -110,3 +110,17 @@ def test_rebuild_needs_a_record_made_in_a_container(project, recipe, client):
     v = pipeline.verify(project.spec, DOCKER)
     assert v.status == "error"
     assert "the record (made with the local backend) holds no installed-package list" in v.error
+
+
+def test_pin_rewrites_the_image_digest_to_the_local_image(project, client):
+    image_id = cpu_image_id(client)
+    stale = "repro-jax-cpu@sha256:" + "0" * 64
+    pin_image(project, stale)
+    project.repro("pin", str(project.spec), check_rc=0)
+    assert f"image: repro-jax-cpu@{image_id}" in project.spec.read_text()
+    # an image name with no local image keeps its pin and says why
+    missing = "repro-no-such-image@sha256:" + "1" * 64
+    project.spec.write_text(project.spec.read_text().replace(f"repro-jax-cpu@{image_id}", missing))
+    proc = project.repro("pin", str(project.spec), check_rc=0)
+    assert missing in project.spec.read_text()
+    assert "no local image 'repro-no-such-image'" in proc.stderr
