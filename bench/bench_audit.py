@@ -46,7 +46,10 @@ def main() -> None:
     try:
         clone = work / "repo"
         sh("git", "clone", "-q", str(ROOT), str(clone), cwd=work)
-        for name in ("digits-mlp", "digits-cnn"):
+        for extra in (clone / "specs").glob("*.yaml"):  # exactly the two local zoo specs ...
+            if extra.stem not in ("digits-mlp", "digits-cnn"):
+                extra.unlink()
+        for name in ("digits-mlp", "digits-cnn"):  # ... and a variant of each: 4 specs
             text = (clone / "specs" / f"{name}.yaml").read_text()
             (clone / "specs" / f"{name}-b.yaml").write_text(
                 text.replace(f"name: {name}", f"name: {name}-b").replace("data: 1}", "data: 2}"))

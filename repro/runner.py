@@ -172,4 +172,9 @@ def _user_traceback(exc: BaseException, tree: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything that matters is written (atomically, fsynced). Skip the interpreter's teardown:
+    # unloading jax/XLA takes ~0.25 s, a tenth of a small training run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -139,6 +139,34 @@ def _same_name(client, name: str) -> list:
 
 
 _BUILT: dict[tuple, str] = {}
+
+
+def _build_memo(key: tuple) -> Path:
+    from repro.paths import cache_dir
+
+    return cache_dir() / "rebuilt" / (hashlib.sha256(repr(key).encode()).hexdigest()[:32] + ".txt")
+
+
+def _remembered_build(client, key: tuple) -> str | None:
+    """The image an earlier process rebuilt from this exact recipe (Dockerfile and lock), if
+    the engine still has it: the rebuild would return the same layers, so skip it."""
+    import docker
+
+    try:
+        image_id = _build_memo(key).read_text().strip()
+        return client.images.get(image_id).id if image_id else None
+    except (OSError, docker.errors.DockerException):
+        return None
+
+
+def _remember_build(key: tuple, image_id: str) -> None:
+    from repro.ioutil import atomic_write_text
+
+    try:
+        _build_memo(key).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(_build_memo(key), image_id + "\n")
+    except OSError:
+        pass
 _BUILD_LOCK = threading.Lock()
 
 
@@ -153,10 +181,11 @@ def _rebuild(client, spec, pinned, name, digest, recipe_dir: Path, recipe: str, 
     key = (str(recipe_dir), loaded.lock_sha256,
            hashlib.sha256((recipe_dir / "Dockerfile").read_bytes()).hexdigest())
     with _BUILD_LOCK:  # one build per recipe and process, however many specs share it
-        image_id = _BUILT.get(key)
+        image_id = _BUILT.get(key) or _remembered_build(client, key)
         if image_id is None:
             image_id = build(recipe_dir, client=client, echo=say or (lambda line: None)).id
-            _BUILT[key] = image_id
+            _remember_build(key, image_id)
+        _BUILT[key] = image_id
     lead = f"the pinned image {pinned} is absent; rebuilt it from recipe {recipe} as {image_id}"
     if image_id == digest:
         return ImagePin(pinned, image_id, name, "rebuilt",
