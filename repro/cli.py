@@ -132,7 +132,7 @@ def cmd_pin(ns) -> int:
 
 
 def cmd_diff(ns) -> int:
-    from repro.pipeline import diff_records
+    from repro.changes import diff_records
     from repro.report import render
 
     verdict = diff_records(ns.record_a, ns.record_b, ns.spec)

@@ -4,7 +4,6 @@ report; the compilation cache changes no recorded bit."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

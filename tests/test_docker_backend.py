@@ -3,7 +3,6 @@ bitwise with the local backend, sandboxed, and every failure a clear error with 
 left behind."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -167,7 +166,7 @@ def test_spec_without_image_is_an_error_on_the_docker_backend(project):
 
 
 def test_memory_limit_kill_says_so_with_the_limit(dproject):
-    dproject.edit_spec(f"  image: ", "  memory: 600m\n  image: ")
+    dproject.edit_spec("  image: ", "  memory: 600m\n  image: ")
     _train_does(dproject, "    hog = np.ones((300_000_000,))  # 2.4 GB")
     v = pipeline.run(dproject.spec, DOCKER)
     assert v.status == "error"
