@@ -132,11 +132,9 @@ def _repro_cache(tmp_path_factory):
         os.environ["REPRO_CACHE_DIR"] = old
 
 
-@pytest.fixture
-def project(tmp_path) -> Project:
-    """A fresh repo: tinyproj committed, data written, spec pinned to that commit (not recorded)."""
-    root = tmp_path / "proj"
-    root.mkdir()
+def build_project(root: Path) -> Project:
+    """tinyproj committed, data written, spec pinned to that commit (not recorded)."""
+    root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "main")
     p = Project(root)
     p.write("tinyproj/__init__.py", "")
@@ -147,3 +145,47 @@ def project(tmp_path) -> Project:
     p.write("specs/tiny.yaml", SPEC.format(commit=commit, sha=sha256(p.data)))
     p.commit("spec")
     return p
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    """A fresh repo: tinyproj committed, data written, spec pinned to that commit (not recorded)."""
+    return build_project(tmp_path / "proj")
+
+
+@pytest.fixture(scope="module")
+def recorded_template(tmp_path_factory) -> Project:
+    """A project recorded once per module and committed (copy it; do not change it)."""
+    p = build_project(tmp_path_factory.mktemp("template") / "proj")
+    p.repro("record", "specs/tiny.yaml", check_rc=0)
+    assert (p.record_dir / "record.json").exists()
+    p.commit("record tiny")  # as users do: the record is committed with the spec
+    return p
+
+
+def runner_children(parent: int) -> list[int]:
+    """Live `repro.runner` processes whose parent is `parent` (read from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if b"repro.runner" in cmd and f"PPid:\t{parent}\n" in status \
+                    and "State:\tZ" not in status:
+                pids.append(int(entry.name))
+    return pids
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (not gone, not zombies)."""
+    out = []
+    for pid in pids:
+        try:
+            if "State:\tZ" not in Path(f"/proc/{pid}/status").read_text():
+                out.append(pid)
+        except OSError:
+            pass
+    return out

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from repro import pipeline
+from tests.conftest import alive, runner_children
 
 
 def _add_spec(project, name: str, seed: int) -> Path:
@@ -30,22 +31,6 @@ def audited(project):
     project.commit("more specs")
     project.repro("record", "specs", check_rc=0)
     return project
-
-
-def _runner_children(parent: int) -> list[int]:
-    """Live `repro.runner` processes whose parent is `parent` (this test's audit only)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if b"repro.runner" in cmd and f"PPid:\t{parent}\n" in status \
-                    and "State:\tZ" not in status:
-                pids.append(int(entry.name))
-    return pids
 
 
 def test_one_perturbed_spec_is_the_one_fail_everywhere(audited, tmp_path):
@@ -112,9 +97,9 @@ def test_interrupt_kills_every_child_and_writes_a_partial_report(audited, tmp_pa
                             cwd=audited.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and len(_runner_children(proc.pid)) < 2:
+    while time.time() < deadline and len(runner_children(proc.pid)) < 2:
         time.sleep(0.2)
-    children = _runner_children(proc.pid)
+    children = runner_children(proc.pid)
     assert len(children) == 2, "two children should be running"
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
@@ -122,9 +107,7 @@ def test_interrupt_kills_every_child_and_writes_a_partial_report(audited, tmp_pa
     assert proc.returncode == 130, out
     assert "INCOMPLETE" in out
     time.sleep(0.5)
-    alive = [p for p in children if Path(f"/proc/{p}").exists()
-             and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
-    assert alive == []
+    assert alive(children) == []
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["complete"] is False
     assert all(r["status"] == "error" and "interrupted" in r["error"] for r in doc["results"])

@@ -16,33 +16,9 @@ import numpy as np
 import pytest
 
 from repro.record import read_record
-from tests.conftest import SPEC, TRAIN_PY, Project, git, sha256, write_data
+from tests.conftest import Project, git
 
 pytest_plugins = ["pytester"]
-
-
-def build_project(root) -> Project:
-    """What conftest's `project` fixture builds: tinyproj committed, spec pinned, no record."""
-    root.mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    p = Project(root)
-    p.write("tinyproj/__init__.py", "")
-    p.write("tinyproj/train.py", textwrap.dedent(TRAIN_PY))
-    p.data.parent.mkdir()
-    write_data(p.data)
-    commit = p.commit("tiny workload")
-    p.write("specs/tiny.yaml", SPEC.format(commit=commit, sha=sha256(p.data)))
-    p.commit("spec")
-    return p
-
-
-@pytest.fixture(scope="module")
-def recorded_template(tmp_path_factory) -> Project:
-    p = build_project(tmp_path_factory.mktemp("template") / "proj")
-    p.repro("record", "specs/tiny.yaml", check_rc=0)
-    assert (p.record_dir / "record.json").exists()
-    p.commit("record tiny")  # as users do: the record is committed with the spec
-    return p
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from repro.errors import RecordError
 from repro.record import read_record, write_record
-from tests.conftest import SPEC, TRAIN_PY, Project, git, sha256, write_data
+from tests.conftest import Project
 
 N_BIG = 6_000_000  # two float32 arrays of 24 MB: a write takes a visible while
 
@@ -120,29 +120,6 @@ def test_reader_recovers_the_old_record_between_two_renames(tmp_path):
 
 
 # --- the command line, on a real project ---------------------------------------------------
-
-def build_project(root: Path) -> Project:
-    """What conftest's `project` fixture builds: tinyproj committed, spec pinned, no record."""
-    root.mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    p = Project(root)
-    p.write("tinyproj/__init__.py", "")
-    p.write("tinyproj/train.py", textwrap.dedent(TRAIN_PY))
-    p.data.parent.mkdir()
-    write_data(p.data)
-    commit = p.commit("tiny workload")
-    p.write("specs/tiny.yaml", SPEC.format(commit=commit, sha=sha256(p.data)))
-    p.commit("spec")
-    return p
-
-
-@pytest.fixture(scope="module")
-def recorded_template(tmp_path_factory) -> Project:
-    p = build_project(tmp_path_factory.mktemp("template") / "proj")
-    p.repro("record", "specs/tiny.yaml", check_rc=0)
-    p.commit("record tiny")
-    return p
-
 
 @pytest.fixture
 def recorded(recorded_template, tmp_path) -> Project:

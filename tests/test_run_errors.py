@@ -127,36 +127,22 @@ def test_a_killed_repro_process_takes_its_training_run_with_it(project):
     import subprocess
     import sys
     import time
-    from pathlib import Path
+
+    from tests.conftest import alive, runner_children
 
     _break_training(project, "    return params", "    import time\n    time.sleep(120)\n    return params")
     proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "run", "--no-stream", str(project.spec)],
                             cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def children():
-        out = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmd = (entry / "cmdline").read_bytes()
-                    status = (entry / "status").read_text()
-                except OSError:
-                    continue
-                if b"repro.runner" in cmd and f"PPid:\t{proc.pid}\n" in status:
-                    out.append(int(entry.name))
-        return out
-
     deadline = time.time() + 60
-    while time.time() < deadline and not children():
+    while time.time() < deadline and not runner_children(proc.pid):
         time.sleep(0.2)
-    kids = children()
+    kids = runner_children(proc.pid)
     assert kids, "the training child should be running"
     time.sleep(2.0)  # well inside train(), past the runner's start-up
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
-    while time.time() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+    while time.time() < deadline and alive(kids):
         time.sleep(0.1)
-    alive = [k for k in kids if Path(f"/proc/{k}").exists()
-             and "State:\tZ" not in Path(f"/proc/{k}/status").read_text()]
-    assert alive == [], "the child outlived its killed parent"
+    assert alive(kids) == [], "the child outlived its killed parent"
