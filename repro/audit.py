@@ -62,6 +62,9 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
     import time
 
     options = options or pipeline.Options()
+    if not Path(directory).is_dir():
+        raise ReproError(f"{directory} is not a directory; `repro audit DIR` looks for specs "
+                         "below DIR (default: specs/)")
     specs = find_specs(directory)
     if not specs:
         raise ReproError(f"no spec files (YAML with `repro:`) under {directory}")

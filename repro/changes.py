@@ -50,7 +50,8 @@ def diff_records(path_a, path_b, spec_ref=None) -> Verdict:
             tolerance = canonical.get("tolerance", {})
             metrics = (canonical.get("record") or {}).get("metrics")
     except ReproError as exc:
-        v = Verdict(name=Path(str(path_b)).parent.name, status=ERROR, error=str(exc))
+        v = Verdict(name=Path(str(path_b)).resolve().parent.name or str(path_b), status=ERROR,
+                    error=str(exc))
         return v
     cmp = compare_run(a.meta, a.arrays, b.metrics, b.arrays, tolerance=tolerance,
                       platform_key=b.meta.get("platform", ""), run_fingerprint=b.fingerprint,

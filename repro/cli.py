@@ -148,6 +148,19 @@ def cmd_schema(ns) -> int:
     return EXIT_OK
 
 
+def _positive(kind):
+    """An argparse type: a number of `kind` greater than zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repro", description="Prove JAX training results "
                                      "reproduce from their pinned code, data and environment.")
@@ -159,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         if audit:
             p.add_argument("directory", nargs="?", default="specs", metavar="DIR",
                            help="where to look for specs (default: specs/)")
-            p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+            p.add_argument("-j", "--jobs", type=_positive(int), default=1, metavar="N",
                            help="verify N specs at a time (each run takes environment.cpus cores)")
             p.add_argument("--json", metavar="F", help="write the machine-readable result")
             p.add_argument("--junit", metavar="F", help="write JUnit XML (one case per spec)")
             p.add_argument("--report", metavar="F.html", help="write the HTML report")
             p.add_argument("--history", metavar="DIR", help="keep this audit's JSON in DIR; the "
                            "report shows the last audits per spec")
-            p.add_argument("--history-limit", type=int, default=10, metavar="N")
+            p.add_argument("--history-limit", type=_positive(int), default=10, metavar="N")
         else:
             p.add_argument("specs", nargs="+", metavar="SPEC", help="spec file(s) or directories")
         p.add_argument("--backend", default="local", choices=("local", "docker"))
@@ -176,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "run's platform: cpu, gpu or tpu)")
         p.add_argument("--records", metavar="DIR", help="records root (default "
                        "<repo>/fixtures/records)")
-        p.add_argument("--timeout", type=float, metavar="S", help="kill the run after S seconds "
+        p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill the run after S seconds "
                        "(default: the spec's timeout)")
         p.add_argument("--stream", dest="stream", action="store_true", default=None,
                        help="show the training output as it runs (default: on a terminal)")

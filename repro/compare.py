@@ -122,9 +122,11 @@ def _bitwise_unequal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _metric_array(series: dict) -> np.ndarray:
-    values = [float(v) if not isinstance(v, str) else float(v) for v in series["values"]]
-    return np.asarray(values, dtype=series.get("dtype", "float64")
-                      if np.dtype(series.get("dtype", "float64")).kind == "f" else np.float64)
+    """A logged trajectory as an array of its own float dtype (non-finite values are stored as
+    strings such as 'nan'; float() reads them back)."""
+    dtype = np.dtype(series.get("dtype", "float64"))
+    return np.asarray([float(v) for v in series["values"]],
+                      dtype=dtype if dtype.kind == "f" else np.float64)
 
 
 def compare_run(record_meta: dict, record_arrays: dict, run_metrics: dict, run_arrays: dict, *,

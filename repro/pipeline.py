@@ -107,8 +107,7 @@ def execute(prep: Prepared, options: Options, recorded: dict | None = None) -> R
                "weights": spec.record.weights, "packages": spec.environment.packages,
                "settings": settings, "cpu_slot": _cpu_slot(options),
                "compile_cache": str(cache_dir() / "jax-compile") if options.compile_cache else None}
-        job["spec"] = spec.name
-        (run_dir / "job.json").write_text(json.dumps(job, indent=1))
+        job["spec"] = spec.name  # the backend writes job.json (with its own paths) for the runner
         timeout = options.timeout or spec.timeout
         outcome = backend.run(job, run_dir, prep.code.tree, env_spec, timeout, options.echo)
         result = _collect(run_dir, outcome, spec, options)

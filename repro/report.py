@@ -47,7 +47,7 @@ def summary_line(v: Verdict) -> str:
 
 def render(v: Verdict, *, verbose: bool = False) -> str:
     """The full text for one verdict: what was compared, the table, what changed, notes."""
-    out = [summary_line(v)]
+    out = [summary_line(v) if v.status != ERROR else f"ERROR {v.name}"]
     if v.spec_path:
         out.append(f"  spec:   {v.spec_path}")
     if v.code:

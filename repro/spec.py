@@ -19,7 +19,6 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from repro.errors import SpecError
 from repro.yamlio import load_with_lines
 
-FORMAT_VERSION = 1
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _IMAGE = re.compile(r"^([a-z0-9]+([._/:-][a-z0-9]+)*@)?sha256:[0-9a-f]{64}$")

@@ -88,22 +88,3 @@ def _walk(node, path: tuple, lines: dict, file: str, ancestors: frozenset, seen_
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _walk(item, path + (i,), lines, file, ancestors, seen_nodes)
-
-
-def scalar_spans(text: str) -> dict[tuple, tuple[int, int]]:
-    """{key path: (start, end) character offsets of its scalar value} — for in-place edits that
-    keep the user's comments and layout (`repro pin`)."""
-    node = yaml.compose(text, Loader=SpecLoader)
-    spans: dict[tuple, tuple[int, int]] = {}
-
-    def walk(n, path):
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                walk(v, path + (k.value,))
-        elif isinstance(n, yaml.ScalarNode):
-            spans[path] = (n.start_mark.index, n.end_mark.index)
-        spans.setdefault(path + ("__node__",), (n.start_mark.index, n.end_mark.index))
-
-    if node is not None:
-        walk(node, ())
-    return spans

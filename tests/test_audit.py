@@ -128,3 +128,15 @@ def test_compilation_cache_changes_no_recorded_bit(project, tmp_path, monkeypatc
         assert v.status == "pass" and v.bitwise
         assert all(r.max_abs == 0 for r in v.rows)
     assert not any(c.what == "environment" and c.numeric for c in warm.changes)
+
+
+def test_bad_audit_arguments_are_clear_errors(project, tmp_path):
+    proc = project.repro("audit", "specs", "-j", "0", check_rc=2)
+    assert "-j/--jobs: must be greater than 0, got 0" in proc.stderr
+    proc = project.repro("verify", "specs", "--timeout", "-5", check_rc=2)
+    assert "--timeout: must be greater than 0" in proc.stderr
+    proc = project.repro("audit", str(tmp_path / "missing"), check_rc=2)
+    assert "is not a directory" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = project.repro("audit", str(tmp_path / "empty"), check_rc=2)
+    assert "no spec files" in proc.stderr

@@ -1,7 +1,9 @@
-"""Backends start the child runner somewhere — a fresh local process, or (planned) a container —
-and hand back what it left in the run directory. They share one interface:
+"""Backends start the child runner somewhere — a fresh local process or a container — and hand
+back what it left in the run directory. They share one interface:
 
     backend.run(job: dict, run_dir: Path, tree: Path, env_spec, timeout: float, echo) -> ChildOutcome
+
+The backend writes `run_dir/job.json` for the runner, with the paths as the runner will see them.
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ class ChildOutcome:
     log_tail: list[str] = field(default_factory=list)
     dropped_env: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
 
 
 def pump_output(stream, log_path: Path, echo) -> tuple[threading.Thread, collections.deque]:

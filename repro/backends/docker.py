@@ -102,7 +102,6 @@ class DockerBackend:
         cname = f"repro-{spec_name[:40]}-{uuid.uuid4().hex[:10]}"
         outcome = ChildOutcome(returncode=None, dropped_env=dropped)
         container = stdin = None
-        start = time.perf_counter()
         restore = _sigterm_interrupts()
         try:
             try:
@@ -150,7 +149,6 @@ class DockerBackend:
             _close(stdin)
             _remove(client, container, cname)
             _LIVE.discard(container)
-        outcome.wall_s = time.perf_counter() - start
         outcome.notes.append(f"ran in container image {image} (network none, user "
                              f"{SANDBOX_UID}, memory {memory}, pids {pids})")
         return outcome

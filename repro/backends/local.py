@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import repro
@@ -40,7 +39,6 @@ class LocalBackend:
         env.update(compile_cache_env(job.get("compile_cache")))
         (run_dir / "job.json").write_text(json.dumps({**job, "parent_pid": os.getpid()}, indent=1))
         cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir)]
-        start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -66,7 +64,6 @@ class LocalBackend:
             if sig == signal.SIGKILL:
                 outcome.killed_reason += " (out of memory? `dmesg` may say)"
         outcome.log_tail = list(tail)
-        outcome.wall_s = time.perf_counter() - start
         return outcome
 
 

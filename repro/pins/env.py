@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform as _platform
-import sys
 
 # Fingerprint fields that decide the arithmetic. When all are equal, `tolerance.mode: auto`
 # demands bitwise equality; any other field (hostname, CPU model name, python patch) only informs.
@@ -275,7 +274,3 @@ def fingerprint_changes(recorded: dict, current: dict) -> list[tuple[str, object
         elif a != b:
             out.append((key, a, b, key in NUMERIC_FIELDS))
     return out
-
-
-def python_executable() -> str:
-    return sys.executable
