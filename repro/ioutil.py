@@ -5,8 +5,10 @@ a reader sees the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -55,12 +57,32 @@ def write_npz_atomic(path: Path, arrays: dict) -> None:
     _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def open_regular(path: Path):
+    """Open a regular file for reading without following a symbolic link at its last component.
+
+    Files a run wrote (run.json, arrays.npz) sit in a directory the sandboxed code could write:
+    a link there must never make the host read, or show, a file of its own choosing. Raises
+    FileNotFoundError when absent, ValueError when it is a link, a FIFO or anything but a file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symbolic link, not a file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def read_npz(path: Path) -> dict:
-    """Load every array of an .npz eagerly (allow_pickle=False); raise ValueError on damage."""
+    """Load every array of an .npz eagerly (allow_pickle=False); raise ValueError on damage
+    (a link or a non-file counts as damage: see open_regular)."""
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None

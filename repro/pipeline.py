@@ -10,7 +10,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import repro
 from repro.backends import ChildOutcome, get_backend
+from repro.backends.base import RunDir
 from repro.errors import ReproError, RunError
-from repro.ioutil import read_npz
+from repro.ioutil import open_regular, read_npz
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
@@ -96,7 +96,7 @@ def execute(prep: Prepared, options: Options, recorded: dict | None = None) -> R
         env_spec = env_spec.model_copy(update={
             "image": image.id, "memory": env_spec.memory or options.docker_memory,
             "pids": env_spec.pids or options.docker_pids})
-    run_dir = Path(tempfile.mkdtemp(prefix=f"repro-{spec.name}-"))
+    run_dir = RunDir.create(prefix=f"repro-{spec.name}-")
     try:
         from repro.pins.env import determinism_settings
         settings = determinism_settings(spec.environment)
@@ -110,13 +110,13 @@ def execute(prep: Prepared, options: Options, recorded: dict | None = None) -> R
         job["spec"] = spec.name  # the backend writes job.json (with its own paths) for the runner
         timeout = options.timeout or spec.timeout
         outcome = backend.run(job, run_dir, prep.code.tree, env_spec, timeout, options.echo)
-        result = _collect(run_dir, outcome, spec, options)
+        result = _collect(run_dir.out, outcome, spec, options)
         if image is not None:
             result.image, result.notes = image, image.notes + result.notes
         return result
     finally:
         if not options.keep_run_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run_dir.root, ignore_errors=True)
 
 
 def _say(echo):
@@ -140,7 +140,10 @@ def _collect(run_dir: Path, outcome: ChildOutcome, spec: Spec, options: Options)
         raise RunError(f"the run {outcome.killed_reason} (spec timeout: {spec.timeout:g} s; raise "
                        "`timeout:` in the spec or pass --timeout)", detail=tail)
     try:
-        result = json.loads((run_dir / "run.json").read_text())
+        with open_regular(run_dir / "run.json") as f:
+            result = json.loads(f.read())
+        if not isinstance(result, dict):
+            raise ValueError("run.json is not a JSON object")
     except (OSError, ValueError):
         how = outcome.killed_reason or f"exited with code {outcome.returncode}"
         raise RunError(f"the run {how} before writing its result; the last lines of its output "
@@ -166,7 +169,7 @@ def _collect(run_dir: Path, outcome: ChildOutcome, spec: Spec, options: Options)
     except (ValueError, FileNotFoundError) as exc:
         raise RunError(f"the run's arrays.npz cannot be read: {exc}") from None
     fp = result.get("fingerprint", {})
-    key = options.platform or PLATFORM_KEYS.get(fp.get("backend", ""), fp.get("backend", "cpu"))
+    key = options.platform or platform_key(fp.get("backend") if isinstance(fp, dict) else None)
     notes = []
     if outcome.dropped_env:
         notes.append("dropped from the run's environment (set by the caller): "
@@ -175,6 +178,18 @@ def _collect(run_dir: Path, outcome: ChildOutcome, spec: Spec, options: Options)
     return RunResult(key, fp, result.get("metrics", {}), arrays, result.get("timings", {}),
                      result.get("grad_steps", []), outcome, notes,
                      packages=result.get("packages"))
+
+
+def platform_key(reported: object) -> str:
+    """The record platform key for the jax backend a run reports. The value comes from the
+    child (sandboxed, untrusted): only a known backend name maps to a key, anything else is an
+    error — it names a record directory and must never become a host path."""
+    if isinstance(reported, str) and reported in PLATFORM_KEYS:
+        return PLATFORM_KEYS[reported]
+    shown = reported if isinstance(reported, str) and len(reported) <= 80 else type(reported).__name__
+    raise RunError(f"the run reported jax backend {shown!r}, which is none of "
+                   f"{', '.join(sorted(PLATFORM_KEYS))}; not taken as a platform key. Pass "
+                   "--platform KEY (--repro-platform) to name the record's platform")
 
 
 def _backend_notes(spec: Spec, options: Options) -> list[str]:

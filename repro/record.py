@@ -13,6 +13,7 @@ import ctypes.util
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +24,19 @@ from repro.ioutil import fsync_dir, read_npz, write_json_atomic, write_npz_atomi
 
 RECORD_FORMAT = 1
 RECORDS_DIR = Path("fixtures") / "records"
+ARRAYS_FILE = "arrays.npz"
+# A spec name or platform key becomes one directory name under the records root: nothing else.
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_component(value: object, what: str) -> str:
+    """`value` if it is safe as one path component (letters, digits, '.', '_', '-'; no
+    separator, no '..'), else RecordError. Spec names and platform keys name record
+    directories; a value that a run reported must never choose a host path."""
+    if not isinstance(value, str) or not _COMPONENT.match(value) or ".." in value:
+        raise RecordError(f"{what} {value!r} cannot name a record directory: use letters, "
+                          "digits, '.', '_' and '-' (at most 128, starting with a letter or digit)")
+    return value
 
 
 @dataclass
@@ -45,7 +59,7 @@ class Record:
 def record_dir(repo_root: Path, name: str, platform_key: str, root: Path | None = None) -> Path:
     """Where a spec's record for a platform lives (`root` overrides fixtures/records)."""
     base = Path(root) if root is not None else Path(repo_root) / RECORDS_DIR
-    return base / name / platform_key
+    return base / check_component(name, "spec name") / check_component(platform_key, "platform key")
 
 
 def sha256_bytes_of(path: Path) -> str:
@@ -63,9 +77,9 @@ def write_record(directory: Path, meta: dict, arrays: dict) -> Path:
     _clean_leftovers(directory)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
     try:
-        write_npz_atomic(staging / "arrays.npz", arrays)
+        write_npz_atomic(staging / ARRAYS_FILE, arrays)
         meta = {**meta, "format": RECORD_FORMAT,
-                "arrays": {"file": "arrays.npz", "sha256": sha256_bytes_of(staging / "arrays.npz"),
+                "arrays": {"file": ARRAYS_FILE, "sha256": sha256_bytes_of(staging / ARRAYS_FILE),
                            "index": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                                      for k, v in sorted(arrays.items())}}}
         write_json_atomic(staging / "record.json", meta)
@@ -130,7 +144,12 @@ def check_record(directory: Path) -> tuple[Path, dict]:
     index = meta.get("arrays")
     if not isinstance(index, dict):
         raise RecordError(f"{meta_path} is corrupted: it has no arrays index; record again")
-    arrays_path = directory / str(index.get("file", "arrays.npz"))
+    if index.get("file", ARRAYS_FILE) != ARRAYS_FILE:
+        # the name is fixed: a record.json pointing elsewhere (../../x.npz, /etc/...) is damage
+        raise RecordError(f"{meta_path} is corrupted: its arrays.file is "
+                          f"{index.get('file')!r}, not {ARRAYS_FILE!r}; restore it from git "
+                          "or record again")
+    arrays_path = directory / ARRAYS_FILE
     if not arrays_path.is_file():
         raise RecordError(f"{arrays_path} is missing; restore it from git or record again")
     actual = sha256_bytes_of(arrays_path)
@@ -145,7 +164,7 @@ def read_record(directory: Path) -> Record:
     """Load and check a record. Raise RecordError naming the file and what to do."""
     directory, meta = check_record(directory)
     index = meta["arrays"]
-    arrays_path = directory / str(index.get("file", "arrays.npz"))
+    arrays_path = directory / ARRAYS_FILE
     try:
         arrays = read_npz(arrays_path)
     except ValueError as exc:

@@ -1,9 +1,9 @@
-"""The child side of a run: `python -P -m repro.runner RUN_DIR`.
+"""The child side of a run: `python -P -m repro.runner JOB_JSON OUT_DIR`.
 
 Runs in a fresh process (or container) whose environment the parent built explicitly. It pins the
 CPU affinity, imports jax (the determinism settings are already in the environment), takes the
 fingerprint, imports the training entrypoint from the code tree, calls `train(ctx)` and writes
-`run.json` + `arrays.npz` into RUN_DIR. User code and jax state live only here.
+`run.json` + `arrays.npz` into OUT_DIR. User code and jax state live only here.
 
 Exit status: 0 ok, 3 the run failed (run.json says why); anything else is a crash before
 run.json could be written (the parent shows the output).
@@ -27,8 +27,8 @@ EXIT_FAILED = 3
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    run_dir = Path(argv[0])
-    job = json.loads((run_dir / "job.json").read_text())
+    job = json.loads(Path(argv[0]).read_text())
+    run_dir = Path(argv[1])
     result: dict = {"status": "error", "timings": {}, "harness": repro.__version__}
     t_start = time.perf_counter()
     try:

@@ -189,3 +189,39 @@ def alive(pids: list[int]) -> list[int]:
         except OSError:
             pass
     return out
+
+
+@pytest.fixture(scope="module")
+def cpu_image():
+    """The envs/cpu image's Id (skips outside CI, fails in CI, when there is none)."""
+    from dockerutil import cpu_image_id, engine_client
+
+    return cpu_image_id(engine_client())
+
+
+@pytest.fixture
+def dproject(project, cpu_image):
+    """The tiny project, its spec pinned to the envs/cpu image, under a unique spec name (the
+    `repro.spec` label finds its containers); fails if a container outlives the test."""
+    import uuid
+
+    from dockerutil import pin_image, repro_containers
+
+    name = f"dk-{uuid.uuid4().hex[:8]}"  # not "tiny-": test_audit counts repro-tiny-* runs
+    project.edit_spec("name: tiny", f"name: {name}")
+    pin_image(project, f"repro-jax-cpu@{cpu_image}")
+    project.name = name
+    yield project
+    left = repro_containers(name)
+    assert not left, f"containers left behind for {name}: {left}"
+
+
+def train_does(project, code: str) -> None:
+    """Insert `code` at the start of the tiny train(), commit and re-pin."""
+    train = project.root / "tinyproj" / "train.py"
+    text = train.read_text()
+    anchor = "    d = np.load(ctx.data[\"xy\"])"
+    assert anchor in text
+    train.write_text(text.replace(anchor, code.rstrip("\n") + "\n" + anchor))
+    project.commit("change training")
+    project.repro("pin", str(project.spec), check_rc=0)

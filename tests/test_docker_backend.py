@@ -12,51 +12,27 @@ from pathlib import Path
 import pytest
 
 from dockerutil import cpu_image_id, engine_client, pin_image, repro_containers
+from tests.conftest import train_does
 from repro import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = pipeline.Options(backend="docker")
 
 
-@pytest.fixture(scope="module")
-def cpu_image():
-    return cpu_image_id(engine_client())
-
-
-@pytest.fixture
-def dproject(project, cpu_image):
-    """The tiny project, its spec pinned to the envs/cpu image, under a unique spec name (the
-    `repro.spec` label finds its containers)."""
-    name = f"dk-{uuid.uuid4().hex[:8]}"  # not "tiny-": test_audit counts repro-tiny-* runs
-    project.edit_spec("name: tiny", f"name: {name}")
-    pin_image(project, f"repro-jax-cpu@{cpu_image}")
-    project.name = name
-    yield project
-    left = repro_containers(name)
-    assert not left, f"containers left behind for {name}: {left}"
-
-
-def _train_does(project, code: str) -> None:
-    """Insert `code` at the start of the tiny train(), commit and re-pin."""
-    train = project.root / "tinyproj" / "train.py"
-    text = train.read_text()
-    anchor = "    d = np.load(ctx.data[\"xy\"])"
-    assert anchor in text
-    train.write_text(text.replace(anchor, code.rstrip("\n") + "\n" + anchor))
-    project.commit("change training")
-    project.repro("pin", str(project.spec), check_rc=0)
-
-
-def test_local_mlp_record_verifies_bitwise_in_the_container(cpu_image):
-    """The digits MLP recorded with the local backend, retrained in the envs/cpu image (same
-    jax/jaxlib/numpy wheels): bitwise, and the verdict says so."""
+def test_local_mlp_record_verifies_bitwise_in_the_container(cpu_image, tmp_path):
+    """The digits MLP recorded with the local backend on this host (a tmp records root: the
+    committed record may come from a CPU of another kind), retrained in the envs/cpu image
+    (same jax/jaxlib/numpy wheels): bitwise, and the verdict says so."""
     spec = pipeline.load_spec(ROOT / "specs" / "digits-mlp.yaml")
     pinned = spec.model_copy(update={"environment": spec.environment.model_copy(
         update={"image": f"repro-jax-cpu@{cpu_image}"})})
     pinned._path = spec.path
-    v = pipeline.verify(pinned, DOCKER)
+    records = tmp_path / "records"
+    rec = pipeline.record(pinned, pipeline.Options(records_root=records))
+    assert rec.status == "recorded", rec.error
+    v = pipeline.verify(pinned, pipeline.Options(backend="docker", records_root=records))
     assert v.status == "pass", v.error or v.rows
-    assert v.bitwise is True
+    assert v.bitwise is True, v.mode_reason
     assert v.fingerprint["in_container"] is True
     from repro.report import render
     assert "bitwise identical" in render(v)
@@ -81,7 +57,7 @@ def test_record_carries_image_digest_packages_and_in_container_fingerprint(dproj
 
 def test_the_sandbox_is_what_the_docs_say(dproject):
     """Non-root, no capabilities, no-new-privileges, only loopback, read-only root."""
-    _train_does(dproject, '''
+    train_does(dproject, '''
     import os
     status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
     try:
@@ -111,7 +87,7 @@ def test_the_sandbox_is_what_the_docs_say(dproject):
     ("data mount", 'open(ctx.data["xy"], "r+b").write(b"pwned")', ""),
 ])
 def test_hostile_training_cannot_escape(dproject, what, code, expect):
-    _train_does(dproject, "    " + code)
+    train_does(dproject, "    " + code)
     data_before = dproject.data.read_bytes()
     v = pipeline.run(dproject.spec, DOCKER)
     assert v.status == "error"
@@ -167,14 +143,14 @@ def test_spec_without_image_is_an_error_on_the_docker_backend(project):
 
 def test_memory_limit_kill_says_so_with_the_limit(dproject):
     dproject.edit_spec("  image: ", "  memory: 600m\n  image: ")
-    _train_does(dproject, "    hog = np.ones((300_000_000,))  # 2.4 GB")
+    train_does(dproject, "    hog = np.ones((300_000_000,))  # 2.4 GB")
     v = pipeline.run(dproject.spec, DOCKER)
     assert v.status == "error"
     assert "was killed for exceeding its memory limit of 600m" in v.error, v.error
 
 
 def test_timeout_kills_and_removes_the_container(dproject):
-    _train_does(dproject, "    import time\n    time.sleep(120)")
+    train_does(dproject, "    import time\n    time.sleep(120)")
     v = pipeline.run(dproject.spec, pipeline.Options(backend="docker", timeout=6))
     assert v.status == "error"
     assert "timed out after 6 s and was killed" in v.error
@@ -182,7 +158,7 @@ def test_timeout_kills_and_removes_the_container(dproject):
 
 
 def test_crash_in_user_code_shows_the_users_frames(dproject):
-    _train_does(dproject, '    raise ValueError(f"bad config: lr={ctx.config[\'lr\']}")')
+    train_does(dproject, '    raise ValueError(f"bad config: lr={ctx.config[\'lr\']}")')
     v = pipeline.run(dproject.spec, DOCKER)
     assert v.status == "error"
     assert "the training function raised: ValueError: bad config: lr=0.05" in v.error
@@ -191,7 +167,7 @@ def test_crash_in_user_code_shows_the_users_frames(dproject):
 
 
 def test_output_streams_while_the_container_runs(dproject):
-    _train_does(dproject, '    print("hello from the container", flush=True)')
+    train_does(dproject, '    print("hello from the container", flush=True)')
     lines = []
     v = pipeline.run(dproject.spec, pipeline.Options(backend="docker", echo=lines.append))
     assert v.status == "ran", v.error
@@ -199,7 +175,7 @@ def test_output_streams_while_the_container_runs(dproject):
 
 
 def _start_sleeping_run(dproject):
-    _train_does(dproject, '    print("TRAINING-STARTED", flush=True)\n'
+    train_does(dproject, '    print("TRAINING-STARTED", flush=True)\n'
                           '    import time\n    time.sleep(120)')
     proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "run", "--backend", "docker",
                              "--stream", str(dproject.spec)], cwd=dproject.root,
@@ -231,7 +207,7 @@ def test_interrupted_audit_on_docker_leaves_no_container(dproject, tmp_path):
     import time
 
     assert pipeline.record(dproject.spec).status == "recorded"  # audit verifies: needs one
-    _train_does(dproject, "    import time\n    time.sleep(120)")
+    train_does(dproject, "    import time\n    time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "audit", "specs", "--backend",
                              "docker", "--json", str(tmp_path / "a.json")], cwd=dproject.root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

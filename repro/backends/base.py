@@ -2,12 +2,42 @@
 from __future__ import annotations
 
 import collections
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's scratch directory. The parent owns `job.json` and `output.log`; the child may
+    write only below `out/` (the one writable mount of a container), so nothing the sandboxed
+    code creates can stand where the parent writes, or be a parent file swapped for a link."""
+
+    root: Path
+
+    @property
+    def job(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "output.log"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @classmethod
+    def create(cls, prefix: str) -> "RunDir":
+        import tempfile
+
+        run = cls(Path(tempfile.mkdtemp(prefix=prefix)))
+        run.out.mkdir()
+        return run
 
 
 @dataclass
@@ -26,7 +56,9 @@ def pump_output(stream, log_path: Path, echo) -> tuple[threading.Thread, collect
     tail: collections.deque = collections.deque(maxlen=LOG_TAIL_LINES)
 
     def work():
-        with open(log_path, "wb") as log:
+        # O_EXCL|O_NOFOLLOW: the log is a new file of the parent's, never something found there
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as log:
             for raw in iter(stream.readline, b""):
                 log.write(raw)
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")

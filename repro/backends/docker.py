@@ -26,14 +26,15 @@ import uuid
 from pathlib import Path
 
 import repro
-from repro.backends.base import ChildOutcome, pump_output
+from repro.backends.base import ChildOutcome, RunDir, pump_output
 from repro.engine import LABEL, LABEL_SPEC, EngineError, connect
 from repro.pins.env import child_environment, compile_cache_env
 
 HARNESS_MOUNT = "/opt/repro/repro"
 CODE_MOUNT = "/work/code"
 DATA_MOUNT = "/work/data"
-RUN_MOUNT = "/run"
+RUN_MOUNT = "/run"            # the run's out/ directory: the container's one writable mount
+JOB_MOUNT = "/job/job.json"   # read-only
 CACHE_MOUNT = "/cache/jax"
 SANDBOX_UID = 65534
 DEFAULT_MEMORY = "4g"
@@ -63,7 +64,7 @@ def sandbox_config(memory: str | int, pids: int) -> dict:
 class DockerBackend:
     name = "docker"
 
-    def run(self, job: dict, run_dir: Path, tree: Path, env_spec, timeout: float,
+    def run(self, job: dict, run_dir: RunDir, tree: Path, env_spec, timeout: float,
             echo=False) -> ChildOutcome:
         import docker
 
@@ -81,8 +82,9 @@ class DockerBackend:
             inside = f"{DATA_MOUNT}/{name}/{Path(path).name}"
             mounts.append(bind(Path(path).resolve(), inside))
             data[name] = inside
-        _make_writable(run_dir)
-        mounts.append(bind(run_dir, RUN_MOUNT, read_only=False))
+        _make_writable(run_dir.out)
+        mounts.append(bind(run_dir.out, RUN_MOUNT, read_only=False))
+        mounts.append(bind(run_dir.job, JOB_MOUNT))
         env, _ = child_environment(env_spec, [str(Path(HARNESS_MOUNT).parent)], inherited={})
         _, dropped = child_environment(env_spec, [])
         env["HOME"] = "/tmp"
@@ -93,7 +95,7 @@ class DockerBackend:
         inner = dict(job, tree=CODE_MOUNT, data=data, list_packages=True, compile_cache=None,
                      parent_pid=None, watch_stdin=True)  # PID 1 in its container: it
         # watches its stdin instead, which this process holds open until the run ends
-        (run_dir / "job.json").write_text(json.dumps(inner, indent=1))
+        run_dir.job.write_text(json.dumps(inner, indent=1))
 
         extra = {}
         if env_spec.platform == "gpu":
@@ -108,7 +110,7 @@ class DockerBackend:
                 # detach=False + stdin_open: the SDK sets StdinOnce, so the container's stdin
                 # closes when this process's attach socket does (on exit, or when killed)
                 container = client.containers.create(
-                    image, ["python3", "-P", "-m", "repro.runner", RUN_MOUNT], name=cname,
+                    image, ["python3", "-P", "-m", "repro.runner", JOB_MOUNT, RUN_MOUNT], name=cname,
                     environment=env, mounts=mounts, stdin_open=True, tty=False,
                     labels={LABEL: "1", LABEL_SPEC: spec_name}, detach=False,
                     **{**sandbox_config(memory, pids), "working_dir": CODE_MOUNT}, **extra)
@@ -118,7 +120,7 @@ class DockerBackend:
             except docker.errors.APIError as exc:
                 raise _start_error(exc, spec_name, env_spec, image) from None
             stream = _Lines(container.logs(stream=True, follow=True))
-            pump, tail = pump_output(stream, run_dir / "output.log", echo)
+            pump, tail = pump_output(stream, run_dir.log, echo)
             try:
                 status = container.wait(timeout=timeout)
                 code = status.get("StatusCode")
@@ -195,7 +197,7 @@ def _close(sock) -> None:
 
 
 def _make_writable(run_dir: Path) -> None:
-    """The sandbox user (65534) must write run.json and arrays.npz into the run dir."""
+    """The sandbox user (65534) must write run.json and arrays.npz into the run's out/."""
     try:
         os.chown(run_dir, SANDBOX_UID, SANDBOX_UID)
     except PermissionError:

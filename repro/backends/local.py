@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import repro
-from repro.backends.base import ChildOutcome, pump_output
+from repro.backends.base import ChildOutcome, RunDir, pump_output
 from repro.pins.env import child_environment, compile_cache_env
 
 
@@ -33,17 +33,17 @@ def harness_shim(run_dir: Path) -> Path:
 class LocalBackend:
     name = "local"
 
-    def run(self, job: dict, run_dir: Path, tree: Path, env_spec, timeout: float,
+    def run(self, job: dict, run_dir: RunDir, tree: Path, env_spec, timeout: float,
             echo=False) -> ChildOutcome:
-        env, dropped = child_environment(env_spec, [str(harness_shim(run_dir))])
+        env, dropped = child_environment(env_spec, [str(harness_shim(run_dir.root))])
         env.update(compile_cache_env(job.get("compile_cache")))
-        (run_dir / "job.json").write_text(json.dumps({**job, "parent_pid": os.getpid()}, indent=1))
-        cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir)]
+        run_dir.job.write_text(json.dumps({**job, "parent_pid": os.getpid()}, indent=1))
+        cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir.job), str(run_dir.out)]
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         _LIVE.add(proc)
-        pump, tail = pump_output(proc.stdout, run_dir / "output.log", echo)
+        pump, tail = pump_output(proc.stdout, run_dir.log, echo)
         outcome = ChildOutcome(returncode=None, dropped_env=dropped)
         try:
             proc.wait(timeout=timeout)
