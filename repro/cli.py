@@ -1,36 +1,31 @@
 """The `repro` command line: a thin shell over repro.pipeline that prints verdicts.
 
-Exit codes: 0 pass (or done), 1 a mismatch, 2 an error (bad spec, broken pin, crash, bad usage).
+Exit codes: 0 pass (or done), 1 a mismatch (a verified one: nothing else), 2 an error (bad spec,
+broken pin, crash, bad usage), 130 interrupted, 141 the reader of its output went away.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from repro.errors import ReproError
 
-EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+if TYPE_CHECKING:
+    from repro.pipeline import Options
+    from repro.verdict import Verdict
+
+N = TypeVar("N", int, float)
+
+EXIT_OK, EXIT_ERROR = 0, 2
+EXIT_BROKEN_PIPE = 128 + 13   # the shell's status for a process killed by SIGPIPE
 
 
-def _spec_paths(args: list[str]) -> list[Path]:
-    """Expand directories to the spec files below them (YAML carrying `repro:`)."""
-    from repro.spec import find_specs
-
-    out = []
-    for arg in args:
-        p = Path(arg)
-        if p.is_dir():
-            found = find_specs(p)
-            if not found:
-                raise ReproError(f"no spec files (YAML with `repro:`) under {p}")
-            out += found
-        else:
-            out.append(p)
-    return out
-
-
-def _options(ns):
+def _options(ns: argparse.Namespace) -> Options:
     from repro.pipeline import Options
 
     echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
@@ -39,51 +34,56 @@ def _options(ns):
                    timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache)
 
 
-def _run_each(ns, action) -> int:
+def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict]) -> int:
+    """Every spec named (directories expanded, duplicate names refused before anything runs),
+    one verdict each; the exit code of the worst."""
+    from repro.discovery import discover
     from repro.report import render
+    from repro.verdict import error_verdict
 
     code = EXIT_OK
     options = _options(ns)
-    for path in _spec_paths(ns.specs):
-        verdict = action(path, options)
-        print(render(verdict, verbose=ns.verbose), flush=True)
+    for found in discover(Path(p) for p in ns.specs):
+        if found.problem is not None:
+            verdict = error_verdict(found.path, found.problem, spec=found.spec,
+                                    backend=options.backend)
+        else:
+            verdict = action(found.spec, options)
+        print(render(verdict, verbose=ns.verbose), end="", flush=True)
         code = max(code, verdict.exit_code)
     return code
 
 
-def cmd_run(ns) -> int:
+def cmd_run(ns: argparse.Namespace) -> int:
     from repro import pipeline
     return _run_each(ns, pipeline.run)
 
 
-def cmd_record(ns) -> int:
+def cmd_record(ns: argparse.Namespace) -> int:
     from repro import pipeline
-    return _run_each(ns, pipeline.record)
+    return _run_each(ns, functools.partial(pipeline.check, record_it=True))
 
 
-def cmd_verify(ns) -> int:
+def cmd_verify(ns: argparse.Namespace) -> int:
     from repro import pipeline
-    return _run_each(ns, pipeline.verify)
+    return _run_each(ns, functools.partial(pipeline.check, record_it=False))
 
 
-def cmd_audit(ns) -> int:
+def cmd_audit(ns: argparse.Namespace) -> int:
     import json
-    import signal
 
-    from repro.audit import audit_json, junit_xml, load_history, run_audit, save_history
+    from repro.audit import load_history, run_audit, save_history
     from repro.ioutil import atomic_write_text
     from repro.report import audit_summary, progress_line
+    from repro.report.json import audit_json
+    from repro.report.junit import junit_xml
 
     ns.stream = False  # parallel children's output would interleave; it is in each verdict
     options = _options(ns)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a CI job's kill: report, then stop
-    try:
-        audit = run_audit(ns.directory, options, jobs=ns.jobs,
-                          on_done=lambda v, k, n: print(progress_line(v, k, n), flush=True))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    audit = run_audit(ns.directory, options, jobs=ns.jobs,
+                      on_done=lambda v, k, n: print(progress_line(v, k, n), flush=True))
     print()
-    print(audit_summary(audit), flush=True)
+    print(audit_summary(audit), end="", flush=True)
     doc = audit_json(audit)
     if ns.json:
         atomic_write_text(Path(ns.json), json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -94,7 +94,7 @@ def cmd_audit(ns) -> int:
         save_history(ns.history, doc)
         history = load_history(ns.history, ns.history_limit)
     if ns.report:
-        from repro.report_html import render_html
+        from repro.report.html import render_html
         atomic_write_text(Path(ns.report), render_html(doc, history))
     for flag, path in (("json", ns.json), ("junit", ns.junit), ("report", ns.report)):
         if path:
@@ -105,11 +105,7 @@ def cmd_audit(ns) -> int:
     return audit.exit_code
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def cmd_hash(ns) -> int:
+def cmd_hash(ns: argparse.Namespace) -> int:
     from repro.pins.data import hash_paths
 
     for path, digest in hash_paths(ns.paths):
@@ -117,10 +113,11 @@ def cmd_hash(ns) -> int:
     return EXIT_OK
 
 
-def cmd_pin(ns) -> int:
-    from repro.pin import pin_spec
+def cmd_pin(ns: argparse.Namespace) -> int:
+    from repro.discovery import expand
+    from repro.repin import pin_spec
 
-    for path in _spec_paths(ns.specs):
+    for path in expand(Path(p) for p in ns.specs):
         changes, warnings = pin_spec(path, commit=ns.commit)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
@@ -131,16 +128,16 @@ def cmd_pin(ns) -> int:
     return EXIT_OK
 
 
-def cmd_diff(ns) -> int:
+def cmd_diff(ns: argparse.Namespace) -> int:
     from repro.changes import diff_records
     from repro.report import render
 
     verdict = diff_records(ns.record_a, ns.record_b, ns.spec)
-    print(render(verdict, verbose=ns.verbose))
+    print(render(verdict, verbose=ns.verbose), end="")
     return verdict.exit_code
 
 
-def cmd_schema(ns) -> int:
+def cmd_schema(ns: argparse.Namespace) -> int:
     import json
 
     from repro.spec import spec_json_schema
@@ -148,9 +145,9 @@ def cmd_schema(ns) -> int:
     return EXIT_OK
 
 
-def _positive(kind):
+def _positive(kind: Callable[[str], N]) -> Callable[[str], N]:
     """An argparse type: a number of `kind` greater than zero."""
-    def parse(text: str):
+    def parse(text: str) -> N:
         try:
             value = kind(text)
         except ValueError:
@@ -167,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"repro {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def running(name, func, help_, audit=False):
+    def running(name: str, func: Callable[[argparse.Namespace], int], help_: str,
+                audit: bool = False) -> None:
         p = sub.add_parser(name, help=help_, description=help_)
         if audit:
             p.add_argument("directory", nargs="?", default="specs", metavar="DIR",
@@ -230,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_env_build(ns) -> int:
-    from repro.envbuild import main_build
+def cmd_env_build(ns: argparse.Namespace) -> int:
+    from repro.docker.build import main_build
     return main_build(ns.recipe)
 
 
@@ -241,16 +239,27 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from repro.signals import sigterm_interrupts
+
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
-        return ns.func(ns)
+        with sigterm_interrupts():  # a CI job's kill: children killed, reports written
+            code: int = ns.func(ns)
+        sys.stdout.flush()
+        return code
     except ReproError as exc:
         print(f"repro: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("repro: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`repro verify … | head -1`): like other CLIs, stop quietly.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

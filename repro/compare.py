@@ -8,12 +8,28 @@ same dtype, shape and bytes (NaN payloads included).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
-from repro.pins.env import NUMERIC_FIELDS
-from repro.verdict import QuantityResult
+from repro.env.fingerprint import NUMERIC_FIELDS
+from repro.record import MetricSeries
+from repro.verdict import QuantityKind, QuantityResult
+
+
+class Recorded(Protocol):
+    """The recorded side of a comparison (a `repro.record.Record`)."""
+
+    @property
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    @property
+    def metrics(self) -> Mapping[str, MetricSeries]: ...
+
+    @property
+    def arrays(self) -> Mapping[str, np.ndarray]: ...
 
 _FALLBACK = {"rtol": 1e-6, "atol": 1e-8}
 
@@ -129,14 +145,16 @@ def _metric_array(series: dict) -> np.ndarray:
                       dtype=dtype if dtype.kind == "f" else np.float64)
 
 
-def compare_run(record_meta: dict, record_arrays: dict, run_metrics: dict, run_arrays: dict, *,
-                tolerance: dict, platform_key: str, run_fingerprint: dict,
+def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
+                run_arrays: Mapping[str, np.ndarray], *, tolerance: dict[str, Any],
+                platform_key: str, run_fingerprint: dict[str, Any],
                 metric_names: list[str] | None) -> Comparison:
-    """Compare everything a spec records. `tolerance` is the spec's canonical tolerance block."""
-    bitwise, reason = choose_bitwise(tolerance.get("mode", "auto"),
-                                     record_meta.get("fingerprint", {}), run_fingerprint)
+    """Compare everything a spec records. `tolerance` is the spec's canonical tolerance block;
+    `recorded` is a `repro.record.Record` (or anything with its fingerprint, metrics, arrays)."""
+    bitwise, reason = choose_bitwise(tolerance.get("mode", "auto"), recorded.fingerprint,
+                                     run_fingerprint)
     out = Comparison(bitwise=bitwise, reason=reason)
-    rec_metrics = record_meta.get("metrics", {})
+    rec_metrics, record_arrays = recorded.metrics, recorded.arrays
     names = metric_names if metric_names is not None else sorted(set(rec_metrics) | set(run_metrics))
     for name in names:
         tol = resolve_tolerance(tolerance, "metric", name, platform_key)

@@ -46,8 +46,10 @@ class RecordError(ReproError):
 
 class RunError(ReproError):
     """The child run failed or did not produce a usable result. `detail` holds what explains
-    it: the user's traceback trimmed to their own frames, or the last lines of the output."""
+    it: the user's traceback trimmed to their own frames, or the last lines of the output;
+    `killed_by` (a `repro.backends.base.KilledBy`) says when the child did not end by itself."""
 
-    def __init__(self, message: str, *, detail: str = ""):
+    def __init__(self, message: str, *, detail: str = "", killed_by: str | None = None):
         super().__init__(message)
         self.detail = detail
+        self.killed_by = killed_by

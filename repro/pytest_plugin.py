@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from repro.errors import SpecError
+from repro.errors import ReproError, SpecError
+
+if TYPE_CHECKING:
+    from repro.pipeline import Options
+    from repro.spec import Spec
+    from repro.verdict import Verdict
 
 DEFAULT_PATTERNS = ["*.yaml", "*.yml"]
 _VERDICTS = pytest.StashKey[list]()
@@ -49,12 +55,20 @@ def pytest_configure(config):
     config.stash[_VERDICTS] = []
 
 
-def options_from_config(config):
+def xdist_slot(config: pytest.Config) -> int | None:
+    """This pytest-xdist worker's CPU slot (gw0 -> 0, gw1 -> 1 …), so parallel workers' runs
+    land on different cores; None outside xdist."""
+    worker = getattr(config, "workerinput", {}).get("workerid", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
+
+
+def options_from_config(config: pytest.Config) -> Options:
     """The pipeline Options that this pytest invocation asks for."""
     from repro.pipeline import Options
 
     records = config.getoption("--repro-records")
     return Options(
+        cpu_slot=xdist_slot(config),
         backend=config.getoption("--repro-backend") or config.getini("repro_backend"),
         code=config.getoption("--repro-code") or config.getini("repro_code"),
         platform=config.getoption("--repro-platform"),
@@ -81,7 +95,7 @@ def pytest_collect_file(file_path: Path, parent):
 
 
 class SpecFile(pytest.File):
-    def collect(self):
+    def collect(self) -> Iterator[SpecItem]:
         from repro.spec import load_spec
 
         try:
@@ -106,6 +120,20 @@ class SpecFile(pytest.File):
         yield item
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                   items: list[pytest.Item]) -> None:
+    """Two spec items of one name would write one record: the later ones fail with the same
+    error `repro verify` and `repro audit` give (repro.discovery), before anything runs."""
+    from repro.discovery import duplicate_name_problems
+
+    specs = [i for i in items if isinstance(i, SpecItem) and i.spec is not None]
+    problems = duplicate_name_problems([(i.path, i.spec.name or "") for i in specs
+                                        if i.spec is not None])
+    for item in specs:
+        if item.path in problems:
+            item.load_error = problems[item.path]
+
+
 class ReproFailure(Exception):
     """Raised by a spec item; carries the verdict that repr_failure renders."""
 
@@ -115,34 +143,27 @@ class ReproFailure(Exception):
 
 
 class SpecItem(pytest.Item):
-    def __init__(self, *, spec, load_error, **kwargs):
+    def __init__(self, *, spec: Spec | None, load_error: ReproError | None, **kwargs: Any):
         super().__init__(**kwargs)
         self.spec, self.load_error = spec, load_error
 
-    def runtest(self):
+    def runtest(self) -> None:
         from repro import pipeline
-        from repro.verdict import ERROR, RECORDED, Verdict
+        from repro.report.junit import junit_properties
+        from repro.verdict import RECORDED, error_verdict
 
         if self.load_error is not None:
-            raise ReproFailure(Verdict(name=self.name, status=ERROR, spec_path=str(self.path),
-                                       error=str(self.load_error)))
+            raise ReproFailure(error_verdict(self.path, self.load_error, spec=self.spec))
         options = options_from_config(self.config)
-        action = pipeline.record if self.config.getoption("--repro-record") else pipeline.verify
-        verdict = action(self.spec, options)
-        self._properties(verdict)
+        verdict = pipeline.check(self.spec, options,
+                                 record_it=self.config.getoption("--repro-record"))
+        self.user_properties.extend(junit_properties(verdict))
         self.config.stash[_VERDICTS].append(verdict)
         if verdict.status == RECORDED:
             from repro.report import summary_line
             self._repro_recorded = summary_line(verdict)
         if not verdict.ok:
             raise ReproFailure(verdict)
-
-    def _properties(self, v):
-        props = {"repro_status": v.status, "repro_spec_hash": v.spec_hash,
-                 "repro_commit": v.commit, "repro_platform": v.platform,
-                 "repro_bitwise": "" if v.bitwise is None else str(v.bitwise).lower(),
-                 "repro_fingerprint": json.dumps(v.fingerprint, sort_keys=True)}
-        self.user_properties.extend(props.items())
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ReproFailure):
@@ -183,10 +204,10 @@ def repro_verify(request):
 
     base = options_from_config(request.config)
 
-    def check(spec, **overrides):
+    def check(spec: str | Path | Spec, **overrides: Any) -> Verdict:
         options = dataclasses.replace(base, **overrides)
-        action = pipeline.record if request.config.getoption("--repro-record") else pipeline.verify
-        verdict = action(spec, options)
+        verdict = pipeline.check(spec, options,
+                                 record_it=request.config.getoption("--repro-record"))
         if not verdict.ok:
             pytest.fail(render(verdict), pytrace=False)
         return verdict
@@ -197,5 +218,5 @@ def repro_verify(request):
 @pytest.fixture
 def gradcheck():
     """`gradcheck(fn, *args, **kw)` is `repro.gradcheck.check_gradients`."""
-    from repro.fixtures import gradcheck_fixture
+    from repro.grad.fixtures import gradcheck_fixture
     return gradcheck_fixture()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import json
 import os
 import re
@@ -18,9 +17,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from typing_extensions import TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from repro.errors import RecordError
-from repro.ioutil import fsync_dir, read_npz, write_json_atomic, write_npz_atomic
+from repro.ioutil import fsync_dir, open_regular, read_npz, write_json_atomic, write_npz_atomic
+from repro.pins.data import sha256_file
 
 RECORD_FORMAT = 1
 RECORDS_DIR = Path("fixtures") / "records"
@@ -39,21 +44,104 @@ def check_component(value: object, what: str) -> str:
     return value
 
 
+class MetricSeries(TypedDict):
+    """One logged metric: its steps, values (non-finite ones as strings: JSON has none) and the
+    dtype it was logged in."""
+
+    steps: list[int]
+    values: list[float | str]
+    dtype: str
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SpecInfo(_Part):
+    name: str
+    hash: str
+    canonical: dict[str, Any]     # the spec's canonical form when recorded (what changed since)
+    file: str
+
+
+class CodeInfo(_Part):
+    mode: str                     # pinned | worktree
+    commit: str | None
+    dirty: list[str] = Field(default_factory=list)
+
+
+class DataInfo(_Part):
+    path: str
+    sha256: str | None
+
+
+class ImagePackages(_Part):
+    sha256: str
+    count: int
+    list: list[str]
+
+
+class ArrayEntry(_Part):
+    shape: list[int]
+    dtype: str
+
+
+class ArraysIndex(_Part):
+    file: str
+    sha256: str
+    index: dict[str, ArrayEntry]
+
+
+class RecordMeta(_Part):
+    """record.json, typed. `arrays` is filled in by `write_record`."""
+
+    repro_version: str
+    created: str
+    spec: SpecInfo
+    code: CodeInfo
+    data: dict[str, DataInfo]
+    image: str | None = None
+    image_packages: ImagePackages | None = None
+    backend: str
+    platform: str
+    fingerprint: dict[str, Any]
+    metrics: dict[str, MetricSeries]
+    grad_steps: list[int]
+    timings: dict[str, float] = Field(default_factory=dict)
+    format: int = RECORD_FORMAT
+    arrays: ArraysIndex | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, doc: Any, where: Path) -> RecordMeta:
+        """Validate a parsed record.json; RecordError naming the key that is wrong."""
+        try:
+            return cls.model_validate(doc, strict=False)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise RecordError(f"{where} is corrupted: {key}: {first['msg']} "
+                              f"({exc.error_count()} problem(s) in all); restore it from git "
+                              "(`git checkout -- <path>`) or record again") from None
+
+
 @dataclass
 class Record:
     """A recorded version: its metadata (record.json) and arrays (weights, kept gradients)."""
 
     path: Path
-    meta: dict
-    arrays: dict  # key -> numpy array
+    meta: RecordMeta
+    arrays: dict[str, Any]  # key -> numpy array
 
     @property
-    def metrics(self) -> dict:
-        return self.meta.get("metrics", {})
+    def metrics(self) -> dict[str, MetricSeries]:
+        return self.meta.metrics
 
     @property
-    def fingerprint(self) -> dict:
-        return self.meta.get("fingerprint", {})
+    def fingerprint(self) -> dict[str, Any]:
+        return self.meta.fingerprint
 
 
 def record_dir(repo_root: Path, name: str, platform_key: str, root: Path | None = None) -> Path:
@@ -62,15 +150,7 @@ def record_dir(repo_root: Path, name: str, platform_key: str, root: Path | None 
     return base / check_component(name, "spec name") / check_component(platform_key, "platform key")
 
 
-def sha256_bytes_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_record(directory: Path, meta: dict, arrays: dict) -> Path:
+def write_record(directory: Path, meta: RecordMeta, arrays: dict[str, Any]) -> Path:
     """Write record.json + arrays.npz into `directory`, replacing any previous record atomically."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +158,11 @@ def write_record(directory: Path, meta: dict, arrays: dict) -> Path:
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
     try:
         write_npz_atomic(staging / ARRAYS_FILE, arrays)
-        meta = {**meta, "format": RECORD_FORMAT,
-                "arrays": {"file": ARRAYS_FILE, "sha256": sha256_bytes_of(staging / ARRAYS_FILE),
-                           "index": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                                     for k, v in sorted(arrays.items())}}}
-        write_json_atomic(staging / "record.json", meta)
+        index = ArraysIndex(file=ARRAYS_FILE, sha256=sha256_file(staging / ARRAYS_FILE),
+                            index={k: ArrayEntry(shape=list(v.shape), dtype=str(v.dtype))
+                                   for k, v in sorted(arrays.items())})
+        meta = meta.model_copy(update={"format": RECORD_FORMAT, "arrays": index})
+        write_json_atomic(staging / "record.json", meta.to_json())
         os.chmod(staging, 0o755)
         fsync_dir(staging)
         if not directory.exists():
@@ -118,9 +198,9 @@ def _clean_leftovers(directory: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def check_record(directory: Path) -> tuple[Path, dict]:
+def check_record(directory: Path) -> tuple[Path, RecordMeta]:
     """Find a record and check it without loading arrays (no numpy): record.json parses, is of
-    this format, and the arrays file has the sha256 it names. Returns (directory, meta)."""
+    this format and shape, and the arrays file has the sha256 it names."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -133,29 +213,30 @@ def check_record(directory: Path) -> tuple[Path, dict]:
                               "(or `pytest --repro-record`) to create it, then commit it")
     meta_path = directory / "record.json"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open_regular(meta_path) as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RecordError(f"{meta_path} is corrupted ({exc}); restore it from git "
                           "(`git checkout -- <path>`) or record again") from None
-    if not isinstance(meta, dict) or meta.get("format") != RECORD_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:
         raise RecordError(f"{meta_path} is not a repro record of format {RECORD_FORMAT} "
-                          f"(found format {meta.get('format') if isinstance(meta, dict) else '?'}); "
+                          f"(found format {doc.get('format') if isinstance(doc, dict) else '?'}); "
                           "record again with this version of repro")
-    index = meta.get("arrays")
-    if not isinstance(index, dict):
+    meta = RecordMeta.from_json(doc, meta_path)
+    if meta.arrays is None:
         raise RecordError(f"{meta_path} is corrupted: it has no arrays index; record again")
-    if index.get("file", ARRAYS_FILE) != ARRAYS_FILE:
+    if meta.arrays.file != ARRAYS_FILE:
         # the name is fixed: a record.json pointing elsewhere (../../x.npz, /etc/...) is damage
         raise RecordError(f"{meta_path} is corrupted: its arrays.file is "
-                          f"{index.get('file')!r}, not {ARRAYS_FILE!r}; restore it from git "
+                          f"{meta.arrays.file!r}, not {ARRAYS_FILE!r}; restore it from git "
                           "or record again")
     arrays_path = directory / ARRAYS_FILE
     if not arrays_path.is_file():
         raise RecordError(f"{arrays_path} is missing; restore it from git or record again")
-    actual = sha256_bytes_of(arrays_path)
-    if actual != index.get("sha256"):
+    actual = sha256_file(arrays_path)
+    if actual != meta.arrays.sha256:
         raise RecordError(f"{arrays_path} is corrupted or truncated: its sha256 is {actual}, "
-                          f"record.json expects {index.get('sha256')}; restore it from git "
+                          f"record.json expects {meta.arrays.sha256}; restore it from git "
                           "(`git checkout -- <path>`) or record again")
     return directory, meta
 
@@ -163,14 +244,14 @@ def check_record(directory: Path) -> tuple[Path, dict]:
 def read_record(directory: Path) -> Record:
     """Load and check a record. Raise RecordError naming the file and what to do."""
     directory, meta = check_record(directory)
-    index = meta["arrays"]
+    assert meta.arrays is not None  # check_record made sure
     arrays_path = directory / ARRAYS_FILE
     try:
         arrays = read_npz(arrays_path)
     except ValueError as exc:
         raise RecordError(f"{arrays_path} is corrupted: it cannot be read ({exc}); restore it "
                           "from git or record again") from None
-    expected = set(index.get("index", {}))
+    expected = set(meta.arrays.index)
     if set(arrays) != expected:
         raise RecordError(f"{arrays_path} holds {sorted(set(arrays) ^ expected)[:5]} that "
                           "record.json does not list (or misses some); record again")

@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import importlib
 import math
-import json
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import repro  # the harness, imported before the code tree is put on sys.path
 from repro.ioutil import write_json_atomic, write_npz_atomic
+from repro.job import Job
 
 EXIT_FAILED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    job = json.loads(Path(argv[0]).read_text())
+    job = Job.read(Path(argv[0]))
     run_dir = Path(argv[1])
-    result: dict = {"status": "error", "timings": {}, "harness": repro.__version__}
+    result: dict[str, Any] = {"status": "error", "timings": {}, "harness": repro.__version__}
     t_start = time.perf_counter()
     try:
         _run(job, run_dir, result)
@@ -84,15 +85,15 @@ def _die_on_stdin_eof() -> None:
     threading.Thread(target=watch, daemon=True, name="repro-parent-watch").start()
 
 
-def _run(job: dict, run_dir: Path, result: dict) -> None:
-    from repro.pins.env import check_packages, fingerprint, pick_cpus
+def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
+    from repro.env.fingerprint import check_packages, fingerprint, pick_cpus
 
-    _die_with_parent(job.get("parent_pid"))
-    if job.get("watch_stdin"):
+    _die_with_parent(job.parent_pid)
+    if job.watch_stdin:
         _die_on_stdin_eof()
 
     try:
-        cpus = pick_cpus(job["cpus"], job.get("cpu_slot"))
+        cpus = pick_cpus(job.cpus, job.cpu_slot)
     except RuntimeError as exc:
         raise _Failure(kind="environment", message=str(exc)) from None
     if hasattr(os, "sched_setaffinity"):
@@ -106,28 +107,27 @@ def _run(job: dict, run_dir: Path, result: dict) -> None:
     from repro.treepath import flatten_with_paths
     result["timings"]["import_jax_s"] = time.perf_counter() - t0
 
-    if job.get("list_packages"):  # docker: the image's package fingerprint, from inside it
-        from repro.pins.env import installed_packages
+    if job.list_packages:  # docker: the image's package fingerprint, from inside it
+        from repro.env.fingerprint import installed_packages
         result["packages"] = installed_packages()
-    problems = check_packages(job.get("packages", {}))
+    problems = check_packages(dict(job.packages))
     if problems:
         raise _Failure(kind="packages", message="environment.packages do not match this "
                        "interpreter: " + "; ".join(problems), problems=problems)
-    tree = str(Path(job["tree"]).resolve())
+    tree = str(Path(job.tree).resolve())
     sys.path.insert(0, tree)
-    module_name, func_name = job["entrypoint"].split(":")
+    module_name, func_name = job.entrypoint.split(":")
     try:
         module = importlib.import_module(module_name)
         train = getattr(module, func_name)
     except BaseException as exc:
         raise _Failure(kind="entrypoint", type=type(exc).__name__,
-                       message=f"cannot load entrypoint {job['entrypoint']!r} from {tree}: "
+                       message=f"cannot load entrypoint {job.entrypoint!r} from {tree}: "
                                f"{type(exc).__name__}: {exc}",
                        traceback=_user_traceback(exc, tree)) from None
 
-    grads = job.get("grads") or {}
-    ctx = Context(seeds=job["seeds"], data=job["data"], config=job["config"],
-                  grad_steps=GradSchedule(grads.get("every"), grads.get("steps")))
+    ctx = Context(seeds=job.seeds, data=job.data, config=job.config,
+                  grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)))
     t0 = time.perf_counter()
     try:
         params = train(ctx)
@@ -140,13 +140,13 @@ def _run(job: dict, run_dir: Path, result: dict) -> None:
     result["timings"]["train_s"] = time.perf_counter() - t0
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.
-    result["fingerprint"] = fingerprint(job["settings"], cpus)
+    result["fingerprint"] = fingerprint(dict(job.settings), cpus)
 
     arrays: dict[str, np.ndarray] = {}
-    if job.get("weights", "final") == "final":
+    if job.weights == "final":
         if params is None:
             raise _Failure(kind="user", type="ValueError",
-                           message=f"{job['entrypoint']} returned None; return the final params "
+                           message=f"{job.entrypoint} returned None; return the final params "
                                    "pytree, or set `record.weights: none` in the spec")
         for path, leaf in flatten_with_paths(params):
             arrays[f"weights/{path}" if path else "weights"] = np.asarray(leaf)

@@ -5,11 +5,19 @@ Front ends (pytest item, CLI, audit) only render it; every number that decides p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from repro.spec import Spec
+
+QuantityKind = Literal["metric", "grad", "weight"]
 
 
 @dataclass
 class QuantityResult:
-    kind: str                     # "metric" | "grad" | "weight"
+    kind: QuantityKind
     name: str                     # metric name or pytree leaf path
     ok: bool
     bitwise: bool                 # compared bitwise (True) or within rtol/atol (False)
@@ -31,25 +39,53 @@ class QuantityResult:
         return "bitwise" if self.bitwise else f"rtol={self.rtol:g} atol={self.atol:g}"
 
 
-PASS, FAIL, ERROR, RECORDED, RAN = "pass", "fail", "error", "recorded", "ran"
-EXIT_CODES = {PASS: 0, RECORDED: 0, RAN: 0, FAIL: 1, ERROR: 2}
+class Status(StrEnum):
+    """A verdict's outcome. Exit codes: 0 pass/recorded/ran, 1 fail (a verified mismatch, and
+    nothing else), 2 error (anything that kept the comparison from being made)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    RECORDED = "recorded"
+    RAN = "ran"
+
+    @property
+    def exit_code(self) -> int:
+        return {Status.FAIL: 1, Status.ERROR: 2}.get(self, 0)
+
+
+PASS, FAIL, ERROR, RECORDED, RAN = (Status.PASS, Status.FAIL, Status.ERROR, Status.RECORDED,
+                                    Status.RAN)
+ChangeKind = Literal["spec", "code", "data", "environment", "backend"]
 
 
 @dataclass
 class Change:
     """One difference between the recorded version and now: a pin, a spec key or an env fact."""
 
-    what: str          # "spec" | "code" | "data" | "environment" | "backend"
+    what: ChangeKind
     key: str
-    recorded: object
-    current: object
+    recorded: Any
+    current: Any
     numeric: bool = True   # may change the numbers (False: informational only)
 
     def text(self) -> str:
+        if isinstance(self.recorded, list) and isinstance(self.current, list):
+            return f"{self.key}: {set_difference(self.recorded, self.current)}"
         return f"{self.key}: {_short(self.recorded)} -> {_short(self.current)}"
 
 
-def _short(value, limit: int = 60) -> str:
+def set_difference(recorded: list[Any], current: list[Any]) -> str:
+    """What a list lost and gained, e.g. CPU flags: `-avx512bw -avx512f +none`."""
+    lost = sorted(set(map(str, recorded)) - set(map(str, current)))
+    gained = sorted(set(map(str, current)) - set(map(str, recorded)))
+    if not lost and not gained:
+        return "same items, other order"
+    return " ".join([f"-{x}" for x in lost] or ["-none"]) + " " + \
+        " ".join([f"+{x}" for x in gained] or ["+none"])
+
+
+def _short(value: Any, limit: int = 60) -> str:
     text = "(none)" if value is None else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -57,7 +93,7 @@ def _short(value, limit: int = 60) -> str:
 @dataclass
 class Verdict:
     name: str
-    status: str                               # pass | fail | error | recorded | ran
+    status: Status
     spec_path: str = ""
     platform: str = ""
     backend: str = "local"
@@ -69,19 +105,20 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     error: str = ""                           # one-paragraph message for status error
     error_detail: str = ""                    # e.g. the user's trimmed traceback, the log tail
+    killed_by: str = ""                       # error: the run was killed (KilledBy value)
     record_path: str = ""
     spec_hash: str = ""
     commit: str = ""
-    fingerprint: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    metrics_final: dict = field(default_factory=dict)
-    pins: dict = field(default_factory=dict)    # commit, spec hash, data sha256s, image
-    curves: dict = field(default_factory=dict)  # metric -> {steps, recorded, run} (verify only)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics_final: dict[str, Any] = field(default_factory=dict)
+    pins: dict[str, Any] = field(default_factory=dict)    # commit, spec hash, data sha256s, image
+    curves: dict[str, Any] = field(default_factory=dict)  # metric -> {steps, recorded, run}
     duration_s: float = 0.0                      # wall time of the whole verify/record/run
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
+        return Status(self.status).exit_code
 
     @property
     def ok(self) -> bool:
@@ -100,3 +137,31 @@ class Verdict:
         order = {"metric": 0, "grad": 1, "weight": 2}
         return min(bad, key=lambda r: (r.first_step if r.first_step is not None else 10**12,
                                        order[r.kind]))
+
+
+def spec_verdict(spec: Spec, status: Status, backend: str) -> Verdict:
+    """A verdict about `spec`, its pins filled in (the rest is the caller's)."""
+    return Verdict(name=spec.name or "?", status=status, spec_path=str(spec.path or ""),
+                   backend=backend, spec_hash=spec.hash, commit=spec.code.commit or "",
+                   pins={"commit": spec.code.commit, "spec_hash": spec.hash,
+                         "data": {n: e.sha256 for n, e in spec.data.items()},
+                         "image": spec.environment.image})
+
+
+def error_verdict(spec_ref: Spec | Path | str, error: BaseException | str, *,
+                  spec: Spec | None = None, backend: str = "local") -> Verdict:
+    """The verdict for a spec that could not be compared: a bad spec, a broken pin, a crash, a
+    killed run, a duplicate name, an interrupted audit. The one constructor every front end
+    uses, so an error reads the same wherever it is shown."""
+    from repro.spec import Spec as _Spec
+
+    spec = spec if spec is not None else (spec_ref if isinstance(spec_ref, _Spec) else None)
+    if spec is not None:
+        v = spec_verdict(spec, Status.ERROR, backend)
+    else:
+        v = Verdict(name=Path(str(spec_ref)).stem, status=Status.ERROR,
+                    spec_path=str(spec_ref), backend=backend)
+    v.error = str(error)
+    v.error_detail = getattr(error, "detail", "") or ""
+    v.killed_by = getattr(error, "killed_by", None) or ""
+    return v

@@ -21,7 +21,7 @@ def unavailable(reason: str):
 
 
 def engine_client():
-    from repro.engine import EngineError, connect
+    from repro.docker.client import EngineError, connect
 
     try:
         return connect(timeout=30)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from repro.compare import choose_bitwise, compare_arrays, compare_run, resolve_tolerance
-from repro.pins.env import NUMERIC_FIELDS
+from repro.env.fingerprint import NUMERIC_FIELDS
 from repro.spec import parse_spec
 
 # interface §2's tolerance block, through the spec model (canonical: unset fields are None)
@@ -333,8 +333,9 @@ def grads(step_leaves):
 def run_compare(rec_metrics, rec_arrays, run_metrics, run_arrays, *, mode="close", names=None,
                 platform="cpu", run_fp=None):
     tol = canonical_tolerance({**TOLERANCE_YAML, "mode": mode})
-    return compare_run({"fingerprint": FP, "metrics": rec_metrics}, rec_arrays, run_metrics,
-                       run_arrays, tolerance=tol, platform_key=platform,
+    from types import SimpleNamespace
+    recorded = SimpleNamespace(fingerprint=FP, metrics=rec_metrics, arrays=rec_arrays)
+    return compare_run(recorded, run_metrics, run_arrays, tolerance=tol, platform_key=platform,
                        run_fingerprint=run_fp or dict(FP), metric_names=names)
 
 

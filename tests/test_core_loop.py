@@ -15,7 +15,7 @@ def test_record_then_verify_twice_is_bitwise(project):
     rec = read_record(project.record_dir)
     assert set(rec.arrays) >= {"weights/hidden/w", "weights/out/b", "grads/0/hidden/w",
                                "grads/8/out/w"}
-    assert rec.meta["metrics"]["loss"]["steps"] == list(range(12))
+    assert rec.meta.metrics["loss"]["steps"] == list(range(12))
     for _ in range(2):
         v = pipeline.verify(project.spec)
         assert v.status == "pass", v.error

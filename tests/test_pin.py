@@ -14,7 +14,7 @@ import pytest
 
 from conftest import git, sha256, write_data
 from repro.errors import SpecError
-from repro.pin import pin_spec
+from repro.repin import pin_spec
 from repro.spec import load_spec
 
 SPEC = "specs/tiny.yaml"

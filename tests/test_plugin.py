@@ -58,7 +58,7 @@ def test_record_then_verify_markers_junit_and_bad_specs(project, pytester, monke
     assert "RECORDED tiny [cpu]" in out
     rec = read_record(project.record_dir)
     assert (project.record_dir / "record.json").exists()
-    assert rec.meta["spec"]["name"] == "tiny"
+    assert rec.meta.spec.name == "tiny"
 
     # a malformed spec and a YAML file that is not a spec, next to the good one
     project.write("specs/bad.yaml", BAD_SPEC)
@@ -86,7 +86,7 @@ def test_record_then_verify_markers_junit_and_bad_specs(project, pytester, monke
     assert props["repro_commit"] == git(project.root, "rev-parse", "HEAD~1")
     fingerprint = json.loads(props["repro_fingerprint"])
     assert isinstance(fingerprint, dict) and fingerprint
-    assert props["repro_spec_hash"] == rec.meta["spec"]["hash"]
+    assert props["repro_spec_hash"] == rec.meta.spec.hash
 
     res = run_pytest(pytester, monkeypatch, project, "specs/", "-m", "not repro")
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED, res.stdout.str()
@@ -189,7 +189,7 @@ def test_xdist_records_and_verifies_several_specs(project, pytester, monkeypatch
     res.assert_outcomes(passed=4)
 
     records = {n: read_record(project.root / "fixtures" / "records" / n / "cpu") for n in names}
-    assert {n: r.meta["spec"]["name"] for n, r in records.items()} == {n: n for n in names}
+    assert {n: r.meta.spec.name for n, r in records.items()} == {n: n for n in names}
     kernels = [records[n].arrays["weights/hidden/w"] for n in names]
     for i in range(len(kernels)):  # every seed gave its own weights: no record overwrote another
         for j in range(i + 1, len(kernels)):

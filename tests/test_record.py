@@ -23,6 +23,19 @@ from repro.errors import RecordError
 from repro.record import read_record, write_record
 from tests.conftest import Project
 
+META_FOR = """
+from repro.record import CodeInfo, RecordMeta, SpecInfo
+
+
+def meta_for(tag):
+    \"\"\"A minimal record.json whose `created` carries a tag naming the version.\"\"\"
+    return RecordMeta(repro_version="test", created=f"tag-{tag}",
+                      spec=SpecInfo(name="t", hash="0" * 64, canonical={}, file="t.yaml"),
+                      code=CodeInfo(mode="pinned", commit=None), data={}, backend="local",
+                      platform="cpu", fingerprint={}, metrics={}, grad_steps=[])
+"""
+exec(META_FOR)
+
 N_BIG = 6_000_000  # two float32 arrays of 24 MB: a write takes a visible while
 
 
@@ -35,18 +48,19 @@ def arrays_for(tag: int) -> dict[str, np.ndarray]:
 def check_complete(directory: Path, allowed: set[int]) -> int:
     """The record is one complete version whose tag is in `allowed`; return its tag."""
     rec = read_record(directory)  # never raises: every state is a complete record
-    tag = rec.meta["tag"]
+    tag = int(rec.meta.created.removeprefix("tag-"))
     assert tag in allowed, (tag, allowed)
     assert set(rec.arrays) == set(arrays_for(0))
     assert rec.arrays["params/big/w"].shape == (N_BIG,)
     assert np.all(rec.arrays["params/big/w"] == tag)
     assert np.all(rec.arrays["params/big/v"] == -tag)
     assert np.all(rec.arrays["params/small/b"] == tag)
-    assert rec.meta["arrays"]["index"]["params/big/w"] == {"shape": [N_BIG], "dtype": "float32"}
+    assert rec.meta.arrays.index["params/big/w"].model_dump() == {"shape": [N_BIG],
+                                                                  "dtype": "float32"}
     return tag
 
 
-WRITER = textwrap.dedent('''
+WRITER = META_FOR + textwrap.dedent('''
     import sys
     import numpy as np
     from repro.record import write_record
@@ -55,7 +69,7 @@ WRITER = textwrap.dedent('''
               "params/big/v": np.full(n, -tag, np.float32),
               "params/small/b": np.full((3, 5), tag, np.float64)}
     print("ready", flush=True)
-    write_record(directory, {"tag": tag}, arrays)
+    write_record(directory, meta_for(tag), arrays)
     print("done", flush=True)
 ''')
 
@@ -69,7 +83,7 @@ def _start_writer(directory: Path, tag: int) -> subprocess.Popen:
 
 def test_write_record_killed_at_random_moments_leaves_old_or_new(tmp_path):
     directory = tmp_path / "records" / "big" / "cpu"
-    write_record(directory, {"tag": 0}, arrays_for(0))
+    write_record(directory, meta_for(0), arrays_for(0))
     assert check_complete(directory, {0}) == 0
     # how long one write by a writer process takes here, as seen from this process
     proc = _start_writer(directory, 1)
@@ -97,7 +111,7 @@ def test_write_record_killed_at_random_moments_leaves_old_or_new(tmp_path):
     assert killed >= 3, (killed, finished, window)  # the kills did land inside writes
 
     # staging directories of killed writers do not break the next write, which removes them
-    write_record(directory, {"tag": 99}, arrays_for(99))
+    write_record(directory, meta_for(99), arrays_for(99))
     assert check_complete(directory, {99}) == 99
     assert [p.name for p in directory.parent.iterdir()] == ["cpu"]
 
@@ -106,15 +120,15 @@ def test_reader_recovers_the_old_record_between_two_renames(tmp_path):
     """The fallback path (no renameat2): a writer killed between `rename(dir, .old)` and
     `rename(staging, dir)` leaves no record dir; readers take the .old one."""
     directory = tmp_path / "r" / "cpu"
-    write_record(directory, {"tag": 1}, arrays_for(1))
+    write_record(directory, meta_for(1), arrays_for(1))
     old = directory.parent / ".cpu.old-4242"
     os.rename(directory, old)
     (directory.parent / ".cpu.new-abc").mkdir()  # a half-written staging dir
     (directory.parent / ".cpu.new-abc" / "arrays.npz").write_bytes(b"PK\x03\x04 half")
     assert check_complete(directory, {1}) == 1
-    write_record(directory, {"tag": 2}, arrays_for(2))
+    write_record(directory, meta_for(2), arrays_for(2))
     assert check_complete(directory, {2}) == 2
-    write_record(directory, {"tag": 3}, arrays_for(3))
+    write_record(directory, meta_for(3), arrays_for(3))
     assert check_complete(directory, {3}) == 3
     assert [p.name for p in directory.parent.iterdir()] == ["cpu"]
 

@@ -1,4 +1,4 @@
-"""The audit's HTML report (repro.report_html): content and escaping from audit JSON documents,
+"""The audit's HTML report (repro.report.html): content and escaping from audit JSON documents,
 and a screenshot in headless Chromium that must not be blank and must log nothing to the console.
 
 tests/data/audit-sample.json is a real audit (one pass, one fail with `seeds.params` perturbed,
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from repro.audit import load_history
-from repro.report_html import render_html
+from repro.report.html import render_html
 
 DATA = Path(__file__).parent / "data"
-FAIL_RGB = (0xD6, 0x45, 0x45)   # repro.report_html.COLORS["fail"]: badge, border, red bars
+FAIL_RGB = (0xD6, 0x45, 0x45)   # repro.report.html.COLORS["fail"]: badge, border, red bars
 
 
 @pytest.fixture

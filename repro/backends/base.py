@@ -1,14 +1,33 @@
-"""What every backend returns, and the child-output pump they share."""
+"""The `Backend` protocol — where one job runs — and what every backend shares: the run
+directory, the child's outcome, and the pump that copies the child's output.
+
+A backend first `prepare`s the environment a spec asks for (the docker backend resolves the
+pinned image there, and may rebuild it from its recipe), then `run`s one `Job` in it: a fresh
+local process or a fresh container, whose result files land in `RunDir.out`.
+"""
 from __future__ import annotations
 
 import collections
 import os
 import sys
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from repro.job import Job
+    from repro.record import RecordMeta
+    from repro.spec import Spec
 
 LOG_TAIL_LINES = 40
+
+# Where the child's output lines go besides the log file: True (this process's stderr), a
+# callable (called per line), or False (nowhere).
+Echo = bool | Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -32,30 +51,74 @@ class RunDir:
         return self.root / "out"
 
     @classmethod
-    def create(cls, prefix: str) -> "RunDir":
-        import tempfile
-
+    def create(cls, prefix: str) -> RunDir:
         run = cls(Path(tempfile.mkdtemp(prefix=prefix)))
         run.out.mkdir()
         return run
 
 
+class KilledBy(StrEnum):
+    """Why a child did not end by itself."""
+
+    TIMEOUT = "timeout"        # the harness killed it at the spec's timeout
+    MEMORY = "memory"          # the container exceeded its memory limit
+    SIGNAL = "signal"          # a signal from outside (an interrupted audit, the OOM killer, kill)
+
+
 @dataclass
 class ChildOutcome:
+    """How the child ended, as the parent saw it."""
+
     returncode: int | None
-    timed_out: bool = False
-    killed_reason: str = ""
+    killed_by: KilledBy | None = None
+    killed_reason: str = ""                       # for people: "timed out after 5 s and …"
     log_tail: list[str] = field(default_factory=list)
     dropped_env: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def timed_out(self) -> bool:
+        return self.killed_by is KilledBy.TIMEOUT
 
-def pump_output(stream, log_path: Path, echo) -> tuple[threading.Thread, collections.deque]:
+
+class PreparedEnvironment(Protocol):
+    """What `Backend.prepare` hands to `Backend.run` and to the record."""
+
+    @property
+    def notes(self) -> tuple[str, ...]: ...     # what the verdict should say about it
+
+    @property
+    def image_ref(self) -> str | None: ...      # the image the record names (docker) or None
+
+
+E = TypeVar("E", bound=PreparedEnvironment)
+
+
+class Backend(Protocol[E]):
+    """Where one job runs. `recorded` is the record's metadata when verifying (None otherwise):
+    the docker backend accepts an image rebuilt from recipe only if its packages match it."""
+
+    name: str
+
+    def expected_platform(self, spec: Spec) -> str | None:
+        """The platform key this backend's run of `spec` will have, when known before the run
+        (so a verify finds — and checks — its record before any training)."""
+        ...
+
+    def prepare(self, spec: Spec, repo_root: Path, recorded: RecordMeta | None,
+                say: Callable[[str], None] | None = None) -> E: ...
+
+    def run(self, job: Job, run_dir: RunDir, env: E, *, timeout: float,
+            echo: Echo = False) -> ChildOutcome: ...
+
+
+def pump_output(stream: IO[bytes] | _Readable, log_path: Path, echo: Echo
+                ) -> tuple[threading.Thread, collections.deque[str]]:
     """Copy the child's output line by line to `log_path`, a bounded tail, and `echo`
     (True: this process's stderr; a callable: called per line; falsy: nowhere)."""
-    tail: collections.deque = collections.deque(maxlen=LOG_TAIL_LINES)
+    tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
 
-    def work():
+    def work() -> None:
         # O_EXCL|O_NOFOLLOW: the log is a new file of the parent's, never something found there
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as log:
@@ -72,3 +135,8 @@ def pump_output(stream, log_path: Path, echo) -> tuple[threading.Thread, collect
     thread = threading.Thread(target=work, daemon=True, name="repro-child-output")
     thread.start()
     return thread, tail
+
+
+class _Readable(Protocol):
+    def readline(self) -> bytes: ...
+    def close(self) -> None: ...

@@ -8,21 +8,33 @@ on sys.path by the runner, can never shadow it, and the harness checkout's other
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import repro
-from repro.backends.base import ChildOutcome, RunDir, pump_output
-from repro.pins.env import child_environment, compile_cache_env
+from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
+from repro.env.settings import child_environment, compile_cache_env
+from repro.job import Job
+from repro.record import RecordMeta
+from repro.spec import Spec
 
 
-def harness_shim(run_dir: Path) -> Path:
+@dataclass(frozen=True)
+class LocalEnvironment:
+    """This interpreter; `notes` say what of the spec's environment it could not pin."""
+
+    notes: tuple[str, ...] = ()
+    image_ref: str | None = None
+
+
+def harness_shim(run_dir: RunDir) -> Path:
     """A directory whose only entry is a link to the harness package."""
-    shim = run_dir / "_harness"
+    shim = run_dir.root / "_harness"
     shim.mkdir(exist_ok=True)
     link = shim / "repro"
     if not link.exists():
@@ -33,23 +45,38 @@ def harness_shim(run_dir: Path) -> Path:
 class LocalBackend:
     name = "local"
 
-    def run(self, job: dict, run_dir: RunDir, tree: Path, env_spec, timeout: float,
-            echo=False) -> ChildOutcome:
-        env, dropped = child_environment(env_spec, [str(harness_shim(run_dir.root))])
-        env.update(compile_cache_env(job.get("compile_cache")))
-        run_dir.job.write_text(json.dumps({**job, "parent_pid": os.getpid()}, indent=1))
+    def expected_platform(self, spec: Spec) -> str | None:
+        platform = spec.environment.platform
+        return None if platform == "any" else platform   # any: whatever jax finds here
+
+    def prepare(self, spec: Spec, repo_root: Path, recorded: RecordMeta | None,
+                say: Callable[[str], None] | None = None) -> LocalEnvironment:
+        env = spec.environment
+        if not env.image:
+            return LocalEnvironment()
+        pinned = ("its packages were checked against this interpreter" if env.packages
+                  else "nothing but the fingerprint pins the environment")
+        return LocalEnvironment((f"the local backend does not use environment.image "
+                                 f"({env.image[:40]}…): the image was not pinned; {pinned}",))
+
+    def run(self, job: Job, run_dir: RunDir, env: LocalEnvironment, *, timeout: float,
+            echo: Echo = False) -> ChildOutcome:
+        child_env, dropped = child_environment(job.settings, [str(harness_shim(run_dir))])
+        child_env.update(compile_cache_env(job.compile_cache))
+        job.replace(parent_pid=os.getpid()).write(run_dir.job)
         cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir.job), str(run_dir.out)]
-        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=job.tree, env=child_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         _LIVE.add(proc)
+        assert proc.stdout is not None
         pump, tail = pump_output(proc.stdout, run_dir.log, echo)
         outcome = ChildOutcome(returncode=None, dropped_env=dropped)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            outcome.timed_out = True
+            outcome.killed_by = KilledBy.TIMEOUT
             outcome.killed_reason = f"timed out after {timeout:g} s and was killed"
         except BaseException:  # Ctrl-C: leave nothing running behind us
             _kill_group(proc)
@@ -60,6 +87,7 @@ class LocalBackend:
         outcome.returncode = proc.returncode
         if proc.returncode is not None and proc.returncode < 0 and not outcome.timed_out:
             sig = -proc.returncode
+            outcome.killed_by = KilledBy.SIGNAL
             outcome.killed_reason = f"was killed by signal {signal.Signals(sig).name}"
             if sig == signal.SIGKILL:
                 outcome.killed_reason += " (out of memory? `dmesg` may say)"
@@ -67,7 +95,7 @@ class LocalBackend:
         return outcome
 
 
-_LIVE: set[subprocess.Popen] = set()
+_LIVE: set[subprocess.Popen[bytes]] = set()
 
 
 def kill_all() -> int:
@@ -80,7 +108,7 @@ def kill_all() -> int:
     return len(procs)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

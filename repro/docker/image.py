@@ -1,4 +1,4 @@
-"""The image pin (docker backend): find the image a spec pins by digest, pull it, or rebuild it
+"""The image pin (docker backend, `prepare`): find the image a spec pins by digest, pull it, or rebuild it
 from the spec's recipe — and then run only if the rebuilt image installs exactly the packages the
 record was made with.
 
@@ -7,7 +7,7 @@ is that digest (what `repro env build` prints) or whose RepoDigests hold `NAME@d
 registry gives). A tag never matches: a spec pins content, not a name.
 
 The package fingerprint of an image is the sorted `name==version` list of every distribution
-its Python sees (`repro.pins.env.installed_packages`, run inside the image), and its sha256.
+its Python sees (`repro.env.fingerprint.installed_packages`, run inside the image), and its sha256.
 Image Ids are content addresses, so the list is cached per Id under `<cache>/image-packages/`.
 """
 from __future__ import annotations
@@ -15,11 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro.engine import connect
+from repro.docker.client import connect
+from repro.env.fingerprint import packages_digest
 from repro.errors import PinError
+from repro.record import RecordMeta
+from repro.spec import Spec
 
 
 class ImagePinError(PinError):
@@ -45,16 +49,8 @@ def split_pin(pinned: str) -> tuple[str, str]:
     return name, digest
 
 
-def packages_digest(packages: list[str]) -> str:
-    return hashlib.sha256("\n".join(packages).encode()).hexdigest()
-
-
-def describe_packages(packages: list[str]) -> dict:
-    """The record's `image_packages` entry."""
-    return {"sha256": packages_digest(packages), "count": len(packages), "list": packages}
-
-
-def resolve_image(spec, repo_root: Path, recorded: dict | None, say=None) -> ImagePin:
+def resolve_image(spec: Spec, repo_root: Path, recorded: RecordMeta | None,
+                  say: Callable[[str], None] | None = None) -> ImagePin:
     """The local image to run `spec` in (see the module docstring).
 
     `recorded` is the record's metadata (verify) or None (run, record): a rebuilt image whose
@@ -172,7 +168,7 @@ _BUILD_LOCK = threading.Lock()
 
 def _rebuild(client, spec, pinned, name, digest, recipe_dir: Path, recipe: str, recorded, say
              ) -> ImagePin:
-    from repro.envbuild import build, load_recipe
+    from repro.docker.build import build, load_recipe
 
     if not recipe_dir.is_dir():
         raise ImagePinError(f"spec {spec.name!r}: the pinned image {pinned} is absent and its "
@@ -195,19 +191,14 @@ def _rebuild(client, spec, pinned, name, digest, recipe_dir: Path, recipe: str, 
         return ImagePin(pinned, image_id, name, "rebuilt", [
             f"{lead}: digest differs; no record to compare its {len(packages)} packages with "
             "(re-pin environment.image to the rebuilt digest to keep it)"])
-    if not recorded:
-        raise ImagePinError(
-            f"spec {spec.name!r}: {lead}, but its digest differs and the record could not be "
-            "read before the run to check its packages (environment.platform: any); set "
-            "environment.platform or pass --platform so the record is found first")
-    rec = recorded.get("image_packages") or {}
-    if not rec.get("list"):
+    rec = recorded.image_packages
+    if rec is None or not rec.list:
         raise ImagePinError(
             f"spec {spec.name!r}: {lead}, but its digest differs and the record (made with the "
-            f"{recorded.get('backend', '?')} backend) holds no installed-package list to check "
+            f"{recorded.backend} backend) holds no installed-package list to check "
             "the rebuild against; record the spec with --backend docker")
-    if rec["list"] != packages:
-        old, new = set(rec["list"]), set(packages)
+    if rec.list != packages:
+        old, new = set(rec.list), set(packages)
         diff = [f"-{p}" for p in sorted(old - new)] + [f"+{p}" for p in sorted(new - old)]
         raise ImagePinError(
             f"spec {spec.name!r}: {lead}, but the rebuilt image installs other packages than the "
@@ -215,16 +206,16 @@ def _rebuild(client, spec, pinned, name, digest, recipe_dir: Path, recipe: str, 
             "not running. Restore the recipe's lock, or record again and re-pin the image")
     return ImagePin(pinned, image_id, name, "rebuilt", [
         f"{lead}: digest differs, package set identical to the record's ({len(packages)} "
-        f"packages, sha256 {rec.get('sha256', packages_digest(packages))[:12]}…)"])
+        f"packages, sha256 {rec.sha256[:12]}…)"])
 
 
-PROBE = ("import json; from repro.pins.env import installed_packages; "
+PROBE = ("import json; from repro.env.fingerprint import installed_packages; "
          "print('REPRO-PACKAGES ' + json.dumps(installed_packages()))")
 
 
 def image_packages(client, image_id: str) -> list[str]:
     """The sorted `name==version` list of an image, taken inside it (cached per image Id)."""
-    from repro.backends.docker import HARNESS_MOUNT, harness_volume, sandbox_config
+    from repro.docker.sandbox import HARNESS_MOUNT, harness_volume, sandbox_config
     from repro.paths import cache_dir
 
     path = cache_dir() / "image-packages" / f"{image_id.split(':')[-1]}.json"

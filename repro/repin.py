@@ -76,13 +76,13 @@ def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple
 def _current_image(pinned: str) -> tuple[str | None, str | None]:
     """`NAME@<Id of the local image NAME now>`, or a warning saying why the pin was kept."""
     from repro.errors import ReproError
-    from repro.pins.image import split_pin
+    from repro.docker.image import split_pin
 
     name, _ = split_pin(pinned)
     if not name:
         return None, "environment.image is a bare image Id: kept as it is (no name to look up)"
     try:
-        from repro.engine import connect
+        from repro.docker.client import connect
 
         client = connect(timeout=10)
         image = client.images.get(name)

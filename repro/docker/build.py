@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro.engine import connect
+from repro.docker.client import connect
 from repro.errors import ReproError
 
 

@@ -3,14 +3,14 @@ lines of script to expand/collapse) rendered from the audit JSON (`repro.audit.a
 the earlier audits kept with `--history`. Format documented in docs/audit.md.
 
 Every string that comes from the JSON is user data (spec names, errors, tracebacks): it goes
-through `e()` (html.escape) or through repro.svgplot, which escapes its labels.
+through `e()` (html.escape) or through repro.report.svg, which escapes its labels.
 """
 from __future__ import annotations
 
 import json
 from html import escape
 
-from repro.svgplot import finite, hbar_chart, line_chart, num
+from repro.report.svg import finite, hbar_chart, line_chart, num
 
 COLORS = {"pass": "#2f9e6e", "fail": "#d64545", "error": "#c26a00", "recorded": "#3b6fb6",
           "ran": "#3b6fb6"}

@@ -1,7 +1,9 @@
-"""The environment pin: the explicit child environment (determinism settings applied before jax
-is imported), the fingerprint taken inside the run, and the comparison of two fingerprints.
+"""The environment fingerprint: what the run's process was (versions, device, CPUs and their
+instruction sets, the determinism settings in force, a PRNG canary), taken inside the run, and
+the comparison of two fingerprints.
 
-`child_environment` runs in the parent; `fingerprint` and `check_packages` run in the child.
+Everything here but `fingerprint_changes` runs in the child (local process or container); it
+imports only the standard library at module level, so the runner can load it in any image.
 """
 from __future__ import annotations
 
@@ -13,73 +15,6 @@ import platform as _platform
 # demands bitwise equality; any other field (hostname, CPU model name, python patch) only informs.
 NUMERIC_FIELDS = ("jax", "jaxlib", "numpy", "backend", "device_kind", "device_count", "cpus",
                   "cpu_isa", "settings", "prng_canary", "machine")
-
-# Deterministic XLA defaults; the spec's xla_flags are appended. Unknown flags make XLA abort,
-# so only flags that exist in every supported jaxlib are listed.
-DEFAULT_XLA_FLAGS = {
-    "cpu": ["--xla_cpu_enable_fast_math=false"],
-    "gpu": ["--xla_gpu_deterministic_ops=true"],
-}
-JAX_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "any": None}
-
-# Variables copied from the caller. Everything else is left out on purpose; JAX_*, XLA_* and
-# thread-count variables are dropped and the drop is noted in the run.
-_PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TZ",
-                "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
-                "SSL_CERT_FILE", "VIRTUAL_ENV", "CONDA_PREFIX", "SYSTEMROOT",
-                "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # some OpenBLAS builds crash without
-# Dropped variables with these prefixes are named in the verdict: they change jax's numerics.
-_NOTED_PREFIXES = ("JAX_", "XLA_", "TF_XLA", "OMP_", "MKL_", "TPU_", "CUDA_", "NVIDIA_TF32")
-
-
-def determinism_settings(env_spec) -> dict[str, str]:
-    """The environment variables that pin jax's numerics for this spec (interface §3)."""
-    flags = []
-    for plat in (("cpu", "gpu") if env_spec.platform == "any" else (env_spec.platform,)):
-        flags += DEFAULT_XLA_FLAGS[plat]
-    flags += list(env_spec.xla_flags)
-    settings = {
-        "XLA_FLAGS": " ".join(flags),
-        "JAX_DEFAULT_PRNG_IMPL": "threefry2x32",
-        "JAX_THREEFRY_PARTITIONABLE": "1",
-        "JAX_DEFAULT_MATMUL_PRECISION": env_spec.matmul_precision,
-        "JAX_ENABLE_X64": "1" if env_spec.x64 else "0",
-        "OMP_NUM_THREADS": str(env_spec.cpus),
-    }
-    if JAX_PLATFORMS[env_spec.platform]:
-        settings["JAX_PLATFORMS"] = JAX_PLATFORMS[env_spec.platform]
-    return settings
-
-
-def child_environment(env_spec, pythonpath: list[str], inherited: dict | None = None
-                      ) -> tuple[dict[str, str], list[str]]:
-    """Build the child's environment from scratch. Returns (env, names of dropped variables)."""
-    inherited = dict(os.environ if inherited is None else inherited)
-    env = {k: inherited[k] for k in _PASSTHROUGH if k in inherited}
-    dropped = sorted(k for k in inherited if k.startswith(_NOTED_PREFIXES) and k not in env)
-    env.update(determinism_settings(env_spec))
-    env["PYTHONPATH"] = os.pathsep.join(pythonpath)
-    env["PYTHONHASHSEED"] = "0"
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"   # the pinned tree is read-only
-    env["TF_CPP_MIN_LOG_LEVEL"] = "1"
-    return env, dropped
-
-
-def compile_cache_env(directory: str | None) -> dict[str, str]:
-    """Environment for JAX's persistent compilation cache, shared by child runs (None: off).
-
-    Small programs compile in well under JAX's default 1 s threshold, so the thresholds are
-    dropped to cache everything. The cache holds compiled executables keyed by XLA's own
-    fingerprint of program, flags and backend: it changes how long a run takes, never its
-    numbers (tests/test_audit.py checks every bit), so it is not part of the fingerprint.
-    """
-    if not directory:
-        return {}
-    return {"JAX_COMPILATION_CACHE_DIR": directory,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-
 
 def pick_cpus(n: int, slot: int | None = None) -> list[int]:
     """`n` CPUs this process may run on; error if fewer exist.
@@ -233,7 +168,7 @@ def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:
 def installed_packages() -> list[str]:
     """Every distribution this interpreter sees, as sorted `name==version` lines (names
     normalised as PEP 503 does; the first on sys.path wins, as for imports). Taken inside a
-    container it is the image's package fingerprint (repro.pins.image)."""
+    container it is the image's package fingerprint (repro.docker.image)."""
     import importlib.metadata as md
     import re
 
@@ -274,3 +209,8 @@ def fingerprint_changes(recorded: dict, current: dict) -> list[tuple[str, object
         elif a != b:
             out.append((key, a, b, key in NUMERIC_FIELDS))
     return out
+
+
+def packages_digest(packages: list[str]) -> str:
+    """sha256 of an installed-package list (`installed_packages`), one line per package."""
+    return hashlib.sha256("\n".join(packages).encode()).hexdigest()

@@ -5,7 +5,12 @@ plugin, the CLI and the audit print the same text.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, Verdict
+
+if TYPE_CHECKING:
+    from repro.audit import Audit
 
 MAX_ROWS = 15
 
@@ -20,7 +25,9 @@ def _num(x: float) -> str:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
@@ -46,7 +53,8 @@ def summary_line(v: Verdict) -> str:
 
 
 def render(v: Verdict, *, verbose: bool = False) -> str:
-    """The full text for one verdict: what was compared, the table, what changed, notes."""
+    """The full text for one verdict: what was compared, the table, what changed, notes.
+    Ends with a line end, like any text a program prints."""
     out = [summary_line(v) if v.status != ERROR else f"ERROR {v.name}"]
     if v.spec_path:
         out.append(f"  spec:   {v.spec_path}")
@@ -97,10 +105,10 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
         out.append("  changed since the record: " + "; ".join(c.text() for c in numeric[:5]))
     for note in v.notes:
         out.append(f"  note: {note}")
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
 
 
-def _fmt_metric(x) -> str:
+def _fmt_metric(x: object) -> str:
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
@@ -124,11 +132,11 @@ def progress_line(v: Verdict, done: int, total: int, width: int = 20) -> str:
     return f"[{bar}] {done}/{total} {word:<5} {v.name} ({v.duration_s:.1f} s) {_detail(v)}"
 
 
-def audit_summary(audit) -> str:
+def audit_summary(audit: Audit) -> str:
     """The table printed at the end of an audit."""
     rows = [[v.name, v.status, f"{v.duration_s:.1f} s", _detail(v)] for v in audit.verdicts]
     counts = audit.counts()
     head = (f"repro audit of {audit.directory}: {counts['pass']} pass, {counts['fail']} fail, "
             f"{counts['error']} error in {audit.duration_s:.1f} s (-j {audit.jobs})"
             + ("" if audit.complete else "  [INCOMPLETE: interrupted]"))
-    return head + "\n\n" + table(rows, ["spec", "status", "time", "detail"])
+    return head + "\n\n" + table(rows, ["spec", "status", "time", "detail"]) + "\n"

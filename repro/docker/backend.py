@@ -1,0 +1,277 @@
+"""The docker backend: the same child runner, in a fresh sandboxed container of the pinned image.
+
+`prepare` resolves the spec's image pin (`repro.docker.image`: the local image with the pinned
+digest, pulled, or rebuilt from the recipe and checked against the record's packages) and the
+sandbox limits; `run` starts the runner in a fresh container of that image, which gets
+
+- the harness package, read-only, at /opt/repro/repro (PYTHONPATH=/opt/repro): an image needs
+  only python3 and the user's dependencies (the runner imports numpy and jax, never pydantic);
+- the code tree read-only at /work/code, each data file or directory read-only at
+  /work/data/<name>/<basename> (job.json is rewritten to those paths, and mounted read-only),
+  the run's out/ directory writable at /run — its only writable mount — and (unless --no-compile-cache) a per-image JAX compilation cache;
+- no network, user 65534:65534, every capability dropped, no-new-privileges, a read-only root
+  with a tmpfs /tmp (HOME=/tmp), memory and pids limits (spec, else ini/options, else defaults);
+- the environment `child_environment` builds, from nothing on the host (no PATH, no
+  LD_LIBRARY_PATH: the image's own PATH stays); GPUs through `device_requests` for
+  `platform: gpu`, with the GPU determinism flags in XLA_FLAGS.
+
+The container is labelled `repro` and `repro.spec=<name>` and removed afterwards — on success,
+on failure, on timeout and on Ctrl-C. Its output streams line by line like a local child's.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
+from repro.docker.client import LABEL, LABEL_SPEC, EngineError, connect
+from repro.docker.image import ImagePin, resolve_image
+from repro.docker.sandbox import (CACHE_MOUNT, CODE_MOUNT, DATA_MOUNT, DEFAULT_MEMORY, DEFAULT_PIDS,
+                                  HARNESS_MOUNT, JOB_MOUNT, RUN_MOUNT, SANDBOX_UID, bind,
+                                  harness_volume, make_writable_by_sandbox, sandbox_config)
+from repro.env.settings import child_environment, compile_cache_env
+from repro.job import Job
+from repro.record import RecordMeta
+from repro.spec import Spec
+
+@dataclass(frozen=True)
+class DockerEnvironment:
+    """The resolved image and the sandbox limits one spec runs with."""
+
+    image: ImagePin
+    memory: str
+    pids: int
+    gpu: bool
+    notes: tuple[str, ...] = ()
+
+    @property
+    def image_ref(self) -> str:
+        return self.image.ref
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, memory: str | None = None, pids: int | None = None):
+        self.memory, self.pids = memory, pids   # defaults when the spec sets none (ini options)
+
+    def expected_platform(self, spec: Spec) -> str | None:
+        # a container gets a GPU only when the spec asks for one: `any` runs on the CPU
+        return "gpu" if spec.environment.platform == "gpu" else "cpu"
+
+    def prepare(self, spec: Spec, repo_root: Path, recorded: RecordMeta | None,
+                say: Callable[[str], None] | None = None) -> DockerEnvironment:
+        image = resolve_image(spec, repo_root, recorded, say)
+        env = spec.environment
+        return DockerEnvironment(image, env.memory or self.memory or DEFAULT_MEMORY,
+                                 env.pids or self.pids or DEFAULT_PIDS, env.platform == "gpu",
+                                 tuple(image.notes))
+
+    def run(self, job: Job, run_dir: RunDir, env: DockerEnvironment, *, timeout: float,
+            echo: Echo = False) -> ChildOutcome:
+        import docker
+
+        from repro.signals import sigterm_interrupts
+
+        client = connect()
+        image = env.image.id
+        mounts = harness_volume() + [bind(Path(job.tree).resolve(), CODE_MOUNT)]
+        data = {}
+        for name, path in job.data.items():
+            inside = f"{DATA_MOUNT}/{name}/{Path(path).name}"
+            mounts.append(bind(Path(path).resolve(), inside))
+            data[name] = inside
+        make_writable_by_sandbox(run_dir.out)
+        mounts.append(bind(run_dir.out, RUN_MOUNT, read_only=False))
+        mounts.append(bind(run_dir.job, JOB_MOUNT))
+        child_env, _ = child_environment(job.settings, [str(Path(HARNESS_MOUNT).parent)],
+                                         inherited={})
+        _, dropped = child_environment(job.settings, [])
+        child_env["HOME"] = "/tmp"
+        if job.compile_cache:
+            cache = _compile_cache_dir(job.compile_cache, image)
+            mounts.append(bind(cache, CACHE_MOUNT, read_only=False))
+            child_env.update(compile_cache_env(CACHE_MOUNT))
+        # PID 1 in its container: the runner watches its stdin instead of its parent, which
+        # this process holds open until the run ends
+        job.replace(tree=CODE_MOUNT, data=data, list_packages=True, compile_cache=None,
+                    parent_pid=None, watch_stdin=True).write(run_dir.job)
+
+        extra: dict[str, Any] = {}
+        if env.gpu:
+            extra["device_requests"] = [docker.types.DeviceRequest(count=-1,
+                                                                   capabilities=[["gpu"]])]
+        cname = f"repro-{job.spec[:40]}-{uuid.uuid4().hex[:10]}"
+        outcome = ChildOutcome(returncode=None, dropped_env=dropped)
+        container = stdin = None
+        with sigterm_interrupts():
+            try:
+                try:
+                    # detach=False + stdin_open: the SDK sets StdinOnce, so the container's
+                    # stdin closes when this process's attach socket does (exit, or killed)
+                    container = client.containers.create(
+                        image, ["python3", "-P", "-m", "repro.runner", JOB_MOUNT, RUN_MOUNT],
+                        name=cname, environment=child_env, mounts=mounts, stdin_open=True,
+                        tty=False, labels={LABEL: "1", LABEL_SPEC: job.spec}, detach=False,
+                        **{**sandbox_config(env.memory, env.pids), "working_dir": CODE_MOUNT},
+                        **extra)
+                    _LIVE.add(container)
+                    stdin = container.attach_socket(params={"stdin": 1, "stream": 1})
+                    container.start()
+                except docker.errors.APIError as exc:
+                    raise _start_error(exc, job.spec, env.gpu, image) from None
+                stream = _Lines(container.logs(stream=True, follow=True))
+                pump, tail = pump_output(stream, run_dir.log, echo)
+                try:
+                    code = container.wait(timeout=timeout).get("StatusCode")
+                except Exception as exc:  # requests' ReadTimeout / ConnectionError
+                    if not _is_timeout(exc):
+                        raise EngineError(f"lost the Docker daemon while spec {job.spec!r} ran: "
+                                          f"{exc}") from None
+                    _kill(container)
+                    outcome.killed_by = KilledBy.TIMEOUT
+                    outcome.killed_reason = f"timed out after {timeout:g} s and was killed"
+                    code = container.wait(timeout=60).get("StatusCode")
+                pump.join(timeout=5)
+                outcome.returncode = code
+                container.reload()
+                if not outcome.timed_out:
+                    _why_it_died(outcome, container.attrs.get("State", {}), code, env.memory)
+                outcome.log_tail = list(tail)
+            finally:
+                _close(stdin)
+                _remove(client, container, cname)
+                _LIVE.discard(container)
+        outcome.notes.append(f"ran in container image {image} (network none, user "
+                             f"{SANDBOX_UID}, memory {env.memory}, pids {env.pids})")
+        return outcome
+
+
+def _why_it_died(outcome: ChildOutcome, state: dict[str, Any], code: int | None,
+                 memory: str) -> None:
+    if state.get("OOMKilled"):
+        outcome.killed_by = KilledBy.MEMORY
+        outcome.killed_reason = (
+            f"was killed for exceeding its memory limit of {memory} (the container ran "
+            "out of memory; raise `environment.memory` in the spec or the ini option "
+            "repro_docker_memory)")
+    elif code == 137:
+        outcome.killed_by = KilledBy.SIGNAL
+        outcome.killed_reason = "was killed (SIGKILL, exit 137) from outside the container"
+    elif code is not None and code > 128:
+        outcome.killed_by = KilledBy.SIGNAL
+        outcome.killed_reason = f"died from signal {code - 128} (exit {code})"
+
+
+_LIVE: set[Any] = set()
+
+
+def kill_all() -> int:
+    """Kill every container this process started and that still runs (an interrupted audit:
+    its worker threads wait on them; each then removes its own). Returns how many."""
+    containers = list(_LIVE)
+    for container in containers:
+        _kill(container)
+    return len(containers)
+
+
+def _close(sock) -> None:
+    if sock is None:
+        return
+    try:
+        sock.close()
+        raw = getattr(sock, "_sock", None)
+        if raw is not None:
+            raw.close()
+    except OSError:
+        pass
+
+
+def _compile_cache_dir(base: str, image: str) -> Path:
+    """One JAX compilation cache per image, writable by the sandbox user."""
+    path = Path(base).with_name(Path(base).name + "-docker") / image.split(":")[-1][:16]
+    path.mkdir(parents=True, exist_ok=True)
+    make_writable_by_sandbox(path)
+    return path
+
+
+def _start_error(exc: Exception, spec_name: str, gpu: bool, image: str) -> EngineError:
+    text = str(getattr(exc, "explanation", None) or exc)
+    if gpu and any(s in text.lower() for s in (
+            "device driver", "capabilities", "nvidia", "gpu")):
+        return EngineError(
+            f"spec {spec_name!r} needs a GPU (environment.platform: gpu), but Docker cannot "
+            f"give the container one: {text}. The host needs an NVIDIA GPU with its driver and "
+            "the NVIDIA container toolkit configured for Docker (`nvidia-ctk runtime configure "
+            "--runtime=docker`, then restart dockerd); or run the spec with --backend local")
+    return EngineError(f"Docker refused to start the container for spec {spec_name!r} "
+                       f"(image {image}): {text}")
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError)):
+        return "timed out" in str(exc).lower() or isinstance(exc, requests.exceptions.ReadTimeout)
+    return False
+
+
+def _kill(container) -> None:
+    import docker
+
+    try:
+        container.kill()
+    except docker.errors.DockerException:
+        pass
+
+
+def _remove(client, container, name: str) -> None:
+    """Remove the container (killing it if it runs); also when create was interrupted."""
+    import docker
+
+    for _ in range(3):
+        try:
+            (container or client.containers.get(name)).remove(force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "already in progress" in str(exc):
+                return
+            time.sleep(0.2)
+        except KeyboardInterrupt:  # a second Ctrl-C: try once more, then give up
+            continue
+
+
+class _Lines:
+    """A readline() view over docker's chunked log stream (what pump_output reads)."""
+
+    def __init__(self, chunks):
+        self._chunks, self._buf = chunks, b""
+
+    def readline(self) -> bytes:
+        while b"\n" not in self._buf:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                chunk = None
+            except Exception:  # the stream ends abruptly when the container is removed
+                chunk = None
+            if not chunk:
+                out, self._buf = self._buf, b""
+                return out
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line + b"\n"
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close:
+            try:
+                close()
+            except Exception:
+                pass

@@ -1,0 +1,63 @@
+"""The `Job`: the whole parent→child contract of one run, as one frozen value.
+
+The pipeline builds it from a prepared spec (`pipeline.make_job`); a backend may only re-point
+its paths to where the child sees them (`Job.replace`), then writes it as `job.json` for the
+runner. Standard library only: the runner reads it inside any image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+JOB_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the child runner needs, and nothing else.
+
+    Paths (`tree`, `data`, `compile_cache`) are as the child sees them: a container's mounts,
+    or the host's own for a local process.
+    """
+
+    spec: str                                # the spec's name (labels, messages)
+    entrypoint: str                          # module:function inside `tree`
+    tree: str                                # the code tree the entrypoint is imported from
+    data: Mapping[str, str]                  # data name -> verified path
+    seeds: Mapping[str, int]
+    config: Mapping[str, Any]
+    settings: Mapping[str, str]              # determinism settings (already in the child's env)
+    cpus: int                                # how many cores the run is pinned to
+    cpu_slot: int | None = None              # which cores, for parallel runs
+    grads_every: int | None = None           # record.grads: keep every N steps ...
+    grads_steps: tuple[int, ...] = ()        # ... and these
+    weights: Literal["final", "none"] = "final"
+    packages: Mapping[str, str] = field(default_factory=dict)  # asserted in the child
+    list_packages: bool = False              # also report every installed distribution
+    compile_cache: str | None = None         # JAX persistent compilation cache directory
+    parent_pid: int | None = None            # local: die with this process (PR_SET_PDEATHSIG)
+    watch_stdin: bool = False                # container: die when stdin closes
+
+    def replace(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        doc = dataclasses.asdict(self)
+        doc["format"] = JOB_FORMAT
+        return json.dumps(doc, indent=1, sort_keys=True)
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> Job:
+        doc = json.loads(Path(path).read_text())
+        if doc.pop("format", None) != JOB_FORMAT:
+            raise ValueError(f"{path}: not a job of format {JOB_FORMAT} (harness and runner of "
+                             "different repro versions?)")
+        doc["grads_steps"] = tuple(doc.get("grads_steps") or ())
+        return cls(**doc)

@@ -1,0 +1,120 @@
+"""What a finished run left behind, read back by the parent: `run.json` and `arrays.npz` from the
+run's out/ directory, checked and turned into a typed `RunResult` (or a `RunError` saying why the
+run produced no usable result).
+
+Everything in out/ was written by the child — user code, in a sandbox for the docker backend — so
+nothing read here is trusted: files are opened without following links, and no value becomes a
+host path (the platform key comes from a known list, or from the user).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from repro.backends.base import ChildOutcome
+from repro.errors import RunError
+from repro.ioutil import open_regular, read_npz
+from repro.record import MetricSeries
+
+PLATFORM_KEYS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+
+# What the runner's error kinds mean to a user (run.json "error.kind").
+_ERROR_PREFIX = {"user": "the training function raised",
+                 "entrypoint": "the entrypoint could not be loaded",
+                 "packages": "the environment does not match the spec",
+                 "environment": "the environment cannot honour the spec",
+                 "harness": "repro's runner failed (a bug in repro: please report it)"}
+
+
+@dataclass
+class RunResult:
+    """One finished run: its platform key, fingerprint, metrics and arrays."""
+
+    platform_key: str
+    fingerprint: dict[str, Any]
+    metrics: dict[str, MetricSeries]
+    arrays: dict[str, Any]
+    timings: dict[str, float]
+    grad_steps: list[int]
+    outcome: ChildOutcome
+    notes: list[str] = field(default_factory=list)
+    packages: list[str] | None = None    # docker: the image's package list, taken inside it
+
+
+def platform_key(reported: object) -> str:
+    """The record platform key for the jax backend a run reports. The value comes from the
+    child (untrusted): only a known backend name maps to a key, anything else is an error — it
+    names a record directory and must never become a host path."""
+    if isinstance(reported, str) and reported in PLATFORM_KEYS:
+        return PLATFORM_KEYS[reported]
+    shown = reported if isinstance(reported, str) and len(reported) <= 80 else type(reported).__name__
+    raise RunError(f"the run reported jax backend {shown!r}, which is none of "
+                   f"{', '.join(sorted(PLATFORM_KEYS))}; not taken as a platform key. Pass "
+                   "--platform KEY (--repro-platform) to name the record's platform")
+
+
+def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str | None
+            ) -> RunResult:
+    """Read the run's result from `out`; RunError when there is no usable one."""
+    tail = "\n".join(outcome.log_tail[-20:])
+    if outcome.timed_out:
+        raise RunError(f"the run {outcome.killed_reason} (spec timeout: {timeout:g} s; raise "
+                       "`timeout:` in the spec or pass --timeout)", detail=tail,
+                       killed_by=outcome.killed_by)
+    try:
+        with open_regular(out / "run.json") as f:
+            result = json.loads(f.read())
+        if not isinstance(result, dict):
+            raise ValueError("run.json is not a JSON object")
+    except (OSError, ValueError):
+        how = outcome.killed_reason or f"exited with code {outcome.returncode}"
+        raise RunError(f"the run {how} before writing its result; the last lines of its output "
+                       "are below", detail=tail, killed_by=outcome.killed_by) from None
+    if result.get("status") != "ok":
+        err = result.get("error") if isinstance(result.get("error"), dict) else {}
+        prefix = _ERROR_PREFIX.get(str(err.get("kind")), "the run failed")
+        raise RunError(f"{prefix}: {err.get('message', '')}",
+                       detail=str(err.get("traceback") or tail))
+    nonfinite = result.get("nonfinite") or []
+    if nonfinite:
+        first = nonfinite[0]
+        raise RunError(f"metric {first['metric']!r} is not finite at step {first['step']} "
+                       f"({first['value']}); {len(nonfinite)} non-finite value(s) "
+                       "logged in all. A diverged run is not a result to reproduce: fix the "
+                       "training (learning rate, initialisation) before recording")
+    try:
+        shape = _RunFile.model_validate(result)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise RunError(f"the run's run.json is malformed at {key}: {first['msg']} (written by "
+                       "the training process: did the training code write into its output "
+                       "directory?)") from None
+    try:
+        arrays = read_npz(out / "arrays.npz")
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunError(f"the run's arrays.npz cannot be read: {exc}") from None
+    key = platform or platform_key(shape.fingerprint.get("backend"))
+    notes = []
+    if outcome.dropped_env:
+        notes.append("dropped from the run's environment (set by the caller): "
+                     + ", ".join(outcome.dropped_env))
+    notes += outcome.notes
+    return RunResult(key, shape.fingerprint, shape.metrics, arrays, shape.timings,
+                     shape.grad_steps, outcome, notes, packages=shape.packages)
+
+
+class _RunFile(BaseModel):
+    """The shape of a successful run.json (repro.runner writes it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    fingerprint: dict[str, Any]
+    metrics: dict[str, MetricSeries] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    grad_steps: list[int] = Field(default_factory=list)
+    packages: list[str] | None = None
