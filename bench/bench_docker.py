@@ -48,9 +48,9 @@ def bench_verify(n: int) -> None:
         assert "bitwise identical" in out, out
     ml, md = statistics.median(t_local), statistics.median(t_docker)
     print(f"repro verify {SPEC} --backend local : median {ml:.2f} s  "
-          f"{['%.2f' % t for t in t_local]}")
+          f"{[f'{t:.2f}' for t in t_local]}")
     print(f"repro verify {SPEC} --backend docker: median {md:.2f} s  "
-          f"{['%.2f' % t for t in t_docker]}")
+          f"{[f'{t:.2f}' for t in t_docker]}")
     print(f"added by docker: {md - ml:+.2f} s per spec  (bar: <= 1.5 s)")
 
 

@@ -51,7 +51,7 @@ def main() -> None:
         t_verify.append(timed(verify))
         t_bare_cached.append(timed(bare, cache))
     mc, mv, mb, mbc = (statistics.median(t) for t in (t_cold, t_verify, t_bare, t_bare_cached))
-    show = lambda ts: ["%.2f" % t for t in ts]  # noqa: E731
+    show = lambda ts: [f"{t:.2f}" for t in ts]
     print(f"repro verify digits-mlp --no-compile-cache: median {mc:.2f} s  {show(t_cold)}")
     print(f"bare script                               : median {mb:.2f} s  {show(t_bare)}")
     print(f"repro verify digits-mlp (default)         : median {mv:.2f} s  {show(t_verify)}")

@@ -3,8 +3,7 @@
 Importing `repro` stays light (no jax): the parent process loads specs, checks pins, starts the
 child and compares; only the child imports jax and the user's code.
 """
-from repro.errors import (CodePinError, DataPinError, PinError, RecordError, ReproError, RunError,
-                          SpecError)
+from repro.errors import CodePinError, DataPinError, PinError, RecordError, ReproError, RunError, SpecError
 
 __version__ = "0.1.0"
 

@@ -44,7 +44,7 @@ class Audit:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def run_audit(directory: str | Path, options: pipeline.Options | None = None, *, jobs: int = 1,

@@ -3,7 +3,6 @@ of a verdict. Pure functions over record metadata, a spec and a fingerprint."""
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from repro.env.fingerprint import fingerprint_changes

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+from typing_extensions import TypedDict
 
 from repro.env.fingerprint import NUMERIC_FIELDS
 from repro.record import MetricSeries
@@ -31,7 +32,16 @@ class Recorded(Protocol):
     @property
     def arrays(self) -> Mapping[str, np.ndarray]: ...
 
-_FALLBACK = {"rtol": 1e-6, "atol": 1e-8}
+
+
+class Tolerance(TypedDict):
+    """|run - record| <= atol + rtol * |record|, elementwise."""
+
+    rtol: float
+    atol: float
+
+
+_FALLBACK: Tolerance = {"rtol": 1e-6, "atol": 1e-8}
 
 
 @dataclass
@@ -49,17 +59,21 @@ class Comparison:
         return [r for r in self.rows if not r.ok]
 
 
-def resolve_tolerance(tol_spec: dict, kind: str, name: str | None, platform_key: str) -> dict:
+def resolve_tolerance(tol_spec: Mapping[str, Any], kind: QuantityKind, name: str | None,
+                      platform_key: str) -> Tolerance:
     """rtol/atol for one quantity. Later layers override earlier ones field by field:
     built-in fallback < `default` < the quantity's block (`grads`, `weights`, `metrics.<name>`)
     < `platforms.<key>` (its rtol/atol, then its default, then its quantity block)."""
-    out = dict(_FALLBACK)
+    out: Tolerance = {"rtol": _FALLBACK["rtol"], "atol": _FALLBACK["atol"]}
 
-    def overlay(block):
+    def overlay(block: Mapping[str, Any] | None) -> None:
         if block:
-            out.update({k: v for k, v in block.items() if k in ("rtol", "atol") and v is not None})
+            if block.get("rtol") is not None:
+                out["rtol"] = float(block["rtol"])
+            if block.get("atol") is not None:
+                out["atol"] = float(block["atol"])
 
-    def quantity_block(t):
+    def quantity_block(t: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if kind == "metric":
             return (t.get("metrics") or {}).get(name)
         return t.get({"grad": "grads", "weight": "weights"}[kind])
@@ -74,13 +88,14 @@ def resolve_tolerance(tol_spec: dict, kind: str, name: str | None, platform_key:
     return out
 
 
-def numeric_fingerprint_equal(a: dict, b: dict) -> tuple[bool, list[str]]:
+def numeric_fingerprint_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[bool, list[str]]:
     """Do two fingerprints agree on every field that decides the arithmetic?"""
     differ = [k for k in NUMERIC_FIELDS if a.get(k) != b.get(k)]
     return not differ, differ
 
 
-def choose_bitwise(mode: str, recorded_fp: dict, run_fp: dict) -> tuple[bool, str]:
+def choose_bitwise(mode: str, recorded_fp: Mapping[str, Any], run_fp: Mapping[str, Any]
+                   ) -> tuple[bool, str]:
     if mode == "exact":
         return True, "tolerance.mode is exact"
     if mode == "close":
@@ -91,8 +106,8 @@ def choose_bitwise(mode: str, recorded_fp: dict, run_fp: dict) -> tuple[bool, st
     return False, "the environment differs from the record's (" + ", ".join(differ) + ")"
 
 
-def compare_arrays(kind: str, name: str, recorded: np.ndarray, current: np.ndarray, *,
-                   bitwise: bool, tol: dict, steps: list[int] | None = None) -> QuantityResult:
+def compare_arrays(kind: QuantityKind, name: str, recorded: np.ndarray, current: np.ndarray, *,
+                   bitwise: bool, tol: Tolerance, steps: list[int] | None = None) -> QuantityResult:
     """One quantity. With `steps`, axis 0 indexes steps and first_step names the first bad one."""
     row = QuantityResult(kind, name, ok=True, bitwise=bitwise, rtol=tol["rtol"], atol=tol["atol"],
                          n_total=int(np.size(recorded)))
@@ -133,11 +148,12 @@ def compare_arrays(kind: str, name: str, recorded: np.ndarray, current: np.ndarr
 def _bitwise_unequal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype.itemsize in (1, 2, 4, 8) and a.dtype == b.dtype:
         view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
-        return np.ascontiguousarray(a).view(view) != np.ascontiguousarray(b).view(view)
-    return np.asarray(a != b)
+        return np.asarray(np.ascontiguousarray(a).view(view) != np.ascontiguousarray(b).view(view),
+                          dtype=bool)
+    return np.asarray(a != b, dtype=bool)
 
 
-def _metric_array(series: dict) -> np.ndarray:
+def _metric_array(series: MetricSeries) -> np.ndarray:
     """A logged trajectory as an array of its own float dtype (non-finite values are stored as
     strings such as 'nan'; float() reads them back)."""
     dtype = np.dtype(series.get("dtype", "float64"))
@@ -178,10 +194,12 @@ def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
     return out
 
 
-def _compare_leaves(kind, rec, run, tolerance, platform_key, bitwise) -> list[QuantityResult]:
+def _compare_leaves(kind: Literal["grad", "weight"], rec: Mapping[str, np.ndarray],
+                    run: Mapping[str, np.ndarray], tolerance: Mapping[str, Any], platform_key: str,
+                    bitwise: bool) -> list[QuantityResult]:
     prefix = "grads/" if kind == "grad" else "weights"
     tol = resolve_tolerance(tolerance, kind, None, platform_key)
-    rows = []
+    rows: list[QuantityResult] = []
     if kind == "weight":
         keys = _ordered([k for k in rec if k.startswith(prefix)], [k for k in run if k.startswith(prefix)])
         for key in keys:
@@ -193,7 +211,7 @@ def _compare_leaves(kind, rec, run, tolerance, platform_key, bitwise) -> list[Qu
                 rows.append(compare_arrays(kind, leaf, rec[key], run[key], bitwise=bitwise, tol=tol))
         return rows
     # gradients: group by leaf path across kept steps
-    def by_leaf(arrays):
+    def by_leaf(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[int, np.ndarray]]:
         out: dict[str, dict[int, np.ndarray]] = {}
         for key, value in arrays.items():
             if key.startswith(prefix):

@@ -7,7 +7,8 @@ and gradients through it; the runner then writes what was collected to the run d
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class Context:
     """
 
     def __init__(self, *, seeds: Mapping[str, int], data: Mapping[str, str],
-                 config: Mapping[str, Any], grad_steps: "GradSchedule"):
+                 config: Mapping[str, Any], grad_steps: GradSchedule):
         self.seeds = dict(seeds)
         self.data = dict(data)
         self.config = dict(config)

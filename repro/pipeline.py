@@ -6,29 +6,24 @@ repro itself raise. The pytest plugin, the CLI and the audit call these and rend
 """
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import repro
 from repro.backends import Backend, RunDir, get_backend
 from repro.changes import changes_since_record
-from repro.env.fingerprint import packages_digest
 from repro.env.settings import determinism_settings
 from repro.errors import ReproError, RunError
 from repro.job import Job
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
-from repro.record import (CodeInfo, DataInfo, ImagePackages, Record, RecordMeta, SpecInfo,
-                          check_record, read_record, record_dir, write_record)
-from repro.result import RunResult, collect
+from repro.record import Record, RecordLoader, RecordMeta, check_record, read_record, record_dir, write_record
+from repro.result import RunResult, collect, record_meta
 from repro.spec import Spec, load_spec
 from repro.verdict import Status, Verdict, error_verdict, spec_verdict
 
@@ -179,38 +174,13 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
                            "call ctx.log(step, name=value) or fix the list")
         directory = record_dir(prep.repo_root, spec.name or "", result.platform_key,
                                options.records_root)
-        write_record(directory, record_meta(prep, done, options), result.arrays)
+        write_record(directory, record_meta(prep.spec, prep.repo_root, prep.code, done.result,
+                                            done.image_ref, options.backend), result.arrays)
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
     v = _run_verdict(prep, result, Status.RECORDED, options)
     v.record_path = str(directory)
     return v
-
-
-def record_meta(prep: Prepared, done: Execution, options: Options) -> RecordMeta:
-    """What record.json says about a run (its `arrays` index is added when written)."""
-    spec, result = prep.spec, done.result
-    packages = None
-    if result.packages is not None:  # docker: what a rebuild from recipe must match
-        packages = ImagePackages(sha256=packages_digest(result.packages),
-                                 count=len(result.packages), list=result.packages)
-    return RecordMeta(
-        repro_version=repro.__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        spec=SpecInfo(name=spec.name or "", hash=spec.hash, canonical=spec.canonical,
-                      file=_relative(spec.path, prep.repo_root)),
-        code=CodeInfo(mode=prep.code.mode, commit=prep.code.commit, dirty=prep.code.dirty),
-        data={n: DataInfo(path=e.path, sha256=e.sha256) for n, e in spec.data.items()},
-        image=done.image_ref, image_packages=packages, backend=options.backend,
-        platform=result.platform_key, fingerprint=result.fingerprint, metrics=result.metrics,
-        grad_steps=result.grad_steps, timings=result.timings)
-
-
-def _relative(path: Path | None, root: Path) -> str:
-    try:
-        return str(Path(path or "").resolve().relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 @_timed
@@ -228,7 +198,7 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
             # arrays (and numpy, and the comparison code) load while the child trains.
             directory, recorded = check_record(record_dir(prep.repo_root, name, key,
                                                           options.records_root))
-            loader = _Background(read_record, directory)
+            loader = RecordLoader(directory)
         done = execute(prep, options, recorded)
         rec = loader.result() if loader else read_record(
             record_dir(prep.repo_root, name, done.result.platform_key, options.records_root))
@@ -241,30 +211,6 @@ def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool 
           ) -> Verdict:
     """`record` when `record_it` (pytest --repro-record, `repro record`), else `verify`."""
     return record(spec_ref, options) if record_it else verify(spec_ref, options)
-
-
-class _Background:
-    """Run a function in a thread; `result()` returns its value or raises its exception."""
-
-    def __init__(self, func: Callable[[Path], Record], arg: Path):
-        self._value: Record | None = None
-        self._error: BaseException | None = None
-
-        def work() -> None:
-            try:
-                import repro.compare  # noqa: F401  (warm the import while the child runs)
-                self._value = func(arg)
-            except BaseException as exc:  # handed to the caller in result()
-                self._error = exc
-        self._thread = threading.Thread(target=work, daemon=True, name="repro-record-loader")
-        self._thread.start()
-
-    def result(self) -> Record:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
 
 
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,11 +55,14 @@ def pytest_configure(config):
     config.stash[_VERDICTS] = []
 
 
+def worker_slot(worker_id: str) -> int | None:
+    """A pytest-xdist worker's CPU slot (gw0 -> 0, gw1 -> 1 …), so parallel workers' runs
+    land on different cores; None for anything else (no xdist, the controller)."""
+    return int(worker_id[2:]) if worker_id.startswith("gw") and worker_id[2:].isdigit() else None
+
+
 def xdist_slot(config: pytest.Config) -> int | None:
-    """This pytest-xdist worker's CPU slot (gw0 -> 0, gw1 -> 1 …), so parallel workers' runs
-    land on different cores; None outside xdist."""
-    worker = getattr(config, "workerinput", {}).get("workerid", "")
-    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
+    return worker_slot(getattr(config, "workerinput", {}).get("workerid", ""))
 
 
 def options_from_config(config: pytest.Config) -> Options:
@@ -152,8 +155,9 @@ class SpecItem(pytest.Item):
         from repro.report.junit import junit_properties
         from repro.verdict import RECORDED, error_verdict
 
-        if self.load_error is not None:
-            raise ReproFailure(error_verdict(self.path, self.load_error, spec=self.spec))
+        if self.load_error is not None or self.spec is None:
+            raise ReproFailure(error_verdict(self.path, self.load_error or "no spec",
+                                             spec=self.spec))
         options = options_from_config(self.config)
         verdict = pipeline.check(self.spec, options,
                                  record_it=self.config.getoption("--repro-record"))

@@ -15,13 +15,13 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from typing_extensions import TypedDict
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import TypedDict
 
 from repro.errors import RecordError
 from repro.ioutil import fsync_dir, open_regular, read_npz, write_json_atomic, write_npz_atomic
@@ -187,7 +187,7 @@ def _exchange(a: Path, b: Path) -> bool:
     except (OSError, AttributeError):
         return False
     AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    rc = renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    rc: int = renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
     return rc == 0
 
 
@@ -256,3 +256,28 @@ def read_record(directory: Path) -> Record:
         raise RecordError(f"{arrays_path} holds {sorted(set(arrays) ^ expected)[:5]} that "
                           "record.json does not list (or misses some); record again")
     return Record(directory, meta, arrays)
+
+
+class RecordLoader:
+    """Read a record in a background thread (`result()` returns it or raises its error): the
+    arrays — and numpy, and the comparison code — load while the child trains."""
+
+    def __init__(self, directory: Path):
+        self._value: Record | None = None
+        self._error: BaseException | None = None
+
+        def work() -> None:
+            try:
+                import repro.compare  # noqa: F401  (warm the import while the child runs)
+                self._value = read_record(directory)
+            except BaseException as exc:  # handed to the caller in result()
+                self._error = exc
+        self._thread = threading.Thread(target=work, daemon=True, name="repro-record-loader")
+        self._thread.start()
+
+    def result(self) -> Record:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value

@@ -75,8 +75,8 @@ def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple
 
 def _current_image(pinned: str) -> tuple[str | None, str | None]:
     """`NAME@<Id of the local image NAME now>`, or a warning saying why the pin was kept."""
-    from repro.errors import ReproError
     from repro.docker.image import split_pin
+    from repro.errors import ReproError
 
     name, _ = split_pin(pinned)
     if not name:

@@ -8,6 +8,7 @@ host path (the platform key comes from a known list, or from the user).
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import repro
 from repro.backends.base import ChildOutcome
+from repro.env.fingerprint import packages_digest
 from repro.errors import RunError
 from repro.ioutil import open_regular, read_npz
-from repro.record import MetricSeries
+from repro.pins.code import CodePin
+from repro.record import CodeInfo, DataInfo, ImagePackages, MetricSeries, RecordMeta, SpecInfo
+from repro.spec import Spec
 
 PLATFORM_KEYS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
@@ -75,7 +80,7 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
         raise RunError(f"the run {how} before writing its result; the last lines of its output "
                        "are below", detail=tail, killed_by=outcome.killed_by) from None
     if result.get("status") != "ok":
-        err = result.get("error") if isinstance(result.get("error"), dict) else {}
+        err: dict[str, Any] = result["error"] if isinstance(result.get("error"), dict) else {}
         prefix = _ERROR_PREFIX.get(str(err.get("kind")), "the run failed")
         raise RunError(f"{prefix}: {err.get('message', '')}",
                        detail=str(err.get("traceback") or tail))
@@ -118,3 +123,29 @@ class _RunFile(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     grad_steps: list[int] = Field(default_factory=list)
     packages: list[str] | None = None
+
+
+def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
+                image_ref: str | None, backend: str) -> RecordMeta:
+    """What record.json says about a run (its `arrays` index is added when written)."""
+    packages = None
+    if result.packages is not None:  # docker: what a rebuild from recipe must match
+        packages = ImagePackages(sha256=packages_digest(result.packages),
+                                 count=len(result.packages), list=result.packages)
+    return RecordMeta(
+        repro_version=repro.__version__,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        spec=SpecInfo(name=spec.name or "", hash=spec.hash, canonical=spec.canonical,
+                      file=_relative(spec.path, repo_root)),
+        code=CodeInfo(mode=code.mode, commit=code.commit, dirty=code.dirty),
+        data={n: DataInfo(path=e.path, sha256=e.sha256) for n, e in spec.data.items()},
+        image=image_ref, image_packages=packages, backend=backend,
+        platform=result.platform_key, fingerprint=result.fingerprint, metrics=result.metrics,
+        grad_steps=result.grad_steps, timings=result.timings)
+
+
+def _relative(path: Path | None, root: Path) -> str:
+    try:
+        return str(Path(path or "").resolve().relative_to(root))
+    except ValueError:
+        return str(path)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from repro.errors import SpecError
 from repro.yamlio import load_with_lines
@@ -50,7 +51,7 @@ class CodeSpec(_Model):
 
     @field_validator("commit")
     @classmethod
-    def _full_commit(cls, v):
+    def _full_commit(cls, v: str | None) -> str | None:
         if v is not None and not _HEX40.match(v):
             hint = (f"a full 40-hex commit is required, got {len(v)} characters"
                     if re.fullmatch(r"[0-9a-fA-F]+", v) else f"{v!r} is not a hex commit id")
@@ -59,7 +60,7 @@ class CodeSpec(_Model):
 
     @field_validator("entrypoint")
     @classmethod
-    def _entrypoint(cls, v):
+    def _entrypoint(cls, v: str) -> str:
         if not _ENTRYPOINT.match(v):
             raise ValueError(f"{v!r} is not 'package.module:function'")
         return v
@@ -72,12 +73,12 @@ class DataEntry(_Model):
 
     @field_validator("path")
     @classmethod
-    def _inside(cls, v):
+    def _inside(cls, v: str) -> str:
         return _relative_path(v, "data path")
 
     @field_validator("sha256")
     @classmethod
-    def _hex(cls, v):
+    def _hex(cls, v: str | None) -> str | None:
         if v is not None and not _HEX64.match(v):
             raise ValueError(f"{v!r} is not a 64-character lowercase hex sha256; "
                              "`repro hash PATH` prints it, `repro pin` fills it in")
@@ -106,7 +107,7 @@ class EnvironmentSpec(_Model):
 
     @field_validator("image")
     @classmethod
-    def _digest(cls, v):
+    def _digest(cls, v: str | None) -> str | None:
         if v is not None and not _IMAGE.match(v):
             raise ValueError(f"{v!r} is not pinned by digest; write NAME@sha256:<64 hex> "
                              "(`docker image inspect --format '{{.Id}}' NAME` prints it)")
@@ -114,12 +115,12 @@ class EnvironmentSpec(_Model):
 
     @field_validator("recipe")
     @classmethod
-    def _recipe(cls, v):
+    def _recipe(cls, v: str | None) -> str | None:
         return v if v is None else _relative_path(v, "recipe")
 
     @field_validator("xla_flags")
     @classmethod
-    def _flags(cls, v):
+    def _flags(cls, v: list[str]) -> list[str]:
         for flag in v:
             if not flag.startswith("--"):
                 raise ValueError(f"XLA flag {flag!r} must start with '--'")
@@ -177,21 +178,21 @@ class Spec(_Model):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v):
+    def _name(cls, v: str | None) -> str | None:
         if v is not None and not _NAME.match(v):
             raise ValueError(f"{v!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
         return v
 
     @field_validator("seeds")
     @classmethod
-    def _seeds(cls, v):
+    def _seeds(cls, v: dict[str, int]) -> dict[str, int]:
         for k, s in v.items():
             if not 0 <= s < 2**32:
                 raise ValueError(f"seed {k!r} = {s} is outside 0 .. 2**32-1")
         return v
 
     @model_validator(mode="after")
-    def _metrics_listed(self):
+    def _metrics_listed(self) -> Spec:
         for name in self.tolerance.metrics:
             if self.record.metrics is not None and name not in self.record.metrics:
                 raise ValueError(f"tolerance.metrics names {name!r}, which record.metrics "
@@ -203,7 +204,7 @@ class Spec(_Model):
         return self._path
 
     @property
-    def canonical(self) -> dict:
+    def canonical(self) -> dict[str, Any]:
         """Normalised content (defaults filled in, JSON types): what the hash covers."""
         return self.model_dump(mode="json")
 
@@ -213,8 +214,8 @@ class Spec(_Model):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def parse_spec(data: Any, *, file: str, lines: dict | None = None, default_name: str | None = None,
-               require_pins: bool = True) -> Spec:
+def parse_spec(data: Any, *, file: str, lines: dict[tuple[Any, ...], int] | None = None,
+               default_name: str | None = None, require_pins: bool = True) -> Spec:
     """Validate already-parsed YAML; raise SpecError naming file, key path and line."""
     lines = lines or {}
     if not isinstance(data, dict):
@@ -232,7 +233,7 @@ def parse_spec(data: Any, *, file: str, lines: dict | None = None, default_name:
         raise SpecError("nested too deeply (a spec needs a few levels, not hundreds)",
                         file=file) from None
     try:
-        spec.hash  # every record stores it: a value JSON cannot hold must fail here, not later
+        _ = spec.hash  # every record stores it: a value JSON cannot hold must fail here, not later
     except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
         key = _unstorable(data, ())
         raise SpecError(f"holds a value that cannot be stored as JSON ({type(exc).__name__}: "
@@ -251,7 +252,7 @@ def parse_spec(data: Any, *, file: str, lines: dict | None = None, default_name:
     return spec
 
 
-def _unstorable(value: Any, path: tuple, depth: int = 0) -> tuple | None:
+def _unstorable(value: Any, path: tuple[Any, ...], depth: int = 0) -> tuple[Any, ...] | None:
     """Key path of the first value that JSON (UTF-8) cannot hold, if there is one."""
     if depth > 200:
         return path
@@ -263,6 +264,7 @@ def _unstorable(value: Any, path: tuple, depth: int = 0) -> tuple | None:
         except UnicodeError:
             return path
         return None
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, (list, tuple)):
@@ -299,7 +301,7 @@ def _default_name(path: Path) -> str:
     return stem
 
 
-def _spec_error(exc: ValidationError, file: str, lines: dict) -> SpecError:
+def _spec_error(exc: ValidationError, file: str, lines: dict[tuple[Any, ...], int]) -> SpecError:
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and
@@ -317,8 +319,8 @@ def _spec_error(exc: ValidationError, file: str, lines: dict) -> SpecError:
     return SpecError(message, file=file, key_path=key_path, line=line)
 
 
-def _describe(err: dict) -> str:
-    kind, msg = err["type"], err["msg"]
+def _describe(err: ErrorDetails) -> str:
+    kind, msg = str(err["type"]), str(err["msg"])
     if kind == "extra_forbidden":
         return "unknown key (check its spelling; see docs/spec.schema.json for the allowed keys)"
     if kind == "missing":
@@ -331,11 +333,11 @@ def _describe(err: dict) -> str:
     return msg
 
 
-def spec_changes(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
+def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """Key-by-key difference of two canonical specs: [(dotted key, recorded, current)]."""
     out: list[tuple[str, Any, Any]] = []
 
-    def walk(a, b, prefix):
+    def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b), key=str):
                 walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}.{k}" if prefix else str(k))
@@ -349,7 +351,7 @@ def spec_changes(recorded: dict, current: dict) -> list[tuple[str, Any, Any]]:
 _MISSING = object()
 
 
-def spec_json_schema() -> dict:
+def spec_json_schema() -> dict[str, Any]:
     """The spec's JSON Schema (draft 2020-12), for editors and `docs/spec.schema.json`."""
     schema = Spec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -21,8 +21,7 @@ import pytest
 import repro
 from repro.errors import DataPinError
 from repro.paths import cache_dir
-from repro.pins.data import (REPIN_HINT, hash_path, hash_paths, resolve_data_path, sha256_file,
-                             verify_data)
+from repro.pins.data import REPIN_HINT, hash_path, hash_paths, resolve_data_path, sha256_file, verify_data
 from repro.pins.hashcache import HashCache
 
 OLD = time.time() - 3600  # mtimes older than the racy window, so entries get cached

@@ -10,10 +10,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from dockerutil import pin_image, repro_containers
 
-from dockerutil import cpu_image_id, engine_client, pin_image, repro_containers
-from tests.conftest import train_does
 from repro import pipeline
+from tests.conftest import train_does
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = pipeline.Options(backend="docker")

@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from dockerutil import cpu_image_id, engine_client, pin_image, repro_containers
+
 from repro import pipeline
 
 DOCKER = pipeline.Options(backend="docker")

@@ -5,6 +5,7 @@ moments, files damaged byte by byte, the `repro` command line run in subprocesse
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -23,18 +24,15 @@ from repro.errors import RecordError
 from repro.record import read_record, write_record
 from tests.conftest import Project
 
-META_FOR = """
-from repro.record import CodeInfo, RecordMeta, SpecInfo
-
 
 def meta_for(tag):
-    \"\"\"A minimal record.json whose `created` carries a tag naming the version.\"\"\"
+    """A minimal record.json whose `created` carries a tag naming the version."""
+    from repro.record import CodeInfo, RecordMeta, SpecInfo
+
     return RecordMeta(repro_version="test", created=f"tag-{tag}",
                       spec=SpecInfo(name="t", hash="0" * 64, canonical={}, file="t.yaml"),
                       code=CodeInfo(mode="pinned", commit=None), data={}, backend="local",
                       platform="cpu", fingerprint={}, metrics={}, grad_steps=[])
-"""
-exec(META_FOR)
 
 N_BIG = 6_000_000  # two float32 arrays of 24 MB: a write takes a visible while
 
@@ -60,7 +58,7 @@ def check_complete(directory: Path, allowed: set[int]) -> int:
     return tag
 
 
-WRITER = META_FOR + textwrap.dedent('''
+WRITER = inspect.getsource(meta_for) + textwrap.dedent('''
     import sys
     import numpy as np
     from repro.record import write_record

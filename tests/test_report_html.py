@@ -98,7 +98,7 @@ def test_every_string_from_the_json_is_escaped(doc):
         r["error"] = r["error_detail"] = evil
         r["notes"] = [evil]
         r["pins"] = {"commit": evil, "data": {evil: evil}, "image": evil, evil: evil}
-        r["curves"] = {evil: c for c in r["curves"].values()}
+        r["curves"] = {evil: c for c in list(r["curves"].values())[-1:]}  # noqa: B035
         r["metrics_final"] = {evil: 1.0}
         r["changes"] = [{"what": evil, "key": evil, "recorded": evil, "current": [evil], "numeric": True}]
         for q in r["quantities"]:
@@ -206,9 +206,10 @@ def encode_png(img: np.ndarray, filters: np.ndarray) -> bytes:
     """RGB PNG with the given filter type per row (a test vector for decode_png)."""
     h, w, _ = img.shape
     x = img.astype(np.int32)
-    a = np.zeros_like(x); a[:, 1:] = x[:, :-1]
-    b = np.zeros_like(x); b[1:] = x[:-1]
-    c = np.zeros_like(x); c[1:, 1:] = x[:-1, :-1]
+    a, b, c = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
+    a[:, 1:] = x[:, :-1]
+    b[1:] = x[:-1]
+    c[1:, 1:] = x[:-1, :-1]
     preds = [np.zeros_like(x), a, b, (a + b) // 2, _paeth(a, b, c)]
     body = b"".join(bytes([f]) + ((x[r] - preds[f][r]) & 255).astype(np.uint8).tobytes()
                     for r, f in enumerate(filters))

@@ -20,12 +20,11 @@ Imports only numpy, jax and optax.
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Sequence
-
-import numpy as np
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 DEFAULTS = {"epochs": 10, "lr": 1e-3, "batch_size": 64, "hidden": 32}
@@ -122,13 +121,13 @@ def make_optimizer(lr: float) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_init(lr: float):
     """Jitted ``make_optimizer(lr).init`` (eager init compiles one tiny kernel per leaf)."""
     return jax.jit(make_optimizer(lr).init)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_update(lr: float):
     """The jitted step ``update(params, opt_state, xb, yb) -> (params, opt_state, loss, grads)``.
 
@@ -171,7 +170,7 @@ def train(ctx):
     rng = np.random.default_rng(ctx.seed("data"))
     per_epoch = x_train.shape[0] // cfg["batch_size"]
 
-    for step, epoch, idx in batches(rng, x_train.shape[0], cfg["batch_size"], cfg["epochs"]):
+    for step, _epoch, idx in batches(rng, x_train.shape[0], cfg["batch_size"], cfg["epochs"]):
         xb, yb = x_train[idx], y_train[idx]
         _, acc = evaluate(params, xb, yb)
         params, opt_state, loss, grads = update(params, opt_state, xb, yb)

@@ -8,7 +8,8 @@ sandbox limits; `run` starts the runner in a fresh container of that image, whic
   only python3 and the user's dependencies (the runner imports numpy and jax, never pydantic);
 - the code tree read-only at /work/code, each data file or directory read-only at
   /work/data/<name>/<basename> (job.json is rewritten to those paths, and mounted read-only),
-  the run's out/ directory writable at /run — its only writable mount — and (unless --no-compile-cache) a per-image JAX compilation cache;
+  the run's out/ directory writable at /run — its only writable mount — and (unless
+  --no-compile-cache) a per-image JAX compilation cache;
 - no network, user 65534:65534, every capability dropped, no-new-privileges, a read-only root
   with a tmpfs /tmp (HOME=/tmp), memory and pids limits (spec, else ini/options, else defaults);
 - the environment `child_environment` builds, from nothing on the host (no PATH, no
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,26 @@ from typing import Any
 from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
 from repro.docker.client import LABEL, LABEL_SPEC, EngineError, connect
 from repro.docker.image import ImagePin, resolve_image
-from repro.docker.sandbox import (CACHE_MOUNT, CODE_MOUNT, DATA_MOUNT, DEFAULT_MEMORY, DEFAULT_PIDS,
-                                  HARNESS_MOUNT, JOB_MOUNT, RUN_MOUNT, SANDBOX_UID, bind,
-                                  harness_volume, make_writable_by_sandbox, sandbox_config)
+from repro.docker.sandbox import (
+    CACHE_MOUNT,
+    CODE_MOUNT,
+    DATA_MOUNT,
+    DEFAULT_MEMORY,
+    DEFAULT_PIDS,
+    HARNESS_MOUNT,
+    JOB_MOUNT,
+    RUN_MOUNT,
+    SANDBOX_UID,
+    bind,
+    harness_volume,
+    make_writable_by_sandbox,
+    sandbox_config,
+)
 from repro.env.settings import child_environment, compile_cache_env
 from repro.job import Job
 from repro.record import RecordMeta
 from repro.spec import Spec
+
 
 @dataclass(frozen=True)
 class DockerEnvironment:
@@ -179,7 +193,7 @@ def kill_all() -> int:
     return len(containers)
 
 
-def _close(sock) -> None:
+def _close(sock: Any) -> None:
     if sock is None:
         return
     try:
@@ -220,7 +234,7 @@ def _is_timeout(exc: BaseException) -> bool:
     return False
 
 
-def _kill(container) -> None:
+def _kill(container: Any) -> None:
     import docker
 
     try:
@@ -229,7 +243,7 @@ def _kill(container) -> None:
         pass
 
 
-def _remove(client, container, name: str) -> None:
+def _remove(client: Any, container: Any, name: str) -> None:
     """Remove the container (killing it if it runs); also when create was interrupted."""
     import docker
 
@@ -250,7 +264,7 @@ def _remove(client, container, name: str) -> None:
 class _Lines:
     """A readline() view over docker's chunked log stream (what pump_output reads)."""
 
-    def __init__(self, chunks):
+    def __init__(self, chunks: Iterator[bytes]):
         self._chunks, self._buf = chunks, b""
 
     def readline(self) -> bytes:

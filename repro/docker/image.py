@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repro.docker.client import connect
-from repro.env.fingerprint import packages_digest
 from repro.errors import PinError
 from repro.record import RecordMeta
 from repro.spec import Spec

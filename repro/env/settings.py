@@ -41,8 +41,9 @@ def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
         "JAX_ENABLE_X64": "1" if env_spec.x64 else "0",
         "OMP_NUM_THREADS": str(env_spec.cpus),
     }
-    if JAX_PLATFORMS[env_spec.platform]:
-        settings["JAX_PLATFORMS"] = JAX_PLATFORMS[env_spec.platform]
+    jax_platforms = JAX_PLATFORMS[env_spec.platform]
+    if jax_platforms:
+        settings["JAX_PLATFORMS"] = jax_platforms
     return settings
 
 

@@ -157,17 +157,17 @@ def export_commit(repo: Path, commit: str) -> Path:
 
 
 def _make_read_only(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             p = os.path.join(dirpath, name)
             if not os.path.islink(p):
                 os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)
-    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+    for dirpath, _, _ in os.walk(root, topdown=False):
         os.chmod(dirpath, 0o555)
 
 
 def _make_writable(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, _filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in dirnames:
             os.chmod(os.path.join(dirpath, name), 0o755)

@@ -37,9 +37,9 @@ import os
 import stat as statmod
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterable, Mapping, Sequence
 
 from repro.errors import DataPinError
 from repro.pins.hashcache import HashCache, stat_key

@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from repro.paths import cache_dir
 
@@ -165,7 +165,7 @@ class HashCache:
                 pass
         self._conn = None
 
-    def __enter__(self) -> "HashCache":
+    def __enter__(self) -> HashCache:
         return self
 
     def __exit__(self, *exc) -> None:

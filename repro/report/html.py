@@ -253,7 +253,8 @@ def _quantities(r: dict) -> str:
         res = '<span class="ok">ok</span>' if q.get("ok") else '<span class="bad">out</span>'
         return (f'<tr class="{"" if q.get("ok") else "badrow"}"><td>{e(q.get("label"))}</td><td>{res}</td>'
                 f'<td class="r">{e(step)}</td><td class="r">{e(num(q.get("max_abs")))}</td>'
-                f'<td class="r">{e(num(q.get("max_rel")))}</td><td class="r">{e(q.get("n_out"))}/{e(q.get("n_total"))}</td>'
+                f'<td class="r">{e(num(q.get("max_rel")))}</td>'
+                f'<td class="r">{e(q.get("n_out"))}/{e(q.get("n_total"))}</td>'
                 f'<td>{e(q.get("tolerance"))}</td><td>{e(q.get("note"))}</td></tr>')
     head = ("<tr><th>quantity</th><th></th><th>first step</th><th>max abs err</th><th>max rel err</th>"
             "<th>out</th><th>tolerance</th><th>note</th></tr>")
@@ -270,11 +271,13 @@ def _quantities(r: dict) -> str:
 def _changes(r: dict) -> str:
     ch = r.get("changes") or []
     if not ch:
-        return '<h4>Changes since recording</h4><p class="muted">none: pins, spec and environment match the record</p>' \
+        return '<h4>Changes since recording</h4>' \
+            '<p class="muted">none: pins, spec and environment match the record</p>' \
             if r.get("compared") else ""
     rows = "".join(
         f'<tr class="{"numeric" if c.get("numeric", True) else "info"}"><td>{e(c.get("what"))}</td>'
-        f'<td>{e(c.get("key"))}</td><td title="{e(_short(c.get("recorded"), 2000))}">{e(_short(c.get("recorded")))}</td>'
+        f'<td>{e(c.get("key"))}</td>'
+        f'<td title="{e(_short(c.get("recorded"), 2000))}">{e(_short(c.get("recorded")))}</td>'
         f'<td title="{e(_short(c.get("current"), 2000))}">{e(_short(c.get("current")))}</td>'
         f'<td>{"may change the numbers" if c.get("numeric", True) else "informational"}</td></tr>'
         for c in sorted(ch, key=lambda c: not c.get("numeric", True)))

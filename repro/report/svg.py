@@ -115,7 +115,8 @@ def line_chart(series: list[dict], *, width: int = 500, height: int = 240, log_y
            if finite(x) is not None and finite(y) is not None]
     if not pts:
         return (f'<svg class="chart" width="{width}" height="60" viewBox="0 0 {width} 60" role="img" '
-                f'aria-label="{escape(label)}" {FONT}>{_text(width / 2, 34, "no finite values to plot", "middle")}</svg>')
+                f'aria-label="{escape(label)}" {FONT}>'
+                f'{_text(width / 2, 34, "no finite values to plot", "middle")}</svg>')
     xs = [p[0] for p in pts]
     integer_x = all(float(x).is_integer() for x in xs)
     x0, x1, xt = linear_ticks(min(xs), max(xs), 6, integer=integer_x)
