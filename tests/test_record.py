@@ -22,7 +22,7 @@ import pytest
 
 from repro.errors import RecordError
 from repro.record import read_record, write_record
-from tests.conftest import Project
+from tests.conftest import Project, runner_children
 
 
 def meta_for(tag):
@@ -141,18 +141,6 @@ def recorded(recorded_template, tmp_path) -> Project:
     return Project(dst)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -174,7 +162,7 @@ def test_repro_record_killed_mid_run_keeps_the_previous_record(recorded, tmp_pat
         deadline = time.monotonic() + 60
         while not runner and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-            runner = _children(proc.pid)  # the training child (its own process group)
+            runner = runner_children(proc.pid)  # the training child (not a git it ran)
         assert runner and proc.poll() is None, "repro record did not start its training child"
         time.sleep(0.6)  # into the child's run (jax import, compile, training)
         assert proc.poll() is None and _alive(runner[0]), "the run ended before the kill"
