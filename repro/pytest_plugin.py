@@ -197,5 +197,5 @@ def repro_verify(request):
 @pytest.fixture
 def gradcheck():
     """`gradcheck(fn, *args, **kw)` is `repro.gradcheck.check_gradients`."""
-    from repro.fixtures import gradcheck_fixture
+    from repro.grad.fixtures import gradcheck_fixture
     return gradcheck_fixture()

@@ -1,16 +1,16 @@
 """Hypothesis strategies for gradient property tests, and the project's hypothesis profiles.
 
 The strategies draw what gradient tests need: pytrees of finite float arrays, and MLPs with
-matching parameters, inputs and targets (the conventions of `repro.backprop`: params are
+matching parameters, inputs and targets (the conventions of `repro.grad.backprop`: params are
 ``[{"w": (out, in), "b": (out,)}, ...]``, x is (batch, in), y is (batch, out)). They draw plain
 NumPy arrays and never import jax, so they can be used to test any framework.
 
 Usage::
 
     from hypothesis import given
-    from repro import strategies as rst
-    from repro.backprop import backprop
-    from repro.gradcheck import check_gradients
+    from repro.grad import strategies as rst
+    from repro.grad.backprop import backprop
+    from repro.grad.gradcheck import check_gradients
 
     @given(rst.arrays_pytrees())
     def test_my_loss_grads(tree):
@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
-from repro.backprop import ACTIVATIONS, LOSSES, MLPArch
+from repro.grad.backprop import ACTIVATIONS, LOSSES, MLPArch
 
 __all__ = ["float_dtypes", "finite_arrays", "arrays_pytrees", "activations", "losses",
            "mlp_architectures", "mlp_params_and_batch", "MLPCase", "register_profiles",
@@ -147,7 +147,7 @@ def activations(*, identity: bool = False) -> st.SearchStrategy[str]:
 
 
 def losses() -> st.SearchStrategy[str]:
-    """Loss names: ``"mse"`` and ``"softmax_cross_entropy"`` (see repro.backprop)."""
+    """Loss names: ``"mse"`` and ``"softmax_cross_entropy"`` (see repro.grad.backprop)."""
     return st.sampled_from(LOSSES)
 
 

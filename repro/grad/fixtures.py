@@ -6,11 +6,11 @@ from __future__ import annotations
 
 
 def gradcheck_fixture():
-    """The ``gradcheck`` fixture: returns `repro.gradcheck.check_gradients`.
+    """The ``gradcheck`` fixture: returns `repro.grad.gradcheck.check_gradients`.
 
     In a test: ``def test_loss_grads(gradcheck): gradcheck(loss, params, batch)``; it raises
-    `repro.gradcheck.GradientMismatch` (an AssertionError) naming the leaf that disagrees.
+    `repro.grad.gradcheck.GradientMismatch` (an AssertionError) naming the leaf that disagrees.
     """
-    from repro.gradcheck import check_gradients
+    from repro.grad.gradcheck import check_gradients
 
     return check_gradients

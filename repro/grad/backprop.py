@@ -10,7 +10,7 @@ The oracle is written from the classical equations (column vectors, one column p
 so it shares no code with jax's autodiff and makes an independent reference for `jax.grad` of
 `mlp_loss` (in float64 the two agree to ~1e-10 or better).
 
-Conventions (shared with `repro.strategies` and the tests):
+Conventions (shared with `repro.grad.strategies` and the tests):
 
 * params: a list with one dict per layer, ``{"w": (out, in), "b": (out,)}`` — W as in the
   equations above (and as in torch.nn.Linear); a layer computes ``x @ w.T + b`` on a batch.
