@@ -5,6 +5,6 @@ Hypothesis runs under the `repro-ci` profile (no deadline, derandomized) unless
 The repro plugin itself (spec items, `repro_verify`, `gradcheck`) loads through its `pytest11`
 entry point, as it does for users.
 """
-from repro.grad.strategies import load_profile
+from repro.strategies import load_profile
 
 load_profile()
