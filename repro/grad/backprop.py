@@ -27,8 +27,17 @@ Conventions (shared with `repro.grad.strategies` and the tests):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    import jax
+
+# params: one {"w": (out, in), "b": (out,)} mapping per layer (see the module docstring).
+_Params = Sequence[Mapping[str, ArrayLike]]
 
 __all__ = ["ACTIVATIONS", "LOSSES", "MLPArch", "forward", "loss_value", "backprop", "mlp_loss"]
 
@@ -44,17 +53,17 @@ class MLPArch:
     output: str = "identity"
     loss: str = "mse"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if len(self.sizes) < 2 or any(int(s) < 1 for s in self.sizes):
             raise ValueError(f"sizes must be >= 2 positive widths (in, ..., out), got {self.sizes}")
         _check_names(self.hidden, self.output, self.loss)
 
     @property
-    def kwargs(self) -> dict:
+    def kwargs(self) -> dict[str, str]:
         """``hidden``, ``output`` and ``loss`` as keyword arguments for the functions here."""
         return {"hidden": self.hidden, "output": self.output, "loss": self.loss}
 
-    def param_shapes(self) -> list[dict]:
+    def param_shapes(self) -> list[dict[str, tuple[int, ...]]]:
         return [{"w": (o, i), "b": (o,)} for i, o in zip(self.sizes[:-1], self.sizes[1:])]
 
 
@@ -106,7 +115,8 @@ def _validate(params, x, y=None):
         raise ValueError(f"y must be (batch, out) = {(x.shape[0], width)}, got {np.shape(y)}")
 
 
-def forward(params, x, *, hidden="tanh", output="identity"):
+def forward(params: _Params, x: ArrayLike, *, hidden: str = "tanh",
+            output: str = "identity") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The forward pass, column-major as in the equations.
 
     Returns ``(zs, activations)``: ``zs[l]`` is z⁽ˡ⁺¹⁾ and ``activations[l]`` is a⁽ˡ⁾, each of
@@ -115,7 +125,8 @@ def forward(params, x, *, hidden="tanh", output="identity"):
     _check_names(hidden, output, "mse")
     _validate(params, x)
     a = np.asarray(x, np.float64).T
-    zs, acts = [], [a]
+    zs: list[np.ndarray] = []
+    acts = [a]
     for l, p in enumerate(params):
         z = np.asarray(p["w"], np.float64) @ a + np.asarray(p["b"], np.float64)[:, None]
         a = _f(hidden if l < len(params) - 1 else output, z)
@@ -136,7 +147,8 @@ def _loss_and_grad_a(aL, y, loss):
     return value, (np.exp(log_softmax) * y.sum(axis=0, keepdims=True) - y) / batch
 
 
-def loss_value(params, x, y, *, hidden="tanh", output="identity", loss="mse") -> float:
+def loss_value(params: _Params, x: ArrayLike, y: ArrayLike, *, hidden: str = "tanh",
+               output: str = "identity", loss: str = "mse") -> float:
     """L(params; x, y) in float64 (see the module docstring for the losses)."""
     _check_names(hidden, output, loss)
     _validate(params, x, y)
@@ -144,7 +156,9 @@ def loss_value(params, x, y, *, hidden="tanh", output="identity", loss="mse") ->
     return _loss_and_grad_a(acts[-1], np.asarray(y, np.float64).T, loss)[0]
 
 
-def backprop(params, x, y, *, hidden="tanh", output="identity", loss="mse"):
+def backprop(params: _Params, x: ArrayLike, y: ArrayLike, *, hidden: str = "tanh",
+             output: str = "identity", loss: str = "mse"
+             ) -> tuple[float, list[dict[str, np.ndarray]]]:
     """Loss and its gradient by textbook backpropagation, in float64.
 
     Args:
@@ -160,7 +174,7 @@ def backprop(params, x, y, *, hidden="tanh", output="identity", loss="mse"):
     zs, acts = forward(params, x, hidden=hidden, output=output)
     value, grad_a = _loss_and_grad_a(acts[-1], np.asarray(y, np.float64).T, loss)
     n = len(params)
-    grads = [None] * n
+    grads: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
     delta = grad_a * _fprime(output, zs[-1])                        # δ⁽ᴸ⁾ = ∇ₐL ⊙ f′(z⁽ᴸ⁾)
     for l in range(n - 1, -1, -1):
         grads[l] = {"w": delta @ acts[l].T,                         # ∇W = δ aᵀ (summed over batch)
@@ -171,7 +185,9 @@ def backprop(params, x, y, *, hidden="tanh", output="identity", loss="mse"):
     return value, grads
 
 
-def mlp_loss(params, x, y, *, hidden="tanh", output="identity", loss="mse"):
+def mlp_loss(params: Sequence[Mapping[str, jax.Array | np.ndarray]], x: jax.Array | np.ndarray,
+             y: jax.Array | np.ndarray, *, hidden: str = "tanh", output: str = "identity",
+             loss: str = "mse") -> jax.Array:
     """The same MLP and loss in JAX, batch-major as users write it: what the oracle checks.
 
     Differentiate it with ``jax.grad`` and compare with `backprop`. Jit it with

@@ -4,8 +4,14 @@ Kept apart from the plugin so they can be imported and tested without pytest mac
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-def gradcheck_fixture():
+if TYPE_CHECKING:
+    from repro.grad.gradcheck import GradCheckResult
+
+
+def gradcheck_fixture() -> Callable[..., GradCheckResult]:
     """The ``gradcheck`` fixture: returns `repro.grad.gradcheck.check_gradients`.
 
     In a test: ``def test_loss_grads(gradcheck): gradcheck(loss, params, batch)``; it raises

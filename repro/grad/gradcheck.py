@@ -64,10 +64,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import DTypeLike
 
 __all__ = ["check_gradients", "GradientMismatch", "LeafMismatch", "GradCheckResult",
            "DEFAULT_EPS", "default_tolerances"]
@@ -81,7 +84,7 @@ _LOOP_MAX = 512              # leaves up to this many elements: a Python loop ov
 _CHUNK_ELEMENTS = 1 << 22    # larger leaves: vmapped chunks of at most this many floats
 
 
-def default_tolerances(dtype) -> tuple[float, float]:
+def default_tolerances(dtype: DTypeLike) -> tuple[float, float]:
     """(rtol, atol) used for a leaf of `dtype` when none are given (see the module docstring)."""
     return _TOLERANCES.get(np.dtype(dtype).name, _TOLERANCES["float32"])
 
@@ -90,7 +93,7 @@ def default_tolerances(dtype) -> tuple[float, float]:
 class LeafMismatch:
     """The worst element of one leaf that failed: where, both values and the errors."""
     path: str
-    index: tuple
+    index: tuple[int, ...]
     analytic: float
     numeric: float
     abs_err: float
@@ -119,7 +122,16 @@ class GradientMismatch(AssertionError):
     element of every failing leaf, worst first.
     """
 
-    def __init__(self, failures: list[LeafMismatch]):
+    path: str
+    index: tuple[int, ...]
+    analytic: float
+    numeric: float
+    abs_err: float
+    rel_err: float
+    order: int
+    mode: str
+
+    def __init__(self, failures: list[LeafMismatch]) -> None:
         self.failures = failures
         worst = failures[0]
         for name in ("path", "index", "analytic", "numeric", "abs_err", "rel_err", "order",
@@ -142,7 +154,8 @@ class GradCheckResult:
     skipped: dict[str, str]
 
 
-def check_gradients(fn, *args, order: int = 1, modes=("rev",), eps: float | None = None,
+def check_gradients(fn: Callable[..., Any], *args: Any, order: int = 1,
+                    modes: str | Sequence[str] = ("rev",), eps: float | None = None,
                     rtol: float | None = None, atol: float | None = None) -> GradCheckResult:
     """Assert that jax's derivatives of scalar `fn(*args)` match float64 finite differences.
 

@@ -41,12 +41,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
+from numpy.typing import DTypeLike
 
 from repro.grad.backprop import ACTIVATIONS, LOSSES, MLPArch
 
@@ -89,7 +92,7 @@ def scaled_examples(factor: float) -> settings:
     """A settings decorator giving a test `factor` times the loaded profile's max_examples
     (at least 1): cheap tests can run more examples and costly ones fewer, and all of them
     still scale with the profile. Apply it after `load_profile()` (e.g. in a test module)."""
-    return settings(max_examples=max(1, round(factor * settings.default.max_examples)))
+    return settings(max_examples=max(1, round(factor * settings().max_examples)))
 
 
 def float_dtypes(*, half: bool = False) -> st.SearchStrategy[np.dtype]:
@@ -98,7 +101,9 @@ def float_dtypes(*, half: bool = False) -> st.SearchStrategy[np.dtype]:
     return st.sampled_from([np.dtype(n) for n in names])
 
 
-def finite_arrays(dtype=None, shape=None, *, min_value: float = -10.0,
+def finite_arrays(dtype: DTypeLike | st.SearchStrategy[np.dtype] | None = None,
+                  shape: int | tuple[int, ...] | st.SearchStrategy[tuple[int, ...]] | None = None,
+                  *, min_value: float = -10.0,
                   max_value: float = 10.0) -> st.SearchStrategy[np.ndarray]:
     """NumPy arrays of finite floats in [min_value, max_value] (no nan, inf or subnormals).
 
@@ -122,7 +127,8 @@ def finite_arrays(dtype=None, shape=None, *, min_value: float = -10.0,
 _KEYS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6)
 
 
-def arrays_pytrees(leaves=None, *, max_leaves: int = 6) -> st.SearchStrategy:
+def arrays_pytrees(leaves: st.SearchStrategy[Any] | None = None, *,
+                   max_leaves: int = 6) -> st.SearchStrategy[Any]:
     """Pytrees of finite arrays: nested dicts (string keys), lists and tuples.
 
     Args:
@@ -152,8 +158,12 @@ def losses() -> st.SearchStrategy[str]:
 
 
 @st.composite
-def mlp_architectures(draw, *, min_layers: int = 1, max_layers: int = 3, widths=None,
-                      sizes=None, hidden=None, output=None, loss=None) -> MLPArch:
+def mlp_architectures(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int = 3,
+                      widths: st.SearchStrategy[int] | None = None,
+                      sizes: st.SearchStrategy[Sequence[int]] | None = None,
+                      hidden: st.SearchStrategy[str] | None = None,
+                      output: st.SearchStrategy[str] | None = None,
+                      loss: st.SearchStrategy[str] | None = None) -> MLPArch:
     """`MLPArch`s: by default 1 to 3 weight layers of widths 1..5, any hidden activation and
     loss. Softmax cross-entropy always gets a linear (``identity``) output layer of >= 2
     classes; mean squared error any output activation.
@@ -188,14 +198,17 @@ class MLPCase:
     """One drawn MLP problem: `arch`, `params` (list of {"w", "b"}), `x`, `y`, and the `seed`
     the values came from."""
     arch: MLPArch
-    params: list
+    params: list[dict[str, np.ndarray]]
     x: np.ndarray
     y: np.ndarray
     seed: int
 
 
 @st.composite
-def mlp_params_and_batch(draw, arch=None, *, batch_sizes=None, dtype=np.float64) -> MLPCase:
+def mlp_params_and_batch(draw: st.DrawFn,
+                         arch: MLPArch | st.SearchStrategy[MLPArch] | None = None, *,
+                         batch_sizes: st.SearchStrategy[int] | None = None,
+                         dtype: DTypeLike = np.float64) -> MLPCase:
     """An MLP with parameters and a batch of inputs and targets that fit it.
 
     Args:
