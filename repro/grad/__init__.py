@@ -24,7 +24,12 @@ if TYPE_CHECKING:
                                       LeafMismatch, check_gradients, default_tolerances)
     from repro.grad.strategies import MLPCase, load_profile, scaled_examples
 
-_EXPORTS = {
+__all__ = ["check_gradients", "GradientMismatch", "GradCheckResult", "LeafMismatch",
+           "DEFAULT_EPS", "default_tolerances",
+           "ACTIVATIONS", "LOSSES", "MLPArch", "loss_value", "mlp_loss",
+           "MLPCase", "load_profile", "scaled_examples"]
+
+_EXPORTS = {  # name -> the submodule that defines it
     "check_gradients": "gradcheck", "GradientMismatch": "gradcheck",
     "GradCheckResult": "gradcheck", "LeafMismatch": "gradcheck", "DEFAULT_EPS": "gradcheck",
     "default_tolerances": "gradcheck",
@@ -32,8 +37,6 @@ _EXPORTS = {
     "loss_value": "backprop", "mlp_loss": "backprop",
     "MLPCase": "strategies", "load_profile": "strategies", "scaled_examples": "strategies",
 }
-
-__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
