@@ -20,8 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from repro.grad.backprop import ACTIVATIONS, LOSSES, MLPArch, loss_value, mlp_loss
-    from repro.grad.gradcheck import (DEFAULT_EPS, GradCheckResult, GradientMismatch,
-                                      LeafMismatch, check_gradients, default_tolerances)
+    from repro.grad.gradcheck import (
+        DEFAULT_EPS,
+        GradCheckResult,
+        GradientMismatch,
+        LeafMismatch,
+        check_gradients,
+        default_tolerances,
+    )
     from repro.grad.strategies import MLPCase, load_profile, scaled_examples
 
 __all__ = ["check_gradients", "GradientMismatch", "GradCheckResult", "LeafMismatch",
