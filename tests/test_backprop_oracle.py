@@ -1,4 +1,4 @@
-"""The textbook backpropagation oracle (repro.backprop) against jax.grad and against NumPy
+"""The textbook backpropagation oracle (repro.grad.backprop) against jax.grad and against NumPy
 finite differences, plus hand-computed cases and a mutation that the oracle must catch."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from repro import strategies as rst
-from repro.backprop import MLPArch, backprop, forward, loss_value, mlp_loss
+from repro.grad import strategies as rst
+from repro.grad.backprop import MLPArch, backprop, forward, loss_value, mlp_loss
 
 rst.load_profile()
 

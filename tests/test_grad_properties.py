@@ -17,9 +17,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from repro import strategies as rst
-from repro.backprop import backprop, forward, mlp_loss
-from repro.gradcheck import check_gradients
+from repro.grad import strategies as rst
+from repro.grad.backprop import backprop, forward, mlp_loss
+from repro.grad.gradcheck import check_gradients
 
 rst.load_profile()
 

@@ -1,4 +1,4 @@
-"""repro.gradcheck.check_gradients: passes on correct gradients, and is itself tested by
+"""repro.grad.gradcheck.check_gradients: passes on correct gradients, and is itself tested by
 mutation (a backward pass 1 % off, a wrong sign on one leaf, a wrong second derivative)."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from repro import strategies as rst
-from repro.fixtures import gradcheck_fixture
-from repro.gradcheck import GradCheckResult, GradientMismatch, check_gradients
+from repro.grad import strategies as rst
+from repro.grad.fixtures import gradcheck_fixture
+from repro.grad.gradcheck import GradCheckResult, GradientMismatch, check_gradients
 
 rst.load_profile()
 
