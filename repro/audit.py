@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -108,15 +109,20 @@ def load_history(directory: str | Path, limit: int = 10) -> list[dict[str, Any]]
 
 
 def save_history(directory: str | Path, doc: dict[str, Any]) -> Path:
+    """Keep an audit's JSON as `audit-<started>.json` (`-2`, `-3` … when audits share a start
+    second). The name is claimed with O_EXCL, so two audits saving at the same instant both
+    keep their file; the content is then written atomically over the empty claim."""
     from repro.ioutil import write_json_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stamp = doc["started"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    path = directory / f"audit-{stamp}.json"
-    n = 1
-    while path.exists():
-        n += 1
-        path = directory / f"audit-{stamp}-{n}.json"
-    write_json_atomic(path, doc)
-    return path
+    for n in range(1, 10_000):
+        path = directory / (f"audit-{stamp}.json" if n == 1 else f"audit-{stamp}-{n}.json")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            continue
+        write_json_atomic(path, doc)
+        return path
+    raise ReproError(f"{directory} already holds 10,000 audits started at {doc['started']}")

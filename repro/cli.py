@@ -255,11 +255,21 @@ def main(argv: list[str] | None = None) -> int:
         print("repro: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # the reader went away (`repro verify … | head -1`): like other CLIs, stop quietly.
-        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+        return _closed_pipe()
+    except Exception:  # a bug in repro: say so, exit 2 (1 means a verified mismatch only)
+        import traceback
+        traceback.print_exc()
+        print("repro: internal error (a bug in repro: please report it with the traceback "
+              "above)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`repro verify … | head -1`): like other CLIs, stop quietly. stdout
+    now points at /dev/null, so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from repro.treepath import flatten_with_paths
+from repro.treepath import numeric_leaves
 
 
 class Context:
@@ -84,7 +84,7 @@ class Context:
             return
         if step in self.grads:
             raise ValueError(f"ctx.log_grads: gradients for step {step} were already logged")
-        self.grads[step] = {path: np.asarray(leaf) for path, leaf in flatten_with_paths(grads)}
+        self.grads[step] = dict(numeric_leaves(grads, f"ctx.log_grads at step {step}"))
 
 
 class GradSchedule:

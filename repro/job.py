@@ -39,6 +39,8 @@ class Job:
     packages: Mapping[str, str] = field(default_factory=dict)  # asserted in the child
     list_packages: bool = False              # also report every installed distribution
     compile_cache: str | None = None         # JAX persistent compilation cache directory
+    compile_cache_seed: str | None = None    # sandbox: a read-only cache copied in first ...
+    compile_cache_new: str | None = None     # ... and where the entries it adds are left
     parent_pid: int | None = None            # local: die with this process (PR_SET_PDEATHSIG)
     watch_stdin: bool = False                # container: die when stdin closes
 

@@ -40,7 +40,6 @@ class Options:
     records_root: Path | None = None     # default: <repo root>/fixtures/records
     timeout: float | None = None         # default: the spec's timeout
     echo: bool | Callable[[str], None] = False   # stream the child's output (True: stderr)
-    keep_run_dir: bool = False
     compile_cache: bool = True           # JAX persistent compilation cache shared by runs
     cpu_slot: int | None = None          # which cores a parallel run takes (audit/xdist worker)
     docker_memory: str | None = None     # docker backend: memory limit when the spec sets none
@@ -102,7 +101,7 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
     wrote. `recorded` (verify) lets the docker backend accept an image rebuilt from recipe."""
     backend = options.backend_impl()
     env = backend.prepare(prep.spec, prep.repo_root, recorded, _say(options.echo))
-    run_dir = RunDir.create(prefix=f"repro-{prep.spec.name}-")
+    run_dir = RunDir.create(prep.spec.name or "spec")
     try:
         timeout = options.timeout or prep.spec.timeout
         outcome = backend.run(make_job(prep, options), run_dir, env, timeout=timeout,
@@ -111,8 +110,7 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
         result.notes[:0] = env.notes
         return Execution(result, env.image_ref)
     finally:
-        if not options.keep_run_dir:
-            shutil.rmtree(run_dir.root, ignore_errors=True)
+        shutil.rmtree(run_dir.root, ignore_errors=True)
 
 
 def _say(echo: bool | Callable[[str], None]) -> Callable[[str], None] | None:
@@ -124,11 +122,19 @@ def _say(echo: bool | Callable[[str], None]) -> Callable[[str], None] | None:
 
 
 def _timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:
-    """Stamp the verdict with the wall time of the whole call."""
+    """Stamp the verdict with the wall time of the whole call. A bug in repro itself becomes an
+    error verdict too (exit 2, with the traceback): never a "mismatch", never a lost audit."""
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Verdict:
+    def wrapper(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         t0 = time.perf_counter()
-        verdict = func(*args, **kwargs)
+        try:
+            verdict = func(spec_ref, options)
+        except Exception as exc:
+            import traceback
+            verdict = error_verdict(spec_ref, f"internal error in repro (a bug: please report "
+                                    f"it): {type(exc).__name__}: {exc}",
+                                    backend=(options or Options()).backend)
+            verdict.error_detail = traceback.format_exc()
         verdict.duration_s = time.perf_counter() - t0
         return verdict
     return wrapper
@@ -172,6 +178,12 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
             raise RunError(f"record.metrics lists {missing}, which the training function never "
                            f"logged (it logged: {sorted(result.metrics) or 'nothing'}); "
                            "call ctx.log(step, name=value) or fix the list")
+        compared = spec.record.metrics if spec.record.metrics is not None else list(result.metrics)
+        if not compared and not result.arrays:
+            raise RunError("nothing to compare: the run logged no metric that record.metrics "
+                           "keeps, no kept gradient and no weights, so every later verify would "
+                           "pass vacuously. Log metrics with ctx.log, return the final params "
+                           "(record.weights: final), or keep gradients (record.grads)")
         directory = record_dir(prep.repo_root, spec.name or "", result.platform_key,
                                options.records_root)
         write_record(directory, record_meta(prep.spec, prep.repo_root, prep.code, done.result,

@@ -150,30 +150,48 @@ class SpecItem(pytest.Item):
         super().__init__(**kwargs)
         self.spec, self.load_error = spec, load_error
 
-    def runtest(self) -> None:
+    def setup(self) -> None:
+        """The spec runs here, so that pytest reports an *error* for anything that kept the
+        comparison from being made (bad spec, broken pin, crash, killed run) and a *failure*
+        only for a verified mismatch — as the CLI's exit codes 2 and 1 do."""
         from repro import pipeline
         from repro.report.junit import junit_properties
-        from repro.verdict import RECORDED, error_verdict
+        from repro.verdict import Status, error_verdict
 
         if self.load_error is not None or self.spec is None:
-            raise ReproFailure(error_verdict(self.path, self.load_error or "no spec",
-                                             spec=self.spec))
-        options = options_from_config(self.config)
-        verdict = pipeline.check(self.spec, options,
-                                 record_it=self.config.getoption("--repro-record"))
+            verdict = error_verdict(self.path, self.load_error or "no spec", spec=self.spec)
+        else:
+            verdict = pipeline.check(self.spec, options_from_config(self.config),
+                                     record_it=self.config.getoption("--repro-record"))
+        self._verdict = verdict
         self.user_properties.extend(junit_properties(verdict))
         self.config.stash[_VERDICTS].append(verdict)
+        if verdict.status == Status.ERROR:
+            raise ReproFailure(verdict)
+
+    def runtest(self) -> None:
+        from repro.verdict import RECORDED
+
+        verdict = self._verdict
         if verdict.status == RECORDED:
             from repro.report import summary_line
             self._repro_recorded = summary_line(verdict)
         if not verdict.ok:
             raise ReproFailure(verdict)
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> Any:
         if isinstance(excinfo.value, ReproFailure):
             from repro.report import render
             return render(excinfo.value.verdict)
         return super().repr_failure(excinfo, style)
+
+    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException],
+                         style: Any = None) -> Any:
+        # pytest renders setup errors through this one, not repr_failure
+        if isinstance(excinfo.value, ReproFailure):
+            return self.repr_failure(excinfo)
+        return super()._repr_failure_py(excinfo, style)
 
     def reportinfo(self):
         return self.path, 0, f"repro spec {self.name}"  # a line: skip markers need one

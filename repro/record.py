@@ -8,14 +8,18 @@ between them. Reads check the arrays file against the sha256 in record.json.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +114,7 @@ class RecordMeta(_Part):
     timings: dict[str, float] = Field(default_factory=dict)
     format: int = RECORD_FORMAT
     arrays: ArraysIndex | None = None
+    checksum: str | None = None   # record_checksum of the rest: a hand edit is damage, not drift
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -125,6 +130,13 @@ class RecordMeta(_Part):
             raise RecordError(f"{where} is corrupted: {key}: {first['msg']} "
                               f"({exc.error_count()} problem(s) in all); restore it from git "
                               "(`git checkout -- <path>`) or record again") from None
+
+
+def record_checksum(doc: dict[str, Any]) -> str:
+    """sha256 of record.json's content without its `checksum` key (sorted keys, compact)."""
+    rest = {k: v for k, v in doc.items() if k != "checksum"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -151,18 +163,44 @@ def record_dir(repo_root: Path, name: str, platform_key: str, root: Path | None 
 
 
 def write_record(directory: Path, meta: RecordMeta, arrays: dict[str, Any]) -> Path:
-    """Write record.json + arrays.npz into `directory`, replacing any previous record atomically."""
+    """Write record.json + arrays.npz into `directory`, replacing any previous record atomically.
+    Writers of one spec take turns (a lock on the spec's record directory); RecordError when
+    the directory cannot be written."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(directory)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(directory.parent):
+            _clean_leftovers(directory)
+            return _write_locked(directory, meta, arrays)
+    except OSError as exc:
+        raise RecordError(f"cannot write the record at {directory}: {exc.strerror or exc} "
+                          f"({exc.filename or directory}); make the directory writable, or "
+                          "pass --records DIR to write the records elsewhere") from None
+
+
+@contextlib.contextmanager
+def _writer_lock(directory: Path) -> Iterator[None]:
+    """flock on the directory itself (no lock file to commit by mistake); released on exit,
+    also when the writer is killed."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_locked(directory: Path, meta: RecordMeta, arrays: dict[str, Any]) -> Path:
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
     try:
         write_npz_atomic(staging / ARRAYS_FILE, arrays)
         index = ArraysIndex(file=ARRAYS_FILE, sha256=sha256_file(staging / ARRAYS_FILE),
                             index={k: ArrayEntry(shape=list(v.shape), dtype=str(v.dtype))
                                    for k, v in sorted(arrays.items())})
-        meta = meta.model_copy(update={"format": RECORD_FORMAT, "arrays": index})
-        write_json_atomic(staging / "record.json", meta.to_json())
+        meta = meta.model_copy(update={"format": RECORD_FORMAT, "arrays": index, "checksum": None})
+        doc = meta.to_json()
+        doc["checksum"] = record_checksum(doc)
+        write_json_atomic(staging / "record.json", doc)
         os.chmod(staging, 0o755)
         fsync_dir(staging)
         if not directory.exists():
@@ -223,6 +261,10 @@ def check_record(directory: Path) -> tuple[Path, RecordMeta]:
                           f"(found format {doc.get('format') if isinstance(doc, dict) else '?'}); "
                           "record again with this version of repro")
     meta = RecordMeta.from_json(doc, meta_path)
+    if meta.checksum is not None and meta.checksum != record_checksum(doc):
+        raise RecordError(f"{meta_path} was changed after it was recorded (its checksum does not "
+                          "match its content): a record is written by `repro record`, never by "
+                          "hand. Restore it from git (`git checkout -- <path>`) or record again")
     if meta.arrays is None:
         raise RecordError(f"{meta_path} is corrupted: it has no arrays index; record again")
     if meta.arrays.file != ARRAYS_FILE:

@@ -77,8 +77,10 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
             raise ValueError("run.json is not a JSON object")
     except (OSError, ValueError):
         how = outcome.killed_reason or f"exited with code {outcome.returncode}"
-        raise RunError(f"the run {how} before writing its result; the last lines of its output "
-                       "are below", detail=tail, killed_by=outcome.killed_by) from None
+        shown = ("the last lines of its output are below" if tail.strip()
+                 else "it printed nothing")
+        raise RunError(f"the run {how} before writing its result; {shown}", detail=tail,
+                       killed_by=outcome.killed_by) from None
     if result.get("status") != "ok":
         err: dict[str, Any] = result["error"] if isinstance(result.get("error"), dict) else {}
         prefix = _ERROR_PREFIX.get(str(err.get("kind")), "the run failed")
@@ -109,6 +111,9 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
         notes.append("dropped from the run's environment (set by the caller): "
                      + ", ".join(outcome.dropped_env))
     notes += outcome.notes
+    if shape.leftover_processes:
+        notes.append(f"the training left {shape.leftover_processes} process(es) running; "
+                     "repro killed them when the run ended")
     return RunResult(key, shape.fingerprint, shape.metrics, arrays, shape.timings,
                      shape.grad_steps, outcome, notes, packages=shape.packages)
 
@@ -123,6 +128,7 @@ class _RunFile(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     grad_steps: list[int] = Field(default_factory=list)
     packages: list[str] | None = None
+    leftover_processes: int = 0
 
 
 def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,

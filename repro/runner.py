@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(argv[1])
     result: dict[str, Any] = {"status": "error", "timings": {}, "harness": repro.__version__}
     t_start = time.perf_counter()
+    from repro.proctree import become_subreaper, kill_descendants
+    become_subreaper()  # orphans of what the training starts come back to this process
     try:
         _run(job, run_dir, result)
     except _Failure as f:
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         result.update(status="error", error={"kind": "harness", "type": type(exc).__name__,
                                              "message": str(exc),
                                              "traceback": traceback.format_exc()})
+    left = kill_descendants(os.getpid(), reap=True)  # nothing the training started outlives the run
+    if left:
+        result["leftover_processes"] = left
     result["timings"]["total_s"] = time.perf_counter() - t_start
     write_json_atomic(run_dir / "run.json", result)
     return 0 if result["status"] == "ok" else EXIT_FAILED
@@ -99,12 +104,13 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
 
+    seeded = _seed_compile_cache(job)
     t0 = time.perf_counter()
     import jax  # noqa: F401  (settings come from the environment)
     import numpy as np
 
     from repro.context import Context, GradSchedule
-    from repro.treepath import flatten_with_paths
+    from repro.treepath import numeric_leaves
     result["timings"]["import_jax_s"] = time.perf_counter() - t0
 
     if job.list_packages:  # docker: the image's package fingerprint, from inside it
@@ -117,9 +123,13 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     tree = str(Path(job.tree).resolve())
     sys.path.insert(0, tree)
     module_name, func_name = job.entrypoint.split(":")
+    _entrypoint_inside(module_name, tree, job.entrypoint)
     try:
         module = importlib.import_module(module_name)
+        _entrypoint_inside(module_name, tree, job.entrypoint, module)
         train = getattr(module, func_name)
+    except _Failure:
+        raise
     except BaseException as exc:
         raise _Failure(kind="entrypoint", type=type(exc).__name__,
                        message=f"cannot load entrypoint {job.entrypoint!r} from {tree}: "
@@ -148,17 +158,99 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
             raise _Failure(kind="user", type="ValueError",
                            message=f"{job.entrypoint} returned None; return the final params "
                                    "pytree, or set `record.weights: none` in the spec")
-        for path, leaf in flatten_with_paths(params):
-            arrays[f"weights/{path}" if path else "weights"] = np.asarray(leaf)
+        try:
+            leaves = numeric_leaves(params, f"{job.entrypoint} returned params whose")
+        except (TypeError, ValueError) as exc:
+            raise _Failure(kind="user", type=type(exc).__name__, message=str(exc)) from None
+        for path, leaf in leaves:
+            arrays[f"weights/{path}" if path else "weights"] = leaf
     for step, leaves in sorted(ctx.grads.items()):
         for path, leaf in leaves.items():
             arrays[f"grads/{step}/{path}" if path else f"grads/{step}"] = leaf
     write_npz_atomic(run_dir / "arrays.npz", arrays)
+    _leave_new_cache_entries(job, seeded)
     for series in ctx.metrics.values():  # JSON has no NaN/inf: keep them as strings
         series["values"] = [v if math.isfinite(v) else repr(v) for v in series["values"]]
     result.update(status="ok", metrics=ctx.metrics,
                   nonfinite=[{"metric": m, "step": s, "value": repr(v)} for m, s, v in ctx.nonfinite],
                   grad_steps=sorted(ctx.grads))
+
+
+def _seed_compile_cache(job: Job) -> set[str]:
+    """Sandbox: copy the read-only compilation cache into the writable one JAX is pointed at
+    (JAX_COMPILATION_CACHE_DIR, a tmpfs). Returns the names copied."""
+    target = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not job.compile_cache_seed or not target:
+        return set()
+    import shutil
+
+    os.makedirs(target, exist_ok=True)
+    copied = set()
+    try:
+        names = os.listdir(job.compile_cache_seed)
+    except OSError:
+        return copied
+    for name in names:
+        src = os.path.join(job.compile_cache_seed, name)
+        if os.path.isfile(src) and not os.path.islink(src):
+            shutil.copyfile(src, os.path.join(target, name))
+            copied.add(name)
+    return copied
+
+
+def _leave_new_cache_entries(job: Job, seeded: set[str]) -> None:
+    """Sandbox: the entries this run compiled, for the harness to add to the shared cache."""
+    source = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not job.compile_cache_new or not source:
+        return
+    import shutil
+
+    try:
+        names = [n for n in os.listdir(source) if n not in seeded]
+        if names:
+            os.makedirs(job.compile_cache_new, exist_ok=True)
+        for name in names:
+            shutil.copyfile(os.path.join(source, name), os.path.join(job.compile_cache_new, name))
+    except OSError:
+        pass  # a cache is an optimisation: never fail a run over it
+
+
+def _entrypoint_inside(module_name: str, tree: str, entrypoint: str,
+                       module: Any = None) -> None:
+    """The entrypoint must be code of the pinned tree: a module found elsewhere (the standard
+    library, site-packages, one Python loaded at start-up) would run unpinned code under a
+    verdict that says "code at pinned commit". Checked before the import (the top-level name,
+    without running anything) and after it (the module's own file)."""
+    import importlib.util
+
+    if module is None:
+        top = module_name.split(".")[0]
+        loaded = sys.modules.get(top)
+        try:
+            spec = loaded.__spec__ if loaded is not None else importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return  # not found: the import reports it
+        if spec is None:
+            return
+        places = [spec.origin] if spec.origin and spec.origin not in ("built-in", "frozen") \
+            else list(spec.submodule_search_locations or [])
+        where = places[0] if places else (spec.origin or "built into Python")
+    else:
+        where = getattr(module, "__file__", None) or "built into Python"
+        places = [where] if getattr(module, "__file__", None) else \
+            list(getattr(module, "__path__", []) or [])
+    if places and all(_inside(p, tree) for p in places):
+        return
+    raise _Failure(kind="entrypoint", type="ImportError",
+                   message=f"entrypoint {entrypoint!r}: module {module_name!r} resolves to "
+                           f"{where}, outside the pinned code tree {tree}; the entrypoint must "
+                           "be a module of the pinned commit (a module of the same name as one "
+                           "from the standard library or site-packages cannot be one: rename it)")
+
+
+def _inside(path: str, tree: str) -> bool:
+    real = os.path.realpath(path)
+    return real == tree or real.startswith(tree.rstrip(os.sep) + os.sep)
 
 
 def _user_traceback(exc: BaseException, tree: str) -> str:

@@ -4,6 +4,8 @@ Used for record keys (arrays.npz) and for every message that names a leaf.
 """
 from __future__ import annotations
 
+from typing import Any
+
 
 def key_to_str(key) -> str:
     """One pytree key (DictKey, SequenceKey, GetAttrKey, FlattenedIndexKey) as a path segment."""
@@ -28,4 +30,30 @@ def flatten_with_paths(tree) -> list[tuple[str, object]]:
             raise ValueError(f"two pytree leaves share the path {path!r}; rename the keys")
         seen.add(path)
         out.append((path, leaf))
+    return out
+
+
+def numeric_leaves(tree: object, what: str) -> list[tuple[str, Any]]:
+    """[(path, numpy array)] of a pytree whose every leaf must be a numeric array (bool, int,
+    float, complex): what a record can store and compare. `what` names the tree in errors
+    ("the returned params", "ctx.log_grads at step 3"). Raises TypeError naming the leaf and
+    its type, or ValueError for two leaves of one path."""
+    import numpy as np
+
+    try:
+        flat = flatten_with_paths(tree)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    out = []
+    for path, leaf in flat:
+        try:
+            arr = np.asarray(leaf)
+        except Exception as exc:  # an object numpy cannot turn into an array at all
+            raise TypeError(f"{what}: leaf {path or '(root)'!r} is a {type(leaf).__name__}, "
+                            f"not an array ({exc})") from None
+        if arr.dtype.kind not in "biufc":
+            raise TypeError(f"{what}: leaf {path or '(root)'!r} is a {type(leaf).__name__} "
+                            f"(dtype {arr.dtype}), not a numeric array; a record keeps arrays of "
+                            "numbers only (bool, int, float, complex)")
+        out.append((path, arr))
     return out

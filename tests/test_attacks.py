@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from repro import pipeline
+from repro.record import record_checksum
 from tests.conftest import train_does
 
 DOCKER = pipeline.Options(backend="docker")
@@ -109,6 +110,7 @@ def test_record_json_arrays_file_outside_the_record_is_refused(recorded_template
     shutil.copy(meta_path.with_name("arrays.npz"), outside)
     meta = json.loads(meta_path.read_text())
     meta["arrays"]["file"] = str(outside)
+    meta["checksum"] = record_checksum(meta)   # an attacker can recompute it: not the defence
     meta_path.write_text(json.dumps(meta))
     v = pipeline.verify(project / "specs" / "tiny.yaml")
     assert v.status == "error"

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from repro.record import RecordMeta
     from repro.spec import Spec
 
-LOG_TAIL_LINES = 40
-
+LOG_TAIL_LINES = 40          # the output a failed run's verdict shows: the last lines ...
+LOG_LINE_CHARS = 1000        # ... each cut to this many characters (a 100 MB line is one line)
+_READ_CHUNK = 1 << 16        # bytes read at a time: a line without a newline is read in pieces
 # Where the child's output lines go besides the log file: True (this process's stderr), a
 # callable (called per line), or False (nowhere).
 Echo = bool | Callable[[str], None]
@@ -51,10 +52,34 @@ class RunDir:
         return self.root / "out"
 
     @classmethod
-    def create(cls, prefix: str) -> RunDir:
-        run = cls(Path(tempfile.mkdtemp(prefix=prefix)))
+    def create(cls, spec_name: str) -> RunDir:
+        """A new run directory in the temp dir, named after this process (`repro-<pid>-…`), so
+        the next repro process can remove those whose process is gone (killed with -9)."""
+        cls.remove_stale()
+        run = cls(Path(tempfile.mkdtemp(prefix=f"repro-{os.getpid()}-{spec_name[:40]}-")))
         run.out.mkdir()
         return run
+
+    @staticmethod
+    def remove_stale() -> int:
+        """Remove run directories left by repro processes that no longer exist."""
+        import re
+        import shutil
+
+        from repro.proctree import alive
+
+        removed = 0
+        base = Path(tempfile.gettempdir())
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return 0
+        for name in names:
+            m = re.match(r"^repro-(\d+)-", name)
+            if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+                shutil.rmtree(base / name, ignore_errors=True)
+                removed += 1
+        return removed
 
 
 class KilledBy(StrEnum):
@@ -122,9 +147,16 @@ def pump_output(stream: IO[bytes] | _Readable, log_path: Path, echo: Echo
         # O_EXCL|O_NOFOLLOW: the log is a new file of the parent's, never something found there
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as log:
-            for raw in iter(stream.readline, b""):
+            partial = False   # the previous piece ended mid-line
+            while raw := stream.readline(_READ_CHUNK):
                 log.write(raw)
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                if partial:   # the rest of a long line: shown once, already cut
+                    partial = not raw.endswith(b"\n")
+                    continue
+                partial = not raw.endswith(b"\n")
+                if len(line) > LOG_LINE_CHARS or partial:
+                    line = line[:LOG_LINE_CHARS] + " … [line cut: see the run's output.log]"
                 tail.append(line)
                 if echo is True:
                     sys.stderr.write(line + "\n")
@@ -138,5 +170,5 @@ def pump_output(stream: IO[bytes] | _Readable, log_path: Path, echo: Echo
 
 
 class _Readable(Protocol):
-    def readline(self) -> bytes: ...
+    def readline(self, size: int = -1, /) -> bytes: ...
     def close(self) -> None: ...

@@ -20,6 +20,7 @@ import repro
 from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
 from repro.env.settings import child_environment, compile_cache_env
 from repro.job import Job
+from repro.proctree import kill_descendants
 from repro.record import RecordMeta
 from repro.spec import Spec
 
@@ -78,11 +79,12 @@ class LocalBackend:
             _kill_group(proc)
             outcome.killed_by = KilledBy.TIMEOUT
             outcome.killed_reason = f"timed out after {timeout:g} s and was killed"
-        except BaseException:  # Ctrl-C: leave nothing running behind us
+        except BaseException:  # Ctrl-C, SIGTERM: leave nothing running behind us
             _kill_group(proc)
             raise
         finally:
             _LIVE.discard(proc)
+            _kill_group(proc)  # whatever is left in its group (the runner killed the rest)
             pump.join(timeout=5)
         outcome.returncode = proc.returncode
         if proc.returncode is not None and proc.returncode < 0 and not outcome.timed_out:
@@ -109,6 +111,10 @@ def kill_all() -> int:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the runner, everything below it (in its group or in sessions of their own), and
+    its process group."""
+    if proc.returncode is None:
+        kill_descendants(proc.pid, include_self=True)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

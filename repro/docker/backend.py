@@ -21,6 +21,7 @@ on failure, on timeout and on Ctrl-C. Its output streams line by line like a loc
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
-from repro.docker.client import LABEL, LABEL_SPEC, EngineError, connect
+from repro.docker.client import LABEL, LABEL_HOST, LABEL_PID, LABEL_SPEC, EngineError, connect
 from repro.docker.image import ImagePin, resolve_image
 from repro.docker.sandbox import (
     CACHE_MOUNT,
@@ -39,7 +40,9 @@ from repro.docker.sandbox import (
     DEFAULT_PIDS,
     HARNESS_MOUNT,
     JOB_MOUNT,
+    NEW_CACHE_ENTRIES,
     RUN_MOUNT,
+    SANDBOX_CACHE,
     SANDBOX_UID,
     bind,
     harness_volume,
@@ -92,6 +95,7 @@ class DockerBackend:
         from repro.signals import sigterm_interrupts
 
         client = connect()
+        _remove_stale_containers(client)
         image = env.image.id
         mounts = harness_volume() + [bind(Path(job.tree).resolve(), CODE_MOUNT)]
         data = {}
@@ -106,13 +110,17 @@ class DockerBackend:
                                          inherited={})
         _, dropped = child_environment(job.settings, [])
         child_env["HOME"] = "/tmp"
-        if job.compile_cache:
-            cache = _compile_cache_dir(job.compile_cache, image)
-            mounts.append(bind(cache, CACHE_MOUNT, read_only=False))
-            child_env.update(compile_cache_env(CACHE_MOUNT))
+        cache = _compile_cache_dir(job.compile_cache, image, job) if job.compile_cache else None
+        if cache is not None:
+            # read-only: a run cannot change what another run reads. The runner copies it into
+            # its tmpfs and leaves new entries in out/; this process adds them (never replacing).
+            mounts.append(bind(cache, CACHE_MOUNT))
+            child_env.update(compile_cache_env(SANDBOX_CACHE))
         # PID 1 in its container: the runner watches its stdin instead of its parent, which
         # this process holds open until the run ends
         job.replace(tree=CODE_MOUNT, data=data, list_packages=True, compile_cache=None,
+                    compile_cache_seed=CACHE_MOUNT if cache else None,
+                    compile_cache_new=f"{RUN_MOUNT}/{NEW_CACHE_ENTRIES}" if cache else None,
                     parent_pid=None, watch_stdin=True).write(run_dir.job)
 
         extra: dict[str, Any] = {}
@@ -130,7 +138,7 @@ class DockerBackend:
                     container = client.containers.create(
                         image, ["python3", "-P", "-m", "repro.runner", JOB_MOUNT, RUN_MOUNT],
                         name=cname, environment=child_env, mounts=mounts, stdin_open=True,
-                        tty=False, labels={LABEL: "1", LABEL_SPEC: job.spec}, detach=False,
+                        tty=False, labels=_labels(job.spec), detach=False,
                         **{**sandbox_config(env.memory, env.pids), "working_dir": CODE_MOUNT},
                         **extra)
                     _LIVE.add(container)
@@ -160,9 +168,55 @@ class DockerBackend:
                 _close(stdin)
                 _remove(client, container, cname)
                 _LIVE.discard(container)
+        if cache is not None:
+            merge_cache_entries(run_dir.out / NEW_CACHE_ENTRIES, cache)
         outcome.notes.append(f"ran in container image {image} (network none, user "
                              f"{SANDBOX_UID}, memory {env.memory}, pids {env.pids})")
         return outcome
+
+
+def _labels(spec: str) -> dict[str, str]:
+    """Labels every run's container carries: which spec, and which repro process (host and
+    pid) started it, so a later process can tell a leftover from a live run."""
+    import socket
+
+    return {LABEL: "1", LABEL_SPEC: spec, LABEL_PID: str(os.getpid()),
+            LABEL_HOST: socket.gethostname()}
+
+
+_CLEANED = False
+
+
+def _remove_stale_containers(client: Any) -> int:
+    """Remove (once per process) the stopped containers of repro processes on this host that
+    no longer exist: a `repro verify` killed with -9 cannot remove its own."""
+    global _CLEANED
+    if _CLEANED:
+        return 0
+    _CLEANED = True
+    import socket
+
+    import docker
+
+    from repro.proctree import alive
+
+    removed = 0
+    try:
+        leftovers = client.containers.list(all=True, filters={"label": LABEL,
+                                                              "status": ["exited", "created", "dead"]})
+    except docker.errors.DockerException:
+        return 0
+    for container in leftovers:
+        labels = container.labels or {}
+        pid = labels.get(LABEL_PID, "")
+        if labels.get(LABEL_HOST) == socket.gethostname() and pid.isdigit() \
+                and int(pid) != os.getpid() and not alive(int(pid)):
+            try:
+                container.remove(force=True)
+                removed += 1
+            except docker.errors.DockerException:
+                pass
+    return removed
 
 
 def _why_it_died(outcome: ChildOutcome, state: dict[str, Any], code: int | None,
@@ -205,12 +259,45 @@ def _close(sock: Any) -> None:
         pass
 
 
-def _compile_cache_dir(base: str, image: str) -> Path:
-    """One JAX compilation cache per image, writable by the sandbox user."""
-    path = Path(base).with_name(Path(base).name + "-docker") / image.split(":")[-1][:16]
+def _compile_cache_dir(base: str, image: str, job: Job) -> Path:
+    """The JAX compilation cache of one spec's code in one image. Specs never share one: no
+    run can plant an entry another spec's program will read."""
+    import hashlib
+
+    key = hashlib.sha256(f"{job.spec}\0{job.entrypoint}\0{job.tree}".encode()).hexdigest()[:16]
+    path = Path(base).with_name(Path(base).name + "-docker") / image.split(":")[-1][:16] / key
     path.mkdir(parents=True, exist_ok=True)
-    make_writable_by_sandbox(path)
     return path
+
+
+def merge_cache_entries(new: Path, cache: Path, max_bytes: int = 256 << 20) -> int:
+    """Add the compilation-cache entries a sandboxed run produced to `cache`: plain files with
+    plain names, never a link, never replacing an entry that exists. Returns how many."""
+    import re
+    import shutil
+
+    from repro.ioutil import open_regular
+
+    added = 0
+    try:
+        names = sorted(os.listdir(new))
+    except OSError:
+        return 0
+    for name in names:
+        target = cache / name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", name) or target.exists():
+            continue
+        try:
+            with open_regular(new / name) as src:
+                if os.fstat(src.fileno()).st_size > max_bytes:
+                    continue
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            added += 1
+        except (OSError, ValueError):
+            continue
+    return added
 
 
 def _start_error(exc: Exception, spec_name: str, gpu: bool, image: str) -> EngineError:
@@ -267,8 +354,11 @@ class _Lines:
     def __init__(self, chunks: Iterator[bytes]):
         self._chunks, self._buf = chunks, b""
 
-    def readline(self) -> bytes:
-        while b"\n" not in self._buf:
+    def readline(self, size: int = -1) -> bytes:
+        if 0 < size <= len(self._buf) and b"\n" not in self._buf[:size]:
+            out, self._buf = self._buf[:size], self._buf[size:]
+            return out
+        while b"\n" not in self._buf and not (0 < size <= len(self._buf)):
             try:
                 chunk = next(self._chunks)
             except StopIteration:
@@ -279,6 +369,9 @@ class _Lines:
                 out, self._buf = self._buf, b""
                 return out
             self._buf += chunk
+        if 0 < size and b"\n" not in self._buf[:size]:
+            out, self._buf = self._buf[:size], self._buf[size:]
+            return out
         line, _, self._buf = self._buf.partition(b"\n")
         return line + b"\n"
 

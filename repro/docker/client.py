@@ -12,6 +12,8 @@ from repro.errors import ReproError
 LABEL = "repro"             # every container repro starts carries this label ...
 LABEL_SPEC = "repro.spec"   # ... and the spec's name, so `docker ps -a --filter label=repro`
                             # finds what a run left behind (nothing, unless repro was killed -9)
+LABEL_PID = "repro.pid"     # the repro process that started it, and on which host: the next
+LABEL_HOST = "repro.host"   # repro process removes stopped containers of processes now gone
 
 
 class EngineError(ReproError):
