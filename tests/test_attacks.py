@@ -129,3 +129,299 @@ def test_record_arrays_npz_that_is_a_link_is_refused(recorded_template, tmp_path
     v = pipeline.verify(project / "specs" / "tiny.yaml")
     assert v.status == "error"
     assert "symbolic link" in v.error and "arrays.npz" in v.error
+
+
+# -- 14.2: the docker compilation cache --------------------------------------------------------
+def _cache_files(directory: Path) -> dict[str, str]:
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_sandboxed_run_cannot_poison_another_specs_compile_cache(project, cpu_image, tmp_path,
+                                                                    monkeypatch):
+    """Spec `victim` fills its cache; spec `attacker` then overwrites every cache entry it can
+    see and plants entries named like the victim's. The victim's cache is unchanged and its
+    verify still passes bitwise (it failed 5 of 5 before: one cache was shared, writable)."""
+    import shutil
+    import uuid
+
+    from dockerutil import pin_image
+
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
+    victim_name = f"dk-victim-{uuid.uuid4().hex[:6]}"
+    project.edit_spec("name: tiny", f"name: {victim_name}")
+    pin_image(project, f"repro-jax-cpu@{cpu_image}")
+    assert pipeline.record(project.spec, DOCKER).status == "recorded"
+    caches = tmp_path / "cache" / "jax-compile-docker"
+    (victim_dir,) = [d for d in caches.glob("*/*") if d.is_dir()]
+    before = _cache_files(victim_dir)
+    assert before, "the victim's run compiled nothing into its cache"
+
+    attacker = tmp_path / "attacker"
+    shutil.copytree(project.root, attacker)
+    from tests.conftest import Project
+    evil = Project(attacker)
+    evil.edit_spec(f"name: {victim_name}", f"name: dk-attacker-{uuid.uuid4().hex[:6]}")
+    names = sorted(before)
+    train_does(evil, f'''
+    import os as _o
+    _written = []
+    for _root in ("/cache/jax", _o.environ.get("JAX_COMPILATION_CACHE_DIR", "/tmp")):
+        for _n in {names!r} + ["planted-entry"]:
+            try:
+                with open(_o.path.join(_root, _n), "wb") as _f:
+                    _f.write(b"poison")
+                _written.append(_root + "/" + _n)
+            except OSError:
+                pass
+    print("WROTE", _written, flush=True)
+''')
+    v = pipeline.run(evil.spec, DOCKER)
+    assert v.status == "ran", v.error
+    assert _cache_files(victim_dir) == before          # nothing of the victim's changed
+    for d in caches.glob("*/*"):                       # and nothing planted was merged over
+        for name, digest in _cache_files(d).items():
+            if name in before:
+                assert digest == before[name] or d != victim_dir
+    again = pipeline.verify(project.spec, DOCKER)
+    assert again.status == "pass" and again.bitwise, again.error or again.rows
+
+
+# -- 14.4: the entrypoint resolves inside the pinned tree ---------------------------------------
+@pytest.mark.parametrize("entrypoint", ["operator:truth", "os:system", "yaml:safe_load"])
+def test_an_entrypoint_outside_the_pinned_tree_is_refused(project, entrypoint):
+    project.edit_spec("entrypoint: tinyproj.train:train", f"entrypoint: {entrypoint}")
+    for action in (pipeline.record, pipeline.run):
+        v = action(project.spec)
+        assert v.status == "error", v.status
+        assert "outside the pinned code tree" in v.error and entrypoint in v.error, v.error
+    assert not project.record_dir.exists()
+
+
+# -- 14.6: internal crashes are errors, not mismatches -----------------------------------------
+def _copy(template, tmp_path):
+    import shutil
+
+    from tests.conftest import Project
+    shutil.copytree(template.root, tmp_path / "p", symlinks=True)
+    return Project(tmp_path / "p")
+
+
+def test_record_json_of_the_wrong_shape_is_exit_2_and_the_audit_still_reports(recorded_template,
+                                                                               tmp_path):
+    p = _copy(recorded_template, tmp_path)
+    meta_path = p.record_dir / "record.json"
+    meta = json.loads(meta_path.read_text())
+    meta["metrics"] = None
+    meta["checksum"] = record_checksum(meta)
+    meta_path.write_text(json.dumps(meta))
+    proc = p.repro("verify", "specs/tiny.yaml")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "record.json is corrupted: metrics" in proc.stdout and "Traceback" not in proc.stderr
+    # a second, healthy spec in the same audit keeps its result; every report is written
+    text = p.spec.read_text().replace("name: tiny", "name: tiny2")
+    (p.root / "specs" / "tiny2.yaml").write_text(text)
+    import shutil
+    shutil.copytree(p.record_dir.parent, p.root / "fixtures" / "records" / "tiny2")
+    rec2 = p.root / "fixtures" / "records" / "tiny2" / "cpu" / "record.json"
+    good = json.loads((tmp_path / "p" / "fixtures" / "records" / "tiny2" / "cpu" /
+                       "record.json").read_text())
+    good["metrics"] = json.loads((recorded_template.record_dir / "record.json").read_text())[
+        "metrics"]
+    good["spec"]["name"] = "tiny2"
+    good["checksum"] = record_checksum(good)
+    rec2.write_text(json.dumps(good))
+    proc = p.repro("audit", "specs", "--json", "a.json", "--junit", "a.xml")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    doc = json.loads((p.root / "a.json").read_text())
+    status = {r["name"]: r["status"] for r in doc["results"]}
+    assert status == {"tiny": "error", "tiny2": "pass"}, doc
+    assert (p.root / "a.xml").exists()
+
+
+def test_an_unwritable_record_directory_is_exit_2(project, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the records root should be")
+    proc = project.repro("record", "specs/tiny.yaml", "--records", str(blocker / "records"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot write the record at" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_two_concurrent_records_of_one_spec_both_finish(project):
+    import subprocess
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-m", "repro.cli", "record", "specs/tiny.yaml"],
+                              cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    from repro.record import read_record
+    read_record(project.record_dir)
+    assert sorted(x.name for x in project.record_dir.parent.iterdir()) == ["cpu"]
+    project.repro("verify", "specs/tiny.yaml", check_rc=0)
+
+
+def test_a_closed_pipe_is_not_a_mismatch(recorded_template, tmp_path):
+    """`repro verify … | head -1`: the shell's SIGPIPE status, no traceback."""
+    import subprocess
+    import sys
+    p = _copy(recorded_template, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "verify", "specs/tiny.yaml"],
+                            cwd=p.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()   # the reader is gone before anything is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+# -- 14.8: nothing a run started survives it ----------------------------------------------------
+SPAWNS = '''
+    import subprocess as _sp, os as _o
+    _sp.Popen(["sleep", "300"])                              # a plain child
+    _sp.Popen(["sleep", "301"], start_new_session=True)      # a daemon in a session of its own
+    if _o.fork() == 0:                                       # a double fork, re-parented
+        _o.setsid()
+        _sp.Popen(["sleep", "302"])
+        _o._exit(0)
+'''
+
+
+def _sleepers() -> list[int]:
+    from repro.proctree import _parents
+    out = []
+    for pid in _parents():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd[:1] == [b"sleep"] and cmd[1:2] in ([b"300"], [b"301"], [b"302"]):
+            out.append(pid)
+    return out
+
+
+def test_processes_the_training_starts_do_not_outlive_a_successful_run(project):
+    assert not _sleepers(), "sleepers left by another test"
+    train_does(project, SPAWNS)
+    v = pipeline.run(project.spec)
+    assert v.status == "ran", v.error
+    assert not _sleepers()
+    assert any("the training left 3 process(es) running; repro killed them" in n
+               for n in v.notes), v.notes
+
+
+def test_sigterm_to_repro_verify_leaves_no_process_and_no_run_dir(project, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import runner_children
+    train_does(project, SPAWNS + "    import time as _t\n    _t.sleep(60)\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "run", "specs/tiny.yaml"],
+                            cwd=project.root, env={**os.environ, "TMPDIR": str(tmp)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_sleepers()) < 3:
+        time.sleep(0.1)
+    assert len(_sleepers()) == 3 and runner_children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    time.sleep(0.3)
+    assert not _sleepers() and not runner_children(proc.pid)
+    assert not list(tmp.iterdir()), "the run directory was left behind"
+
+
+def test_a_sigkilled_docker_verify_leaves_a_container_the_next_run_removes(dproject):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dockerutil import repro_containers
+    train_does(dproject, "    import time as _t\n    _t.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "run", "specs/tiny.yaml",
+                             "--backend", "docker"], cwd=dproject.root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline and not repro_containers(dproject.name):
+        time.sleep(0.2)
+    assert repro_containers(dproject.name), "the container never started"
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30   # its stdin closed: the runner exits, the container stops
+    while time.time() < deadline and subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=repro.spec={dproject.name}"],
+            capture_output=True, text=True).stdout.strip():
+        time.sleep(0.5)
+    left = repro_containers(dproject.name)
+    assert left, "expected the stopped container of the killed process"
+    import repro.docker.backend as backend
+    from repro.docker.backend import _remove_stale_containers
+    from repro.docker.client import connect
+    backend._CLEANED = False
+    assert _remove_stale_containers(connect()) >= 1
+    assert not repro_containers(dproject.name)
+
+
+# -- 14.9: bounded, honest output ---------------------------------------------------------------
+def test_a_huge_line_without_newline_is_cut_in_the_verdict(project):
+    train_does(project, '''
+    import sys as _s
+    _s.stdout.write("x" * (100 << 20))
+    _s.stdout.flush()
+    import os as _o
+    _o._exit(7)
+''')
+    v = pipeline.run(project.spec)
+    assert v.status == "error" and "exited with code 7" in v.error
+    assert len(v.error_detail) < 10_000 and "line cut" in v.error_detail
+
+
+def test_a_run_that_printed_nothing_says_so(project):
+    train_does(project, "    import os as _o\n    _o._exit(9)\n")
+    v = pipeline.run(project.spec)
+    assert v.status == "error"
+    assert "exited with code 9 before writing its result; it printed nothing" in v.error
+
+
+def test_a_hand_edited_record_json_is_an_integrity_error(recorded_template, tmp_path):
+    p = _copy(recorded_template, tmp_path)
+    meta_path = p.record_dir / "record.json"
+    meta = json.loads(meta_path.read_text())
+    meta["metrics"]["loss"]["values"][3] += 1e-3
+    meta_path.write_text(json.dumps(meta))
+    v = pipeline.verify(p.spec)
+    assert v.status == "error"
+    assert str(meta_path) in v.error and "changed after it was recorded" in v.error
+
+
+@pytest.mark.parametrize("returned, named", [
+    ('{"w": jnp.zeros(2), "name": "mlp"}', "leaf 'name' is a str"),
+    ('{"w": jnp.zeros(2), "act": lambda x: x}', "leaf 'act' is a function"),
+    ('{"a/b": jnp.zeros(1), "a": {"b": jnp.ones(1)}}', "two pytree leaves share the path 'a/b'"),
+])
+def test_a_returned_leaf_that_is_not_an_array_is_named(project, returned, named):
+    train = project.root / "tinyproj" / "train.py"
+    train.write_text(train.read_text().replace("    return params", f"    return {returned}"))
+    project.commit("odd return")
+    project.repro("pin", str(project.spec), check_rc=0)
+    v = pipeline.record(project.spec)
+    assert v.status == "error"
+    assert named in v.error and "bug in repro" not in v.error, v.error
+
+
+# -- 14.10: a record with nothing to compare ---------------------------------------------------
+def test_a_record_with_nothing_to_compare_is_refused(project):
+    train = project.root / "tinyproj" / "train.py"
+    train.write_text("def train(ctx):\n    return {}\n")
+    project.commit("vacuous")
+    project.repro("pin", str(project.spec), check_rc=0)
+    project.edit_spec("record:\n  metrics: [loss]\n  grads: {every: 4}\n", "record:\n  metrics: []\n")
+    v = pipeline.record(project.spec)
+    assert v.status == "error" and "nothing to compare" in v.error, v.error
+    assert not project.record_dir.exists()
