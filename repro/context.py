@@ -31,7 +31,7 @@ class Context:
         self.data = dict(data)
         self.config = dict(config)
         self._grad_steps = grad_steps
-        self.metrics: dict[str, dict[str, list]] = {}
+        self.metrics: dict[str, dict[str, Any]] = {}   # name -> {steps, values, dtype}
         self.grads: dict[int, dict[str, np.ndarray]] = {}
         self.nonfinite: list[tuple[str, int, float]] = []
 

@@ -145,7 +145,7 @@ def _run_verdict(prep: Prepared, result: RunResult, status: Status, options: Opt
     v.platform, v.code, v.fingerprint = result.platform_key, prep.code.describe(), result.fingerprint
     v.timings, v.commit = result.timings, prep.code.commit
     v.metrics_final = {k: s["values"][-1] for k, s in result.metrics.items() if s["values"]}
-    v.notes = list(result.notes)
+    v.notes = prep.code.notes + list(result.notes)
     if prep.code.dirty:
         v.notes.append("the working tree has uncommitted changes: " + ", ".join(prep.code.dirty[:8]))
     return v

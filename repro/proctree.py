@@ -29,7 +29,7 @@ def become_subreaper() -> None:
 
 def _parents() -> dict[int, int]:
     """pid -> parent pid of every live (non-zombie) process."""
-    out = {}
+    out: dict[int, int] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:

@@ -7,18 +7,20 @@ is written (atomically).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from repro.errors import SpecError
 from repro.ioutil import atomic_write_text
-from repro.pins.code import code_repo, dirty_paths, head_commit, repo_root
+from repro.pins.code import check_commit, code_repo, dirty_paths, head_commit, repo_root
 from repro.pins.data import hash_paths, resolve_data_path
 from repro.spec import _default_name, load_spec, parse_spec
 from repro.yamlio import SpecLoader, load_with_lines
 
 
-def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple[str, object, object]], list[str]]:
+def pin_spec(path: str | Path, *, commit: str | None = None
+             ) -> tuple[list[tuple[str, Any, Any]], list[str]]:
     """Pin a spec to the current HEAD (or `commit`) and the current data hashes.
 
     Returns ([(key, old, new)] for each value changed, warnings).
@@ -32,12 +34,15 @@ def pin_spec(path: str | Path, *, commit: str | None = None) -> tuple[list[tuple
         # a short or mistyped commit (the error tells the user to run `repro pin`): pinning
         # replaces it, so validate everything else with the commit left out
         data, lines = load_with_lines(path.read_text(encoding="utf-8"), str(path))
+        assert isinstance(data, dict) and isinstance(data.get("code"), dict)  # it named code.commit
         data = {**data, "code": {**data["code"], "commit": None}}
         spec = parse_spec(data, file=str(path), lines=lines, require_pins=False,
                           default_name=_default_name(path))
     root = repo_root(path)
     repo = code_repo(root, spec.code.repo)
     warnings = []
+    if commit is not None:
+        check_commit(repo, commit)   # `repro pin --commit X` never writes a commit that is not there
     new_commit = commit or head_commit(repo)
     if commit is None and (repo / ".git").exists():
         dirty = [p for p in dirty_paths(repo) if Path(repo, p).resolve() != path.resolve()
@@ -119,6 +124,7 @@ def _set_value(text: str, key: tuple, value: str, file: str) -> str:
             return text[:start] + " " + _scalar(value) + text[end:]
         return text[:start] + _scalar(value, style) + text[end:]
     missing = key[-1]
+    assert parent is not None  # the loop ran: `key` is never empty
     if parent.flow_style:
         if not parent.value:
             close = parent.end_mark.index - 1

@@ -159,13 +159,13 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                            message=f"{job.entrypoint} returned None; return the final params "
                                    "pytree, or set `record.weights: none` in the spec")
         try:
-            leaves = numeric_leaves(params, f"{job.entrypoint} returned params whose")
+            weights = numeric_leaves(params, f"the params {job.entrypoint} returned")
         except (TypeError, ValueError) as exc:
             raise _Failure(kind="user", type=type(exc).__name__, message=str(exc)) from None
-        for path, leaf in leaves:
+        for path, leaf in weights:
             arrays[f"weights/{path}" if path else "weights"] = leaf
-    for step, leaves in sorted(ctx.grads.items()):
-        for path, leaf in leaves.items():
+    for step, grads in sorted(ctx.grads.items()):
+        for path, leaf in grads.items():
             arrays[f"grads/{step}/{path}" if path else f"grads/{step}"] = leaf
     write_npz_atomic(run_dir / "arrays.npz", arrays)
     _leave_new_cache_entries(job, seeded)
@@ -185,7 +185,7 @@ def _seed_compile_cache(job: Job) -> set[str]:
     import shutil
 
     os.makedirs(target, exist_ok=True)
-    copied = set()
+    copied: set[str] = set()
     try:
         names = os.listdir(job.compile_cache_seed)
     except OSError:

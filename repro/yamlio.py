@@ -27,16 +27,34 @@ SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0
 def load_with_lines(text: str, file: str) -> tuple[object, dict[tuple, int]]:
     """Parse YAML text; return (data, {key path tuple: 1-based line}).
 
-    Raises SpecError for malformed YAML (with its line) and for duplicate keys.
+    Raises SpecError for malformed YAML (with its line) and for duplicate keys. Parsing is
+    bounded — size, nesting, and the values aliases expand to — so a hostile spec is refused
+    at once instead of taking minutes and gigabytes (an alias bomb of a few hundred bytes
+    expands to millions of values).
     """
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec is {size:,} bytes; a spec holds at most {MAX_SPEC_BYTES:,} "
+                        "(pins and settings: large data belongs in a pinned data file)", file=file)
+    if _flow_depth(text) > _MAX_DEPTH:   # PyYAML's scanner is quadratic in bracket depth
+        raise SpecError(_TOO_DEEP, file=file)
+    loader = SpecLoader(text)
     try:
-        node = yaml.compose(text, Loader=SpecLoader)
+        return _load(loader, text, file)
+    finally:
+        loader.dispose()
+
+
+def _load(loader: SpecLoader, text: str, file: str) -> tuple[object, dict[tuple, int]]:
+    try:
+        node = loader.get_single_node()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         line = mark.line + 1 if mark else None
-        if line is None and isinstance(getattr(exc, "position", None), int):  # reader errors
-            line = text.count("\n", 0, exc.position) + 1
+        position = getattr(exc, "position", None)
+        if line is None and isinstance(position, int):  # reader errors
+            line = text.count("\n", 0, position) + 1
         raise SpecError(f"malformed YAML: {problem}", file=file, line=line) from None
     except RecursionError:
         raise SpecError(_TOO_DEEP, file=file) from None
@@ -47,8 +65,12 @@ def load_with_lines(text: str, file: str) -> tuple[object, dict[tuple, int]]:
         _walk(node, (), lines, file, frozenset(), set())
     except RecursionError:
         raise SpecError(_TOO_DEEP, file=file) from None
+    expanded = _expanded_size(node, {})
+    if expanded > MAX_SPEC_VALUES:
+        raise SpecError(f"its aliases (*name) expand to {expanded:,} values; a spec holds at most "
+                        f"{MAX_SPEC_VALUES:,} (an alias bomb?)", file=file)
     try:
-        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+        data = loader.construct_document(node)
     except yaml.YAMLError as exc:  # e.g. a bad tag only found at construction time
         mark = getattr(exc, "problem_mark", None)
         raise SpecError(f"malformed YAML: {getattr(exc, 'problem', exc)}", file=file,
@@ -60,6 +82,53 @@ def load_with_lines(text: str, file: str) -> tuple[object, dict[tuple, int]]:
 
 _TOO_DEEP = "malformed YAML: nested too deeply (a spec needs a few levels, not hundreds)"
 _MAX_DEPTH = 100
+MAX_SPEC_BYTES = 256 * 1024      # a spec is pins and settings: a few KB
+MAX_SPEC_VALUES = 100_000        # values after aliases are expanded (what the hash would see)
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of [ ] and { } outside quotes and comments (one linear pass)."""
+    depth = deepest = 0
+    quote = ""
+    comment = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is expanded (shared nodes counted
+    each time they are used), computed once per node. Saturates past the limit."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = MAX_SPEC_VALUES + 1   # a cycle counts as too large (also refused by _walk)
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            total += _expanded_size(key, memo) + _expanded_size(value, memo)
+            if total > MAX_SPEC_VALUES:
+                break
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_size(item, memo)
+            if total > MAX_SPEC_VALUES:
+                break
+    memo[id(node)] = min(total, MAX_SPEC_VALUES + 1)
+    return memo[id(node)]
 
 
 def _walk(node, path: tuple, lines: dict, file: str, ancestors: frozenset, seen_nodes: set) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -425,3 +426,103 @@ def test_a_record_with_nothing_to_compare_is_refused(project):
     v = pipeline.record(project.spec)
     assert v.status == "error" and "nothing to compare" in v.error, v.error
     assert not project.record_dir.exists()
+
+
+# -- 14.3: the exported tree of the pinned commit ------------------------------------------------
+def test_code_that_rewrites_its_exported_tree_is_caught_and_reexported(project):
+    """Training code (root, local backend) rewrites its own pinned tree in repro's cache —
+    even restoring the file's mtime. The next run notices, re-exports from git, says so, and
+    runs the real commit's code: the record still verifies bitwise."""
+    assert pipeline.record(project.spec).status == "recorded"
+    train_does(project, '''
+    import os as _o, sys as _s
+    _me = _o.path.join(_s.path[0], "tinyproj", "train.py")
+    _st = _o.stat(_me)
+    _o.chmod(_me, 0o644)
+    with open(_me) as _f:
+        _src = _f.read()
+    with open(_me, "w") as _f:
+        _f.write(_src.replace("LR_SCALE = 1.0", "LR_SCALE = 1.5"))
+    _o.chmod(_me, _st.st_mode)
+    _o.utime(_me, ns=(_st.st_atime_ns, _st.st_mtime_ns))
+''')
+    assert pipeline.record(project.spec).status == "recorded"   # this run rewrites its tree
+    v = pipeline.verify(project.spec)                         # the next one must not run it
+    assert v.status == "pass" and v.bitwise, v.error or v.rows
+    assert any("had been changed since it was exported (tinyproj/train.py)" in n
+               for n in v.notes), v.notes
+    # (every run of this code rewrites its tree again; each next run is caught the same way)
+
+
+# -- 14.5: a small spec cannot hang the harness ------------------------------------------------
+def _alias_bomb(levels: int) -> str:
+    text = 'repro: 1\ncode: {commit: "' + "a" * 40 + '", entrypoint: "m:f"}\n'
+    text += 'config:\n  l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for i in range(1, levels):
+        text += f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]\n"
+    return text
+
+
+@pytest.mark.parametrize("text, limit", [
+    (_alias_bomb(7), "its aliases (*name) expand to"),            # 10^7 values from ~500 bytes
+    (_alias_bomb(9), "its aliases (*name) expand to"),            # the one that hung
+    ("repro: 1\nconfig: {x: " + "[" * 20000 + "]" * 20000 + "}\n", "nested too deeply"),
+    ("repro: 1\nconfig: {x: '" + "a" * (6 << 20) + "'}\n", "a spec holds at most 262,144"),
+], ids=["alias-bomb-7", "alias-bomb-9", "nesting", "6-MB"])
+def test_hostile_specs_are_refused_at_once(tmp_path, text, limit):
+    import subprocess
+    import sys
+    import time
+
+    from repro.errors import SpecError
+    from repro.spec import load_spec
+    path = tmp_path / "specs" / "evil.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match=re.escape(limit)):
+        load_spec(path)
+    assert time.perf_counter() - t0 < 1.0
+    # and an audit over the directory finishes with the error, instead of hanging
+    report = tmp_path / "audit.json"
+    proc = subprocess.run([sys.executable, "-m", "repro.cli", "audit", str(path.parent),
+                           "--json", str(report)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["name"] == "evil" and result["status"] == "error" and limit in result["error"]
+
+
+# -- 14.11: smaller holes ----------------------------------------------------------------------
+def test_a_code_repo_that_looks_like_an_option_is_a_repository_name(project, tmp_path):
+    marker = tmp_path / "pwned"
+    project.edit_spec("  entrypoint: tinyproj.train:train",
+                      f"  entrypoint: tinyproj.train:train\n  repo: '--upload-pack=touch {marker};"
+                      " x://h/r'")
+    v = pipeline.verify(project.spec)
+    assert v.status == "error"
+    assert not marker.exists()
+    assert "code.repo" in v.error
+
+
+def test_repro_pin_refuses_a_commit_that_does_not_exist(project):
+    before = project.spec.read_text()
+    proc = project.repro("pin", "specs/tiny.yaml", "--commit", "0" * 40)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"pinned commit {'0' * 40} does not exist" in proc.stderr
+    assert project.spec.read_text() == before
+
+
+def test_two_audits_saving_history_at_one_instant_keep_both(tmp_path):
+    import threading
+
+    from repro.audit import save_history
+    doc = {"started": "2026-11-28T04:12:13+00:00", "results": []}
+    paths: list[Path] = []
+    threads = [threading.Thread(target=lambda i=i: paths.append(save_history(
+        tmp_path, {**doc, "n": i}))) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(paths)) == 8
+    assert sorted(json.loads(p.read_text())["n"] for p in paths) == list(range(8))

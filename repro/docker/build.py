@@ -192,7 +192,8 @@ def ensure_base(client, base: Base, say) -> str:
                 changes=["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                          "ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]'])
         finally:
-            tar.stdout.close()
+            if tar.stdout is not None:
+                tar.stdout.close()
             tar.wait()
     return client.images.get(base.image).id
 
@@ -231,8 +232,8 @@ def download_wheels(recipe: Recipe, say, wheels_root: Path | None = None) -> Pat
 def _docker_build(client, recipe: Recipe, wheels: Path, say) -> str:
     import docker
 
-    with tempfile.TemporaryDirectory(prefix="repro-build-") as ctx:
-        ctx = Path(ctx)
+    with tempfile.TemporaryDirectory(prefix="repro-build-") as ctx_dir:
+        ctx = Path(ctx_dir)
         for p in recipe.path.iterdir():
             if p.name in ("wheels", "recipe.yaml") or p.name.startswith("."):
                 continue

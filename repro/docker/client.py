@@ -6,6 +6,7 @@ from `connect()`, so "the daemon is not running" reads the same wherever it is h
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from repro.errors import ReproError
 
@@ -24,7 +25,7 @@ def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-def connect(timeout: float = 60):
+def connect(timeout: int = 60) -> Any:
     """A docker SDK client whose daemon answered a ping; EngineError otherwise."""
     try:
         import docker
@@ -33,7 +34,7 @@ def connect(timeout: float = 60):
                           "(pip install docker)") from None
     address = engine_address()
     try:
-        client = docker.from_env(timeout=timeout)
+        client = docker.from_env(timeout=int(timeout))
         client.ping()
     except Exception as exc:  # DockerException, requests' ConnectionError, FileNotFoundError ...
         raise EngineError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform as _platform
+from typing import Any
 
 # Fingerprint fields that decide the arithmetic. When all are equal, `tolerance.mode: auto`
 # demands bitwise equality; any other field (hostname, CPU model name, python patch) only informs.
@@ -136,6 +137,7 @@ def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:
     import numpy as np
 
     devices = jax.devices()
+    config: Any = jax.config   # its options are attributes at run time, not in its type stubs
     try:
         jaxlib_version = md.version("jaxlib")
     except md.PackageNotFoundError:
@@ -155,10 +157,10 @@ def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:
         "os": f"{_platform.system()} {_platform.release()}",
         "settings": {
             **settings,
-            "jax_default_prng_impl": str(jax.config.jax_default_prng_impl),
-            "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
-            "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-            "jax_enable_x64": bool(jax.config.jax_enable_x64),
+            "jax_default_prng_impl": str(config.jax_default_prng_impl),
+            "jax_threefry_partitionable": bool(config.jax_threefry_partitionable),
+            "jax_default_matmul_precision": str(config.jax_default_matmul_precision),
+            "jax_enable_x64": bool(config.jax_enable_x64),
         },
         "prng_canary": prng_canary(),
         "in_container": os.path.exists("/.dockerenv"),

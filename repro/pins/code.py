@@ -31,6 +31,7 @@ class CodePin:
     tree: Path                   # directory the child puts first on sys.path
     repo: str                    # the repository the commit was found in
     dirty: list[str] = field(default_factory=list)  # worktree only: changed/untracked paths
+    notes: list[str] = field(default_factory=list)  # e.g. an altered export was replaced
 
     def describe(self) -> str:
         if self.mode == "pinned":
@@ -83,7 +84,9 @@ def code_repo(spec_repo_root: Path, repo: str) -> Path:
     if not mirror.exists():
         mirror.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=mirror.parent, prefix=".clone-"))
-        proc = git(["clone", "--mirror", "--quiet", repo, str(tmp)], mirror.parent, check=False)
+        # `--`: a code.repo that starts with '-' is a repository name, never an option of git
+        proc = git(["clone", "--mirror", "--quiet", "--", repo, str(tmp)], mirror.parent,
+                   check=False)
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CodePinError(f"cannot clone code.repo {repo}: {proc.stderr.strip()}")
@@ -124,12 +127,25 @@ def check_commit(repo: Path, commit: str) -> None:
     raise CodePinError(f"pinned commit {commit} does not exist in {repo}.{hint}")
 
 
-def export_commit(repo: Path, commit: str) -> Path:
-    """The tree at `commit`, exported once into `<cache>/trees/<commit>` and made read-only."""
+def export_commit(repo: Path, commit: str, notes: list[str] | None = None) -> Path:
+    """The tree at `commit`, exported once into `<cache>/trees/<commit>` and made read-only.
+
+    Before every use the export is checked against the manifest taken when it was made (stat
+    keys; a file whose size, mtime, ctime or inode moved is re-hashed): code that rewrote its
+    own exported tree (root ignores read-only bits) must not run as "the pinned commit". An
+    altered export is re-exported from git, and the event is added to `notes`."""
     check_commit(repo, commit)
     target = cache_dir() / "trees" / commit
     if (target / _COMPLETE).exists():
-        return target
+        altered = tree_changes(target)
+        if altered == []:
+            return target
+        if altered and notes is not None:  # None: no manifest (an older export): just redo it
+            notes.append(f"the exported tree of commit {commit[:12]} had been changed since it "
+                         f"was exported ({', '.join(altered[:5])}"
+                         f"{' …' if len(altered) > 5 else ''}); it was exported again from git")
+        _make_writable(target)
+        shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{commit[:12]}-"))
     try:
@@ -141,11 +157,13 @@ def export_commit(repo: Path, commit: str) -> Path:
                 tar.extractall(tmp, filter="tar")
         (tmp / _COMPLETE).write_text(f"{commit}\n")
         _make_read_only(tmp)
+        manifest = _take_manifest(tmp)
         if target.exists():  # an incomplete export left by a killed process
             _make_writable(target)
             shutil.rmtree(target, ignore_errors=True)
         try:
             os.rename(tmp, target)
+            _write_manifest(target, _restat(manifest, tmp, target))
         except OSError:
             if not (target / _COMPLETE).exists():
                 raise
@@ -154,6 +172,86 @@ def export_commit(repo: Path, commit: str) -> Path:
             _make_writable(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# -- the export's manifest: what each exported entry is, keyed by its stat ----------------------
+def _manifest_path(tree: Path) -> Path:
+    return tree.with_name(tree.name + ".manifest.json")
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    # ctime cannot be set from user space: restoring mtime after an edit (os.utime) still shows
+    return [st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _entry_digest(path: str, st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return "link:" + os.readlink(path)
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _walk_entries(root: Path) -> dict[str, os.stat_result]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = os.lstat(path)
+    return out
+
+
+def _take_manifest(root: Path) -> dict[str, list[object]]:
+    """relpath -> [stat key, digest] of every entry of a fresh export."""
+    return {rel: [_stat_key(st), _entry_digest(os.path.join(root, rel), st)]
+            for rel, st in _walk_entries(root).items()}
+
+
+def _restat(manifest: dict[str, list[object]], old: Path, new: Path) -> dict[str, list[object]]:
+    """After the rename the directories' ctimes moved; take the stat keys again (same digests)."""
+    entries = _walk_entries(new)
+    return {rel: [_stat_key(entries[rel]), digest] for rel, (_, digest) in manifest.items()
+            if rel in entries}
+
+
+def _write_manifest(tree: Path, manifest: dict[str, list[object]]) -> None:
+    import json
+
+    from repro.ioutil import atomic_write_text
+    atomic_write_text(_manifest_path(tree), json.dumps(manifest, sort_keys=True))
+
+
+def tree_changes(tree: Path) -> list[str] | None:
+    """Paths of an export that differ from its manifest (changed, added or removed); None when
+    the manifest is missing or unreadable. Entries whose stat key is unchanged are not read
+    again."""
+    import json
+
+    try:
+        manifest = json.loads(_manifest_path(tree).read_text())
+        assert isinstance(manifest, dict)
+    except (OSError, ValueError, AssertionError):
+        return None
+    changed = []
+    entries = _walk_entries(tree)
+    for rel in sorted(set(manifest) | set(entries)):
+        if rel not in entries or rel not in manifest:
+            changed.append(rel)
+            continue
+        key, digest = manifest[rel]
+        st = entries[rel]
+        if key == _stat_key(st):
+            continue
+        if stat.S_ISDIR(st.st_mode) and digest == "dir" and st.st_mode == key[0]:
+            continue   # a directory's times move when an entry is listed or renamed: its
+            #            content is its entries, each checked on its own
+        if _entry_digest(os.path.join(tree, rel), st) != digest or st.st_mode != key[0]:
+            changed.append(rel)
+    return changed
 
 
 def _make_read_only(root: Path) -> None:
@@ -183,7 +281,9 @@ def resolve_code(spec, spec_repo_root: Path, mode: str = "pinned") -> CodePin:
     """
     repo = code_repo(spec_repo_root, spec.code.repo)
     if mode == "pinned":
-        return CodePin("pinned", spec.code.commit, export_commit(repo, spec.code.commit), str(repo))
+        notes: list[str] = []
+        tree = export_commit(repo, spec.code.commit, notes)
+        return CodePin("pinned", spec.code.commit, tree, str(repo), notes=notes)
     if mode == "worktree":
         if repo.suffix == ".git" and not (repo / ".git").exists():
             raise CodePinError(f"--code worktree needs a checkout, but code.repo {spec.code.repo} "

@@ -125,9 +125,9 @@ def _scan(top: str, display: str, root: str | None) -> list[tuple[bytes, str, os
         try:
             with os.scandir(real_dir) as it:
                 entries = list(it)
-        except OSError as e:
+        except OSError as exc:
             raise _Problem(f"cannot list directory {show(rel) if rel else display}: "
-                           f"{e.strerror}") from None
+                           f"{exc.strerror}") from None
         for e in entries:
             name = os.fsencode(e.name)
             r = rel + name
@@ -227,8 +227,9 @@ def _read_problem(display: str, e: OSError) -> str:
 def _hash_targets(targets: Mapping[str, tuple[str, str]], cache: HashCache | None | bool,
                   workers: int | None, root: str | None) -> dict[str, str | _Problem]:
     """key -> (path, display) to key -> sha256 or `_Problem`; every file in one pool."""
-    own = cache is None
-    hc = HashCache() if own else (cache or None)
+    own = cache is None or cache is True   # None/True: a cache of our own; False: none
+    hc: HashCache | None = HashCache() if own else (cache if isinstance(cache, HashCache)
+                                                    else None)
     try:
         scans: dict[str, list[tuple[bytes, str, os.stat_result]]] = {}
         out: dict[str, str | _Problem] = {}
@@ -244,14 +245,15 @@ def _hash_targets(targets: Mapping[str, tuple[str, str]], cache: HashCache | Non
             hc.close()
     for key, scan in scans.items():
         display = targets[key][1]
-        bad = next(((r, p) for r, p, _ in scan if not isinstance(hashes[p], str)), None)
-        if bad is not None:
-            shown = f"{display.rstrip('/')}/{os.fsdecode(bad[0])}" if bad[0] else display
-            out[key] = _Problem(_read_problem(shown, hashes[bad[1]]))
+        failed = [(r, h) for r, p, _ in scan if isinstance(h := hashes[p], OSError)]
+        if failed:
+            rel, error = failed[0]
+            shown = f"{display.rstrip('/')}/{os.fsdecode(rel)}" if rel else display
+            out[key] = _Problem(_read_problem(shown, error))
         elif len(scan) == 1 and scan[0][0] == b"":
-            out[key] = hashes[scan[0][1]]
+            out[key] = str(hashes[scan[0][1]])
         else:
-            out[key] = _tree_digest((r, hashes[p]) for r, p, _ in scan)
+            out[key] = _tree_digest((r, str(hashes[p])) for r, p, _ in scan)
     return out
 
 

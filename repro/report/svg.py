@@ -120,13 +120,14 @@ def line_chart(series: list[dict], *, width: int = 500, height: int = 240, log_y
     xs = [p[0] for p in pts]
     integer_x = all(float(x).is_integer() for x in xs)
     x0, x1, xt = linear_ticks(min(xs), max(xs), 6, integer=integer_x)
+    low = 0.0   # log_y: where values <= 0 are drawn
     if log_y:
         pos = [p[1] for p in pts if p[1] > 0]
-        floor = floor or (min(pos) / 10 if pos else 1e-12)
-        y0, y1, yt = log_ticks(floor, max(pos + [floor * 10]))
-        floor = max(floor, y0)
+        low = floor or (min(pos) / 10 if pos else 1e-12)
+        y0, y1, yt = log_ticks(low, max([*pos, low * 10]))
+        low = max(low, y0)
         if not pos:  # everything is 0: no decades to show, the floor line in the middle says "0"
-            y0, y1, yt = floor / 10, floor * 10, []
+            y0, y1, yt = low / 10, low * 10, []
     else:
         ys = [p[1] for p in pts]
         y0, y1, yt = linear_ticks(min(ys), max(ys), 5)
@@ -147,8 +148,8 @@ def line_chart(series: list[dict], *, width: int = 500, height: int = 240, log_y
     if ylabel:
         out.append(_text(12, (mt + height - mb) / 2, ylabel, "middle",
                          f'transform="rotate(-90 12 {(mt + height - mb) / 2:.1f})"'))
-    if log_y and any(finite(y) is not None and finite(y) <= 0 for s in series for y in s["ys"]):
-        fy = Y(floor)
+    if log_y and any((f := finite(y)) is not None and f <= 0 for s in series for y in s["ys"]):
+        fy = Y(low)
         out.append(f'<line x1="{ml}" x2="{width - mr}" y1="{fy:.1f}" y2="{fy:.1f}" stroke="{AXIS}" '
                    f'stroke-dasharray="2 3"/>')
         out.append(_text(ml - 6, fy + 4, floor_label, "end") if not yt else
@@ -158,16 +159,17 @@ def line_chart(series: list[dict], *, width: int = 500, height: int = 240, log_y
         for x, y in zip(s["xs"], s["ys"]):
             fx, fy_ = finite(x), finite(y)
             sx.append(fx)
-            sy.append(None if fx is None or fy_ is None else (max(fy_, floor) if log_y else fy_))
+            sy.append(None if fx is None or fy_ is None else (max(fy_, low) if log_y else fy_))
         sx, sy = _decimate(sx, sy)
-        segs, cur = [], []
-        for x, y in zip(sx, sy):
-            if y is None:
+        segs: list[list[str]] = []
+        cur: list[str] = []
+        for px, py in zip(sx, sy):
+            if px is None or py is None:
                 if cur:
                     segs.append(cur)
                 cur = []
             else:
-                cur.append(f"{X(x):.1f},{Y(y):.1f}")
+                cur.append(f"{X(px):.1f},{Y(py):.1f}")
         if cur:
             segs.append(cur)
         dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
@@ -178,7 +180,7 @@ def line_chart(series: list[dict], *, width: int = 500, height: int = 240, log_y
             if s.get("dots") or len(seg) == 1:
                 out += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2.6" fill="{s["color"]}"/>'
                         for p in seg]
-    lx = ml
+    lx: float = ml
     for s in series:  # legend in the top margin, left to right
         dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
         out.append(f'<line x1="{lx}" x2="{lx + 18}" y1="10" y2="10" stroke="{s["color"]}" stroke-width="2.4"{dash}/>')
@@ -218,6 +220,7 @@ def hbar_chart(rows: list[dict], *, width: int = 500, xlabel: str = "max relativ
                    + _text(ml - 6, y + 14, short, "end"))
         v = finite(r["value"])
         raw = str(r["value"])
+        end: float
         if v is None and raw.lower() in ("inf", "nan", "-inf"):
             end, text = width - mr, raw
         elif v is None or v <= 0:
