@@ -1,4 +1,4 @@
-"""`Context`: everything a training function sees of repro (interface §3).
+"""`Context`: everything a training function sees of repro (docs/context.md).
 
 The runner builds one per run, inside the child process, after the determinism settings are in
 place. The training function reads its seeds, data paths and config from it and reports metrics

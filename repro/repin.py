@@ -6,6 +6,7 @@ is written (atomically).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ def pin_spec(path: str | Path, *, commit: str | None = None
     repo = code_repo(root, spec.code.repo)
     warnings = []
     if commit is not None:
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", commit):
+            raise SpecError(f"--commit {commit!r}: a full 40-hex commit is required (`git "
+                            f"rev-parse {commit}` prints it)", file=str(path),
+                            key_path="code.commit")
         check_commit(repo, commit)   # `repro pin --commit X` never writes a commit that is not there
     new_commit = commit or head_commit(repo)
     if commit is None and (repo / ".git").exists():

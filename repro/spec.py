@@ -179,8 +179,9 @@ class Spec(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
-            raise ValueError(f"{v!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
+        if v is not None and (not _NAME.match(v) or ".." in v or len(v) > 128):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_' and '-', no '..', at most 128 "
+                             "(it names a directory)")
         return v
 
     @field_validator("seeds")

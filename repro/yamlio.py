@@ -36,26 +36,34 @@ def load_with_lines(text: str, file: str) -> tuple[object, dict[tuple, int]]:
     if size > MAX_SPEC_BYTES:
         raise SpecError(f"the spec is {size:,} bytes; a spec holds at most {MAX_SPEC_BYTES:,} "
                         "(pins and settings: large data belongs in a pinned data file)", file=file)
-    if _flow_depth(text) > _MAX_DEPTH:   # PyYAML's scanner is quadratic in bracket depth
-        raise SpecError(_TOO_DEEP, file=file)
-    loader = SpecLoader(text)
+    deep_at = _flow_too_deep(text)   # PyYAML's scanner is quadratic in bracket depth
+    if deep_at is not None:
+        raise SpecError(_TOO_DEEP, file=file, line=text.count("\n", 0, deep_at) + 1)
+    try:
+        loader = SpecLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses some characters at once
+        raise _malformed(exc, text, file) from None
     try:
         return _load(loader, text, file)
     finally:
         loader.dispose()
 
 
+def _malformed(exc: yaml.YAMLError, text: str, file: str) -> SpecError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    line = mark.line + 1 if mark else None
+    position = getattr(exc, "position", None)
+    if line is None and isinstance(position, int):  # reader errors
+        line = text.count("\n", 0, position) + 1
+    return SpecError(f"malformed YAML: {problem}", file=file, line=line)
+
+
 def _load(loader: SpecLoader, text: str, file: str) -> tuple[object, dict[tuple, int]]:
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        line = mark.line + 1 if mark else None
-        position = getattr(exc, "position", None)
-        if line is None and isinstance(position, int):  # reader errors
-            line = text.count("\n", 0, position) + 1
-        raise SpecError(f"malformed YAML: {problem}", file=file, line=line) from None
+        raise _malformed(exc, text, file) from None
     except RecursionError:
         raise SpecError(_TOO_DEEP, file=file) from None
     if node is None:
@@ -86,12 +94,17 @@ MAX_SPEC_BYTES = 256 * 1024      # a spec is pins and settings: a few KB
 MAX_SPEC_VALUES = 100_000        # values after aliases are expanded (what the hash would see)
 
 
-def _flow_depth(text: str) -> int:
-    """The deepest nesting of [ ] and { } outside quotes and comments (one linear pass)."""
-    depth = deepest = 0
+_PRESCAN_DEPTH = 1000   # bracket depth refused before PyYAML sees the text (at 5,000 it takes 4 s);
+                        # shallower nesting past _MAX_DEPTH is refused by the walk, with its key
+
+
+def _flow_too_deep(text: str) -> int | None:
+    """The offset where [ ] / { } nesting (outside quotes and comments) passes _PRESCAN_DEPTH,
+    or None (one linear pass)."""
+    depth = 0
     quote = ""
     comment = False
-    for ch in text:
+    for offset, ch in enumerate(text):
         if comment:
             comment = ch != "\n"
         elif quote:
@@ -103,10 +116,11 @@ def _flow_depth(text: str) -> int:
             comment = True
         elif ch in "[{":
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > _PRESCAN_DEPTH:
+                return offset
         elif ch in "]}":
             depth = max(0, depth - 1)
-    return deepest
+    return None
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:

@@ -15,7 +15,7 @@ from repro.compare import choose_bitwise, compare_arrays, compare_run, resolve_t
 from repro.env.fingerprint import NUMERIC_FIELDS
 from repro.spec import parse_spec
 
-# interface §2's tolerance block, through the spec model (canonical: unset fields are None)
+# the tolerance block of docs/spec.md, through the spec model (canonical: unset fields are None)
 TOLERANCE_YAML = {
     "mode": "auto",
     "default": {"rtol": 1.0e-6, "atol": 1.0e-8},

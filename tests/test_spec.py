@@ -24,7 +24,7 @@ SHA = "6b1e" + "0123456789abcdef" * 3 + "0a1b2c3d4e5f"
 DIGEST = "sha256:" + "cadd" * 16
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# A complete valid spec (interface §2), with comments; line numbers below refer to it.
+# A complete valid spec (docs/spec.md), with comments; line numbers below refer to it.
 GOOD = f"""\
 repro: 1                          # format version
 name: digits-mlp
@@ -364,7 +364,7 @@ def test_values_no_record_could_hold(tmp_path, tail, key, words):
 
 
 @pytest.mark.parametrize("text, key, line", [
-    ("[" * 3000 + "]" * 3000, None, None),
+    ("[" * 3000 + "]" * 3000, None, 1),   # refused before parsing: the line, no key
     (MINIMAL + "config: " + "{a: " * 400 + "1" + "}" * 400 + "\n", "config", 5),
     (MINIMAL + "config:\n" + "".join(" " * i + "- \n" for i in range(150)) + "\n", "config", 106),
 ], ids=["brackets", "flow-mappings", "block-lists"])

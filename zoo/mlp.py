@@ -1,6 +1,6 @@
 """Reference workload: a 2-layer MLP on the digits set, trained with optax Adam.
 
-``train(ctx)`` follows the training-function contract (interface.md §3). Everything that decides
+``train(ctx)`` follows the training-function contract (docs/context.md). Everything that decides
 the numbers is reachable from here, so a test can replay any step exactly:
 
 * the data: ``load_digits(ctx.data["digits"])`` (``fixtures/data/digits.npz``);

@@ -1,5 +1,5 @@
 """The child's environment, built in the parent: the determinism settings a spec asks for (applied
-before jax is imported, interface §3), the variables passed through from the caller, and those
+before jax is imported, docs/context.md), the variables passed through from the caller, and those
 dropped on purpose. Backends call `child_environment`; nothing here imports jax.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ _NOTED_PREFIXES = ("JAX_", "XLA_", "TF_XLA", "OMP_", "MKL_", "TPU_", "CUDA_", "N
 
 
 def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
-    """The environment variables that pin jax's numerics for this spec (interface §3)."""
+    """The environment variables that pin jax's numerics for this spec (docs/context.md)."""
     flags = []
     for plat in (("cpu", "gpu") if env_spec.platform == "any" else (env_spec.platform,)):
         flags += DEFAULT_XLA_FLAGS[plat]
