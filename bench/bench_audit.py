@@ -69,21 +69,19 @@ def main() -> None:
         audit(2, "warmup.json")
         j1, j2, cold, warm = [], [], [], []
         verdicts = set()
+
+        def timed(times: list, jobs: int, name: str) -> None:
+            t, v = audit(jobs, name)
+            times.append(t)
+            verdicts.add(json.dumps(v, sort_keys=True))
+
         for _ in range(args.n):
-            t, v = audit(1, "j1.json")
-            j1.append(t)
-            verdicts.add(json.dumps(v, sort_keys=True))
-            t, v = audit(2, "j2.json")
-            j2.append(t)
-            verdicts.add(json.dumps(v, sort_keys=True))
+            timed(j1, 1, "j1.json")
+            timed(j2, 2, "j2.json")
         for _ in range(args.n):
             shutil.rmtree(compile_cache, ignore_errors=True)
-            t, v = audit(2, "cold.json")
-            cold.append(t)
-            verdicts.add(json.dumps(v, sort_keys=True))
-            t, v = audit(2, "warm.json")
-            warm.append(t)
-            verdicts.add(json.dumps(v, sort_keys=True))
+            timed(cold, 2, "cold.json")
+            timed(warm, 2, "warm.json")
         fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
         m = {k: statistics.median(v) for k, v in (("j1", j1), ("j2", j2), ("cold", cold), ("warm", warm))}
         print(f"4 specs, {os.cpu_count()} cores, median of {args.n}")

@@ -7,27 +7,21 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_verify  # noqa: E402  (the same timing helper)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(tree: Path, extra: list[str]) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env["PYTHONPATH"] = str(tree)   # that checkout's `repro`, whatever is installed
+    """One verify with the checkout at `tree` (its `repro` first on PYTHONPATH, run there)."""
     cmd = [sys.executable, "-m", "repro.cli", "verify", "--no-stream", *extra,
            "specs/digits-mlp.yaml"]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"{tree}: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return elapsed
+    return bench_verify.timed(cmd, {"PYTHONPATH": str(tree)}, cwd=tree)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -82,10 +83,26 @@ def read_npz(path: Path) -> dict:
     import numpy as np
 
     try:
-        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        with open_regular(path) as f:
+            _check_inflation(f, os.fstat(f.fileno()).st_size)
+            with np.load(f, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
+MAX_INFLATION = 100   # uncompressed / compressed: np.savez stores arrays uncompressed (1x)
+
+
+def _check_inflation(f: BinaryIO, size: int) -> None:
+    """Refuse a zip whose members inflate far beyond the file (a decompression bomb from a run's
+    output would exhaust this process's memory); `f` is rewound."""
+    with zipfile.ZipFile(f) as z:
+        unpacked = sum(info.file_size for info in z.infolist())
+    f.seek(0)
+    if unpacked > MAX_INFLATION * max(size, 1 << 20):
+        raise ValueError(f"its members unpack to {unpacked:,} bytes from a file of {size:,}: "
+                         "not an array file repro wrote")
 
 
 def fsync_dir(path: Path) -> None:

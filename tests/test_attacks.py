@@ -526,3 +526,20 @@ def test_two_audits_saving_history_at_one_instant_keep_both(tmp_path):
         t.join()
     assert len(set(paths)) == 8
     assert sorted(json.loads(p.read_text())["n"] for p in paths) == list(range(8))
+
+
+def test_a_decompression_bomb_in_arrays_npz_is_refused(project):
+    """A run's arrays.npz whose members inflate a thousandfold would exhaust the parent's
+    memory when loaded: refused as an unreadable file."""
+    train_does(project, '''
+    import os as _o, sys as _s, zipfile as _z, json as _j
+    _out = _s.argv[2]
+    with _z.ZipFile(_o.path.join(_out, "arrays.npz"), "w", _z.ZIP_DEFLATED) as _f:
+        _f.writestr("weights/w.npy", b"\\0" * (300 << 20))
+    with open(_o.path.join(_out, "run.json"), "w") as _f:
+        _j.dump({"status": "ok", "fingerprint": {"backend": "cpu"}, "metrics": {}}, _f)
+    _o._exit(0)
+''')
+    v = pipeline.run(project.spec)
+    assert v.status == "error"
+    assert "arrays.npz cannot be read" in v.error and "unpack to" in v.error, v.error
