@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from repro.treepath import numeric_leaves
+
+if TYPE_CHECKING:
+    import jax
 
 
 class Context:
@@ -45,14 +48,14 @@ class Context:
                            f"(it has: {', '.join(sorted(self.seeds)) or 'none'}); add "
                            f"`seeds: {{{name}: 0}}` to the spec") from None
 
-    def key(self, name: str):
+    def key(self, name: str) -> jax.Array:
         """A jax PRNG key (`jax.random.PRNGKey`, threefry2x32) made from `seeds.<name>`."""
         import jax
 
         return jax.random.PRNGKey(self.seed(name))
 
     # -- reporting ------------------------------------------------------------------------------
-    def log(self, step: int, **scalars) -> None:
+    def log(self, step: int, **scalars: object) -> None:
         """Record scalar metrics at `step`. Values may be jax or numpy scalars or Python numbers.
 
         Each name keeps its own trajectory; steps must increase per name.
@@ -77,7 +80,7 @@ class Context:
             series["steps"].append(step)
             series["values"].append(fvalue)
 
-    def log_grads(self, step: int, grads) -> None:
+    def log_grads(self, step: int, grads: object) -> None:
         """Record a gradient pytree at `step`; kept only on the steps `record.grads` asks for."""
         step = int(step)
         if not self._grad_steps.keeps(step):

@@ -11,11 +11,13 @@ import os
 import stat
 import tempfile
 import zipfile
+from collections.abc import Callable
+from io import BufferedReader
 from pathlib import Path
 from typing import BinaryIO
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -39,12 +41,12 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_json_atomic(path: Path, data: object) -> None:
     text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
     _atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
 
 
-def _json_default(obj):
+def _json_default(obj: object) -> object:
     if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
         return obj.item()
     if isinstance(obj, Path):
@@ -58,7 +60,7 @@ def write_npz_atomic(path: Path, arrays: dict) -> None:
     _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def open_regular(path: Path):
+def open_regular(path: Path) -> BufferedReader:
     """Open a regular file for reading without following a symbolic link at its last component.
 
     Files a run wrote (run.json, arrays.npz) sit in a directory the sandboxed code could write:
@@ -123,7 +125,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     mode = os.stat(path).st_mode & 0o777 if path.exists() else 0o644
 
-    def write(f):
+    def write(f: BinaryIO) -> None:
         f.write(text.encode("utf-8"))
         os.fchmod(f.fileno(), mode)
     _atomic_write(path, write)

@@ -104,7 +104,7 @@ def _current_image(pinned: str) -> tuple[str | None, str | None]:
     return f"{name}@{image.id}", None
 
 
-def _get(tree, key):
+def _get(tree: object, key: tuple) -> object:
     for part in key:
         if not isinstance(tree, dict):
             return None

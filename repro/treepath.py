@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def key_to_str(key) -> str:
+def key_to_str(key: object) -> str:
     """One pytree key (DictKey, SequenceKey, GetAttrKey, FlattenedIndexKey) as a path segment."""
     for attr in ("key", "idx", "name"):
         if hasattr(key, attr):
@@ -15,7 +15,7 @@ def key_to_str(key) -> str:
     return str(key)
 
 
-def flatten_with_paths(tree) -> list[tuple[str, object]]:
+def flatten_with_paths(tree: object) -> list[tuple[str, object]]:
     """[(path, leaf)] in pytree order; a bare array gets the path ``""``.
 
     Raises ValueError if two leaves map to the same path (e.g. dict keys containing '/').
@@ -23,7 +23,8 @@ def flatten_with_paths(tree) -> list[tuple[str, object]]:
     import jax
 
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    out, seen = [], set()
+    out: list[tuple[str, object]] = []
+    seen: set[str] = set()
     for keys, leaf in leaves:
         path = "/".join(key_to_str(k) for k in keys)
         if path in seen:

@@ -145,7 +145,8 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[id(node)]
 
 
-def _walk(node, path: tuple, lines: dict, file: str, ancestors: frozenset, seen_nodes: set) -> None:
+def _walk(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str, ancestors: frozenset[int],
+          seen_nodes: set[int]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if len(path) > _MAX_DEPTH:
         raise SpecError(_TOO_DEEP, file=file, key_path=str(path[0]), line=lines[path])

@@ -24,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from repro.docker.client import connect
 from repro.errors import ReproError
@@ -129,13 +131,13 @@ def _check_lock(lock: Path) -> int:
     return sum(1 for req in logical if not req.strip().startswith("-"))
 
 
-def build(recipe_dir: str | Path, *, echo=None, client=None, wheels_root: Path | None = None
-          ) -> Built:
+def build(recipe_dir: str | Path, *, echo: Callable[[str], None] | None = None, client: Any = None,
+          wheels_root: Path | None = None) -> Built:
     """Build a recipe's image offline; returns its name and content digest."""
     say = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     recipe = load_recipe(recipe_dir)
     client = client or connect(timeout=600)
-    seconds = {}
+    seconds: dict[str, float] = {}
     t = time.perf_counter()
     if recipe.base is not None:
         ensure_base(client, recipe.base, say)
@@ -149,7 +151,7 @@ def build(recipe_dir: str | Path, *, echo=None, client=None, wheels_root: Path |
     return Built(recipe.image, image_id, seconds)
 
 
-def ensure_base(client, base: Base, say) -> str:
+def ensure_base(client: Any, base: Base, say: Callable[[str], None]) -> str:
     """The base image's id: present, pulled, or built from Debian with debootstrap."""
     import docker
 
@@ -198,7 +200,8 @@ def ensure_base(client, base: Base, say) -> str:
     return client.images.get(base.image).id
 
 
-def download_wheels(recipe: Recipe, say, wheels_root: Path | None = None) -> Path:
+def download_wheels(recipe: Recipe, say: Callable[[str], None], wheels_root: Path | None = None
+                    ) -> Path:
     """`pip download` the lock's wheels for the image's platform into the host cache, once."""
     from repro.paths import cache_dir
 
@@ -229,7 +232,7 @@ def download_wheels(recipe: Recipe, say, wheels_root: Path | None = None) -> Pat
     return target
 
 
-def _docker_build(client, recipe: Recipe, wheels: Path, say) -> str:
+def _docker_build(client: Any, recipe: Recipe, wheels: Path, say: Callable[[str], None]) -> str:
     import docker
 
     with tempfile.TemporaryDirectory(prefix="repro-build-") as ctx_dir:
@@ -245,7 +248,8 @@ def _docker_build(client, recipe: Recipe, wheels: Path, say) -> str:
             except OSError:
                 shutil.copy2(w, ctx / "wheels" / w.name)
         say(f"repro env build: building {recipe.image} from {recipe.path} (no network)")
-        image_id, log = None, []
+        image_id: str | None = None
+        log: list[str] = []
         try:
             for chunk in client.api.build(path=str(ctx), tag=f"{recipe.image}:latest", rm=True,
                                           forcerm=True, network_mode="none", decode=True):
@@ -266,7 +270,7 @@ def _docker_build(client, recipe: Recipe, wheels: Path, say) -> str:
     return image_id
 
 
-def main_build(recipe_dir: str, echo=None) -> int:
+def main_build(recipe_dir: str, echo: Callable[[str], None] | None = None) -> int:
     """CLI body of `repro env build`: the last line printed is NAME@sha256:<64 hex>."""
     t = time.perf_counter()
     built = build(recipe_dir, echo=echo)

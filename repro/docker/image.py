@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from repro.docker.client import connect
 from repro.errors import PinError
@@ -88,7 +89,7 @@ def resolve_image(spec: Spec, repo_root: Path, recorded: RecordMeta | None,
     return _rebuild(client, spec, pinned, name, digest, repo_root / recipe, recipe, recorded, say)
 
 
-def find_local(client, name: str, digest: str):
+def find_local(client: Any, name: str, digest: str) -> Any:
     """The local image whose Id is `digest`, or whose RepoDigests hold NAME@digest."""
     import docker
 
@@ -110,7 +111,7 @@ def find_local(client, name: str, digest: str):
     return None
 
 
-def _pull(client, name: str, digest: str):
+def _pull(client: Any, name: str, digest: str) -> tuple[Any, str]:
     import docker
 
     if not name:
@@ -122,7 +123,7 @@ def _pull(client, name: str, digest: str):
         return None, f"pull failed: {text[:200]}"
 
 
-def _same_name(client, name: str) -> list:
+def _same_name(client: Any, name: str) -> list:
     import docker
 
     if not name:
@@ -142,7 +143,7 @@ def _build_memo(key: tuple) -> Path:
     return cache_dir() / "rebuilt" / (hashlib.sha256(repr(key).encode()).hexdigest()[:32] + ".txt")
 
 
-def _remembered_build(client, key: tuple) -> str | None:
+def _remembered_build(client: Any, key: tuple) -> str | None:
     """The image an earlier process rebuilt from this exact recipe (Dockerfile and lock), if
     the engine still has it: the rebuild would return the same layers, so skip it."""
     import docker
@@ -165,7 +166,8 @@ def _remember_build(key: tuple, image_id: str) -> None:
 _BUILD_LOCK = threading.Lock()
 
 
-def _rebuild(client, spec, pinned, name, digest, recipe_dir: Path, recipe: str, recorded, say
+def _rebuild(client: Any, spec: Spec, pinned: str, name: str, digest: str, recipe_dir: Path,
+             recipe: str, recorded: RecordMeta | None, say: Callable[[str], None] | None
              ) -> ImagePin:
     from repro.docker.build import build, load_recipe
 
@@ -212,7 +214,7 @@ PROBE = ("import json; from repro.env.fingerprint import installed_packages; "
          "print('REPRO-PACKAGES ' + json.dumps(installed_packages()))")
 
 
-def image_packages(client, image_id: str) -> list[str]:
+def image_packages(client: Any, image_id: str) -> list[str]:
     """The sorted `name==version` list of an image, taken inside it (cached per image Id)."""
     from repro.docker.sandbox import HARNESS_MOUNT, harness_volume, sandbox_config
     from repro.paths import cache_dir

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform as _platform
+from types import ModuleType
 from typing import Any
 
 # Fingerprint fields that decide the arithmetic. When all are equal, `tolerance.mode: auto`
@@ -93,11 +94,11 @@ def prng_canary() -> str:
     return value
 
 
-def _draw_canary(jax) -> str:
+def _draw_canary(jax: ModuleType) -> str:
     import numpy as np
 
     @jax.jit
-    def draws(key):
+    def draws(key: Any) -> tuple[Any, Any, Any]:
         return (jax.random.bits(key, (64,)), jax.random.uniform(key, (64,)),
                 jax.random.normal(key, (64,)))
 
@@ -107,16 +108,18 @@ def _draw_canary(jax) -> str:
     return h.hexdigest()
 
 
-def _canary_cache_key(jax) -> str | None:
+def _canary_cache_key(jax: ModuleType) -> str | None:
     import glob
     try:
         import jaxlib
         files = sorted(glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "**", "*.so*"),
                                  recursive=True))
-        src = os.path.join(os.path.dirname(jax.__file__), "_src")
+        jax_file = jax.__file__
+        assert jax_file is not None  # jax is a regular package, imported from its files
+        src = os.path.join(os.path.dirname(jax_file), "_src")
         files += sorted(glob.glob(os.path.join(src, "*prng*.py")) +
                         glob.glob(os.path.join(src, "random", "*.py")))
-        files += [os.path.join(os.path.dirname(jax.__file__), "random.py")]
+        files += [os.path.join(os.path.dirname(jax_file), "random.py")]
         h = hashlib.sha256()
         h.update(f"{jax.__version__} {getattr(jaxlib, '__version__', '')} "
                  f"{jax.config.jax_default_prng_impl} {jax.config.jax_threefry_partitionable} "

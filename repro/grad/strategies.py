@@ -74,11 +74,14 @@ def load_profile(name: str | None = None) -> str:
 
     The profile is `name` if given, else ``$REPRO_HYPOTHESIS_PROFILE``, else the profile already
     loaded if someone chose one (e.g. ``pytest --hypothesis-profile=...``), else ``repro-ci``.
-    Calling it again changes nothing.
+    Hypothesis's own automatic profiles (``default``, and ``ci``, which it loads by itself when
+    ``CI`` is set) are not a choice. Calling it again changes nothing.
     """
     register_profiles()
     current = settings.get_current_profile_name()
-    name = name or os.environ.get(PROFILE_ENV) or (current if current != "default" else CI_PROFILE)
+    automatic = ("default", "ci")
+    name = name or os.environ.get(PROFILE_ENV) or (
+        current if current not in automatic else CI_PROFILE)
     try:
         settings.load_profile(name)
     except InvalidArgument:

@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from repro.errors import CodePinError
 from repro.paths import cache_dir
@@ -41,7 +42,7 @@ class CodePin:
 
 
 def git(args: list[str], cwd: Path | str, *, check: bool = True, text: bool = True,
-        stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+        stdout: int | IO[Any] | None = subprocess.PIPE) -> subprocess.CompletedProcess:
     """Run git with a clean, predictable environment (no pager, no prompts, C locale)."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_PAGER": "cat"}
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):

@@ -168,7 +168,7 @@ class HashCache:
     def __enter__(self) -> HashCache:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

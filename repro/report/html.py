@@ -19,23 +19,23 @@ RECORDED_C, RUN_C, ERR_C, TOL_C = "#4c78a8", "#f58518", "#b83280", "#7a8794"
 MAX_BARS, MAX_ROWS = 30, 25
 
 
-def e(x) -> str:
+def e(x: object) -> str:
     return escape("" if x is None else str(x), quote=True)
 
 
-def _dur(s) -> str:
-    s = finite(s) or 0.0
-    if s < 60:
-        return f"{s:.1f} s"
-    m, s = divmod(int(round(s)), 60)
-    return f"{m} min {s} s" if m < 60 else f"{m // 60} h {m % 60} min"
+def _dur(s: object) -> str:
+    secs = finite(s) or 0.0
+    if secs < 60:
+        return f"{secs:.1f} s"
+    m, sec = divmod(int(round(secs)), 60)
+    return f"{m} min {sec} s" if m < 60 else f"{m // 60} h {m % 60} min"
 
 
 def _badge(status: str) -> str:
     return f'<span class="badge" style="background:{COLORS.get(status, "#7a8794")}">{e(status)}</span>'
 
 
-def _short(value, limit: int = 120) -> str:
+def _short(value: object, limit: int = 120) -> str:
     text = "(none)" if value is None else value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -170,7 +170,7 @@ def _facts(r: dict) -> str:
     return f'<dl class="facts">{cells}</dl>'
 
 
-def _fp_value(v) -> str:
+def _fp_value(v: object) -> str:
     if isinstance(v, list):
         return " ".join(str(x) for x in v)
     if isinstance(v, dict):
@@ -229,7 +229,7 @@ def _leaves(r: dict) -> str:
     if all(finite(q.get("max_rel")) == 0 and finite(q.get("max_abs")) == 0 for q in qs):
         return (f'<h4>Weights and gradients</h4><p class="ok">all {len(qs)} weight and gradient '
                 "leaves are bitwise equal to the record</p>")
-    def rank(q):  # out of tolerance first, then the largest error
+    def rank(q: dict) -> tuple[bool, float]:  # out of tolerance first, then the largest error
         v = finite(q.get("max_rel"))
         return (bool(q.get("ok")), -(v if v is not None else float("inf")))
     shown = sorted(qs, key=rank)[:MAX_BARS]
@@ -248,7 +248,7 @@ def _quantities(r: dict) -> str:
     qs = sorted(r.get("quantities") or [], key=lambda q: bool(q.get("ok")))
     if not qs:
         return ""
-    def row(q):
+    def row(q: dict) -> str:
         step = "—" if q.get("first_step") is None else q["first_step"]
         res = '<span class="ok">ok</span>' if q.get("ok") else '<span class="bad">out</span>'
         return (f'<tr class="{"" if q.get("ok") else "badrow"}"><td>{e(q.get("label"))}</td><td>{res}</td>'

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 from html import escape
+from typing import Any
 
 FONT = 'font-family="system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif" font-size="11"'
 AXIS, GRID, TEXT = "#9aa3ad", "#e8ebef", "#4a5561"
 
 
-def finite(x) -> float | None:
+def finite(x: Any) -> float | None:
     """`x` as a finite float, or None (JSON may carry "inf"/"nan" strings or nulls)."""
     try:
         f = float(x)
@@ -20,7 +21,7 @@ def finite(x) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def num(x, digits: int = 3) -> str:
+def num(x: Any, digits: int = 3) -> str:
     """A compact number for labels and tables: 0, 0.0123, 1.23e-07, inf."""
     try:
         f = float(x)
@@ -82,7 +83,7 @@ class Scale:
         return self.a + (v - self.lo) / ((self.hi - self.lo) or 1.0) * (self.b - self.a)
 
 
-def _text(x, y, s, anchor="start", extra="") -> str:
+def _text(x: float, y: float, s: object, anchor: str = "start", extra: str = "") -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{TEXT}" {extra}>{escape(str(s))}</text>'
 
 
