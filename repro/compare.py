@@ -90,7 +90,11 @@ def resolve_tolerance(tol_spec: Mapping[str, Any], kind: QuantityKind, name: str
 
 def numeric_fingerprint_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[bool, list[str]]:
     """Do two fingerprints agree on every field that decides the arithmetic?"""
-    differ = [k for k in NUMERIC_FIELDS if a.get(k) != b.get(k)]
+    from repro.env.isa import effective_of
+
+    def value(fp: Mapping[str, Any], key: str) -> Any:
+        return effective_of(dict(fp)) if key == "effective_isa" else fp.get(key)
+    differ = [k for k in NUMERIC_FIELDS if value(a, k) != value(b, k)]
     return not differ, differ
 
 

@@ -96,6 +96,10 @@ class EnvironmentSpec(_Model):
     matmul_precision: Literal["default", "high", "highest", "bfloat16", "tensorfloat32",
                               "float32"] = "highest"
     xla_flags: list[str] = Field(default_factory=list)
+    isa: str = Field("portable", description="x86-64 code generation ceiling: portable (AVX2, so "
+                     "hosts with and without AVX-512 compute the same bits), native (no cap), or "
+                     "an XLA ISA name: SSE4_2, AVX, AVX2, AVX512, AVX512_VNNI, AVX512_BF16, AMX, "
+                     "AMX_FP16")
     # Sandbox limits of the docker backend. They cannot change a result, only stop a run, so
     # they stay out of the canonical form and the hash (exclude=True).
     memory: str | None = Field(None, exclude=True, pattern=r"^[0-9]+[kmgKMG]?$",
@@ -117,6 +121,15 @@ class EnvironmentSpec(_Model):
     @classmethod
     def _recipe(cls, v: str | None) -> str | None:
         return v if v is None else _relative_path(v, "recipe")
+
+    @field_validator("isa")
+    @classmethod
+    def _isa(cls, v: str) -> str:
+        from repro.env.isa import XLA_ISAS
+
+        if v in ("portable", "native") or v in XLA_ISAS:
+            return v
+        raise ValueError(f"{v!r} is not portable, native or one of {', '.join(XLA_ISAS)}")
 
     @field_validator("xla_flags")
     @classmethod

@@ -289,6 +289,7 @@ def test_property_n_out_matches_an_elementwise_oracle(pair, rtol, atol):
 # -- choose_bitwise ------------------------------------------------------------------------------
 FP = {"jax": "0.4.30", "jaxlib": "0.4.30", "numpy": "1.26.4", "backend": "cpu",
       "device_kind": "cpu", "device_count": 1, "cpus": 1, "cpu_isa": ["avx2"],
+      "effective_isa": "AVX2",
       "settings": {"matmul_precision": "highest"}, "prng_canary": "ab" * 32, "machine": "x86_64",
       "hostname": "ci-1", "python": "3.11.7"}
 

@@ -29,6 +29,7 @@ from repro.verdict import Change, Status, set_difference
 SPEC = {"repro": 1, "name": "t", "code": {"commit": "a" * 40, "entrypoint": "m:train"},
         "seeds": {"params": 0}, "config": {"lr": 0.1}}
 FP = {"jax": "0.10.2", "backend": "cpu", "cpu_isa": ["avx", "avx2", "avx512f", "fma"],
+      "effective_isa": "AVX512",
       "cpus": 1, "settings": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false",
                               "OMP_NUM_THREADS": "1"}, "cpu_model": "A"}
 
@@ -59,14 +60,14 @@ def test_likely_causes_first_and_informational_last():
     recorded = spec_of()
     now = spec_of(seeds={"params": 5}, description="new words",
                   tolerance={"default": {"rtol": 1e-3}})
-    fp = {**FP, "cpu_isa": ["avx", "avx2", "fma"], "cpu_model": "B"}
+    fp = {**FP, "cpu_isa": ["avx", "avx2", "fma"], "effective_isa": "AVX2", "cpu_model": "B"}
     changes = changes_since_record(meta_of(recorded), now, pin(), fp, "docker")
     keys = [(c.what, c.key, c.numeric) for c in changes]
     assert keys[0] == ("spec", "seeds.params", True)
-    assert ("environment", "environment.cpu_isa", True) in keys
+    assert ("environment", "environment.effective_isa", True) in keys
     informational = [k for k in keys if not k[2]]
     assert {k[1] for k in informational} >= {"description", "tolerance.default.rtol", "backend",
-                                              "environment.cpu_model"}
+                                              "environment.cpu_model", "environment.cpu_isa"}
     assert keys.index(informational[0]) > max(i for i, k in enumerate(keys) if k[2])
 
 
@@ -106,8 +107,8 @@ def test_cpu_slots_take_different_cores_and_too_many_is_an_error():
 
 
 def test_child_environment_is_built_from_scratch():
-    settings = determinism_settings(spec_of(environment={"cpus": 2, "xla_flags": ["--x=1"]})
-                                    .environment)
+    settings = determinism_settings(spec_of(environment={"cpus": 2, "xla_flags": ["--x=1"],
+                                                         "isa": "native"}).environment)
     inherited = {"PATH": "/bin", "HOME": "/h", "XLA_FLAGS": "--evil", "JAX_ENABLE_X64": "1",
                  "OMP_NUM_THREADS": "8", "AWS_SECRET_ACCESS_KEY": "s", "LD_PRELOAD": "/x.so"}
     env, dropped = child_environment(settings, ["/shim"], inherited)

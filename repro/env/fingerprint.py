@@ -16,7 +16,8 @@ from typing import Any
 # Fingerprint fields that decide the arithmetic. When all are equal, `tolerance.mode: auto`
 # demands bitwise equality; any other field (hostname, CPU model name, python patch) only informs.
 NUMERIC_FIELDS = ("jax", "jaxlib", "numpy", "backend", "device_kind", "device_count", "cpus",
-                  "cpu_isa", "settings", "prng_canary", "machine")
+                  "effective_isa", "settings", "prng_canary", "machine")
+# (the host's raw `cpu_isa` flags only inform: what decides is the effective ISA, env/isa.py)
 
 def pick_cpus(n: int, slot: int | None = None) -> list[int]:
     """`n` CPUs this process may run on; error if fewer exist.
@@ -155,6 +156,7 @@ def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:
         "device_count": len(devices),
         "cpus": len(cpus),
         "cpu_isa": cpu_isa(),
+        "effective_isa": effective_isa(settings.get("XLA_FLAGS", ""), cpu_isa()),
         "cpu_model": cpu_model(),
         "machine": _platform.machine(),
         "os": f"{_platform.system()} {_platform.release()}",
@@ -200,6 +202,11 @@ def check_packages(expected: dict[str, str]) -> list[str]:
         if got != version:
             problems.append(f"{name}: expected {version}, found {got}")
     return problems
+
+
+def effective_isa(xla_flags: str, flags: list[str]) -> str:
+    from repro.env.isa import effective
+    return effective(xla_flags, flags)
 
 
 def fingerprint_changes(recorded: dict, current: dict) -> list[tuple[str, object, object, bool]]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from repro.env.fingerprint import cpu_isa
+from repro.env.isa import ceiling
 from repro.spec import EnvironmentSpec
 
 # Deterministic XLA defaults; the spec's xla_flags are appended. Unknown flags make XLA abort,
@@ -32,6 +34,10 @@ def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
     flags = []
     for plat in (("cpu", "gpu") if env_spec.platform == "any" else (env_spec.platform,)):
         flags += DEFAULT_XLA_FLAGS[plat]
+    cap = ceiling(env_spec.isa, cpu_isa())
+    if cap and env_spec.platform != "gpu" and not any(
+            f.startswith("--xla_cpu_max_isa") for f in env_spec.xla_flags):
+        flags.append(f"--xla_cpu_max_isa={cap}")   # environment.isa (env/isa.py)
     flags += list(env_spec.xla_flags)
     settings = {
         "XLA_FLAGS": " ".join(flags),
