@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from repro.errors import ReproError
 
@@ -60,8 +60,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_record(ns: argparse.Namespace) -> int:
+    import dataclasses
+
     from repro import pipeline
-    return _run_each(ns, functools.partial(pipeline.check, record_it=True))
+
+    def record(spec: Any, options: Options) -> Verdict:
+        return pipeline.record(spec, dataclasses.replace(options, runs=ns.runs))
+    return _run_each(ns, record)
 
 
 def cmd_verify(ns: argparse.Namespace) -> int:
@@ -199,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     running("run", cmd_run, "execute specs and print a summary; compare nothing")
     running("record", cmd_record, "execute specs and write their recorded versions")
+    sub.choices["record"].add_argument(
+        "--runs", type=_positive(int), metavar="N", help="train N times; the runs must agree "
+        "bitwise or nothing is recorded (default: the spec's record.runs, else 2)")
     running("verify", cmd_verify, "execute specs and compare with their recorded versions "
             "(exit 0 pass, 1 mismatch, 2 error)")
     running("audit", cmd_audit, "verify every spec under DIR and report (exit 0 all pass, "

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from repro.backends import Backend, RunDir, get_backend
+from repro.backends.base import progress_lines
 from repro.changes import changes_since_record
 from repro.env.settings import determinism_settings
 from repro.errors import ReproError, RunError
 from repro.job import Job
+from repro.noise import describe, noise_floor
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
@@ -44,6 +46,7 @@ class Options:
     cpu_slot: int | None = None          # which cores a parallel run takes (audit/xdist worker)
     docker_memory: str | None = None     # docker backend: memory limit when the spec sets none
     docker_pids: int | None = None       # docker backend: pids limit when the spec sets none
+    runs: int | None = None              # record: trainings that must agree (default record.runs)
 
     def backend_impl(self) -> Backend[Any]:
         return get_backend(self.backend, docker_memory=self.docker_memory,
@@ -100,7 +103,7 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
     """Run the training function in a fresh child on the chosen backend and collect what it
     wrote. `recorded` (verify) lets the docker backend accept an image rebuilt from recipe."""
     backend = options.backend_impl()
-    env = backend.prepare(prep.spec, prep.repo_root, recorded, _say(options.echo))
+    env = backend.prepare(prep.spec, prep.repo_root, recorded, progress_lines(options.echo))
     run_dir = RunDir.create(prep.spec.name or "spec")
     try:
         timeout = options.timeout or prep.spec.timeout
@@ -111,14 +114,6 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
         return Execution(result, env.image_ref)
     finally:
         shutil.rmtree(run_dir.root, ignore_errors=True)
-
-
-def _say(echo: bool | Callable[[str], None]) -> Callable[[str], None] | None:
-    """Where progress lines (an image rebuild) go: like the child's output."""
-    if echo is True:
-        import sys
-        return lambda line: print(line, file=sys.stderr, flush=True)
-    return echo if callable(echo) else None
 
 
 def _timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:
@@ -184,6 +179,15 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
                            "keeps, no kept gradient and no weights, so every later verify would "
                            "pass vacuously. Log metrics with ctx.log, return the final params "
                            "(record.weights: final), or keep gradients (record.grads)")
+        runs = options.runs or spec.record.runs
+        # each run checks its pins again: a run may not change what the next one executes
+        noisy = noise_floor(result, lambda: execute(prepare(spec, options), options).result,
+                            spec, runs)
+        if noisy is not None:  # runs disagree: no record (repro/noise.py)
+            v = _run_verdict(prep, result, Status.FAIL, options)
+            v.rows, v.bitwise, v.fail_class = noisy.failures, True, "nondeterministic"
+            v.mode_reason = describe(noisy, runs)
+            return v
         directory = record_dir(prep.repo_root, spec.name or "", result.platform_key,
                                options.records_root)
         write_record(directory, record_meta(prep.spec, prep.repo_root, prep.code, done.result,

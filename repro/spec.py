@@ -149,6 +149,10 @@ class RecordSpec(_Model):
     metrics: list[str] | None = Field(None, description="metrics compared; default: all logged")
     grads: GradsRecord | None = None
     weights: Literal["final", "none"] = "final"
+    # How many trainings a record is made from (they must agree bitwise unless tolerance.mode is
+    # close). It changes how a record is made, never its numbers: not part of the hash.
+    runs: int = Field(2, ge=1, le=100, exclude=True,
+                      description="trainings per record (default 2): the noise floor")
 
 
 class Tol(_Model):

@@ -543,3 +543,24 @@ def test_a_decompression_bomb_in_arrays_npz_is_refused(project):
     v = pipeline.run(project.spec)
     assert v.status == "error"
     assert "arrays.npz cannot be read" in v.error and "unpack to" in v.error, v.error
+
+
+# -- issue 9 part 2: the noise floor at record time ---------------------------------------------
+def test_unseeded_randomness_is_refused_at_record_time(recorded_template, tmp_path):
+    p = _copy(recorded_template, tmp_path)
+    before = {f: (p.record_dir / f).read_bytes() for f in ("record.json", "arrays.npz")}
+    train = p.root / "tinyproj" / "train.py"
+    train.write_text(train.read_text().replace(
+        "    lr = ctx.config[\"lr\"] * LR_SCALE",
+        "    lr = ctx.config[\"lr\"] * LR_SCALE * (1 + 1e-3 * np.random.default_rng().random())"))
+    p.commit("unseeded noise")
+    p.repro("pin", str(p.spec), check_rc=0)
+    proc = p.repro("record", "specs/tiny.yaml")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2 runs from the same pins on this host differ" in proc.stdout
+    assert "first at metric loss, step 1" in proc.stdout and "unseeded numpy" in proc.stdout
+    assert {f: (p.record_dir / f).read_bytes() for f in ("record.json", "arrays.npz")} == before
+    # one run records it (the user's explicit choice), and mode close accepts the noise
+    p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    p.edit_spec("record:\n", "tolerance: {mode: close}\nrecord:\n")
+    p.repro("record", "specs/tiny.yaml", check_rc=0)

@@ -137,6 +137,13 @@ class Backend(Protocol[E]):
             echo: Echo = False) -> ChildOutcome: ...
 
 
+def progress_lines(echo: Echo) -> Callable[[str], None] | None:
+    """Where the harness's own progress lines (an image rebuild) go: like the child's output."""
+    if echo is True:
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    return echo if callable(echo) else None
+
+
 def pump_output(stream: IO[bytes] | _Readable, log_path: Path, echo: Echo
                 ) -> tuple[threading.Thread, collections.deque[str]]:
     """Copy the child's output line by line to `log_path`, a bounded tail, and `echo`

@@ -42,7 +42,8 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
             worst[key] = r
     first = v.first_divergence
     return {
-        "name": v.name, "status": str(v.status), "spec": v.spec_path,
+        "name": v.name, "status": str(v.status), "fail_class": v.fail_class or None,
+        "spec": v.spec_path,
         "duration_s": round(v.duration_s, 3),
         "platform": v.platform, "backend": v.backend, "code": v.code, "record": v.record_path,
         "compared": None if v.bitwise is None else ("bitwise" if v.bitwise else "tolerance"),
