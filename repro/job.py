@@ -43,6 +43,8 @@ class Job:
     compile_cache_new: str | None = None     # ... and where the entries it adds are left
     parent_pid: int | None = None            # local: die with this process (PR_SET_PDEATHSIG)
     watch_stdin: bool = False                # container: die when stdin closes
+    hash_seed: str = "0"                     # PYTHONHASHSEED (calibrate varies it)
+    listing_order: str = "native"            # "reversed": directory listings reversed (calibrate)
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)

@@ -18,15 +18,16 @@ from repro.backends import Backend, RunDir, get_backend
 from repro.backends.base import progress_lines
 from repro.changes import changes_since_record
 from repro.env.settings import determinism_settings
-from repro.errors import ReproError, RunError
+from repro.errors import ReproError
 from repro.job import Job
 from repro.noise import describe, noise_floor
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
 from repro.record import Record, RecordLoader, RecordMeta, check_record, read_record, record_dir, write_record
-from repro.result import RunResult, collect, record_meta
+from repro.result import RunResult, check_recordable, collect, record_meta
 from repro.spec import Spec, load_spec
+from repro.variation import BASELINE, Variation
 from repro.verdict import Status, Verdict, error_verdict, spec_verdict
 
 SpecRef = Spec | str | Path
@@ -47,6 +48,7 @@ class Options:
     docker_memory: str | None = None     # docker backend: memory limit when the spec sets none
     docker_pids: int | None = None       # docker backend: pids limit when the spec sets none
     runs: int | None = None              # record: trainings that must agree (default record.runs)
+    variation: Variation = BASELINE      # calibrate: run differently without changing a pin
 
     def backend_impl(self) -> Backend[Any]:
         return get_backend(self.backend, docker_memory=self.docker_memory,
@@ -79,16 +81,18 @@ def prepare(spec: SpecRef, options: Options) -> Prepared:
 def make_job(prep: Prepared, options: Options) -> Job:
     """The parent→child contract for one run of a prepared spec (paths as the host sees them;
     a backend re-points them to its own view)."""
-    spec = prep.spec
-    grads = spec.record.grads
+    spec, var = prep.spec, options.variation
+    grads, environment = spec.record.grads, var.environment(spec.environment)
+    cache = options.compile_cache if var.compile_cache is None else var.compile_cache
     return Job(spec=spec.name or "spec", entrypoint=spec.code.entrypoint, tree=str(prep.code.tree),
                data={k: str(v) for k, v in prep.data.items()}, seeds=dict(spec.seeds),
-               config=dict(spec.config), settings=determinism_settings(spec.environment),
-               cpus=spec.environment.cpus, cpu_slot=options.cpu_slot,
+               config=dict(spec.config), settings=determinism_settings(environment),
+               cpus=environment.cpus, cpu_slot=options.cpu_slot,
                grads_every=grads.every if grads else None,
                grads_steps=tuple(grads.steps) if grads else (), weights=spec.record.weights,
-               packages=dict(spec.environment.packages),
-               compile_cache=str(cache_dir() / "jax-compile") if options.compile_cache else None)
+               packages=dict(spec.environment.packages), hash_seed=var.hash_seed,
+               listing_order=var.listing_order,
+               compile_cache=str(cache_dir() / "jax-compile") if cache else None)
 
 
 @dataclass
@@ -168,17 +172,7 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         prep = prepare(spec, options)
         done = execute(prep, options)
         result = done.result
-        missing = [m for m in (spec.record.metrics or []) if m not in result.metrics]
-        if missing:
-            raise RunError(f"record.metrics lists {missing}, which the training function never "
-                           f"logged (it logged: {sorted(result.metrics) or 'nothing'}); "
-                           "call ctx.log(step, name=value) or fix the list")
-        compared = spec.record.metrics if spec.record.metrics is not None else list(result.metrics)
-        if not compared and not result.arrays:
-            raise RunError("nothing to compare: the run logged no metric that record.metrics "
-                           "keeps, no kept gradient and no weights, so every later verify would "
-                           "pass vacuously. Log metrics with ctx.log, return the final params "
-                           "(record.weights: final), or keep gradients (record.grads)")
+        check_recordable(spec, result)
         runs = options.runs or spec.record.runs
         # each run checks its pins again: a run may not change what the next one executes
         noisy = noise_floor(result, lambda: execute(prepare(spec, options), options).result,

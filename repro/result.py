@@ -131,6 +131,21 @@ class _RunFile(BaseModel):
     leftover_processes: int = 0
 
 
+def check_recordable(spec: Spec, result: RunResult) -> None:
+    """RunError unless the run holds everything the spec records and something to compare."""
+    missing = [m for m in (spec.record.metrics or []) if m not in result.metrics]
+    if missing:
+        raise RunError(f"record.metrics lists {missing}, which the training function never "
+                       f"logged (it logged: {sorted(result.metrics) or 'nothing'}); "
+                       "call ctx.log(step, name=value) or fix the list")
+    compared = spec.record.metrics if spec.record.metrics is not None else list(result.metrics)
+    if not compared and not result.arrays:
+        raise RunError("nothing to compare: the run logged no metric that record.metrics "
+                       "keeps, no kept gradient and no weights, so every later verify would "
+                       "pass vacuously. Log metrics with ctx.log, return the final params "
+                       "(record.weights: final), or keep gradients (record.grads)")
+
+
 def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
                 image_ref: str | None, backend: str) -> RecordMeta:
     """What record.json says about a run (its `arrays` index is added when written)."""

@@ -90,6 +90,41 @@ def _die_on_stdin_eof() -> None:
     threading.Thread(target=watch, daemon=True, name="repro-parent-watch").start()
 
 
+def _reverse_listings() -> None:
+    """calibrate's listing-order variation: os.listdir and os.scandir (so pathlib, glob and
+    os.walk) return entries in the reverse of the filesystem's order. Code that sorts what it
+    lists is unaffected; code that trusts the order shows it here."""
+    listdir, scandir = os.listdir, os.scandir
+
+    class _Reversed:
+        def __init__(self, entries: list[Any]):
+            self._it = iter(entries)
+
+        def __iter__(self) -> _Reversed:
+            return self
+
+        def __next__(self) -> Any:
+            return next(self._it)
+
+        def __enter__(self) -> _Reversed:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    def reversed_listdir(path: Any = ".") -> list[Any]:
+        return listdir(path)[::-1]
+
+    def reversed_scandir(path: Any = ".") -> _Reversed:
+        with scandir(path) as it:
+            return _Reversed(list(it)[::-1])
+
+    os.listdir, os.scandir = reversed_listdir, reversed_scandir  # type: ignore[assignment]
+
+
 def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     from repro.env.fingerprint import check_packages, fingerprint, pick_cpus
 
@@ -121,6 +156,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         raise _Failure(kind="packages", message="environment.packages do not match this "
                        "interpreter: " + "; ".join(problems), problems=problems)
     tree = str(Path(job.tree).resolve())
+    if job.listing_order == "reversed":
+        _reverse_listings()
     sys.path.insert(0, tree)
     module_name, func_name = job.entrypoint.split(":")
     _entrypoint_inside(module_name, tree, job.entrypoint)

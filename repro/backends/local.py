@@ -62,7 +62,8 @@ class LocalBackend:
 
     def run(self, job: Job, run_dir: RunDir, env: LocalEnvironment, *, timeout: float,
             echo: Echo = False) -> ChildOutcome:
-        child_env, dropped = child_environment(job.settings, [str(harness_shim(run_dir))])
+        child_env, dropped = child_environment(job.settings, [str(harness_shim(run_dir))],
+                                               hash_seed=job.hash_seed)
         child_env.update(compile_cache_env(job.compile_cache))
         job.replace(parent_pid=os.getpid()).write(run_dir.job)
         cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir.job), str(run_dir.out)]

@@ -107,7 +107,7 @@ class DockerBackend:
         mounts.append(bind(run_dir.out, RUN_MOUNT, read_only=False))
         mounts.append(bind(run_dir.job, JOB_MOUNT))
         child_env, _ = child_environment(job.settings, [str(Path(HARNESS_MOUNT).parent)],
-                                         inherited={})
+                                         inherited={}, hash_seed=job.hash_seed)
         _, dropped = child_environment(job.settings, [])
         child_env["HOME"] = "/tmp"
         cache = _compile_cache_dir(job.compile_cache, image, job) if job.compile_cache else None

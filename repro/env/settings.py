@@ -54,7 +54,7 @@ def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
 
 
 def child_environment(settings: Mapping[str, str], pythonpath: list[str],
-                      inherited: Mapping[str, str] | None = None
+                      inherited: Mapping[str, str] | None = None, hash_seed: str = "0"
                       ) -> tuple[dict[str, str], list[str]]:
     """Build the child's environment from scratch. Returns (env, names of dropped variables)."""
     inherited = dict(os.environ if inherited is None else inherited)
@@ -62,7 +62,7 @@ def child_environment(settings: Mapping[str, str], pythonpath: list[str],
     dropped = sorted(k for k in inherited if k.startswith(_NOTED_PREFIXES) and k not in env)
     env.update(settings)
     env["PYTHONPATH"] = os.pathsep.join(pythonpath)
-    env["PYTHONHASHSEED"] = "0"
+    env["PYTHONHASHSEED"] = hash_seed
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"   # the pinned tree is read-only
     env["TF_CPP_MIN_LOG_LEVEL"] = "1"

@@ -1,0 +1,39 @@
+"""A `Variation`: one way to run a spec differently without changing any pin.
+
+`repro calibrate` runs a spec under each variation this host can do (ISA ceilings, core counts,
+compile cache off/warm, PYTHONHASHSEED, the order directory listings come back in) to measure
+how far the numbers move when only the environment moves. The pipeline applies a variation in
+`make_job`; the default variation is the plain run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from repro.spec import EnvironmentSpec
+
+ListingOrder = Literal["native", "reversed"]
+
+
+@dataclass(frozen=True)
+class Variation:
+    """What differs from the spec's own run (None / defaults: nothing)."""
+
+    name: str = "baseline"
+    isa: str | None = None                  # environment.isa for this run
+    cpus: int | None = None                 # environment.cpus for this run
+    compile_cache: bool | None = None       # False: compile everything afresh
+    hash_seed: str = "0"                    # PYTHONHASHSEED of the child
+    listing_order: ListingOrder = "native"  # reversed: os.listdir/os.scandir come back reversed
+
+    def environment(self, env: EnvironmentSpec) -> EnvironmentSpec:
+        """The spec's environment block as this variation runs it."""
+        changes: dict[str, object] = {}
+        if self.isa is not None:
+            changes["isa"] = self.isa
+        if self.cpus is not None:
+            changes["cpus"] = self.cpus
+        return env.model_copy(update=changes) if changes else env
+
+
+BASELINE = Variation()
