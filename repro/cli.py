@@ -31,7 +31,8 @@ def _options(ns: argparse.Namespace) -> Options:
     echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
     return Options(backend=ns.backend, code=ns.code, platform=ns.platform,
                    records_root=Path(ns.records) if ns.records else None,
-                   timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache)
+                   timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache,
+                   confirm=getattr(ns, "confirm", 1))
 
 
 def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict]) -> int:
@@ -84,6 +85,14 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     from repro.report.junit import junit_xml
 
     ns.stream = False  # parallel children's output would interleave; it is in each verdict
+    for flag, value in (("--json", ns.json), ("--junit", ns.junit), ("--report", ns.report)):
+        if value:   # before any training: a report that cannot be written loses the audit
+            try:
+                Path(value).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                print(f"repro: {flag} {value}: cannot create its directory ({exc.strerror}); "
+                      "choose another path", file=sys.stderr)
+                return EXIT_ERROR
     options = _options(ns)
     audit = run_audit(ns.directory, options, jobs=ns.jobs,
                       on_done=lambda v, k, n: print(progress_line(v, k, n), flush=True))
@@ -163,6 +172,17 @@ def _positive(kind: Callable[[str], N]) -> Callable[[str], N]:
     return parse
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repro", description="Prove JAX training results "
                                      "reproduce from their pinned code, data and environment.")
@@ -211,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
             "(exit 0 pass, 1 mismatch, 2 error)")
     running("audit", cmd_audit, "verify every spec under DIR and report (exit 0 all pass, "
             "1 any fail, 2 any error)", audit=True)
+    for name in ("verify", "audit"):
+        sub.choices[name].add_argument(
+            "--confirm", type=_count, default=1, metavar="N", help="when a spec fails and no pin "
+            "changed, train it N more times to tell nondeterministic from changed (default 1; "
+            "0: do not)")
     p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_hash)

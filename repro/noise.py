@@ -5,15 +5,19 @@ host. Runs that differ mean the training is not deterministic — an unseeded nu
 generator, a host callback, the wall clock, thread scheduling, GPU atomics — and a record of one
 of them would make every later verify fail for no reason. So the record is refused (exit 1, the
 previous record untouched), naming the first quantity and step where the runs parted. A spec
-that accepts noise says so with `tolerance.mode: close`: its runs may differ, and the verdict
-notes by how much.
+that accepts noise says so with `tolerance.mode: close`: its runs may differ, the record keeps
+the largest difference per quantity (its spread), and verify reports each error also as a
+multiple of that spread.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from repro.compare import Comparison, compare_run
+from repro.record import NoiseInfo, Spread
 from repro.verdict import QuantityResult
 
 if TYPE_CHECKING:
@@ -32,15 +36,51 @@ def compare_runs(first: RunResult, second: RunResult, spec: Spec) -> Comparison:
                        metric_names=spec.record.metrics)
 
 
+@dataclass
+class NoiseFloor:
+    """What the extra runs at record time found."""
+
+    runs: int
+    disagreement: Comparison | None = None   # runs differ and the spec does not accept it
+    spread: dict[str, Spread] = field(default_factory=dict)  # mode close: largest difference
+
+    def info(self) -> NoiseInfo:
+        return NoiseInfo(runs=self.runs, spread=self.spread)
+
+
 def noise_floor(first: RunResult, rerun: Callable[[], RunResult], spec: Spec,
-                runs: int) -> Comparison | None:
-    """Train `runs - 1` more times and compare each with the first; the comparison of the first
-    run that disagrees, or None when all agree (or the spec accepts noise: mode close)."""
+                runs: int) -> NoiseFloor:
+    """Train `runs - 1` more times and compare each with the first. Runs must agree bitwise
+    unless the spec accepts noise (mode close): then the largest difference per quantity is
+    kept. Runs whose quantities cannot even be compared (shapes, steps) never agree."""
+    floor = NoiseFloor(runs)
     for _ in range(runs - 1):
         cmp = compare_runs(first, rerun(), spec)
-        if not cmp.ok and spec.tolerance.mode != "close":
-            return cmp
-    return None
+        if not cmp.ok and (spec.tolerance.mode != "close" or any(r.note for r in cmp.failures)):
+            floor.disagreement = cmp
+            return floor
+        if spec.tolerance.mode == "close":
+            for row in cmp.rows:
+                old = floor.spread.get(row.label)
+                floor.spread[row.label] = Spread(
+                    max_abs=_largest(old.max_abs if old else 0.0, row.max_abs),
+                    max_rel=_largest(old.max_rel if old else 0.0, row.max_rel))
+    return floor
+
+
+def _largest(a: float | None, b: float) -> float | None:
+    """The larger of two spreads; None (JSON has no inf) once either is not finite."""
+    return None if a is None or not math.isfinite(b) else max(a, b)
+
+
+def annotate_spread(rows: list[QuantityResult], noise: NoiseInfo | None) -> None:
+    """Give each row the spread its quantity had at record time (mode close records)."""
+    if noise is None:
+        return
+    for row in rows:
+        spread = noise.spread.get(row.label)
+        if spread is not None:
+            row.spread = spread.max_abs if spread.max_abs is not None else math.inf
 
 
 def first_difference(cmp: Comparison) -> QuantityResult | None:

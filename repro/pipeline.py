@@ -17,10 +17,11 @@ from typing import Any, Literal
 from repro.backends import Backend, RunDir, get_backend
 from repro.backends.base import progress_lines
 from repro.changes import changes_since_record
+from repro.confirm import classify
 from repro.env.settings import determinism_settings
 from repro.errors import ReproError
 from repro.job import Job
-from repro.noise import describe, noise_floor
+from repro.noise import annotate_spread, describe, noise_floor
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
@@ -49,6 +50,7 @@ class Options:
     docker_pids: int | None = None       # docker backend: pids limit when the spec sets none
     runs: int | None = None              # record: trainings that must agree (default record.runs)
     variation: Variation = BASELINE      # calibrate: run differently without changing a pin
+    confirm: int = 1                     # verify: reruns that classify a failure (0: none)
 
     def backend_impl(self) -> Backend[Any]:
         return get_backend(self.backend, docker_memory=self.docker_memory,
@@ -87,11 +89,9 @@ def make_job(prep: Prepared, options: Options) -> Job:
     return Job(spec=spec.name or "spec", entrypoint=spec.code.entrypoint, tree=str(prep.code.tree),
                data={k: str(v) for k, v in prep.data.items()}, seeds=dict(spec.seeds),
                config=dict(spec.config), settings=determinism_settings(environment),
-               cpus=environment.cpus, cpu_slot=options.cpu_slot,
-               grads_every=grads.every if grads else None,
+               cpus=environment.cpus, cpu_slot=options.cpu_slot, grads_every=grads.every if grads else None,
                grads_steps=tuple(grads.steps) if grads else (), weights=spec.record.weights,
-               packages=dict(spec.environment.packages), hash_seed=var.hash_seed,
-               listing_order=var.listing_order,
+               packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
                compile_cache=str(cache_dir() / "jax-compile") if cache else None)
 
 
@@ -175,17 +175,18 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         check_recordable(spec, result)
         runs = options.runs or spec.record.runs
         # each run checks its pins again: a run may not change what the next one executes
-        noisy = noise_floor(result, lambda: execute(prepare(spec, options), options).result,
+        floor = noise_floor(result, lambda: execute(prepare(spec, options), options).result,
                             spec, runs)
-        if noisy is not None:  # runs disagree: no record (repro/noise.py)
+        if floor.disagreement is not None:  # runs disagree: no record (repro/noise.py)
             v = _run_verdict(prep, result, Status.FAIL, options)
-            v.rows, v.bitwise, v.fail_class = noisy.failures, True, "nondeterministic"
-            v.mode_reason = describe(noisy, runs)
+            v.rows, v.bitwise, v.fail_class = floor.disagreement.failures, True, "nondeterministic"
+            v.mode_reason = describe(floor.disagreement, runs)
             return v
         directory = record_dir(prep.repo_root, spec.name or "", result.platform_key,
                                options.records_root)
         write_record(directory, record_meta(prep.spec, prep.repo_root, prep.code, done.result,
-                                            done.image_ref, options.backend), result.arrays)
+                                            done.image_ref, options.backend, floor.info()),
+                     result.arrays)
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
     v = _run_verdict(prep, result, Status.RECORDED, options)
@@ -214,11 +215,15 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
             record_dir(prep.repo_root, name, done.result.platform_key, options.records_root))
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
-    return judge(prep, rec, done.result, options)
+    v = judge(prep, rec, done.result, options)
+    if v.status == Status.FAIL:  # nondeterministic or changed? run again (repro/confirm.py)
+        def again() -> RunResult:
+            return execute(prepare(spec, options), options, recorded).result
+        classify(v, spec, done.result, again, options.confirm, rec.meta.inputs)
+    return v
 
 
-def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool = False
-          ) -> Verdict:
+def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool = False) -> Verdict:
     """`record` when `record_it` (pytest --repro-record, `repro record`), else `verify`."""
     return record(spec_ref, options) if record_it else verify(spec_ref, options)
 
@@ -233,6 +238,7 @@ def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> V
                       run_fingerprint=result.fingerprint, metric_names=spec.record.metrics)
     v = _run_verdict(prep, result, Status.PASS if cmp.ok else Status.FAIL, options)
     v.rows, v.bitwise, v.mode_reason = cmp.rows, cmp.bitwise, cmp.reason
+    annotate_spread(v.rows, rec.meta.noise)
     v.record_path = str(rec.path)
     v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend)
     for name in (spec.record.metrics or sorted(set(rec.metrics) & set(result.metrics))):

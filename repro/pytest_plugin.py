@@ -39,6 +39,9 @@ def pytest_addoption(parser):
                     help="records root (default: <repo>/fixtures/records)")
     group.addoption("--repro-no-compile-cache", action="store_true", default=False,
                     help="do not share JAX's persistent compilation cache between runs")
+    group.addoption("--repro-confirm", type=int, default=1, metavar="N",
+                    help="when a spec fails and no pin changed, train it N more times to tell "
+                         "nondeterministic from changed (default 1; 0: do not)")
     parser.addini("repro_specs", "glob patterns of spec files to collect", type="args",
                   default=DEFAULT_PATTERNS)
     parser.addini("repro_backend", "default backend: local or docker", default="local")
@@ -77,6 +80,7 @@ def options_from_config(config: pytest.Config) -> Options:
         platform=config.getoption("--repro-platform"),
         records_root=Path(records).resolve() if records else None,
         echo=config.getoption("capture") == "no",
+        confirm=max(0, config.getoption("--repro-confirm")),
         compile_cache=not config.getoption("--repro-no-compile-cache"),
         docker_memory=config.getini("repro_docker_memory") or None,
         docker_pids=int(config.getini("repro_docker_pids") or 0) or None)

@@ -96,6 +96,29 @@ class ArraysIndex(_Part):
     index: dict[str, ArrayEntry]
 
 
+class UnpinnedInputs(_Part):
+    """What a run read and saw that no pin covers (repro/env/inputs.py): files read outside its
+    code tree and data (path -> "sha256:<hex>", "size:<n>" or "gone") and environment facts."""
+
+    files: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class Spread(_Part):
+    """The largest difference between the recorded runs in one quantity (None: not finite)."""
+
+    max_abs: float | None
+    max_rel: float | None
+
+
+class NoiseInfo(_Part):
+    """The noise floor measured at record time: how many runs, and (tolerance.mode close) how
+    far apart they were, per quantity label ("metric loss", "grad w1", "weights w1")."""
+
+    runs: int
+    spread: dict[str, Spread] = Field(default_factory=dict)
+
+
 class RecordMeta(_Part):
     """record.json, typed. `arrays` is filled in by `write_record`."""
 
@@ -114,6 +137,8 @@ class RecordMeta(_Part):
     timings: dict[str, float] = Field(default_factory=dict)
     format: int = RECORD_FORMAT
     arrays: ArraysIndex | None = None
+    inputs: UnpinnedInputs | None = None   # unpinned inputs of the recorded run
+    noise: NoiseInfo | None = None          # runs made at record time and their spread
     checksum: str | None = None   # record_checksum of the rest: a hand edit is damage, not drift
 
     def to_json(self) -> dict[str, Any]:

@@ -22,7 +22,16 @@ from repro.env.fingerprint import packages_digest
 from repro.errors import RunError
 from repro.ioutil import open_regular, read_npz
 from repro.pins.code import CodePin
-from repro.record import CodeInfo, DataInfo, ImagePackages, MetricSeries, RecordMeta, SpecInfo
+from repro.record import (
+    CodeInfo,
+    DataInfo,
+    ImagePackages,
+    MetricSeries,
+    NoiseInfo,
+    RecordMeta,
+    SpecInfo,
+    UnpinnedInputs,
+)
 from repro.spec import Spec
 
 PLATFORM_KEYS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
@@ -48,6 +57,7 @@ class RunResult:
     outcome: ChildOutcome
     notes: list[str] = field(default_factory=list)
     packages: list[str] | None = None    # docker: the image's package list, taken inside it
+    inputs: UnpinnedInputs | None = None  # what the training read that no pin covers
 
 
 def platform_key(reported: object) -> str:
@@ -115,7 +125,8 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
         notes.append(f"the training left {shape.leftover_processes} process(es) running; "
                      "repro killed them when the run ended")
     return RunResult(key, shape.fingerprint, shape.metrics, arrays, shape.timings,
-                     shape.grad_steps, outcome, notes, packages=shape.packages)
+                     shape.grad_steps, outcome, notes, packages=shape.packages,
+                     inputs=shape.inputs)
 
 
 class _RunFile(BaseModel):
@@ -129,6 +140,7 @@ class _RunFile(BaseModel):
     grad_steps: list[int] = Field(default_factory=list)
     packages: list[str] | None = None
     leftover_processes: int = 0
+    inputs: UnpinnedInputs | None = None
 
 
 def check_recordable(spec: Spec, result: RunResult) -> None:
@@ -147,7 +159,7 @@ def check_recordable(spec: Spec, result: RunResult) -> None:
 
 
 def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
-                image_ref: str | None, backend: str) -> RecordMeta:
+                image_ref: str | None, backend: str, noise: NoiseInfo | None = None) -> RecordMeta:
     """What record.json says about a run (its `arrays` index is added when written)."""
     packages = None
     if result.packages is not None:  # docker: what a rebuild from recipe must match
@@ -162,7 +174,7 @@ def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
         data={n: DataInfo(path=e.path, sha256=e.sha256) for n, e in spec.data.items()},
         image=image_ref, image_packages=packages, backend=backend,
         platform=result.platform_key, fingerprint=result.fingerprint, metrics=result.metrics,
-        grad_steps=result.grad_steps, timings=result.timings)
+        grad_steps=result.grad_steps, timings=result.timings, inputs=result.inputs, noise=noise)
 
 
 def _relative(path: Path | None, root: Path) -> str:

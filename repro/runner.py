@@ -158,6 +158,10 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     tree = str(Path(job.tree).resolve())
     if job.listing_order == "reversed":
         _reverse_listings()
+    from repro.env.inputs import InputWatch, installation_roots
+    watch = InputWatch([tree, str(run_dir), os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
+                        *job.data.values(), *installation_roots()])
+    watch.start()   # files the training reads that no pin covers (repro/env/inputs.py)
     sys.path.insert(0, tree)
     module_name, func_name = job.entrypoint.split(":")
     _entrypoint_inside(module_name, tree, job.entrypoint)
@@ -185,6 +189,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         raise _Failure(kind="user", type=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
                        traceback=_user_traceback(exc, tree)) from None
     result["timings"]["train_s"] = time.perf_counter() - t0
+    result["inputs"] = watch.report()
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.
     result["fingerprint"] = fingerprint(dict(job.settings), cpus)

@@ -4,6 +4,7 @@ Front ends (pytest item, CLI, audit) only render it; every number that decides p
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +30,14 @@ class QuantityResult:
     n_out: int = 0
     n_total: int = 0
     note: str = ""
+    spread: float | None = None   # mode close: the largest difference between recorded runs
+
+    @property
+    def spread_multiple(self) -> float | None:
+        """max_abs as a multiple of the recorded spread (None: no spread recorded)."""
+        if self.spread is None:
+            return None
+        return self.max_abs / self.spread if self.spread else (0.0 if not self.max_abs else math.inf)
 
     @property
     def label(self) -> str:
@@ -91,6 +100,20 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 @dataclass
+class Confirmation:
+    """The evidence behind a failure's class, from runs made again after it failed (`--confirm`).
+
+    `agree` False: a rerun differed from the first run (`first_difference` says where), so the
+    training is nondeterministic. True: every rerun gave the first run's bits, so the training is
+    deterministic and an input no pin covers changed (`candidates` names what it may be)."""
+
+    runs: int                                  # reruns made after the failing run
+    agree: bool
+    first_difference: str = ""                 # nondeterministic: quantity, step, how far
+    candidates: list[str] = field(default_factory=list)   # changed: unpinned inputs that moved
+
+
+@dataclass
 class Verdict:
     name: str
     status: Status
@@ -107,6 +130,7 @@ class Verdict:
     error_detail: str = ""                    # e.g. the user's trimmed traceback, the log tail
     killed_by: str = ""                       # error: the run was killed (KilledBy value)
     fail_class: str = ""                      # fail: "nondeterministic" (runs disagree) | "changed"
+    confirmation: Confirmation | None = None  # fail: the reruns that decided fail_class
     record_path: str = ""
     spec_hash: str = ""
     commit: str = ""

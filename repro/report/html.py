@@ -117,7 +117,8 @@ def _detail(r: dict) -> str:
     fd = r.get("first_divergence")
     if fd:
         step = "" if fd.get("step") is None else f" at step {fd['step']}"
-        return (f"<b>{e(fd.get('quantity'))}</b>{e(step)} "
+        cls = f'<span class="cls">{e(r["fail_class"])}</span> ' if r.get("fail_class") else ""
+        return (f"{cls}<b>{e(fd.get('quantity'))}</b>{e(step)} "
                 f'<span class="muted">(max rel err {e(num(fd.get("max_rel")))})</span>')
     if r.get("status") == "pass":
         n = len(r.get("quantities") or [])
@@ -138,7 +139,7 @@ def _spec(i: int, r: dict, timeline: list[dict]) -> str:
         parts.append(f'<h4>Error</h4><pre class="err">{e(r.get("error"))}</pre>')
         if r.get("error_detail"):
             parts.append(f'<details open><summary>detail</summary><pre>{e(r["error_detail"])}</pre></details>')
-    parts += [_curves(r), _leaves(r), _quantities(r), _changes(r)]
+    parts += [_fail_class(r), _curves(r), _leaves(r), _quantities(r), _changes(r)]
     if r.get("notes"):
         parts.append("<h4>Notes</h4><ul>" + "".join(f"<li>{e(n)}</li>" for n in r["notes"]) + "</ul>")
     parts.append(_history(r, timeline))
@@ -146,6 +147,25 @@ def _spec(i: int, r: dict, timeline: list[dict]) -> str:
     return (f'<section class="spec" id="spec-{i}" style="border-left-color:{COLORS.get(status, "#7a8794")}">'
             f"<details class=\"spec-d\"{is_open}>{head}<div class=\"body\">"
             + "".join(p for p in parts if p) + "</div></details></section>")
+
+
+def _fail_class(r: dict) -> str:
+    """The failure's class and its evidence (repro/confirm.py)."""
+    cls = r.get("fail_class")
+    if not cls:
+        return ""
+    c = r.get("confirmation") or {}
+    if cls == "nondeterministic":
+        why = (f"run again from the same pins, the training gave other bits (first at "
+               f"{c.get('first_difference')})" if c else "the runs from the same pins differ")
+    elif c:
+        why = (f"{c.get('runs', 0) + 1} runs from the same pins agree bitwise with each other but "
+               "not with the record: an input that no pin covers changed")
+    else:
+        why = "a pin, spec key or environment fact that decides the numbers changed"
+    items = "".join(f"<li>{e(x)}</li>" for x in c.get("candidates") or [])
+    return (f'<h4>Class: <span class="cls">{e(cls)}</span></h4><p>{e(why)}</p>'
+            + (f"<p>Candidates:</p><ul>{items}</ul>" if items else ""))
 
 
 def _facts(r: dict) -> str:
@@ -348,6 +368,7 @@ th,td{padding:5px 8px;border-bottom:1px solid #edf0f3;vertical-align:top}td.r{te
 padding:1px 8px;border-radius:10px;text-transform:uppercase;letter-spacing:.03em}
 a{color:#2b5ea8;text-decoration:none}a:hover{text-decoration:underline}
 .muted{color:#6b7682}.ok{color:#237a55}.bad{color:#c03535;font-weight:600}.errtext{color:#9a5200}
+.cls{background:#fbe9e9;color:#9b2c2c;border-radius:3px;padding:0 4px;font-weight:600}
 td.nm{white-space:nowrap}table.q{width:auto;min-width:70%}
 .tools{margin:10px 0 0}button{font:inherit;font-size:12px;padding:2px 10px;border:1px solid #c5ccd3;
 border-radius:4px;background:#f8f9fa;cursor:pointer}

@@ -27,8 +27,9 @@ def _row(r: QuantityResult) -> dict[str, Any]:
     d = asdict(r)
     d["label"] = r.label
     d["tolerance"] = r.tolerance_text
-    for k in ("max_abs", "max_rel"):
-        if d[k] != d[k] or d[k] in (float("inf"), float("-inf")):
+    d["spread_multiple"] = r.spread_multiple
+    for k in ("max_abs", "max_rel", "spread", "spread_multiple"):
+        if d[k] is not None and (d[k] != d[k] or d[k] in (float("inf"), float("-inf"))):
             d[k] = str(d[k])  # JSON has no inf/nan
     return d
 
@@ -43,6 +44,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
     first = v.first_divergence
     return {
         "name": v.name, "status": str(v.status), "fail_class": v.fail_class or None,
+        "confirmation": None if v.confirmation is None else asdict(v.confirmation),
         "spec": v.spec_path,
         "duration_s": round(v.duration_s, 3),
         "platform": v.platform, "backend": v.backend, "code": v.code, "record": v.record_path,

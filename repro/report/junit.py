@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 def junit_properties(v: Verdict) -> list[tuple[str, str]]:
     """The properties a spec's test case carries (pytest's record_property, the audit's XML)."""
-    return [("repro_status", str(v.status)), ("repro_spec_hash", v.spec_hash),
+    return [("repro_status", str(v.status)), ("repro_fail_class", v.fail_class),
+            ("repro_spec_hash", v.spec_hash),
             ("repro_commit", v.commit), ("repro_platform", v.platform),
             ("repro_bitwise", "" if v.bitwise is None else str(v.bitwise).lower()),
             ("repro_fingerprint", json.dumps(v.fingerprint, sort_keys=True))]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, Verdict
+from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, QuantityResult, Verdict
 
 if TYPE_CHECKING:
     from repro.audit import Audit
@@ -41,6 +41,8 @@ def summary_line(v: Verdict) -> str:
         parts.append(f"({len(v.rows)} quantities)")
     elif v.status == FAIL:
         first = v.first_divergence
+        if v.fail_class:
+            parts.append(f"({v.fail_class})")
         parts.append(f"{len(v.failures)} of {len(v.rows)} quantities out of tolerance")
         if first is not None:
             where = f" at step {first.first_step}" if first.first_step is not None else ""
@@ -71,12 +73,14 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
     if v.rows and (v.status != PASS or verbose):
         out.append(f"  compared {'bitwise' if v.bitwise else 'within tolerance'}: {v.mode_reason}")
         rows = v.failures if (v.status == FAIL and not verbose) else v.rows
+        spread = any(r.spread is not None for r in rows)
         body = [[r.label, "-" if r.first_step is None else str(r.first_step), _num(r.max_abs),
-                 _num(r.max_rel), r.tolerance_text, f"{r.n_out}/{r.n_total}" + (f"  {r.note}" if r.note else "")]
+                 _num(r.max_rel)] + ([_multiple(r)] if spread else []) +
+                [r.tolerance_text, f"{r.n_out}/{r.n_total}" + (f"  {r.note}" if r.note else "")]
                 for r in rows[:MAX_ROWS]]
         out.append("")
-        out.append(table(body, ["quantity", "first step", "max abs err", "max rel err",
-                                "tolerance", "out"]))
+        out.append(table(body, ["quantity", "first step", "max abs err", "max rel err"] +
+                         (["x recorded spread"] if spread else []) + ["tolerance", "out"]))
         if len(rows) > MAX_ROWS:
             out.append(f"… and {len(rows) - MAX_ROWS} more")
         if v.status == FAIL and not verbose and len(v.rows) > len(rows):
@@ -87,6 +91,9 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
     if v.timings.get("train_s") is not None and v.status in (RAN, RECORDED):
         out.append(f"  training took {v.timings['train_s']:.2f} s "
                    f"(process {v.timings.get('total_s', 0):.2f} s)")
+    if v.status == FAIL and v.fail_class:
+        out.append("")
+        out += class_lines(v)
     numeric = [c for c in v.changes if c.numeric]
     info = [c for c in v.changes if not c.numeric]
     if v.status == FAIL or (v.changes and verbose):
@@ -94,10 +101,9 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
         if numeric:
             out.append("What changed since the record (likely causes first):")
             out += [f"  {c.what:<12} {c.text()}" for c in numeric]
-        elif v.status == FAIL:
+        elif v.status == FAIL and not v.fail_class:
             out.append("No pin, spec key or environment fact that decides the numbers changed "
-                       "since the record: the training itself is not deterministic "
-                       "(host callbacks, unseeded randomness, threads?).")
+                       "since the record.")
         if info:
             out.append("Also different (does not change the numbers):")
             out += [f"  {c.what:<12} {c.text()}" for c in info]
@@ -108,6 +114,40 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+def class_lines(v: Verdict) -> list[str]:
+    """What kind of failure this is and the evidence (repro/confirm.py, repro/noise.py)."""
+    from repro.noise import CAUSES
+
+    c = v.confirmation
+    if v.fail_class == "nondeterministic":
+        if c is None:   # record time: the runs that were to make the record disagreed
+            return ["Class: nondeterministic (the runs from the same pins differ; see above)"]
+        return [f"Class: nondeterministic: run again from the same pins, the training gave other "
+                f"bits than the first time (first at {c.first_difference}). The record may be "
+                f"right; the training is not deterministic. Usual causes: {CAUSES}."]
+    if c is None:
+        return ["Class: changed: a pin, spec key or environment fact that decides the numbers "
+                "changed since the record (below)."]
+    lines = [f"Class: changed: {c.runs + 1} runs from the same pins agree bitwise with each "
+             "other but not with the record, so the training is deterministic and an input that "
+             "no pin covers changed."]
+    if c.candidates:
+        lines.append("Candidates (inputs no pin covers that differ from the recorded run's):")
+        lines += [f"  {x}" for x in c.candidates]
+    else:
+        lines.append("No unpinned input that repro saw differs from the recorded run's: look for "
+                     "inputs it cannot see (the network, the clock, files opened by C code).")
+    return lines
+
+
+def _multiple(r: QuantityResult) -> str:
+    """The error as a multiple of the spread the record's runs showed (mode close)."""
+    m = r.spread_multiple
+    if m is None:
+        return "-"
+    return f"{_num(m)}x (spread {_num(r.spread or 0.0)})"
+
+
 def _fmt_metric(x: object) -> str:
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
@@ -116,7 +156,8 @@ def _detail(v: Verdict) -> str:
     if v.status == FAIL and v.first_divergence is not None:
         r = v.first_divergence
         where = f" at step {r.first_step}" if r.first_step is not None else ""
-        return f"{r.label}{where}, max rel err {_num(r.max_rel)}"
+        cls = f"{v.fail_class}: " if v.fail_class else ""
+        return f"{cls}{r.label}{where}, max rel err {_num(r.max_rel)}"
     if v.status == ERROR:
         return (v.error.splitlines() or [""])[0][:100]
     if v.status == PASS:

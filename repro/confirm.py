@@ -1,0 +1,86 @@
+"""Nondeterministic or changed: what a failed verify was, decided by running again.
+
+A verify fails. When "what changed since the record" names a pin, a spec key or an environment
+fact that decides the numbers, the failure is `changed` and that list is the evidence. When it
+names nothing, a guess will not do: the spec runs again (`--confirm N`, default 1) and the runs
+are compared with each other, bitwise. If they differ, the training is `nondeterministic` (the
+verdict says where they parted). If they agree, the training is deterministic and its result
+moved anyway: an input that no pin covers changed, and the verdict names the candidates the
+runner saw — files read outside the code tree and `data:` whose content differs from the
+record's, variables and facts outside the fingerprint.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from repro.errors import ReproError
+from repro.noise import compare_runs, first_difference
+from repro.verdict import Confirmation, Verdict
+
+if TYPE_CHECKING:
+    from repro.record import UnpinnedInputs
+    from repro.result import RunResult
+    from repro.spec import Spec
+
+
+def classify(v: Verdict, spec: Spec, first: RunResult, rerun: Callable[[], RunResult],
+             confirm: int, recorded: UnpinnedInputs | None) -> None:
+    """Set `v.fail_class` (and `v.confirmation`) for a failed verify."""
+    if any(c.numeric for c in v.changes):
+        v.fail_class = "changed"   # the evidence is the change list itself
+        return
+    if confirm <= 0:
+        v.notes.append("not confirmed (--confirm 0): rerun with --confirm 1 to tell a "
+                       "nondeterministic training from an input no pin covers")
+        return
+    for n in range(1, confirm + 1):
+        try:
+            again = rerun()
+        except ReproError as exc:
+            v.notes.append(f"the confirmation run failed, so the failure is not classified: {exc}")
+            return
+        cmp = compare_runs(first, again, spec)
+        where = first_difference(cmp)
+        if where is not None:
+            step = f", step {where.first_step}" if where.first_step is not None else ""
+            v.fail_class = "nondeterministic"
+            v.confirmation = Confirmation(
+                runs=n, agree=False,
+                first_difference=f"{where.label}{step} (max abs {where.max_abs:.3g})")
+            return
+    v.fail_class = "changed"
+    found = candidates(recorded, first.inputs)
+    found += [f"{c.key} ({c.text()}), outside the fingerprint's numeric fields"
+              for c in v.changes if not c.numeric and c.what == "environment"]
+    v.confirmation = Confirmation(runs=confirm, agree=True, candidates=found)
+
+
+def candidates(recorded: UnpinnedInputs | None, current: UnpinnedInputs | None) -> list[str]:
+    """Unpinned inputs that differ between the recorded run and this one, strongest first:
+    files whose content changed, files read by one run only, environment values that moved."""
+    if current is None:
+        return []
+    if recorded is None:   # a record made before repro kept its run's inputs
+        return [f"file {p} is read by the training and is not under data: (the record does not "
+                "say what it held)" for p in sorted(current.files)]
+    out = []
+    for path in sorted(set(recorded.files) & set(current.files)):
+        was, now = recorded.files[path], current.files[path]
+        if was != now:
+            out.append(f"file {path} is read by the training, is not under data:, and changed "
+                       f"since the record ({_short(was)} -> {_short(now)})")
+    out += [f"file {p} is read by the training now but was not when recorded (not under data:)"
+            for p in sorted(set(current.files) - set(recorded.files))]
+    out += [f"file {p} was read when recorded but not now (not under data:)"
+            for p in sorted(set(recorded.files) - set(current.files))]
+    for key in sorted(set(recorded.env) | set(current.env)):
+        was_env, now_env = recorded.env.get(key), current.env.get(key)
+        if was_env != now_env:
+            out.append(f"environment {key}: {was_env!r} -> {now_env!r} (not in the fingerprint)")
+    return out
+
+
+def _short(description: str) -> str:
+    kind, _, value = description.partition(":")
+    return f"{kind} {value[:12]}…" if kind == "sha256" else description

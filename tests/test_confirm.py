@@ -1,0 +1,146 @@
+"""Issue 9 parts 2–3: the spread a mode-close record keeps, and failures classified by running
+again — `nondeterministic` (two runs from the same pins differ) or `changed` (same bits twice,
+not the record's: an input no pin covers moved, and the verdict names it). Real runs, real git.
+"""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from repro import pipeline
+from repro.record import read_record
+from repro.variation import Variation
+from tests.conftest import train_does
+
+
+def _noisy(project):
+    """The tiny training with an unseeded generator in its learning rate."""
+    train = project.root / "tinyproj" / "train.py"
+    train.write_text(train.read_text().replace(
+        "    lr = ctx.config[\"lr\"] * LR_SCALE",
+        "    lr = ctx.config[\"lr\"] * LR_SCALE * (1 + 1e-3 * np.random.default_rng().random())"))
+    project.commit("unseeded noise")
+    project.repro("pin", str(project.spec), check_rc=0)
+
+
+def test_mode_close_record_keeps_the_spread_and_verify_reports_multiples_of_it(project):
+    _noisy(project)
+    project.edit_spec("record:\n", "tolerance: {mode: close, default: {rtol: 1.0e-12, atol: 0}}\n"
+                                   "record:\n  runs: 3\n")
+    project.commit("accept noise")
+    project.repro("record", "specs/tiny.yaml", check_rc=0)
+    meta = read_record(project.record_dir).meta
+    assert meta.noise is not None and meta.noise.runs == 3
+    loss = meta.noise.spread["metric loss"]
+    assert loss.max_abs is not None and loss.max_abs > 0   # the runs really differed
+    assert set(meta.noise.spread) >= {"metric loss", "weights hidden/w", "grad hidden/w"}
+
+    v = pipeline.verify(project.spec)
+    assert v.status == "fail"   # 1e-12 is far below the noise
+    rows = {r.label: r for r in v.rows}
+    assert rows["metric loss"].spread == loss.max_abs
+    multiple = rows["metric loss"].spread_multiple
+    assert multiple is not None and multiple == rows["metric loss"].max_abs / loss.max_abs
+    proc = project.repro("verify", "specs/tiny.yaml")
+    assert proc.returncode == 1
+    assert "x recorded spread" in proc.stdout and "x (spread " in proc.stdout, proc.stdout
+    # nothing changed but the runs differ again: classified by the confirmation run
+    assert "(nondeterministic)" in proc.stdout and "Class: nondeterministic" in proc.stdout
+
+
+def test_a_noisy_training_recorded_once_fails_as_nondeterministic_with_where(project):
+    _noisy(project)
+    project.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    v = pipeline.verify(project.spec)
+    assert v.status == "fail" and v.fail_class == "nondeterministic"
+    assert v.confirmation is not None and v.confirmation.agree is False
+    assert v.confirmation.runs == 1
+    assert v.confirmation.first_difference.startswith("metric loss, step 1"), v.confirmation
+    assert not [c for c in v.changes if c.numeric]
+
+    # --confirm 0: no rerun, no class, and the verdict says how to get one
+    proc = project.repro("verify", "specs/tiny.yaml", "--confirm", "0")
+    assert proc.returncode == 1
+    assert "Class:" not in proc.stdout and "not confirmed (--confirm 0)" in proc.stdout
+    bad = project.repro("verify", "specs/tiny.yaml", "--confirm", "-1")
+    assert bad.returncode == 2 and "must be 0 or more" in bad.stderr
+
+
+def test_a_file_read_outside_data_that_changed_is_named_in_every_report(project, tmp_path):
+    scale = tmp_path / "outside" / "scale.txt"
+    scale.parent.mkdir()
+    scale.write_text("1.0\n")
+    train_does(project, f"    lr_scale = float(open({str(scale)!r}).read())\n")
+    train = project.root / "tinyproj" / "train.py"
+    train.write_text(train.read_text().replace("ctx.config[\"lr\"] * LR_SCALE",
+                                               "ctx.config[\"lr\"] * LR_SCALE * lr_scale"))
+    project.commit("read a scale from a file no pin covers")
+    project.repro("pin", str(project.spec), check_rc=0)
+    project.repro("record", "specs/tiny.yaml", check_rc=0)
+    meta = read_record(project.record_dir).meta
+    assert meta.inputs is not None
+    assert meta.inputs.files[str(scale.resolve())].startswith("sha256:")
+    assert not any("tinyproj" in p or p.endswith("xy.npz") for p in meta.inputs.files)  # pinned
+
+    scale.write_text("1.001\n")   # an input no pin covers
+    out = tmp_path / "out"
+    proc = project.repro("audit", "specs", "--json", str(out / "a.json"), "--junit",
+                         str(out / "a.xml"), "--report", str(out / "a.html"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((out / "a.json").read_text())["results"][0]
+    assert result["fail_class"] == "changed"
+    confirmation = result["confirmation"]
+    assert confirmation["agree"] is True and confirmation["runs"] == 1
+    assert any(str(scale.resolve()) in c and "changed since the record" in c
+               for c in confirmation["candidates"]), confirmation
+    props = {p.get("name"): p.get("value") for p in ET.parse(out / "a.xml").iter("property")}
+    assert props["repro_fail_class"] == "changed"
+    html = (out / "a.html").read_text()
+    assert "Class: <span class=\"cls\">changed</span>" in html and str(scale.resolve()) in html
+
+    proc = project.repro("verify", "specs/tiny.yaml")
+    assert "Class: changed: 2 runs from the same pins agree bitwise" in proc.stdout, proc.stdout
+    assert f"file {scale.resolve()} is read by the training, is not under data:" in proc.stdout
+
+
+def test_a_changed_pin_is_the_evidence_and_costs_no_rerun(recorded_template, tmp_path):
+    import shutil
+
+    from tests.conftest import Project
+    shutil.copytree(recorded_template.root, tmp_path / "p", symlinks=True)
+    p = Project(tmp_path / "p")
+    p.edit_spec("seeds: {params: 0}", "seeds: {params: 5}")
+    v = pipeline.verify(p.spec)
+    assert v.status == "fail" and v.fail_class == "changed" and v.confirmation is None
+    assert [c.key for c in v.changes if c.numeric] == ["seeds.params"]
+
+
+def test_an_environment_fact_outside_the_fingerprint_is_a_candidate(recorded_template, tmp_path):
+    """PYTHONHASHSEED is not in the fingerprint; a training whose numbers depend on hash() of a
+    string fails under another seed as `changed`, naming the variable."""
+    import shutil
+
+    from tests.conftest import Project
+    shutil.copytree(recorded_template.root, tmp_path / "p", symlinks=True)
+    p = Project(tmp_path / "p")
+    train_does(p, "    LR_HASH = 1 + (hash('lr') % 7) * 1e-4\n")
+    train = p.root / "tinyproj" / "train.py"
+    train.write_text(train.read_text().replace("ctx.config[\"lr\"] * LR_SCALE",
+                                               "ctx.config[\"lr\"] * LR_SCALE * LR_HASH"))
+    p.commit("hash-dependent")
+    p.repro("pin", str(p.spec), check_rc=0)
+    p.repro("record", "specs/tiny.yaml", check_rc=0)
+    seeds = [s for s in ("1", "2", "3", "4") if hash_mod("lr", s) != hash_mod("lr", "0")]
+    v = pipeline.verify(p.spec, pipeline.Options(variation=Variation("hash", hash_seed=seeds[0])))
+    assert v.status == "fail" and v.fail_class == "changed", v.notes
+    assert v.confirmation is not None and v.confirmation.agree
+    assert f"environment PYTHONHASHSEED: '0' -> '{seeds[0]}' (not in the fingerprint)" in \
+        v.confirmation.candidates
+
+
+def hash_mod(text: str, seed: str) -> int:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", f"print(hash({text!r}) % 7)"], text=True,
+                         capture_output=True, check=True, env={"PYTHONHASHSEED": seed})
+    return int(out.stdout)
