@@ -7,7 +7,7 @@ from typing import Any
 
 from repro.env.fingerprint import fingerprint_changes
 from repro.errors import ReproError
-from repro.pins.code import CodePin
+from repro.pins.code import CodePin, changed_files
 from repro.record import RecordMeta, read_record
 from repro.spec import Spec, load_spec, spec_changes
 from repro.verdict import FAIL, PASS, Change, ChangeKind, Verdict, error_verdict
@@ -28,7 +28,10 @@ def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
         what: ChangeKind = ("code" if key.startswith("code.") else
                             "data" if key.startswith("data.") else "spec")
         informational = key.startswith(("tolerance.", "description", "timeout", "record.metrics"))
-        out.append(Change(what, key, a, b, numeric=not informational))
+        change = Change(what, key, a, b, numeric=not informational)
+        if key == "code.commit" and isinstance(a, str) and isinstance(b, str):
+            _commit_files(change, code, spec, a, b)
+        out.append(change)
     if meta.backend and meta.backend != backend:
         out.append(Change("backend", "backend", meta.backend, backend, numeric=False))
     for key, a, b, numeric in fingerprint_changes(meta.fingerprint, fingerprint):
@@ -36,6 +39,39 @@ def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
     order = {"code": 0, "data": 1, "spec": 2, "backend": 3, "environment": 4}
     out.sort(key=lambda c: (not c.numeric, order[c.what]))
     return out
+
+
+def _commit_files(change: Change, code: CodePin, spec: Spec, old: str, new: str) -> None:
+    """Name the files that differ between the recorded and the pinned commit. When the only
+    ones are pinned elsewhere — `data:` entries (their own hashes decide), this spec's file and
+    its sibling specs, recorded versions — the commit itself is not what moved the numbers."""
+    files = changed_files(code.repo, old, new)
+    if files is None:
+        return
+    root = Path(code.repo)
+    spec_dir = _relative(spec.path.parent, root) if spec.path else None
+    data = [d.rstrip("/") for d in (_relative(root / e.path, root) for e in spec.data.values()) if d]
+
+    def pinned_elsewhere(f: str) -> bool:
+        return (f.startswith("fixtures/records/") or any(f == d or f.startswith(d + "/") for d in data)
+                or (spec_dir is not None and f.endswith((".yaml", ".yml"))
+                    and (f.startswith(spec_dir) if spec_dir else "/" not in f)))
+    code_files = [f for f in files if not pinned_elsewhere(f)]
+    if not code_files:
+        change.numeric = False
+        change.detail = ("only files pinned elsewhere differ: " + ", ".join(files[:5])
+                         if files else "the two commits hold the same files")
+        return
+    change.detail = (f"{len(code_files)} file(s) differ: " + ", ".join(code_files[:5])
+                     + (" …" if len(code_files) > 5 else ""))
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    try:
+        rel = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return None
+    return "" if rel == "." else rel.rstrip("/") + ("/" if path.is_dir() else "")
 
 
 def diff_records(path_a: str | Path, path_b: str | Path,

@@ -77,11 +77,13 @@ class Change:
     recorded: Any
     current: Any
     numeric: bool = True   # may change the numbers (False: informational only)
+    detail: str = ""       # e.g. which files differ between two commits
 
     def text(self) -> str:
         if isinstance(self.recorded, list) and isinstance(self.current, list):
             return f"{self.key}: {set_difference(self.recorded, self.current)}"
-        return f"{self.key}: {_short(self.recorded)} -> {_short(self.current)}"
+        more = f" ({self.detail})" if self.detail else ""
+        return f"{self.key}: {_short(self.recorded)} -> {_short(self.current)}{more}"
 
 
 def set_difference(recorded: list[Any], current: list[Any]) -> str:

@@ -44,6 +44,7 @@ def test_new_commit_scaling_lr_is_caught_after_pin(project):
     assert v.status == "fail"
     keys = [c.key for c in v.changes]
     assert "code.commit" in keys and keys[0] == "code.commit"
+    assert v.changes[0].detail == "1 file(s) differ: tinyproj/train.py"
     first = v.first_divergence
     # the first step's loss is computed before any update: the lr change shows from step 1 on
     assert first.first_step == 1 and first.kind == "metric"
@@ -60,6 +61,26 @@ def test_changed_data_value_is_caught_after_repin(project):
     v = pipeline.verify(project.spec)
     assert v.status == "fail"
     assert any(c.key == "data.xy.sha256" and c.what == "data" for c in v.changes)
+
+
+def test_a_commit_that_changes_only_pinned_data_is_not_named_as_the_cause(project):
+    """Data committed in the repo moves code.commit too; the data pin is the cause, and the
+    commit is shown as informational with the files it changed."""
+    assert pipeline.record(project.spec).status == "recorded"
+    with np.load(project.data) as d:
+        x, y = d["x"].copy(), d["y"].copy()
+    x[[3, 4]] = x[[4, 3]]
+    with open(project.data, "wb") as f:
+        np.savez(f, x=x, y=y)
+    project.commit("swap two rows")
+    project.repro("pin", str(project.spec), check_rc=0)
+    v = pipeline.verify(project.spec)
+    assert v.status == "fail" and v.fail_class == "changed"
+    numeric = [c.key for c in v.changes if c.numeric]
+    assert numeric == ["data.xy.sha256"], v.changes
+    commit = next(c for c in v.changes if c.key == "code.commit")
+    assert not commit.numeric, commit
+    assert commit.detail.startswith("only files pinned elsewhere differ: data/xy.npz")
 
 
 def test_flipped_byte_without_repin_is_an_error_before_training(project):

@@ -112,6 +112,12 @@ def dirty_paths(repo: Path) -> list[str]:
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
+def changed_files(repo: Path | str, old: str, new: str) -> list[str] | None:
+    """Paths that differ between two commits (None when either is not in the repository)."""
+    proc = git(["diff", "--name-only", "--no-renames", old, new, "--"], repo, check=False)
+    return proc.stdout.split("\n")[:-1] if proc.returncode == 0 else None
+
+
 def check_commit(repo: Path, commit: str) -> None:
     """Raise CodePinError naming the commit if the repository does not have it."""
     if git(["cat-file", "-e", f"{commit}^{{commit}}"], repo, check=False).returncode == 0:
