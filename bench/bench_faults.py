@@ -170,10 +170,8 @@ def main() -> int:
                     result["arms"]["B"] = {**summary(arm), "tolerance": tolerance,
                                            "calibrate_seconds": cal_s}
     finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(tmp / "cache", ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)   # the caches, and the project unless --keep
+        if args.keep:
             print(f"kept {root}")
     result["wall_seconds"] = time.perf_counter() - t_start
     print(f"\nwall time: {result['wall_seconds']:.1f} s")
