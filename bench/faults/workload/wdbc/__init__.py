@@ -1,0 +1,1 @@
+"""Tumour classification on the Wisconsin breast-cancer set: see ``wdbc.train``."""
