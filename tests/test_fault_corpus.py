@@ -60,12 +60,11 @@ def test_data_fault_caught_and_data_pin_named(swapped_row):
     assert "data.wdbc.sha256" in o.numeric_keys, o.as_dict()
 
 
-@pytest.mark.xfail(strict=True, reason="`repro pin` moves code.commit too (the data lives in the "
-                   "repository), and changes.py lists code before data: the verdict names "
-                   "code.commit first although only data/ changed between the commits "
-                   "(docs/faults.md)")
 def test_data_fault_names_data_pin_first(swapped_row):
+    """`repro pin` moves code.commit too (the data lives in the repository); the commit changed
+    only pinned data, so it is informational and the data pin is the cause named first."""
     assert swapped_row.right_cause, swapped_row.numeric_keys
+    assert swapped_row.numeric_keys[0] == "data.wdbc.sha256"
 
 
 def test_clean_rerun_under_variation_passes(recorded):
