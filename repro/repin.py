@@ -1,8 +1,8 @@
 """`repro pin SPEC`: rewrite a spec's code commit and data hashes to what they are now.
 
-The file is edited in place, value by value, so the user's comments, key order and quoting
-survive; missing keys are inserted beside their siblings. The result is re-validated before it
-is written (atomically).
+The file is edited in place, value by value (`repro.yamlio.set_value`), so the user's
+comments, key order and quoting survive; missing keys are inserted beside their siblings. The
+result is re-validated before it is written (atomically).
 """
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from repro.errors import SpecError
 from repro.ioutil import atomic_write_text
 from repro.pins.code import check_commit, code_repo, dirty_paths, head_commit, repo_root
 from repro.pins.data import hash_paths, resolve_data_path
 from repro.spec import _default_name, load_spec, parse_spec
-from repro.yamlio import SpecLoader, load_with_lines
+from repro.yamlio import load_with_lines, set_value
 
 
 def pin_spec(path: str | Path, *, commit: str | None = None
@@ -70,7 +68,7 @@ def pin_spec(path: str | Path, *, commit: str | None = None
     current = {k: _get(spec.model_dump(), k) for k in wanted}
     changes = [(".".join(k), current[k], v) for k, v in wanted.items() if current[k] != v]
     for key, _, value in changes:
-        text = _set_value(text, tuple(key.split(".")), value, str(path))
+        text = set_value(text, tuple(key.split(".")), value, str(path))
     if changes:
         # validate the edited text before writing it: a failed pin leaves the file as it was
         try:
@@ -110,49 +108,3 @@ def _get(tree: object, key: tuple) -> object:
             return None
         tree = tree.get(part)
     return tree
-
-
-def _set_value(text: str, key: tuple, value: str, file: str) -> str:
-    root = yaml.compose(text, Loader=SpecLoader)
-    node, parent = root, None
-    for part in key:
-        if not isinstance(node, yaml.MappingNode):
-            raise SpecError("cannot pin: expected a mapping", file=file, key_path=".".join(key))
-        parent = node
-        node = next((v for k, v in node.value if k.value == part), None)
-        if node is None:
-            break
-    if node is not None:
-        start, end = node.start_mark.index, node.end_mark.index
-        style = getattr(node, "style", None)
-        if start == end:  # `key:` with no value: the empty scalar starts right after the colon
-            return text[:start] + " " + _scalar(value) + text[end:]
-        return text[:start] + _scalar(value, style) + text[end:]
-    missing = key[-1]
-    assert parent is not None  # the loop ran: `key` is never empty
-    if parent.flow_style:
-        if not parent.value:
-            close = parent.end_mark.index - 1
-            return text[:close] + f"{missing}: {_scalar(value)}" + text[close:]
-        pos = parent.value[-1][1].end_mark.index  # after the last value: any trailing ',' stays
-        return text[:pos] + f", {missing}: {_scalar(value)}" + text[pos:]
-    if not parent.value:
-        raise SpecError(f"cannot insert {missing!r} into an empty mapping; add it by hand",
-                        file=file, key_path=".".join(key))
-    indent = " " * parent.value[0][0].start_mark.column
-    pos = parent.value[-1][1].end_mark.index
-    if pos > 0 and text[pos - 1] == "\n":
-        return text[:pos] + f"{indent}{missing}: {_scalar(value)}\n" + text[pos:]
-    eol = text.find("\n", pos)
-    eol = len(text) if eol < 0 else eol
-    return text[:eol] + f"\n{indent}{missing}: {_scalar(value)}" + text[eol:]
-
-
-def _scalar(value: str, style: str | None = None) -> str:
-    """`value` as YAML text: in the quotes the user had, else bare unless YAML would read the bare
-    text as something other than this string (an all-digit commit id loads as an int)."""
-    if style in ('"', "'"):
-        return f"{style}{value}{style}"
-    if yaml.load(value, Loader=SpecLoader) != value:  # noqa: S506 - SpecLoader is a SafeLoader
-        return f'"{value}"'
-    return value

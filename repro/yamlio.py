@@ -4,6 +4,8 @@ floats (``1e-3`` is a float, not the string PyYAML's YAML 1.1 rules make of it).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import TypeAlias
 
 import yaml
 
@@ -172,3 +174,107 @@ def _walk(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str, ance
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _walk(item, path + (i,), lines, file, ancestors, seen_nodes)
+
+
+# -- editing a spec in place -------------------------------------------------------------------
+# `repro pin` and `repro calibrate --write` change values inside the user's file. Each edit
+# replaces or inserts the text of one value, so comments, key order, quoting and every other
+# byte stay as the user wrote them.
+
+YamlValue: TypeAlias = "str | float | Mapping[str, YamlValue]"
+
+
+def set_value(text: str, key: tuple[str, ...], value: YamlValue, file: str) -> str:
+    """`text` with the value at `key` (a path of mapping keys) set to `value`.
+
+    An existing scalar is replaced in place (keeping the user's quotes); a mapping `value` set
+    on an existing mapping sets its keys one by one (keeping that block's style and comments);
+    a missing key is inserted after its last sibling, with any missing parent blocks (block
+    style under block mappings, flow style inside flow ones; a mapping of scalars is written
+    flow style: `grads: {rtol: 1.5e-5, atol: 3.0e-8}`)."""
+    root = yaml.compose(text, Loader=SpecLoader)
+    node, parent, depth = root, None, 0
+    while node is not None and depth < len(key):
+        if not isinstance(node, yaml.MappingNode):
+            raise SpecError("cannot edit: expected a mapping", file=file, key_path=".".join(key))
+        parent = node
+        node = next((v for k, v in node.value if k.value == key[depth]), None)
+        depth += node is not None
+    if node is not None:
+        if isinstance(value, Mapping) and isinstance(node, yaml.MappingNode):
+            for k, v in value.items():
+                text = set_value(text, key + (k,), v, file)
+            return text
+        start, end = node.start_mark.index, node.end_mark.index
+        if start == end:  # `key:` with no value: the empty scalar starts right after the colon
+            return text[:start] + " " + _render_flow(value) + text[end:]
+        if isinstance(value, Mapping):
+            return text[:start] + _render_flow(value) + text[end:]
+        return text[:start] + scalar_text(value, getattr(node, "style", None)) + text[end:]
+    missing = key[depth]
+    for part in reversed(key[depth + 1:]):   # missing parent blocks: nest the value in them
+        value = {part: value}
+    assert parent is not None  # the loop ran: `key` is never empty
+    if parent.flow_style:
+        if not parent.value:
+            close = parent.end_mark.index - 1
+            return text[:close] + f"{missing}: {_render_flow(value)}" + text[close:]
+        pos = parent.value[-1][1].end_mark.index  # after the last value: any trailing ',' stays
+        return text[:pos] + f", {missing}: {_render_flow(value)}" + text[pos:]
+    if not parent.value:
+        raise SpecError(f"cannot insert {missing!r} into an empty mapping; add it by hand",
+                        file=file, key_path=".".join(key))
+    column = parent.value[0][0].start_mark.column
+    entry = _render_block(missing, value, column)
+    pos = parent.value[-1][1].end_mark.index
+    if pos > 0 and text[pos - 1] == "\n":
+        # a block value ends where the next key starts: step back over the blank and comment
+        # lines before it, which belong to what follows
+        while pos > 0:
+            line_start = text.rfind("\n", 0, pos - 1) + 1
+            if text[line_start:pos].strip() and not text[line_start:pos].lstrip().startswith("#"):
+                break
+            pos = line_start
+        return text[:pos] + entry + "\n" + text[pos:]
+    eol = text.find("\n", pos)
+    eol = len(text) if eol < 0 else eol
+    return text[:eol] + "\n" + entry + text[eol:]
+
+
+def _render_block(key: str, value: YamlValue, column: int) -> str:
+    """`key: value` at `column`, block style for mappings that hold mappings."""
+    indent = " " * column
+    if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+        lines = [f"{indent}{key}:"] + [_render_block(k, v, column + 2) for k, v in value.items()]
+        return "\n".join(lines)
+    return f"{indent}{key}: {_render_flow(value)}"
+
+
+def _render_flow(value: YamlValue) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_render_flow(v)}" for k, v in value.items()) + "}"
+    return scalar_text(value)
+
+
+def scalar_text(value: str | float, style: str | None = None) -> str:
+    """`value` as YAML text. A string keeps the quotes the user had, else is bare unless YAML
+    would read the bare text as something other than this string (an all-digit commit id loads
+    as an int). A float is written with a mantissa dot and an exponent (`1.5e-5`), which YAML 1.2
+    and 1.1 readers both take as a float."""
+    if isinstance(value, float):
+        return float_text(value)
+    if style in ('"', "'"):
+        return f"{style}{value}{style}"
+    if yaml.load(value, Loader=SpecLoader) != value:  # noqa: S506 - SpecLoader is a SafeLoader
+        return f'"{value}"'
+    return value
+
+
+def float_text(value: float) -> str:
+    """The shortest text that reads back as `value`, as `M.Me-N` (`2.0e-6`, `1.5e-5`)."""
+    from decimal import Decimal
+
+    mantissa, exponent = format(Decimal(repr(value)), "e").split("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    return f"{mantissa}e{int(exponent)}"

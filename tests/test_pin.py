@@ -237,12 +237,12 @@ def test_short_commit_is_replaced_by_the_full_head(project):
 def test_explicit_commit_that_yaml_would_read_as_a_number_is_quoted(project):
     """No real commit is all digits, so the YAML edit is checked on its own; `repro pin
     --commit` refuses such a commit because it does not exist (issue 14.11)."""
-    from repro.repin import _set_value
+    from repro.yamlio import set_value
     p = project
     digits = "1" * 40
     before = p.spec.read_text()
     old, _ = pinned(p)
-    edited = _set_value(before, ("code", "commit"), digits, str(p.spec))
+    edited = set_value(before, ("code", "commit"), digits, str(p.spec))
     assert edited == before.replace(old, f'"{digits}"')
     p.spec.write_text(edited)
     assert load_spec(p.spec).code.commit == digits
