@@ -41,7 +41,7 @@ class Tolerance(TypedDict):
     atol: float
 
 
-_FALLBACK: Tolerance = {"rtol": 1e-6, "atol": 1e-8}
+FALLBACK: Tolerance = {"rtol": 1e-6, "atol": 1e-8}
 
 
 @dataclass
@@ -64,7 +64,7 @@ def resolve_tolerance(tol_spec: Mapping[str, Any], kind: QuantityKind, name: str
     """rtol/atol for one quantity. Later layers override earlier ones field by field:
     built-in fallback < `default` < the quantity's block (`grads`, `weights`, `metrics.<name>`)
     < `platforms.<key>` (its rtol/atol, then its default, then its quantity block)."""
-    out: Tolerance = {"rtol": _FALLBACK["rtol"], "atol": _FALLBACK["atol"]}
+    out: Tolerance = {"rtol": FALLBACK["rtol"], "atol": FALLBACK["atol"]}
 
     def overlay(block: Mapping[str, Any] | None) -> None:
         if block:
@@ -157,7 +157,7 @@ def _bitwise_unequal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(a != b, dtype=bool)
 
 
-def _metric_array(series: MetricSeries) -> np.ndarray:
+def metric_array(series: MetricSeries) -> np.ndarray:
     """A logged trajectory as an array of its own float dtype (non-finite values are stored as
     strings such as 'nan'; float() reads them back)."""
     dtype = np.dtype(series.get("dtype", "float64"))
@@ -191,7 +191,7 @@ def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
                 note=f"logged steps differ: record has {len(a['steps'])}, run has "
                      f"{len(b['steps'])} (first difference at position {first})"))
             continue
-        out.rows.append(compare_arrays("metric", name, _metric_array(a), _metric_array(b),
+        out.rows.append(compare_arrays("metric", name, metric_array(a), metric_array(b),
                                        bitwise=bitwise, tol=tol, steps=a["steps"]))
     out.rows += _compare_leaves("grad", record_arrays, run_arrays, tolerance, platform_key, bitwise)
     out.rows += _compare_leaves("weight", record_arrays, run_arrays, tolerance, platform_key, bitwise)

@@ -271,10 +271,14 @@ def scalar_text(value: str | float, style: str | None = None) -> str:
 
 
 def float_text(value: float) -> str:
-    """The shortest text that reads back as `value`, as `M.Me-N` (`2.0e-6`, `1.5e-5`)."""
-    from decimal import Decimal
-
-    mantissa, exponent = format(Decimal(repr(value)), "e").split("e")
+    """The shortest text that reads back as `value`, with a mantissa dot and a signed exponent
+    when it has one (`0.15`, `2.0e-6`, `1.5e-5`): a float to YAML 1.2 and 1.1 readers alike."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return ".nan" if value != value else ("-.inf" if value < 0 else ".inf")
+    text = repr(value)
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
     if "." not in mantissa:
         mantissa += ".0"
-    return f"{mantissa}e{int(exponent)}"
+    return f"{mantissa}e{int(exponent):+d}"
