@@ -151,6 +151,36 @@ def cmd_diff(ns: argparse.Namespace) -> int:
     return verdict.exit_code
 
 
+def cmd_calibrate(ns: argparse.Namespace) -> int:
+    import json
+
+    from repro.calibrate import calibrate
+    from repro.errors import RunError
+    from repro.ioutil import atomic_write_text
+    from repro.pipeline import Options
+    from repro.report.calibrate import calibration_json, progress_line, render_calibration
+
+    options = Options(backend=ns.backend, timeout=ns.timeout)
+    only = [k.strip() for k in ns.variations.split(",") if k.strip()] if ns.variations else None
+    try:
+        cal = calibrate(ns.spec, options, jobs=ns.jobs, only=only, write=ns.write,
+                        on_done=lambda run, k, n: print(progress_line(run, k, n),
+                                                        file=sys.stderr, flush=True))
+    except RunError as exc:  # the baseline failed: its output says why
+        print(f"repro: error: {exc}", file=sys.stderr)
+        if exc.detail.strip():
+            print(exc.detail.rstrip(), file=sys.stderr)
+        return EXIT_ERROR
+    print(render_calibration(cal, verbose=ns.verbose), end="", flush=True)
+    if ns.json:
+        atomic_write_text(Path(ns.json), json.dumps(calibration_json(cal), indent=1,
+                                                    sort_keys=True) + "\n")
+        print(f"json: {ns.json}")
+    if cal.write_error:
+        print(f"repro: error: {cal.write_error}", file=sys.stderr)
+    return cal.exit_code
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     import json
 
@@ -236,6 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
             "--confirm", type=_count, default=1, metavar="N", help="when a spec fails and no pin "
             "changed, train it N more times to tell nondeterministic from changed (default 1; "
             "0: do not)")
+    p = sub.add_parser("calibrate", help="run a spec under every variation this host can do "
+                       "and compare each with the spec as pinned; --write sets measured "
+                       "tolerances", description="Run SPEC as pinned (the baseline) and under "
+                       "each variation this host can do — XLA ISA ceilings, core counts, compile "
+                       "cache off and warm, PYTHONHASHSEED, reversed directory listings — compare "
+                       "every quantity with the baseline bitwise, name the variations that break "
+                       "it and propose tolerances: the largest deviation × 1.5, with a floor "
+                       "(docs/calibrate.md). Exit 0 done, 2 error.")
+    p.add_argument("spec", metavar="SPEC", help="one spec file")
+    p.add_argument("--write", action="store_true", help="set the proposed tolerances in the "
+                   "spec, keeping its comments")
+    p.add_argument("-j", "--jobs", type=_positive(int), metavar="N", help="runs at a time "
+                   "(default: cores // environment.cpus)")
+    p.add_argument("--variations", metavar="KINDS", help="only these kinds, comma-separated: "
+                   "isa, cpus, compile-cache, hash-seed, listing (default: all)")
+    p.add_argument("--json", metavar="F", help="write the machine-readable result")
+    p.add_argument("--backend", default="local", choices=("local", "docker"))
+    p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "
+                   "seconds (default: the spec's timeout)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every quantity of every "
+                   "variation, and the output of failed runs")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_hash)
