@@ -345,6 +345,7 @@ class Proposal:
     platform: str            # the record platform key the runs had
     floor: Bounds = FLOOR
     margin: float = MARGIN
+    negligible: float = NEGLIGIBLE
 
 
 def _resolved(tolerance: Mapping[str, object], key: TolKey, platform_key: str) -> Bounds:
@@ -500,15 +501,17 @@ def _execute(prep: pipeline.Prepared, options: pipeline.Options, variation: Vari
         run.duration_s = time.perf_counter() - t0
         return _Outcome(run)
     run.effective_isa = result.fingerprint.get("effective_isa")
-    outcome = _Outcome(run, result)
-    if baseline is not None:
-        names = prep.spec.record.metrics
-        run.rows = compare_runs(baseline, result, prep.spec).rows
-        metric_names = names if names is not None else sorted(set(baseline.metrics) |
-                                                              set(result.metrics))
-        outcome.deviations = _all_deviations(baseline, result, metric_names, variation.name)
+    if baseline is None:  # the baseline's arrays are kept for the comparisons
+        run.duration_s = time.perf_counter() - t0
+        return _Outcome(run, result)
+    # a variation keeps only its rows and the elements that differ, not its arrays
+    names = prep.spec.record.metrics
+    run.rows = compare_runs(baseline, result, prep.spec).rows
+    metric_names = names if names is not None else sorted(set(baseline.metrics) |
+                                                          set(result.metrics))
+    found = _all_deviations(baseline, result, metric_names, variation.name)
     run.duration_s = time.perf_counter() - t0
-    return outcome
+    return _Outcome(run, deviations=found)
 
 
 OnDone = Callable[[VariationRun, int, int], None]

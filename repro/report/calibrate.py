@@ -87,6 +87,10 @@ def render_calibration(cal: Calibration, *, verbose: bool = False) -> str:
                          _bounds(t.current) + (f"  {t.problem}" if t.problem else "")])
         out.append(_indent(table(body, ["tolerance", "proposed", "largest abs dev",
                                         "largest rel dev", "now"])))
+        out.append(f"  (each deviation d passes as {cal.proposal.margin:g}·|d| <= atol + "
+                   f"rtol·|baseline|; relative deviations count where |baseline| is at least "
+                   f"{cal.proposal.negligible:g} of its quantity's largest, atol covers the "
+                   "elements nearer zero)")
     if cal.written is not None:
         out += ["", f"wrote tolerances to {cal.written.path}"]
         out += [f"  {key}: {_bounds(old)} -> {_bounds(new)}" for key, old, new in cal.written.changes]
@@ -157,7 +161,8 @@ def calibration_json(cal: Calibration) -> dict[str, Any]:
         "breaking": [r.name for r in cal.breaking],
         "failed": [r.name for r in cal.failed],
         "unavailable": cal.unavailable,
-        "proposal": {"margin": cal.proposal.margin, "floor": bounds(cal.proposal.floor),
+        "proposal": {"margin": cal.proposal.margin, "negligible": cal.proposal.negligible,
+                     "floor": bounds(cal.proposal.floor),
                      "variations": cal.proposal.variations,
                      "tolerances": [{"key": t.label, "rtol": t.rtol, "atol": t.atol,
                                      "at_floor": t.at_floor, "max_abs": plain(t.max_abs),
