@@ -87,10 +87,10 @@ def render_calibration(cal: Calibration, *, verbose: bool = False) -> str:
                          _bounds(t.current) + (f"  {t.problem}" if t.problem else "")])
         out.append(_indent(table(body, ["tolerance", "proposed", "largest abs dev",
                                         "largest rel dev", "now"])))
-        out.append(f"  (each deviation d passes as {cal.proposal.margin:g}·|d| <= atol + "
-                   f"rtol·|baseline|; relative deviations count where |baseline| is at least "
-                   f"{cal.proposal.negligible:g} of its quantity's largest, atol covers the "
-                   "elements nearer zero)")
+        out.append(f"  each deviation d passes as {cal.proposal.margin:g}·|d| <= atol + "
+                   "rtol·|baseline|; relative deviations count where |baseline|")
+        out.append(f"  is at least {cal.proposal.negligible:g} × its quantity's largest: atol "
+                   "covers the elements nearer zero")
     if cal.written is not None:
         out += ["", f"wrote tolerances to {cal.written.path}"]
         out += [f"  {key}: {_bounds(old)} -> {_bounds(new)}" for key, old, new in cal.written.changes]
