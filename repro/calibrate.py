@@ -391,6 +391,9 @@ def write_tolerances(spec_path: str | Path, proposal: Proposal, when: _dt.date,
     check_writable(spec)
     text = path.read_text(encoding="utf-8")
     blocks = [t for t in proposal.tolerances if not t.problem]
+    if not blocks:
+        raise ReproError("nothing to write: no variation finished with a quantity a tolerance "
+                         "could cover")
     for t in blocks:
         text = set_value(text, ("tolerance",) + t.key, {"rtol": t.rtol, "atol": t.atol}, str(path))
     comment = (f"{STAMP} {when.isoformat()} on {host_summary}, {proposal.variations} "

@@ -197,6 +197,12 @@ def test_a_failed_write_leaves_the_file_unchanged_and_exact_mode_is_refused(tmp_
         write_tolerances(path, proposal(), dt.date(2026, 11, 28), "h")
     with pytest.raises(SpecError, match="mode is exact"):  # refused before anything runs
         calibrate(path, write=True)
+    nothing = Proposal((ProposedTolerance(("grads",), 1e-6, 1e-8, problem="shape"),),
+                       variations=1, platform="cpu")
+    path.write_text(before)
+    with pytest.raises(ReproError, match="nothing to write"):
+        write_tolerances(path, nothing, dt.date(2026, 11, 28), "h")
+    assert path.read_text() == before
     with pytest.raises(ReproError, match="unknown variation kind.*choose from isa, cpus"):
         calibrate(path, only=["isa", "colour"])
 

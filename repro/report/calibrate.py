@@ -60,7 +60,8 @@ def render_calibration(cal: Calibration, *, verbose: bool = False) -> str:
         if run.differing and not verbose and len(run.rows) > len(run.differing):
             rows.append(["", f"({len(run.rows) - len(run.differing)} other quantities bitwise)",
                          "", "", ""])
-    out.append(_matrix(rows))
+    out.append(_matrix(rows) if rows else "No variation of the kinds asked for can run on "
+               "this host.")
     if verbose:
         for run in cal.failed:
             if run.error_detail.strip():
