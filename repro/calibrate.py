@@ -4,11 +4,13 @@ A variation matrix for training, in the spirit of reprotest: the spec runs once 
 baseline) and once under each variation this host can do — every XLA ISA ceiling below the
 host's best, other core counts, the compile cache off and warm, other PYTHONHASHSEEDs, reversed
 directory listings — and every quantity of every variation is compared with the baseline,
-bitwise. What breaks bitwise is named; what it moved gives measured tolerances: per quantity
-kind (grads, weights) and per metric, the smallest (rtol, atol) that lets every observed
-deviation pass with a margin of 1.5, never below repro's built-in fallback (the rule of
-Megatron-LM's golden-value statistics: largest deviation × 1.5, with a floor). `--write` puts
-them in the spec, keeping the user's comments. Tolerance keys never change a spec's numbers, so
+bitwise. What breaks bitwise is named; what the arithmetic variations (ISA, cores, compile
+cache) moved gives measured tolerances: per quantity kind (grads, weights) and per metric, the
+smallest (rtol, atol) that lets every observed deviation pass with a margin of 1.5, never
+below repro's built-in fallback (the rule of Megatron-LM's golden-value statistics: largest
+deviation × 1.5, with a floor). PYTHONHASHSEED and listing order are not tolerated: code that
+depends on them computes something else, and is named. `--write` puts the tolerances in the
+spec, keeping the user's comments. Tolerance keys never change a spec's numbers, so
 records stay valid.
 
 Runs go through the `Executor`: the baseline first (it also fills the compile cache the
@@ -45,6 +47,12 @@ from repro.verdict import QuantityKind, QuantityResult
 from repro.yamlio import load_with_lines, set_value
 
 KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing")
+# The kinds whose deviations the proposed tolerances absorb: arithmetic that differs between
+# environments a verify can meet (another ISA, another core count, a cold or warm cache). The
+# others change *what* is computed, not how it is rounded: code that depends on them is named,
+# and is to be fixed, not tolerated. PYTHONHASHSEED is 0 in every repro run, so a verify never
+# meets another one; a listing order that matters means data read in another order.
+TOLERATED = ("isa", "cpus", "compile-cache")
 HASH_SEEDS = ("1", "2")      # the baseline runs under PYTHONHASHSEED=0 (repro's default)
 MARGIN = 1.5                 # every observed deviation passes at this multiple of itself
 NEGLIGIBLE = 1e-3            # |value| below this fraction of its quantity's largest: atol's domain
@@ -346,6 +354,7 @@ class Proposal:
     floor: Bounds = FLOOR
     margin: float = MARGIN
     negligible: float = NEGLIGIBLE
+    kinds: tuple[str, ...] = TOLERATED    # the variation kinds they absorb
 
 
 def _resolved(tolerance: Mapping[str, object], key: TolKey, platform_key: str) -> Bounds:
@@ -525,8 +534,8 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
               write: bool = False, host: Host | None = None, on_done: OnDone | None = None,
               today: _dt.date | None = None) -> Calibration:
     """Run the spec as pinned and under each variation this host can do (`only`: those kinds,
-    of KINDS), compare each with the baseline, propose tolerances and, with `write`, set them
-    in the spec. `jobs` runs at a time (default: cores // environment.cpus); `on_done(run,
+    of KINDS), compare each with the baseline, propose tolerances from the TOLERATED kinds and,
+    with `write`, set them in the spec. `jobs` runs at a time (default: cores // environment.cpus); `on_done(run,
     finished, total)` as each run ends. Raises ReproError for a bad spec, a broken pin or a
     failed baseline (RunError, with the run's detail); a failed variation is reported in the
     result. KeyboardInterrupt kills every run."""
@@ -572,7 +581,8 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
         if not batch.complete:
             raise KeyboardInterrupt
     runs = [outcomes[v.name].run for v in planned]
-    observed = [d for v in planned for d in outcomes[v.name].deviations]
+    tolerated = [v for v in planned if variation_kind(v) in TOLERATED]
+    observed = [d for v in tolerated for d in outcomes[v.name].deviations]
     order = {"metrics": 0, "grads": 1, "weights": 2}
     keys = sorted(dict.fromkeys(d.key for d in observed), key=lambda k: order[k[0]])  # stable
     tolerance = spec.canonical["tolerance"]
@@ -583,7 +593,7 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
         spec=spec.name or "spec", spec_path=str(spec.path or ""), host=host,
         platform=baseline.platform_key, jobs=slots, mode=spec.tolerance.mode,
         baseline=base.run, runs=runs,
-        proposal=Proposal(proposed, sum(1 for r in runs if r.error is None),
+        proposal=Proposal(proposed, sum(outcomes[v.name].run.error is None for v in tolerated),
                           baseline.platform_key),
         unavailable=unavailable(spec, host))
     cal.notes = _notes(cal)
@@ -600,9 +610,18 @@ def _notes(cal: Calibration) -> list[str]:
         notes.append("compile-cache=warm differs from the baseline although only the cache's "
                      "state changed: the training itself may not be deterministic (`repro "
                      "record` checks: its runs must agree)")
-    if cal.failed:
+    named = {"hash-seed": "the training depends on PYTHONHASHSEED (hash() of a str or bytes, "
+                          "set iteration order); repro runs always use 0, other runners do not",
+             "listing": "the training depends on the order directory listings come back in, "
+                        "which differs between filesystems: sort what it lists"}
+    for kind, why in named.items():
+        broken = [r.name for r in cal.breaking if r.kind == kind]
+        if broken:
+            notes.append(f"{', '.join(broken)}: {why}. Not absorbed into the tolerances: fix "
+                         "the code")
+    if any(r.kind in TOLERATED for r in cal.failed):
         notes.append(f"{len(cal.failed)} variation(s) failed; the proposed tolerances cover the "
-                     f"{cal.proposal.variations} that finished")
+                     f"{cal.proposal.variations} of kinds {', '.join(TOLERATED)} that finished")
     if cal.mode == "exact":
         notes.append("tolerance.mode is exact: these tolerances would never apply")
     return notes

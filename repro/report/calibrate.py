@@ -78,8 +78,9 @@ def render_calibration(cal: Calibration, *, verbose: bool = False) -> str:
         out.append(f"  not varied here: {why}")
     if cal.proposal.tolerances:
         floor = cal.proposal.floor
-        out += ["", f"Proposed tolerances (every deviation seen passes at {cal.proposal.margin:g}× itself; "
-                    f"floor rtol {floor.rtol:g}, atol {floor.atol:g}):"]
+        out += ["", f"Proposed tolerances (from the {cal.proposal.variations} "
+                    f"{'/'.join(cal.proposal.kinds)} variations; floor rtol {floor.rtol:g}, "
+                    f"atol {floor.atol:g}):"]
         body = []
         for t in cal.proposal.tolerances:
             proposed = "not proposed" if t.problem else _bounds_of(t.rtol, t.atol) + (
@@ -164,7 +165,7 @@ def calibration_json(cal: Calibration) -> dict[str, Any]:
         "unavailable": cal.unavailable,
         "proposal": {"margin": cal.proposal.margin, "negligible": cal.proposal.negligible,
                      "floor": bounds(cal.proposal.floor),
-                     "variations": cal.proposal.variations,
+                     "variations": cal.proposal.variations, "kinds": list(cal.proposal.kinds),
                      "tolerances": [{"key": t.label, "rtol": t.rtol, "atol": t.atol,
                                      "at_floor": t.at_floor, "max_abs": plain(t.max_abs),
                                      "max_rel": plain(t.max_rel),
