@@ -47,8 +47,9 @@ from repro.verdict import QuantityKind, QuantityResult
 from repro.yamlio import load_with_lines, set_value
 
 KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing")
-# The kinds whose deviations the proposed tolerances absorb: arithmetic that differs between
-# environments a verify can meet (another ISA, another core count, a cold or warm cache). The
+# The kinds whose deviations the proposed tolerances absorb: rounding that differs between
+# environments a verify can meet (another host's ISA, a cold or warm cache, another core count
+# once environment.cpus is changed: a numeric fingerprint field, so compared within tolerance). The
 # others change *what* is computed, not how it is rounded: code that depends on them is named,
 # and is to be fixed, not tolerated. PYTHONHASHSEED is 0 in every repro run, so a verify never
 # meets another one; a listing order that matters means data read in another order.
