@@ -79,6 +79,7 @@ def _load(loader: SpecLoader, text: str, file: str) -> tuple[object, dict[tuple,
     if expanded > MAX_SPEC_VALUES:
         raise SpecError(f"its aliases (*name) expand to {expanded:,} values; a spec holds at most "
                         f"{MAX_SPEC_VALUES:,} (an alias bomb?)", file=file)
+    _commit_as_text(node)
     try:
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:  # e.g. a bad tag only found at construction time
@@ -88,6 +89,24 @@ def _load(loader: SpecLoader, text: str, file: str) -> tuple[object, dict[tuple,
     except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
         raise SpecError(f"malformed YAML: {exc}", file=file) from None
     return data, lines
+
+
+def _commit_as_text(node: yaml.Node) -> None:
+    """A commit id is text even when YAML would read it as a number (`1234567`, `12e4567`, a
+    40-digit id): keep the plain scalar's own characters, so a short or unquoted commit gets the
+    commit-id error and `repro pin` can replace it."""
+    commit = _mapping_value(_mapping_value(node, "code"), "commit")
+    if isinstance(commit, yaml.ScalarNode) and commit.style is None and commit.tag in (
+            "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        commit.tag = "tag:yaml.org,2002:str"
+
+
+def _mapping_value(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
 
 
 _TOO_DEEP = "malformed YAML: nested too deeply (a spec needs a few levels, not hundreds)"

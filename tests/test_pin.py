@@ -234,6 +234,21 @@ def test_short_commit_is_replaced_by_the_full_head(project):
     assert p.spec.read_text() == before.replace(f"commit: {old[:7]}", f"commit: {head(p)}")
 
 
+@pytest.mark.parametrize("short", ["1234567", "12e4567"])
+def test_a_short_commit_that_reads_as_a_yaml_number_gets_the_commit_hint(project, short):
+    """YAML reads `1234567` as an int and `12e4567` as a float; a commit id is text, so the
+    error is the short-commit one and `repro pin` replaces it (was ~5% flaky with random ids)."""
+    p = project
+    old, _ = pinned(p)
+    p.edit_spec(f"commit: {old}", f"commit: {short}")
+    with pytest.raises(SpecError) as info:
+        load_spec(p.spec)
+    assert f"`git rev-parse {short}`" in str(info.value) and info.value.key_path == "code.commit"
+    before = p.spec.read_text()
+    p.repro("pin", SPEC, check_rc=0)
+    assert p.spec.read_text() == before.replace(f"commit: {short}", f"commit: {head(p)}")
+
+
 def test_explicit_commit_that_yaml_would_read_as_a_number_is_quoted(project):
     """No real commit is all digits, so the YAML edit is checked on its own; `repro pin
     --commit` refuses such a commit because it does not exist (issue 14.11)."""
