@@ -185,6 +185,13 @@ def test_search_finds_every_culprit_within_the_bound(n, k):
     assert rounds_bound(128, 3) == 4 and rounds_bound(128, 1) == 7 and rounds_bound(30, 2) == 4
 
 
+def test_one_skipped_commit_in_30_keeps_the_bound_at_j2_and_j3_and_costs_at_most_a_round_at_j1():
+    for k, extra in ((1, 1), (2, 0), (3, 0)):
+        worst = max(_search(30, k, culprit, frozenset({broken}))[0]
+                    for culprit in range(30) for broken in range(29) if broken != culprit)
+        assert worst <= rounds_bound(30, k) + extra, (k, worst)
+
+
 def test_search_with_a_skipped_commit_before_the_culprit_names_both():
     rounds, s = _search(30, 2, culprit=12, skip=frozenset(range(30)) - {29})
     assert s.candidates() == list(range(30))   # nothing could run: every commit is a candidate
