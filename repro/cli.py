@@ -119,6 +119,31 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     return audit.exit_code
 
 
+def cmd_bisect(ns: argparse.Namespace) -> int:
+    import json
+
+    from repro.bisect import bisect
+    from repro.ioutil import atomic_write_text
+    from repro.report.bisect import bisection_json, render_bisection, round_line
+
+    ns.stream, ns.code = False, "pinned"   # probes run side by side; the code pin is what moves
+    if ns.json:
+        try:
+            Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"repro: --json {ns.json}: cannot create its directory ({exc.strerror})",
+                  file=sys.stderr)
+            return EXIT_ERROR
+    result = bisect(ns.spec, ns.good, ns.bad, _options(ns), jobs=ns.jobs,
+                    on_round=lambda r: print(round_line(r), flush=True))
+    print()
+    print(render_bisection(result, verbose=ns.verbose), end="", flush=True)
+    if ns.json:
+        atomic_write_text(Path(ns.json), json.dumps(bisection_json(result), indent=1) + "\n")
+        print(f"json: {ns.json}")
+    return result.exit_code
+
+
 def cmd_hash(ns: argparse.Namespace) -> int:
     from repro.pins.data import hash_paths
 
@@ -288,6 +313,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show every quantity of every "
                    "variation, and the output of failed runs")
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("bisect", help="the first commit whose verify fails between a good and a "
+                       "bad commit (exit 0 found, 2 error or only skipped commits left)",
+                       description="Verify the spec with its code pinned at commits between "
+                       "--good and --bad (data, seeds, config and record as they are), k at a "
+                       "time, and name the first commit that fails (docs/bisect.md).")
+    p.add_argument("spec", metavar="SPEC", help="one spec file (its record is the reference)")
+    p.add_argument("--good", required=True, metavar="C1", help="a commit whose verify passes")
+    p.add_argument("--bad", required=True, metavar="C2", help="a later commit whose verify fails")
+    p.add_argument("-j", "--jobs", type=_positive(int), default=1, metavar="K",
+                   help="verify K commits at a time: n commits take ⌈log_(K+1) n⌉ rounds")
+    p.add_argument("--confirm", type=_count, default=1, metavar="N", help="train a failing "
+                   "commit N more times; one whose runs differ is nondeterministic and skipped "
+                   "(default 1; 0: do not)")
+    p.add_argument("--backend", default="local", choices=("local", "docker"))
+    p.add_argument("--platform", metavar="KEY", help="record platform key (default: the run's)")
+    p.add_argument("--records", metavar="DIR", help="records root (default <repo>/fixtures/records)")
+    p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "
+                   "seconds (default: the spec's timeout); a commit that times out is skipped")
+    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false")
+    p.add_argument("--json", metavar="F", help="write the machine-readable result")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every failing quantity")
+    p.set_defaults(func=cmd_bisect)
     p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_hash)

@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 
 
 def classify(v: Verdict, spec: Spec, first: RunResult, rerun: Callable[[], RunResult],
-             confirm: int, recorded: UnpinnedInputs | None) -> None:
-    """Set `v.fail_class` (and `v.confirmation`) for a failed verify."""
-    if any(c.numeric for c in v.changes):
+             confirm: int, recorded: UnpinnedInputs | None, varied: tuple[str, ...] = ()) -> None:
+    """Set `v.fail_class` (and `v.confirmation`) for a failed verify.
+
+    `varied`: spec keys the caller changed on purpose (`repro bisect` moves `code.commit`). Their
+    change is what is being tested, not evidence of a class, so the reruns decide."""
+    if any(c.numeric and c.key not in varied for c in v.changes):
         v.fail_class = "changed"   # the evidence is the change list itself
         return
     if confirm <= 0:
@@ -50,6 +53,10 @@ def classify(v: Verdict, spec: Spec, first: RunResult, rerun: Callable[[], RunRe
                 first_difference=f"{where.label}{step} (max abs {where.max_abs:.3g})")
             return
     v.fail_class = "changed"
+    if any(c.numeric for c in v.changes):   # only a varied key moved: it is the change
+        v.notes.append(f"{confirm} more run(s) from the same pins gave the same bits: the training "
+                       "is deterministic")
+        return
     found = candidates(recorded, first.inputs)
     found += [f"{c.key} ({c.text()}), outside the fingerprint's numeric fields"
               for c in v.changes if not c.numeric and c.what == "environment"]

@@ -51,6 +51,7 @@ class Options:
     runs: int | None = None              # record: trainings that must agree (default record.runs)
     variation: Variation = BASELINE      # calibrate: run differently without changing a pin
     confirm: int = 1                     # verify: reruns that classify a failure (0: none)
+    varied: tuple[str, ...] = ()         # spec keys varied on purpose (bisect: code.commit): not evidence
 
     def backend_impl(self) -> Backend[Any]:
         return get_backend(self.backend, docker_memory=self.docker_memory,
@@ -219,7 +220,7 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
     if v.status == Status.FAIL:  # nondeterministic or changed? run again (repro/confirm.py)
         def again() -> RunResult:
             return execute(prepare(spec, options), options, recorded).result
-        classify(v, spec, done.result, again, options.confirm, rec.meta.inputs)
+        classify(v, spec, done.result, again, options.confirm, rec.meta.inputs, options.varied)
     return v
 
 
