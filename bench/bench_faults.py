@@ -61,9 +61,10 @@ def print_table(title: str, faults: list[corpus.Outcome], clean: list[corpus.Out
             print(f"    error: {o.error.splitlines()[0][:150]}")
     head = f"{'clean rerun':<38} {'status':<6} {'compared':<9} {'first diverging quantity':<26} " \
            f"{'step':>5} {'max rel: metrics':>16} {'grads':>9} {'weights':>9} {'time':>6}"
-    print()
-    print(head)
-    print("-" * len(head))
+    if clean:
+        print()
+        print(head)
+        print("-" * len(head))
     for o in clean:
         print(f"{o.name:<38} {o.status:<6} {o.comparison or '-':<9} {o.first_quantity or '-':<26} "
               f"{'' if o.first_step is None else o.first_step:>5} "
@@ -75,7 +76,8 @@ def print_table(title: str, faults: list[corpus.Outcome], clean: list[corpus.Out
     right = sum(o.right_cause for o in faults)
     alarms = sum(o.false_alarm for o in clean)
     print(f"\nfaults caught with the right cause: {right}/{len(faults)}")
-    print(f"false alarms: {alarms}/{len(clean)}")
+    if clean:
+        print(f"false alarms: {alarms}/{len(clean)}")
 
 
 def run_arm(p: corpus.Project, faults: list[corpus.Fault], variations: list[Any]
@@ -169,6 +171,20 @@ def main() -> int:
                     print_table("arm B: calibrated tolerances", arm["faults"], arm["clean"])
                     result["arms"]["B"] = {**summary(arm), "tolerance": tolerance,
                                            "calibrate_seconds": cal_s}
+                    # Do tolerances wide enough for an ISA change hide a small fault when the
+                    # environment changes too? The faults again, each verified under isa=AVX.
+                    from repro.variation import Variation
+                    env = Variation("isa-AVX", isa="AVX")
+                    print("arm B, faults under isa=AVX (compared within the calibrated tolerances)")
+                    t0 = time.perf_counter()
+                    moved = []
+                    for f in faults:
+                        print(f"  fault {f.name} under isa=AVX ...", flush=True)
+                        moved.append(corpus.run_fault(p, f, env))
+                    print_table("arm B under isa=AVX: faults when the environment moves too",
+                                moved, [])
+                    result["arms"]["B_env"] = summary({"faults": moved, "clean": [],
+                                                       "seconds": time.perf_counter() - t0})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # the caches, and the project unless --keep
         if args.keep:

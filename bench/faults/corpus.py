@@ -256,12 +256,13 @@ def verify(p: Project, variation: Any = None) -> Any:
     return verify(p.spec, Options(variation=variation or BASELINE))
 
 
-def run_fault(p: Project, f: Fault) -> Outcome:
-    """Make the fault, verify, restore the clean state."""
+def run_fault(p: Project, f: Fault, variation: Any = None) -> Outcome:
+    """Make the fault, verify (under `variation`: the environment moves too), restore the
+    clean state."""
     try:
         f.make(p)
         t0 = time.perf_counter()
-        v = verify(p)
+        v = verify(p, variation)
         return outcome(f.name, f.what, f.cause, v, time.perf_counter() - t0)
     finally:
         p.restore()
