@@ -225,3 +225,17 @@ def train_does(project, code: str) -> None:
     train.write_text(text.replace(anchor, code.rstrip("\n") + "\n" + anchor))
     project.commit("change training")
     project.repro("pin", str(project.spec), check_rc=0)
+
+
+def lr_times(project, factor: str, setup: str = "", message: str = "change the lr") -> None:
+    """Multiply the tiny training's lr by the expression `factor` (after `setup` lines at the
+    start of train()), commit and re-pin: how tests make training depend on something."""
+    train = project.root / "tinyproj" / "train.py"
+    text = train.read_text()
+    anchor = "    d = np.load(ctx.data[\"xy\"])"
+    lr_line = "    lr = ctx.config[\"lr\"] * LR_SCALE"
+    assert anchor in text and lr_line in text
+    text = text.replace(anchor, setup.rstrip("\n") + "\n" + anchor) if setup else text
+    train.write_text(text.replace(lr_line, f"{lr_line} * ({factor})"))
+    project.commit(message)
+    project.repro("pin", str(project.spec), check_rc=0)

@@ -549,12 +549,8 @@ def test_a_decompression_bomb_in_arrays_npz_is_refused(project):
 def test_unseeded_randomness_is_refused_at_record_time(recorded_template, tmp_path):
     p = _copy(recorded_template, tmp_path)
     before = {f: (p.record_dir / f).read_bytes() for f in ("record.json", "arrays.npz")}
-    train = p.root / "tinyproj" / "train.py"
-    train.write_text(train.read_text().replace(
-        "    lr = ctx.config[\"lr\"] * LR_SCALE",
-        "    lr = ctx.config[\"lr\"] * LR_SCALE * (1 + 1e-3 * np.random.default_rng().random())"))
-    p.commit("unseeded noise")
-    p.repro("pin", str(p.spec), check_rc=0)
+    from tests.conftest import lr_times
+    lr_times(p, "1 + 1e-3 * np.random.default_rng().random()", message="unseeded noise")
     proc = p.repro("record", "specs/tiny.yaml")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "2 runs from the same pins on this host differ" in proc.stdout

@@ -10,17 +10,12 @@ import xml.etree.ElementTree as ET
 from repro import pipeline
 from repro.record import read_record
 from repro.variation import Variation
-from tests.conftest import train_does
+from tests.conftest import lr_times
 
 
 def _noisy(project):
     """The tiny training with an unseeded generator in its learning rate."""
-    train = project.root / "tinyproj" / "train.py"
-    train.write_text(train.read_text().replace(
-        "    lr = ctx.config[\"lr\"] * LR_SCALE",
-        "    lr = ctx.config[\"lr\"] * LR_SCALE * (1 + 1e-3 * np.random.default_rng().random())"))
-    project.commit("unseeded noise")
-    project.repro("pin", str(project.spec), check_rc=0)
+    lr_times(project, "1 + 1e-3 * np.random.default_rng().random()", message="unseeded noise")
 
 
 def test_mode_close_record_keeps_the_spread_and_verify_reports_multiples_of_it(project):
@@ -70,12 +65,8 @@ def test_a_file_read_outside_data_that_changed_is_named_in_every_report(project,
     scale = tmp_path / "outside" / "scale.txt"
     scale.parent.mkdir()
     scale.write_text("1.0\n")
-    train_does(project, f"    lr_scale = float(open({str(scale)!r}).read())\n")
-    train = project.root / "tinyproj" / "train.py"
-    train.write_text(train.read_text().replace("ctx.config[\"lr\"] * LR_SCALE",
-                                               "ctx.config[\"lr\"] * LR_SCALE * lr_scale"))
-    project.commit("read a scale from a file no pin covers")
-    project.repro("pin", str(project.spec), check_rc=0)
+    lr_times(project, "lr_scale", setup=f"    lr_scale = float(open({str(scale)!r}).read())",
+             message="read a scale from a file no pin covers")
     project.repro("record", "specs/tiny.yaml", check_rc=0)
     meta = read_record(project.record_dir).meta
     assert meta.inputs is not None
@@ -123,12 +114,7 @@ def test_an_environment_fact_outside_the_fingerprint_is_a_candidate(recorded_tem
     from tests.conftest import Project
     shutil.copytree(recorded_template.root, tmp_path / "p", symlinks=True)
     p = Project(tmp_path / "p")
-    train_does(p, "    LR_HASH = 1 + (hash('lr') % 7) * 1e-4\n")
-    train = p.root / "tinyproj" / "train.py"
-    train.write_text(train.read_text().replace("ctx.config[\"lr\"] * LR_SCALE",
-                                               "ctx.config[\"lr\"] * LR_SCALE * LR_HASH"))
-    p.commit("hash-dependent")
-    p.repro("pin", str(p.spec), check_rc=0)
+    lr_times(p, "1 + (hash('lr') % 7) * 1e-4", message="hash-dependent")
     p.repro("record", "specs/tiny.yaml", check_rc=0)
     seeds = [s for s in ("1", "2", "3", "4") if hash_mod("lr", s) != hash_mod("lr", "0")]
     v = pipeline.verify(p.spec, pipeline.Options(variation=Variation("hash", hash_seed=seeds[0])))
