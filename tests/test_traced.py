@@ -90,7 +90,14 @@ def test_an_op_swapped_for_an_approximation_is_a_structural_difference_at_its_li
     assert loc.source == f"{line_of(project, '(27 + h * h)')} in loss_fn", loc
     assert "tanh" in loc.recorded
     change = next(c for c in v.changes if c.key.startswith("program of"))
-    assert change.recorded != change.current or "first difference" in change.detail
+    assert change.recorded != change.current and "first difference at tinyproj/train.py" in change.detail
+    print(change.text())
+    from repro.report.json import verdict_json
+    doc = verdict_json(v)
+    assert doc["localisation"]["kind"] == "structure" and doc["programs_unchanged"] is False
+    json.dumps(doc)
+    from repro.report.html import _localisation
+    assert "First diverging op" in _localisation(doc)
 
 
 def _has_avx2() -> bool:
