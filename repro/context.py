@@ -7,7 +7,7 @@ and gradients through it; the runner then writes what was collected to the run d
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +16,8 @@ from repro.treepath import numeric_leaves
 
 if TYPE_CHECKING:
     import jax
+
+    from repro.traced import Tracer
 
 
 class Context:
@@ -29,7 +31,8 @@ class Context:
     """
 
     def __init__(self, *, seeds: Mapping[str, int], data: Mapping[str, str],
-                 config: Mapping[str, Any], grad_steps: GradSchedule):
+                 config: Mapping[str, Any], grad_steps: GradSchedule,
+                 trace_steps: GradSchedule | None = None, tree: str = "."):
         self.seeds = dict(seeds)
         self.data = dict(data)
         self.config = dict(config)
@@ -37,6 +40,9 @@ class Context:
         self.metrics: dict[str, dict[str, Any]] = {}   # name -> {steps, values, dtype}
         self.grads: dict[int, dict[str, np.ndarray]] = {}
         self.nonfinite: list[tuple[str, int, float]] = []
+        self._trace_steps = trace_steps if trace_steps is not None else grad_steps
+        self._tree = tree
+        self.tracer: Tracer | None = None   # made by the first ctx.traced call
 
     # -- randomness -----------------------------------------------------------------------------
     def seed(self, name: str) -> int:
@@ -88,6 +94,20 @@ class Context:
         if step in self.grads:
             raise ValueError(f"ctx.log_grads: gradients for step {step} were already logged")
         self.grads[step] = dict(numeric_leaves(grads, f"ctx.log_grads at step {step}"))
+
+
+    # -- programs -------------------------------------------------------------------------------
+    def traced(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, fingerprinted and traced op by op (docs/localisation.md). The returned function
+        gives `fn`'s own results; its n-th call (from 0) is step n: on the steps `record.trace`
+        names (default: the kept-gradient steps) `fn` is also evaluated equation by equation."""
+        if not callable(fn):
+            raise TypeError(f"ctx.traced expects a function, got {type(fn).__name__}")
+        if self.tracer is None:
+            from repro.traced import Tracer
+
+            self.tracer = Tracer(self._tree, self._trace_steps.keeps)
+        return self.tracer.wrap(fn)
 
 
 class GradSchedule:

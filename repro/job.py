@@ -35,6 +35,7 @@ class Job:
     cpu_slot: int | None = None              # which cores, for parallel runs
     grads_every: int | None = None           # record.grads: keep every N steps ...
     grads_steps: tuple[int, ...] = ()        # ... and these
+    trace_steps: tuple[int, ...] | None = None   # record.trace.steps (None: the kept-grad steps)
     weights: Literal["final", "none"] = "final"
     packages: Mapping[str, str] = field(default_factory=dict)  # asserted in the child
     list_packages: bool = False              # also report every installed distribution
@@ -64,4 +65,6 @@ class Job:
             raise ValueError(f"{path}: not a job of format {JOB_FORMAT} (harness and runner of "
                              "different repro versions?)")
         doc["grads_steps"] = tuple(doc.get("grads_steps") or ())
+        if doc.get("trace_steps") is not None:
+            doc["trace_steps"] = tuple(doc["trace_steps"])
         return cls(**doc)

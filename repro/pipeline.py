@@ -1,9 +1,8 @@
 """The one pipeline behind every front end: load → pin → run → (record | compare) → Verdict.
 
-`run`, `record`, `verify` (and `check`, which is record or verify) return a `Verdict` for every
-outcome a user can cause (bad spec, broken pin, crash in their code, mismatch); only bugs in
-repro itself raise. The pytest plugin, the CLI and the audit call these and render the result.
-"""
+`run`, `record`, `verify` (and `check`: record or verify) return a `Verdict` for every outcome a
+user can cause (bad spec, broken pin, crash in their code, mismatch); only bugs in repro itself
+raise. The pytest plugin, the CLI and the audit call these and render the result."""
 from __future__ import annotations
 
 import functools
@@ -21,6 +20,7 @@ from repro.confirm import classify
 from repro.env.settings import determinism_settings
 from repro.errors import ReproError
 from repro.job import Job
+from repro.localise import attach_traces
 from repro.noise import annotate_spread, describe, noise_floor
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
@@ -92,6 +92,7 @@ def make_job(prep: Prepared, options: Options) -> Job:
                config=dict(spec.config), settings=determinism_settings(environment),
                cpus=environment.cpus, cpu_slot=options.cpu_slot, grads_every=grads.every if grads else None,
                grads_steps=tuple(grads.steps) if grads else (), weights=spec.record.weights,
+               trace_steps=tuple(spec.record.trace.steps) if spec.record.trace else None,
                packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
                compile_cache=str(cache_dir() / "jax-compile") if cache else None)
 
@@ -218,8 +219,7 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
     v = judge(prep, rec, done.result, options)
     if v.status == Status.FAIL:  # nondeterministic or changed? run again (repro/confirm.py)
-        def again() -> RunResult:
-            return execute(prepare(spec, options), options, recorded).result
+        again: Callable[[], RunResult] = lambda: execute(prepare(spec, options), options, recorded).result
         classify(v, spec, done.result, again, options.confirm, rec.meta.inputs, options.varied)
     return v
 
@@ -238,10 +238,10 @@ def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> V
                       tolerance=spec.canonical["tolerance"], platform_key=result.platform_key,
                       run_fingerprint=result.fingerprint, metric_names=spec.record.metrics)
     v = _run_verdict(prep, result, Status.PASS if cmp.ok else Status.FAIL, options)
-    v.rows, v.bitwise, v.mode_reason = cmp.rows, cmp.bitwise, cmp.reason
+    v.rows, v.bitwise, v.mode_reason, v.record_path = cmp.rows, cmp.bitwise, cmp.reason, str(rec.path)
     annotate_spread(v.rows, rec.meta.noise)
-    v.record_path = str(rec.path)
     v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend)
+    attach_traces(v, rec, result)  # program fingerprints and the first diverging op (localise.py)
     for name in (spec.record.metrics or sorted(set(rec.metrics) & set(result.metrics))):
         a, b = rec.metrics.get(name), result.metrics.get(name)
         if a and b:

@@ -119,6 +119,37 @@ class NoiseInfo(_Part):
     spread: dict[str, Spread] = Field(default_factory=dict)
 
 
+class ProgramPrint(_Part):
+    """One traced function's program for one input signature (docs/localisation.md)."""
+
+    inputs: str                   # "float32[4, 8], ..." (flattened leaves)
+    first_call: int
+    jaxpr_sha256: str
+    eqns: int                     # equations, nested ones counted
+    hlo_sha256: str               # lowered (StableHLO) text
+    compiled_sha256: str          # compiled (HLO) text
+    ops: list[tuple[str, str, str, int]] = Field(default_factory=list)  # primitive, shape, params hash, source
+
+
+class TracedFunction(_Part):
+    """A `ctx.traced` function: its programs and, per traced step, one entry per equation
+    output: (primitive, dtype[shape], sha256 prefix of the bytes, source index, kept) where kept
+    is 0 (no values), 1 (all values in arrays.npz) or the stride of the kept sample."""
+
+    name: str
+    index: int
+    calls: int
+    programs: list[ProgramPrint] = Field(default_factory=list)
+    steps: dict[str, list[tuple[str, str, str, int, int]]] = Field(default_factory=dict)
+
+
+class TraceInfo(_Part):
+    """What `ctx.traced` recorded; `sources` holds "file:line in function" by index."""
+
+    functions: list[TracedFunction] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+
+
 class RecordMeta(_Part):
     """record.json, typed. `arrays` is filled in by `write_record`."""
 
@@ -139,6 +170,7 @@ class RecordMeta(_Part):
     arrays: ArraysIndex | None = None
     inputs: UnpinnedInputs | None = None   # unpinned inputs of the recorded run
     noise: NoiseInfo | None = None          # runs made at record time and their spread
+    traced: TraceInfo | None = None         # ctx.traced: program fingerprints and op traces
     checksum: str | None = None   # record_checksum of the rest: a hand edit is damage, not drift
 
     def to_json(self) -> dict[str, Any]:

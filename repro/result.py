@@ -30,6 +30,7 @@ from repro.record import (
     NoiseInfo,
     RecordMeta,
     SpecInfo,
+    TraceInfo,
     UnpinnedInputs,
 )
 from repro.spec import Spec
@@ -58,6 +59,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     packages: list[str] | None = None    # docker: the image's package list, taken inside it
     inputs: UnpinnedInputs | None = None  # what the training read that no pin covers
+    traced: TraceInfo | None = None       # ctx.traced: fingerprints and op traces
 
 
 def platform_key(reported: object) -> str:
@@ -112,6 +114,10 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
                        "the training process: did the training code write into its output "
                        "directory?)") from None
     try:
+        traced = None if shape.traced is None else TraceInfo.model_validate(shape.traced, strict=False)
+    except ValidationError as exc:
+        raise RunError(f"the run's run.json is malformed at traced: {exc.errors()[0]['msg']}") from None
+    try:
         arrays = read_npz(out / "arrays.npz")
     except (ValueError, FileNotFoundError) as exc:
         raise RunError(f"the run's arrays.npz cannot be read: {exc}") from None
@@ -126,7 +132,7 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
                      "repro killed them when the run ended")
     return RunResult(key, shape.fingerprint, shape.metrics, arrays, shape.timings,
                      shape.grad_steps, outcome, notes, packages=shape.packages,
-                     inputs=shape.inputs)
+                     inputs=shape.inputs, traced=traced)
 
 
 class _RunFile(BaseModel):
@@ -141,6 +147,7 @@ class _RunFile(BaseModel):
     packages: list[str] | None = None
     leftover_processes: int = 0
     inputs: UnpinnedInputs | None = None
+    traced: dict[str, Any] | None = None   # TraceInfo (its entries are JSON lists: not strict)
 
 
 def check_recordable(spec: Spec, result: RunResult) -> None:
@@ -174,7 +181,8 @@ def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
         data={n: DataInfo(path=e.path, sha256=e.sha256) for n, e in spec.data.items()},
         image=image_ref, image_packages=packages, backend=backend,
         platform=result.platform_key, fingerprint=result.fingerprint, metrics=result.metrics,
-        grad_steps=result.grad_steps, timings=result.timings, inputs=result.inputs, noise=noise)
+        grad_steps=result.grad_steps, timings=result.timings, inputs=result.inputs, noise=noise,
+        traced=result.traced)
 
 
 def _relative(path: Path | None, root: Path) -> str:

@@ -178,7 +178,9 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                        traceback=_user_traceback(exc, tree)) from None
 
     ctx = Context(seeds=job.seeds, data=job.data, config=job.config,
-                  grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)))
+                  grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)),
+                  trace_steps=None if job.trace_steps is None else GradSchedule(None, list(job.trace_steps)),
+                  tree=tree)
     t0 = time.perf_counter()
     try:
         params = train(ctx)
@@ -209,6 +211,9 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     for step, grads in sorted(ctx.grads.items()):
         for path, leaf in grads.items():
             arrays[f"grads/{step}/{path}" if path else f"grads/{step}"] = leaf
+    if ctx.tracer is not None:  # ctx.traced: fingerprints, op traces and kept op values
+        result["traced"] = ctx.tracer.report()
+        arrays.update(ctx.tracer.values)
     write_npz_atomic(run_dir / "arrays.npz", arrays)
     _leave_new_cache_entries(job, seeded)
     for series in ctx.metrics.values():  # JSON has no NaN/inf: keep them as strings

@@ -145,10 +145,21 @@ class GradsRecord(_Model):
     steps: list[int] = Field(default_factory=list)
 
 
+class TraceRecord(_Model):
+    steps: list[int] = Field(default_factory=list, description="steps (calls of each ctx.traced "
+                             "function, counted from 0) evaluated op by op; default: the "
+                             "record.grads steps")
+
+
 class RecordSpec(_Model):
     metrics: list[str] | None = Field(None, description="metrics compared; default: all logged")
     grads: GradsRecord | None = None
     weights: Literal["final", "none"] = "final"
+    # Which steps ctx.traced functions are traced op by op: what is kept, never the numbers a
+    # run makes, so (like runs) not part of the hash.
+    trace: TraceRecord | None = Field(None, exclude=True,
+                                      description="ctx.traced: the steps traced op by op "
+                                                  "(docs/localisation.md)")
     # How many trainings a record is made from (they must agree bitwise unless tolerance.mode is
     # close). It changes how a record is made, never its numbers: not part of the hash.
     runs: int = Field(2, ge=1, le=100, exclude=True,

@@ -116,6 +116,39 @@ class Confirmation:
 
 
 @dataclass
+class Localisation:
+    """The first op of a traced step that differs from the record (docs/localisation.md).
+
+    kind "value": same program there, the op's output bits differ (max_abs/max_rel over the kept
+    values: all of a small output, a strided sample of a large one). kind "structure": the
+    programs' op sequences part here (difflib alignment on (primitive, shape)); `recorded` says
+    what the record had at that place."""
+
+    kind: Literal["value", "structure"]
+    function: str                   # the traced function's __qualname__
+    step: int                       # the call of that function (counted from 0)
+    op_index: int                   # position among the step's op outputs (the run's)
+    n_ops: int
+    primitive: str
+    shape: str                      # dtype[shape] of the output
+    source: str                     # "file:line in function" ("?" when unknown)
+    max_abs: float | None = None
+    max_rel: float | None = None
+    sampled: int = 1                # 1: every element compared; N: one in N
+    recorded: str = ""              # structure: the record's op(s) at that place
+
+    def text(self) -> str:
+        head = f"{self.primitive} {self.shape} at {self.source}"
+        where = f"(step {self.step} of {self.function}, op {self.op_index + 1} of {self.n_ops})"
+        if self.kind == "structure":
+            return f"{head} {where}: the program differs here; the record has {self.recorded or 'nothing'}"
+        if self.max_abs is None:
+            return f"{head} {where}: output bits differ"
+        sample = f" (over one element in {self.sampled})" if self.sampled > 1 else ""
+        return f"{head} {where}: max abs {self.max_abs:.3g}, max rel {self.max_rel or 0:.3g}{sample}"
+
+
+@dataclass
 class Verdict:
     name: str
     status: Status
@@ -142,6 +175,8 @@ class Verdict:
     pins: dict[str, Any] = field(default_factory=dict)    # commit, spec hash, data sha256s, image
     curves: dict[str, Any] = field(default_factory=dict)  # metric -> {steps, recorded, run}
     duration_s: float = 0.0                      # wall time of the whole verify/record/run
+    localisation: Localisation | None = None     # fail: the first diverging op (ctx.traced)
+    programs_unchanged: bool | None = None       # ctx.traced: every program's jaxpr and HLO as recorded
 
     @property
     def exit_code(self) -> int:

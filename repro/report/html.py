@@ -139,7 +139,7 @@ def _spec(i: int, r: dict, timeline: list[dict]) -> str:
         parts.append(f'<h4>Error</h4><pre class="err">{e(r.get("error"))}</pre>')
         if r.get("error_detail"):
             parts.append(f'<details open><summary>detail</summary><pre>{e(r["error_detail"])}</pre></details>')
-    parts += [_fail_class(r), _curves(r), _leaves(r), _quantities(r), _changes(r)]
+    parts += [_fail_class(r), _localisation(r), _curves(r), _leaves(r), _quantities(r), _changes(r)]
     if r.get("notes"):
         parts.append("<h4>Notes</h4><ul>" + "".join(f"<li>{e(n)}</li>" for n in r["notes"]) + "</ul>")
     parts.append(_history(r, timeline))
@@ -147,6 +147,17 @@ def _spec(i: int, r: dict, timeline: list[dict]) -> str:
     return (f'<section class="spec" id="spec-{i}" style="border-left-color:{COLORS.get(status, "#7a8794")}">'
             f"<details class=\"spec-d\"{is_open}>{head}<div class=\"body\">"
             + "".join(p for p in parts if p) + "</div></details></section>")
+
+
+def _localisation(r: dict) -> str:
+    """ctx.traced: the first diverging op, and whether the programs are as recorded."""
+    out = ""
+    loc = r.get("localisation")
+    if loc:
+        out += f'<h4>First diverging op</h4><p class="loc"><code>{e(loc.get("text"))}</code></p>'
+    if r.get("status") == "fail" and r.get("programs_unchanged"):
+        out += '<p class="muted">programs unchanged: every traced program has its recorded jaxpr and HLO</p>'
+    return out
 
 
 def _fail_class(r: dict) -> str:

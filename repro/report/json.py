@@ -59,6 +59,9 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
         "quantities": [_row(r) for r in v.rows],
         "changes": [{"what": c.what, "key": c.key, "recorded": _plain(c.recorded),
                      "current": _plain(c.current), "numeric": c.numeric} for c in v.changes],
+        "localisation": None if v.localisation is None else {
+            **asdict(v.localisation), "text": v.localisation.text()},
+        "programs_unchanged": v.programs_unchanged,
         "pins": v.pins, "fingerprint": v.fingerprint, "curves": v.curves,
         "metrics_final": v.metrics_final, "notes": v.notes,
         "error": v.error, "error_detail": v.error_detail, "killed_by": v.killed_by or None,

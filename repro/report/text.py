@@ -94,6 +94,10 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
     if v.status == FAIL and v.fail_class:
         out.append("")
         out += class_lines(v)
+    if v.status == FAIL and v.localisation is not None:
+        out.append(f"  first diverging op: {v.localisation.text()}")
+    if v.status == FAIL and v.programs_unchanged:
+        out.append("  programs unchanged: every ctx.traced program has its recorded jaxpr and HLO")
     numeric = [c for c in v.changes if c.numeric]
     info = [c for c in v.changes if not c.numeric]
     if v.status == FAIL or (v.changes and verbose):
