@@ -8,9 +8,10 @@ Runs inside the training process (numpy and jax only; docs/localisation.md). Per
   the lowered (StableHLO) and of the compiled (HLO) text, and one short entry per equation
   (primitive, output shape, a hash of its parameters and literals, source line) to name the first
   difference when a program changes;
-- an *op trace* on the traced steps: `fn` evaluated equation by equation on that call's real
-  inputs, and per equation output its primitive, shape, dtype, a sha256 prefix of its bytes and
-  the user's source line; the values of small outputs (a strided sample of large ones) are kept.
+- an *op trace* on the traced steps: `fn`'s jaxpr evaluated equation by equation on that call's
+  real inputs (one jitted program per signature that returns every equation's output), and
+  per equation output its primitive, shape, dtype, a sha256 prefix of its bytes and the user's
+  source line; the values of small outputs (a strided sample of large ones) are kept.
 
 Step rule: the n-th call (counting from 0) of a traced function is its step n. The result a
 traced function returns is always `fn`'s own result: the trace is extra work on the traced
@@ -49,6 +50,8 @@ class Tracer:
         self._source_ids: dict[str, int] = {}
         self.values: dict[str, np.ndarray] = {}
         self._harness = os.path.dirname(os.path.abspath(__file__)) + os.sep
+        self._interpreters: dict[Any, tuple[Any, list[Any], list[tuple[str, int]]]] = {}
+        self._jaxprs: dict[Any, Any] = {}
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         index = len(self.functions)
@@ -64,7 +67,8 @@ class Tracer:
             signature = _signature(args, kwargs)
             if signature not in seen:
                 seen.add(signature)
-                entry["programs"].append(self._fingerprint(fn, args, kwargs, signature, call))
+                entry["programs"].append(self._fingerprint(fn, args, kwargs, signature, call,
+                                                           index))
             if self._traced_step(call):
                 entry["steps"][str(call)] = self._trace(fn, args, kwargs, index, call)
             return fn(*args, **kwargs)
@@ -75,10 +79,11 @@ class Tracer:
 
     # -- program fingerprint --------------------------------------------------------------------
     def _fingerprint(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                     signature: Any, call: int) -> dict[str, Any]:
+                     signature: Any, call: int, index: int) -> dict[str, Any]:
         import jax
 
         closed = jax.make_jaxpr(fn)(*args, **kwargs)
+        self._jaxprs[(index, signature)] = closed   # the op trace evaluates this same program
         ops: list[list[Any]] = []
         self._walk(closed.jaxpr, ops)
         jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
@@ -113,18 +118,33 @@ class Tracer:
     # -- op trace -------------------------------------------------------------------------------
     def _trace(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                index: int, step: int) -> list[list[Any]]:
+        """Every equation output of `fn` on this call's inputs, from one compiled program per
+        input signature (compiled once, then cached like any jitted function): the interpreter
+        below runs under `jax.jit` and returns each intermediate as an output."""
         import jax
 
-        closed = jax.make_jaxpr(fn)(*args, **kwargs)
-        flat = jax.tree_util.tree_leaves((args, kwargs))
-        ops: list[list[Any]] = []
-        self._eval(closed.jaxpr, list(closed.consts), flat, ops, f"trace/{index}/{step}")
-        return ops
+        signature = (index, _signature(args, kwargs))
+        if signature not in self._interpreters:
+            closed = self._jaxprs.get(signature) or jax.make_jaxpr(fn)(*args, **kwargs)
+            meta: list[tuple[str, int]] = []
 
-    def _eval(self, jaxpr: Any, consts: list[Any], args: list[Any], ops: list[list[Any]],
-              prefix: str) -> list[Any]:
-        """Evaluate `jaxpr` one equation at a time (eagerly: each op is its own XLA call),
-        following the primitives in FOLLOWED into their inner jaxprs."""
+            def all_outputs(consts: list[Any], flat: list[Any]) -> list[Any]:
+                meta.clear()
+                values: list[Any] = []
+                self._eval(closed.jaxpr, consts, flat, meta, values)
+                return values
+            self._interpreters[signature] = (jax.jit(all_outputs), list(closed.consts), meta)
+        program, consts, meta = self._interpreters[signature]
+        values = program(consts, jax.tree_util.tree_leaves((args, kwargs)))
+        prefix = f"trace/{index}/{step}"
+        return [self._op(name, value, source, f"{prefix}/{i}")
+                for i, ((name, source), value) in enumerate(zip(meta, values))]
+
+    def _eval(self, jaxpr: Any, consts: list[Any], args: list[Any], meta: list[tuple[str, int]],
+              values: list[Any]) -> list[Any]:
+        """Evaluate `jaxpr` equation by equation (under jit: one program), following the
+        primitives in FOLLOWED into their inner jaxprs; each output is appended to `values`,
+        its primitive and source line to `meta`."""
         from jax.extend import core as jcore
 
         env: dict[Any, Any] = {}
@@ -138,16 +158,17 @@ class Tracer:
             invals = [read(v) for v in eqn.invars]
             inner = eqn.params.get(FOLLOWED.get(eqn.primitive.name, ""))
             if isinstance(inner, jcore.ClosedJaxpr):
-                outs = self._eval(inner.jaxpr, list(inner.consts), invals, ops, prefix)
+                outs = self._eval(inner.jaxpr, list(inner.consts), invals, meta, values)
             elif isinstance(inner, jcore.Jaxpr):
-                outs = self._eval(inner, [], invals, ops, prefix)
+                outs = self._eval(inner, [], invals, meta, values)
             else:
                 params = eqn.primitive.get_bind_params(eqn.params)
                 ans = eqn.primitive.bind(*invals, **params)
                 outs = list(ans) if eqn.primitive.multiple_results else [ans]
                 source = self._source(eqn)
                 for out in outs:
-                    ops.append(self._op(eqn.primitive.name, out, source, f"{prefix}/{len(ops)}"))
+                    meta.append((eqn.primitive.name, source))
+                    values.append(out)
             env.update(zip(eqn.outvars, outs))
         return [read(v) for v in jaxpr.outvars]
 
