@@ -280,6 +280,12 @@ def env_bisect(spec_ref: pipeline.SpecRef, good: str | Path, bad: str | Path,
         found = ddmin([c.name for c in changes], lambda names: probe(names).outcome)
     out.minimal = [by_name[n] for n in found]
     out.verdict = cache[frozenset(found)].verdict
+    if out.unresolved:
+        out.notes.append(f"{len(out.unresolved)} probe(s) unresolved (no image, or no verdict): "
+                         "ddmin counted them as not failing, so the set found may hold more "
+                         "changes than needed")
+    out.notes.append(f"the probe images are kept, tagged {base.image}-bisect-<lock sha256[:12]> "
+                     f"(`docker images '{base.image}-bisect-*'`; remove them with docker rmi)")
     out.duration_s = time.perf_counter() - t0
     return out
 
