@@ -127,6 +127,8 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
     from repro.report.bisect import bisection_json, render_bisection, round_line
 
     ns.stream, ns.code = False, "pinned"   # probes run side by side; the code pin is what moves
+    if ns.env:
+        ns.backend = "docker"                # an environment is an image: probes run in docker
     if ns.json:
         try:
             Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
@@ -134,12 +136,36 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
             print(f"repro: --json {ns.json}: cannot create its directory ({exc.strerror})",
                   file=sys.stderr)
             return EXIT_ERROR
+    if ns.env:
+        return _env_bisect(ns)
     result = bisect(ns.spec, ns.good, ns.bad, _options(ns), jobs=ns.jobs,
                     on_round=lambda r: print(round_line(r), flush=True))
     print()
     print(render_bisection(result, verbose=ns.verbose), end="", flush=True)
     if ns.json:
         atomic_write_text(Path(ns.json), json.dumps(bisection_json(result), indent=1) + "\n")
+        print(f"json: {ns.json}")
+    return result.exit_code
+
+
+def _env_bisect(ns: argparse.Namespace) -> int:
+    import json
+
+    from repro.envbisect import env_bisect
+    from repro.ioutil import atomic_write_text
+    from repro.report.bisect import env_bisection_json, env_probe_line, render_env_bisection
+
+    if ns.jobs != 1:
+        print("repro: error: --env builds and verifies one environment at a time (no -j)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    build_echo = (lambda line: print(line, file=sys.stderr, flush=True)) if ns.verbose else None
+    result = env_bisect(ns.spec, ns.good, ns.bad, _options(ns), echo=build_echo,
+                        on_probe=lambda p: print(env_probe_line(p), flush=True))
+    print()
+    print(render_env_bisection(result, verbose=ns.verbose), end="", flush=True)
+    if ns.json:
+        atomic_write_text(Path(ns.json), json.dumps(env_bisection_json(result), indent=1) + "\n")
         print(f"json: {ns.json}")
     return result.exit_code
 
@@ -314,13 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "variation, and the output of failed runs")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("bisect", help="the first commit whose verify fails between a good and a "
-                       "bad commit (exit 0 found, 2 error or only skipped commits left)",
+                       "bad commit, or (--env) the smallest package change between two locks "
+                       "(exit 0 found, 2 error or only skipped commits left)",
                        description="Verify the spec with its code pinned at commits between "
                        "--good and --bad (data, seeds, config and record as they are), k at a "
-                       "time, and name the first commit that fails (docs/bisect.md).")
+                       "time, and name the first commit that fails. With --env, --good and --bad "
+                       "are two requirements.lock files (or recipe directories): build images "
+                       "from the good lock with subsets of the bad lock's changes and name the "
+                       "smallest set that makes the verify fail (ddmin; docs/bisect.md).")
     p.add_argument("spec", metavar="SPEC", help="one spec file (its record is the reference)")
-    p.add_argument("--good", required=True, metavar="C1", help="a commit whose verify passes")
-    p.add_argument("--bad", required=True, metavar="C2", help="a later commit whose verify fails")
+    p.add_argument("--good", required=True, metavar="C1|LOCK_A", help="a commit whose verify "
+                   "passes (--env: a lock or recipe dir whose image passes)")
+    p.add_argument("--bad", required=True, metavar="C2|LOCK_B", help="a later commit whose "
+                   "verify fails (--env: a lock or recipe dir whose image fails)")
+    p.add_argument("--env", action="store_true", help="bisect package changes between two "
+                   "locked environments instead of commits (docker backend, offline builds)")
     p.add_argument("-j", "--jobs", type=_positive(int), default=1, metavar="K",
                    help="verify K commits at a time: n commits take ⌈log_(K+1) n⌉ rounds")
     p.add_argument("--confirm", type=_count, default=1, metavar="N", help="train a failing "

@@ -7,12 +7,19 @@ A recipe is a directory holding
                           --generate-hashes, or pip-compile);
 - `recipe.yaml`           `image` (the name to tag), `python` and `platforms` (what the wheels
                           are downloaded for) and `base` (the FROM image, and how to make it from
-                          Debian with debootstrap when it is absent and cannot be pulled).
+                          Debian with debootstrap when it is absent and cannot be pulled),
+                          and optionally `find_links` (directories of wheels of your own,
+                          relative to the recipe or absolute, that `pip download` searches
+                          besides PyPI: private or locally built packages; the lock's hashes
+                          still decide what is accepted).
 
 No network is used inside the build (`network_mode: none`): the wheels are downloaded on the
 host by `pip download --require-hashes --only-binary=:all:` for the image's Python and
 platform into `<cache>/wheels/<lock sha256>/` (kept between builds; delete it at will) and
 hard-linked into the build context; the Dockerfile installs them with `pip install --no-index`.
+Every wheel downloaded is also linked into one shared wheelhouse, `<cache>/wheels/by-sha256/
+<sha256>/<file>`: a lock that shares wheels with one built before (another version of one
+package, as `repro bisect --env` builds) gets them from there instead of downloading them again.
 The result is named by its content digest, `NAME@sha256:<64 hex>`, which is what a spec pins.
 """
 from __future__ import annotations
@@ -53,6 +60,7 @@ class Recipe:
     python: str
     platforms: list[str]
     base: Base | None
+    find_links: list[Path] = field(default_factory=list)
 
     @property
     def lock(self) -> Path:
@@ -87,10 +95,18 @@ def load_recipe(path: str | Path) -> Recipe:
         data = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path / 'recipe.yaml'}: not valid YAML: {exc}") from None
-    unknown = set(data) - {"image", "python", "platforms", "base"}
+    unknown = set(data) - {"image", "python", "platforms", "base", "find_links"}
     if unknown or not isinstance(data.get("image"), str):
+        extra = f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else ""
         raise RecipeError(f"{path / 'recipe.yaml'}: needs `image: NAME` and may have python, "
-                          f"platforms, base{'; unknown keys: ' + ', '.join(sorted(unknown)) if unknown else ''}")
+                          f"platforms, base, find_links{extra}")
+    links = data.get("find_links") or []
+    if not isinstance(links, list) or not all(isinstance(x, str) for x in links):
+        raise RecipeError(f"{path / 'recipe.yaml'}: `find_links` is a list of directories")
+    find_links = [(path / x).resolve() for x in links]
+    for d in find_links:
+        if not d.is_dir():
+            raise RecipeError(f"{path / 'recipe.yaml'}: find_links {d} is not a directory")
     base = data.get("base")
     if isinstance(base, dict):
         base = Base(**{k: base[k] for k in ("image", "suite", "include", "mirror") if k in base})
@@ -99,12 +115,11 @@ def load_recipe(path: str | Path) -> Recipe:
                           "`include`")
     _check_lock(path / "requirements.lock")
     return Recipe(path, data["image"], str(data.get("python", "3.11")),
-                  list(data.get("platforms") or ["manylinux2014_x86_64"]), base)
+                  list(data.get("platforms") or ["manylinux2014_x86_64"]), base, find_links)
 
 
-def _check_lock(lock: Path) -> int:
-    """Every requirement pinned with `==` and carrying at least one --hash; returns how many
-    requirements the lock holds (0: a recipe that installs nothing, e.g. FROM a ready image)."""
+def _logical_lines(lock: Path) -> list[str]:
+    """The lock's requirements, one line each (continuations joined, comments dropped)."""
     logical, current = [], ""
     for raw in lock.read_text().splitlines():
         line = raw.split("#", 1)[0].rstrip() if not raw.lstrip().startswith("--hash") else raw.strip()
@@ -117,6 +132,19 @@ def _check_lock(lock: Path) -> int:
         current = ""
     if current:
         logical.append(current)
+    return logical
+
+
+def lock_hashes(lock: Path) -> set[str]:
+    """Every sha256 the lock accepts (hex)."""
+    return {h.split(":", 1)[1] for req in _logical_lines(lock) for h in req.split()
+            if h.startswith("--hash=sha256:")}
+
+
+def _check_lock(lock: Path) -> int:
+    """Every requirement pinned with `==` and carrying at least one --hash; returns how many
+    requirements the lock holds (0: a recipe that installs nothing, e.g. FROM a ready image)."""
+    logical = _logical_lines(lock)
     for req in logical:
         req = req.strip()
         if req.startswith("-"):
@@ -214,22 +242,55 @@ def download_wheels(recipe: Recipe, say: Callable[[str], None], wheels_root: Pat
     if _check_lock(recipe.lock) == 0:
         done.write_text(recipe.lock_sha256 + "\n")
         return target
+    pool = root / "by-sha256"
+    shared = _link_from_pool(pool, lock_hashes(recipe.lock), target)
     say(f"repro env build: downloading wheels for Python {recipe.python} "
-        f"({recipe.platforms[0]}) into {target}")
+        f"({recipe.platforms[0]}) into {target}"
+        + (f" ({shared} already in the shared wheelhouse)" if shared else ""))
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
            "--require-hashes", "--only-binary=:all:", "--no-deps",
            "--python-version", recipe.python, "--implementation", "cp", "-d", str(target),
            "-r", str(recipe.lock)]
     for plat in recipe.platforms:
         cmd += ["--platform", plat]
+    for links in recipe.find_links:
+        cmd += ["--find-links", str(links)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RecipeError("downloading the locked wheels failed (is PyPI reachable, and does "
                           f"every package have a wheel for Python {recipe.python} on "
                           f"{', '.join(recipe.platforms)}?):\n"
                           + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
+    _add_to_pool(pool, target)
     done.write_text(recipe.lock_sha256 + "\n")
     return target
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _link_from_pool(pool: Path, hashes: set[str], target: Path) -> int:
+    """Link the shared wheelhouse's wheels whose sha256 the lock accepts into `target`, where
+    `pip download` finds them already downloaded (it checks their hashes again)."""
+    n = 0
+    for digest in hashes:
+        for wheel in (pool / digest).glob("*.whl"):
+            if not (target / wheel.name).exists():
+                _link(wheel, target / wheel.name)
+                n += 1
+    return n
+
+
+def _add_to_pool(pool: Path, wheels: Path) -> None:
+    for wheel in wheels.glob("*.whl"):
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if not (pool / digest / wheel.name).exists():
+            (pool / digest).mkdir(parents=True, exist_ok=True)
+            _link(wheel, pool / digest / wheel.name)
 
 
 def _docker_build(client: Any, recipe: Recipe, wheels: Path, say: Callable[[str], None]) -> str:
@@ -238,15 +299,13 @@ def _docker_build(client: Any, recipe: Recipe, wheels: Path, say: Callable[[str]
     with tempfile.TemporaryDirectory(prefix="repro-build-") as ctx_dir:
         ctx = Path(ctx_dir)
         for p in recipe.path.iterdir():
-            if p.name in ("wheels", "recipe.yaml") or p.name.startswith("."):
+            if p.name in ("wheels", "recipe.yaml") or p.name.startswith(".") \
+                    or p.resolve() in recipe.find_links:
                 continue
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, ctx / p.name)
         (ctx / "wheels").mkdir()
         for w in wheels.glob("*.whl"):
-            try:
-                os.link(w, ctx / "wheels" / w.name)
-            except OSError:
-                shutil.copy2(w, ctx / "wheels" / w.name)
+            _link(w, ctx / "wheels" / w.name)
         say(f"repro env build: building {recipe.image} from {recipe.path} (no network)")
         image_id: str | None = None
         log: list[str] = []

@@ -9,6 +9,8 @@ from repro.report.text import _num, summary_line
 
 if TYPE_CHECKING:
     from repro.bisect import Bisection, Probe, Round
+    from repro.envbisect import EnvBisection, EnvProbe
+    from repro.verdict import Verdict
 
 JSON_FORMAT = 1
 NO_OPS = ("op-level localisation is not built yet: the first divergence above and the commit's "
@@ -52,19 +54,7 @@ def render_bisection(b: Bisection, *, verbose: bool = False) -> str:
     if v is not None:
         out.append("")
         at = "there" if found is not None else f"at {v.commit[:12]}, the first known fail"
-        out.append(f"verdict {at}: {summary_line(v)}")
-        first = v.first_divergence
-        if first is not None:
-            step = f" at step {first.first_step}" if first.first_step is not None else ""
-            out.append(f"  first divergence: {first.label}{step} (max abs err {_num(first.max_abs)}, "
-                       f"max rel err {_num(first.max_rel)}, {first.tolerance_text})")
-        if verbose:
-            out += [f"    {r.label}: first step {r.first_step}, max abs err {_num(r.max_abs)}"
-                    for r in v.failures]
-        numeric = [c for c in v.changes if c.numeric]
-        if numeric:
-            out.append("  what changed since the record: " + "; ".join(c.text() for c in numeric))
-        out += [f"  note: {n}" for n in v.notes]
+        out += _verdict_lines(f"verdict {at}", v, verbose)
         out.append(f"  {NO_OPS}")
     out.append("")
     verifies = len(b.probes)
@@ -78,6 +68,24 @@ def render_bisection(b: Bisection, *, verbose: bool = False) -> str:
         out += [f"  {p.commit[:12]}  {p.reason}" for p in b.skipped]
     out += [f"note: {n}" for n in b.notes]
     return "\n".join(out) + "\n"
+
+
+def _verdict_lines(lead: str, v: Verdict, verbose: bool) -> list[str]:
+    """A failing verdict: its summary, first divergence, what changed since the record."""
+    out = [f"{lead}: {summary_line(v)}"]
+    first = v.first_divergence
+    if first is not None:
+        step = f" at step {first.first_step}" if first.first_step is not None else ""
+        out.append(f"  first divergence: {first.label}{step} (max abs err {_num(first.max_abs)}, "
+                   f"max rel err {_num(first.max_rel)}, {first.tolerance_text})")
+    if verbose:
+        out += [f"    {r.label}: first step {r.first_step}, max abs err {_num(r.max_abs)}"
+                for r in v.failures]
+    numeric = [c for c in v.changes if c.numeric]
+    if numeric:
+        out.append("  what changed since the record: " + "; ".join(c.text() for c in numeric))
+    out += [f"  note: {n}" for n in v.notes]
+    return out
 
 
 def bisection_json(b: Bisection) -> dict[str, Any]:
@@ -97,4 +105,84 @@ def bisection_json(b: Bisection) -> dict[str, Any]:
                    for r in b.rounds],
         "skipped": [{"commit": p.commit, "reason": p.reason} for p in b.skipped],
         "notes": b.notes, "localisation": NO_OPS,
+    }
+
+
+# -- repro bisect --env ------------------------------------------------------------------------
+def _applied(b: EnvBisection | None, p: EnvProbe) -> str:
+    if p.role == "good":
+        return "the good lock"
+    if p.role == "bad":
+        return "the bad lock"
+    texts = {c.name: c.text() for c in b.changes} if b is not None else {}
+    return ", ".join(texts.get(n, n) for n in p.applied)
+
+
+def env_probe_line(p: EnvProbe, b: EnvBisection | None = None) -> str:
+    """`build 3 [reprotest-scale 1.0 -> 1.1]: NAME@sha256:0123456789ab in 4.1 s → fail (changed),
+    verify 2.0 s`: one line per build as it ends."""
+    where = (f"{p.image.rsplit('@', 1)[-1][:19]} in {p.build_s:.1f} s" if p.image
+             else f"no image ({p.build_s:.1f} s)")
+    v = p.verdict
+    outcome: str = p.outcome
+    if p.outcome == "fail" and v is not None and v.fail_class:
+        outcome += f" ({v.fail_class})"
+    elif p.reason:
+        outcome += f" ({p.reason})"
+    verify = f", verify {p.verify_s:.1f} s" if p.image else ""
+    return f"build {p.number} [{_applied(b, p)}]: {where} → {outcome}{verify}"
+
+
+def render_env_bisection(b: EnvBisection, *, verbose: bool = False) -> str:
+    """The minimal flipping change set, the verdict with it, every build, and the cost."""
+    out: list[str] = []
+    names = ", ".join(c.text() for c in b.minimal)
+    if len(b.minimal) == 1:
+        out.append(f"{names} flips the verdict")
+    else:
+        out.append(f"these {len(b.minimal)} package changes together flip the verdict "
+                   f"(1-minimal: without any one of them it does not fail): {names}")
+    out.append(f"  ({len(b.minimal)} of the {len(b.changes)} changes between {b.good} and "
+               f"{b.bad})")
+    if b.verdict is not None:
+        out.append("")
+        out += _verdict_lines("verdict with it", b.verdict, verbose)
+    out.append("")
+    out.append("builds:")
+    for p in b.probes:
+        image = p.image or "no image"
+        out.append(f"  {p.number}. {_applied(b, p)}: {p.outcome}  {image}  "
+                   f"(build {p.build_s:.1f} s, verify {p.verify_s:.1f} s)")
+        if p.reason:
+            out.append(f"       {p.reason}")
+    build_s = sum(p.build_s for p in b.probes)
+    verify_s = sum(p.verify_s for p in b.probes)
+    out.append("")
+    out.append(f"searched {len(b.changes)} package change{'s' if len(b.changes) != 1 else ''} "
+               f"by ddmin: {b.builds} builds ({b.builds - 2} probes and the 2 locks), "
+               f"{len(b.unresolved)} unresolved, {b.duration_s:.1f} s (builds {build_s:.1f} s, "
+               f"verifies {verify_s:.1f} s)")
+    out += [f"note: {n}" for n in b.notes]
+    return "\n".join(out) + "\n"
+
+
+def _change_json(c: Any) -> dict[str, Any]:
+    return {"package": c.name, "good": c.old.version if c.old else None,
+            "bad": c.new.version if c.new else None, "text": c.text()}
+
+
+def env_bisection_json(b: EnvBisection) -> dict[str, Any]:
+    """The machine-readable env bisection (format in docs/bisect.md)."""
+    return {
+        "format": JSON_FORMAT, "kind": "env", "spec": b.spec, "good": b.good, "bad": b.bad,
+        "recipe": b.recipe, "duration_s": round(b.duration_s, 3), "builds": b.builds,
+        "changes": [_change_json(c) for c in b.changes],
+        "minimal": [_change_json(c) for c in b.minimal],
+        "verdict": None if b.verdict is None else verdict_json(b.verdict),
+        "probes": [{"number": p.number, "role": p.role, "applied": list(p.applied),
+                    "outcome": p.outcome, "reason": p.reason, "image": p.image,
+                    "build_s": round(p.build_s, 3), "verify_s": round(p.verify_s, 3),
+                    "status": None if p.verdict is None else str(p.verdict.status)}
+                   for p in b.probes],
+        "notes": b.notes,
     }
