@@ -36,6 +36,10 @@ FOLLOWED = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_
             "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
             "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr"}
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# Compiled HLO text carries each op's source file and line (metadata={...}): the path of the
+# exported tree differs per commit, so it is dropped before hashing what the compiler produced.
+_METADATA = re.compile(r",? ?metadata=\{[^{}]*\}")
+_SOURCE_TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 
 
 class Tracer:
@@ -91,7 +95,8 @@ class Tracer:
         compiled = lowered.compile()
         return {"inputs": _signature_text(signature), "first_call": call,
                 "jaxpr_sha256": _sha(str(closed)), "eqns": len(ops),
-                "hlo_sha256": _sha(lowered.as_text()), "compiled_sha256": _sha(compiled.as_text() or ""),
+                "hlo_sha256": _sha(lowered.as_text()),
+                "compiled_sha256": _sha(_compiled_text(compiled.as_text() or "")),
                 "ops": ops}
 
     def _walk(self, jaxpr: Any, ops: list[list[Any]]) -> None:
@@ -220,6 +225,14 @@ def _aval_text(aval: Any) -> str:
         return ""
     dtype, shape = getattr(aval, "dtype", None), getattr(aval, "shape", None)
     return f"{getattr(dtype, 'name', dtype)}{list(shape)}" if shape is not None else str(aval)
+
+
+def _compiled_text(text: str) -> str:
+    """Compiled HLO text without where the ops came from: per-op metadata and the trailing
+    FileNames/FunctionNames/FileLocations/StackFrames tables (paths of the exported tree)."""
+    blocks = text.split("\n\n")   # the tables are blank-line separated blocks after the header
+    kept = [b for b in blocks if b.lstrip("\n").split("\n", 1)[0] not in _SOURCE_TABLES]
+    return _METADATA.sub("", "\n\n".join(kept))
 
 
 def _sha(text: str) -> str:

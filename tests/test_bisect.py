@@ -26,6 +26,8 @@ BROKEN = 15     # position of the commit that does not import; BROKEN + 1 fixes 
 
 LOSS = '        return jnp.mean((h @ p["out"]["w"] + p["out"]["b"] - y) ** 2)'
 LOSS_EPS = '        return jnp.mean((h @ p["out"]["w"] + p["out"]["b"] - y) ** 2 + EPS)'
+STEP = "    step_fn = jax.jit(jax.value_and_grad(loss_fn))"
+TRACED_STEP = "    step_fn = ctx.traced(jax.jit(jax.value_and_grad(loss_fn)))"   # names the op
 
 
 class History:
@@ -44,8 +46,8 @@ def make_history(root: Path) -> History:
     text = train.read_text()
     assert LOSS in text
     train.write_text(text.replace("LR_SCALE = 1.0\n", "LR_SCALE = 1.0\nEPS = 0.0\n")
-                     .replace(LOSS, LOSS_EPS))
-    p.commit("loss: an epsilon inside the mean (0 for now)")
+                     .replace(LOSS, LOSS_EPS).replace(STEP, TRACED_STEP))
+    p.commit("loss: an epsilon inside the mean (0 for now); the step is traced")
     p.repro("pin", str(p.spec), check_rc=0)
     p.repro("record", str(p.spec), check_rc=0)
     good = p.commit("record tiny")
@@ -87,7 +89,10 @@ def test_bisect_names_the_epsilon_commit_and_skips_the_one_that_does_not_import(
     assert "tinyproj/train.py | 2 +-" in text
     # the verdict there: where it first diverges, and what changed since the record
     assert "first divergence: metric loss at step 0" in text, text
-    assert "code.commit" in text and "op-level localisation is not built yet" in text
+    assert "code.commit" in text
+    line = next(i + 1 for i, t in enumerate((history.project.root / "tinyproj" / "train.py")
+                                            .read_text().splitlines()) if "+ EPS" in t)
+    assert f"first diverging op: add float32[64, 1] at tinyproj/train.py:{line} in loss_fn" in text, text
     lines = text.splitlines()
     assert lines[0].startswith(f"endpoints: good {history.good[:12]} pass, bad {history.bad[:12]} fail")
     rounds = [line for line in lines if line.startswith("round ")]
@@ -96,6 +101,7 @@ def test_bisect_names_the_epsilon_commit_and_skips_the_one_that_does_not_import(
 
     doc = json.loads(out.read_text())
     assert doc["found"] == history.eps and doc["commits"] == history.commits
+    assert doc["localisation"].startswith("add float32[64, 1] at tinyproj/train.py:")
     assert doc["search_rounds"] == len(rounds) <= doc["rounds_bound"] == 4
     assert all(len(r["probes"]) <= 2 for r in doc["rounds"])
     assert doc["verdict"]["status"] == "fail" and doc["verdict"]["fail_class"] == "changed"

@@ -13,8 +13,15 @@ if TYPE_CHECKING:
     from repro.verdict import Verdict
 
 JSON_FORMAT = 1
-NO_OPS = ("op-level localisation is not built yet: the first divergence above and the commit's "
-          "diff are what point at the change")
+NO_OPS = ("no op named: the training does not wrap its step in ctx.traced, so the first "
+          "divergence above and the commit's diff point at the change (docs/localisation.md)")
+
+
+def _ops_line(v: Verdict) -> str:
+    """The first diverging op at the commit found (ctx.traced), or why there is none."""
+    if v.localisation is not None:
+        return f"first diverging op: {v.localisation.text()}"
+    return NO_OPS
 
 
 def _outcome(p: Probe) -> str:
@@ -55,7 +62,7 @@ def render_bisection(b: Bisection, *, verbose: bool = False) -> str:
         out.append("")
         at = "there" if found is not None else f"at {v.commit[:12]}, the first known fail"
         out += _verdict_lines(f"verdict {at}", v, verbose)
-        out.append(f"  {NO_OPS}")
+        out.append(f"  {_ops_line(v)}")
     out.append("")
     verifies = len(b.probes)
     out.append(f"searched {len(b.commits)} commit{'s' if len(b.commits) != 1 else ''} in "
@@ -104,7 +111,9 @@ def bisection_json(b: Bisection) -> dict[str, Any]:
                                 "duration_s": round(p.verdict.duration_s, 3)} for p in r.probes]}
                    for r in b.rounds],
         "skipped": [{"commit": p.commit, "reason": p.reason} for p in b.skipped],
-        "notes": b.notes, "localisation": NO_OPS,
+        "notes": b.notes,
+        "localisation": None if b.verdict is None or b.verdict.localisation is None
+        else b.verdict.localisation.text(),
     }
 
 
