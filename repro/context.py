@@ -17,6 +17,7 @@ from repro.treepath import numeric_leaves
 if TYPE_CHECKING:
     import jax
 
+    from repro.expect import Expectation
     from repro.traced import Tracer
 
 
@@ -32,7 +33,8 @@ class Context:
 
     def __init__(self, *, seeds: Mapping[str, int], data: Mapping[str, str],
                  config: Mapping[str, Any], grad_steps: GradSchedule,
-                 trace_steps: GradSchedule | None = None, tree: str = "."):
+                 trace_steps: GradSchedule | None = None, tree: str = ".",
+                 expect: Expectation | None = None):
         self.seeds = dict(seeds)
         self.data = dict(data)
         self.config = dict(config)
@@ -43,6 +45,7 @@ class Context:
         self._trace_steps = trace_steps if trace_steps is not None else grad_steps
         self._tree = tree
         self.tracer: Tracer | None = None   # made by the first ctx.traced call
+        self._expect = expect               # fail-fast: the record's trajectories (repro/expect.py)
 
     # -- randomness -----------------------------------------------------------------------------
     def seed(self, name: str) -> int:
@@ -85,6 +88,9 @@ class Context:
                 self.nonfinite.append((name, step, fvalue))
             series["steps"].append(step)
             series["values"].append(fvalue)
+        if self._expect is not None:   # fail-fast: checked once the whole call is logged
+            for name in scalars:
+                self._expect.check(name, step, self.metrics[name]["values"][-1])
 
     def log_grads(self, step: int, grads: object) -> None:
         """Record a gradient pytree at `step`; kept only on the steps `record.grads` asks for."""

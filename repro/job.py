@@ -46,6 +46,8 @@ class Job:
     watch_stdin: bool = False                # container: die when stdin closes
     hash_seed: str = "0"                     # PYTHONHASHSEED (calibrate varies it)
     listing_order: str = "native"            # "reversed": directory listings reversed (calibrate)
+    expect: Mapping[str, Any] | None = None  # fail-fast: metric -> the record's {steps, values}
+    expect_tolerance: Mapping[str, Any] = field(default_factory=dict)  # metric -> [rtol, atol]
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)

@@ -60,6 +60,7 @@ class RunResult:
     packages: list[str] | None = None    # docker: the image's package list, taken inside it
     inputs: UnpinnedInputs | None = None  # what the training read that no pin covers
     traced: TraceInfo | None = None       # ctx.traced: fingerprints and op traces
+    stopped: StoppedAt | None = None      # fail-fast stopped the run here (repro/expect.py)
 
 
 def platform_key(reported: object) -> str:
@@ -93,7 +94,7 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
                  else "it printed nothing")
         raise RunError(f"the run {how} before writing its result; {shown}", detail=tail,
                        killed_by=outcome.killed_by) from None
-    if result.get("status") != "ok":
+    if result.get("status") not in ("ok", "stopped"):
         err: dict[str, Any] = result["error"] if isinstance(result.get("error"), dict) else {}
         prefix = _ERROR_PREFIX.get(str(err.get("kind")), "the run failed")
         raise RunError(f"{prefix}: {err.get('message', '')}",
@@ -121,6 +122,8 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
         arrays = read_npz(out / "arrays.npz")
     except (ValueError, FileNotFoundError) as exc:
         raise RunError(f"the run's arrays.npz cannot be read: {exc}") from None
+    if result.get("status") == "stopped" and shape.stopped is None:
+        raise RunError("the run's run.json says it stopped (fail-fast) but not where")
     key = platform or platform_key(shape.fingerprint.get("backend"))
     notes = []
     if outcome.dropped_env:
@@ -132,7 +135,20 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
                      "repro killed them when the run ended")
     return RunResult(key, shape.fingerprint, shape.metrics, arrays, shape.timings,
                      shape.grad_steps, outcome, notes, packages=shape.packages,
-                     inputs=shape.inputs, traced=traced)
+                     inputs=shape.inputs, traced=traced,
+                     stopped=shape.stopped if result.get("status") == "stopped" else None)
+
+
+class StoppedAt(BaseModel):
+    """Where fail-fast stopped a run: the first value out of tolerance (run.json "stopped")."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    quantity: str = Field(max_length=300)
+    step: int
+    why: str = Field(default="", max_length=300)
+    recorded: float | None = None
+    current: float | str | None = None
 
 
 class _RunFile(BaseModel):
@@ -148,6 +164,7 @@ class _RunFile(BaseModel):
     leftover_processes: int = 0
     inputs: UnpinnedInputs | None = None
     traced: dict[str, Any] | None = None   # TraceInfo (its entries are JSON lists: not strict)
+    stopped: StoppedAt | None = None
 
 
 def check_recordable(spec: Spec, result: RunResult) -> None:

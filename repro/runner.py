@@ -5,8 +5,9 @@ CPU affinity, imports jax (the determinism settings are already in the environme
 fingerprint, imports the training entrypoint from the code tree, calls `train(ctx)` and writes
 `run.json` + `arrays.npz` into OUT_DIR. User code and jax state live only here.
 
-Exit status: 0 ok, 3 the run failed (run.json says why); anything else is a crash before
-run.json could be written (the parent shows the output).
+Exit status: 0 ok (or stopped by fail-fast: run.json status "stopped"), 3 the run failed
+(run.json says why); anything else is a crash before run.json could be written (the parent
+shows the output).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         result["leftover_processes"] = left
     result["timings"]["total_s"] = time.perf_counter() - t_start
     write_json_atomic(run_dir / "run.json", result)
-    return 0 if result["status"] == "ok" else EXIT_FAILED
+    return 0 if result["status"] in ("ok", "stopped") else EXIT_FAILED
 
 
 class _Failure(Exception):
@@ -177,14 +178,19 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                                f"{type(exc).__name__}: {exc}",
                        traceback=_user_traceback(exc, tree)) from None
 
+    from repro.expect import Expectation, Stopped
+    expect = None if job.expect is None else Expectation(job.expect, job.expect_tolerance)
     ctx = Context(seeds=job.seeds, data=job.data, config=job.config,
                   grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)),
                   trace_steps=None if job.trace_steps is None else GradSchedule(None, list(job.trace_steps)),
-                  tree=tree)
+                  tree=tree, expect=expect)
     t0 = time.perf_counter()
+    stopped: dict[str, Any] | None = None
     try:
         params = train(ctx)
         params = jax.block_until_ready(params)
+    except Stopped as stop:   # fail-fast: a sure failure; what was logged so far is the result
+        params, stopped = None, stop.info
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -197,7 +203,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     result["fingerprint"] = fingerprint(dict(job.settings), cpus)
 
     arrays: dict[str, np.ndarray] = {}
-    if job.weights == "final":
+    if job.weights == "final" and stopped is None:
         if params is None:
             raise _Failure(kind="user", type="ValueError",
                            message=f"{job.entrypoint} returned None; return the final params "
@@ -218,7 +224,9 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     _leave_new_cache_entries(job, seeded)
     for series in ctx.metrics.values():  # JSON has no NaN/inf: keep them as strings
         series["values"] = [v if math.isfinite(v) else repr(v) for v in series["values"]]
-    result.update(status="ok", metrics=ctx.metrics,
+    if stopped is not None:
+        result.update(stopped=stopped)
+    result.update(status="ok" if stopped is None else "stopped", metrics=ctx.metrics,
                   nonfinite=[{"metric": m, "step": s, "value": repr(v)} for m, s, v in ctx.nonfinite],
                   grad_steps=sorted(ctx.grads))
 

@@ -51,7 +51,7 @@ def test_the_runner_needs_no_pydantic_or_yaml():
     """The child imports the harness inside any image: only numpy and jax are its dependencies
     there. Importing everything the runner imports must not pull pydantic or PyYAML."""
     code = ("import sys, repro.runner, repro.env.fingerprint, repro.env.isa, repro.env.inputs, repro.context, "
-            "repro.job, repro.treepath, repro.proctree, repro.traced; "
+            "repro.job, repro.treepath, repro.proctree, repro.traced, repro.expect; "
             "print(sorted(m for m in ('pydantic', 'yaml', 'docker') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
