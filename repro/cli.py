@@ -32,7 +32,7 @@ def _options(ns: argparse.Namespace) -> Options:
     return Options(backend=ns.backend, code=ns.code, platform=ns.platform,
                    records_root=Path(ns.records) if ns.records else None,
                    timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache,
-                   confirm=getattr(ns, "confirm", 1))
+                   confirm=getattr(ns, "confirm", 1), fail_fast=getattr(ns, "fail_fast", False))
 
 
 def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict]) -> int:
@@ -312,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
             "(exit 0 pass, 1 mismatch, 2 error)")
     running("audit", cmd_audit, "verify every spec under DIR and report (exit 0 all pass, "
             "1 any fail, 2 any error)", audit=True)
+    sub.choices["verify"].add_argument(
+        "--fail-fast", action=argparse.BooleanOptionalAction, default=True, help="stop a run at "
+        "the first step where a metric is sure to fail the comparison (default: on; docs/failfast.md)")
+    sub.choices["audit"].add_argument(
+        "--fail-fast", action="store_true", default=False, help="stop each run at the first step "
+        "where a metric is sure to fail the comparison (default: off, an audit runs to the end)")
     for name in ("verify", "audit"):
         sub.choices[name].add_argument(
             "--confirm", type=_count, default=1, metavar="N", help="when a spec fails and no pin "

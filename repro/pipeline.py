@@ -19,6 +19,7 @@ from repro.changes import changes_since_record
 from repro.confirm import classify
 from repro.env.settings import determinism_settings
 from repro.errors import ReproError
+from repro.failfast import compare, expecting, stopped_at
 from repro.job import Job
 from repro.localise import attach_traces
 from repro.noise import annotate_spread, describe, noise_floor
@@ -52,6 +53,7 @@ class Options:
     variation: Variation = BASELINE      # calibrate: run differently without changing a pin
     confirm: int = 1                     # verify: reruns that classify a failure (0: none)
     varied: tuple[str, ...] = ()         # spec keys varied on purpose (bisect: code.commit): not evidence
+    fail_fast: bool = False              # verify: stop at the first sure failure (repro/failfast.py)
 
     def backend_impl(self) -> Backend[Any]:
         return get_backend(self.backend, docker_memory=self.docker_memory,
@@ -113,8 +115,8 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
     run_dir = RunDir.create(prep.spec.name or "spec")
     try:
         timeout = options.timeout or prep.spec.timeout
-        outcome = backend.run(make_job(prep, options), run_dir, env, timeout=timeout,
-                              echo=options.echo)
+        outcome = backend.run(expecting(make_job(prep, options), prep.spec, recorded, options.fail_fast),
+                              run_dir, env, timeout=timeout, echo=options.echo)
         result = collect(run_dir.out, outcome, timeout=timeout, platform=options.platform)
         result.notes[:0] = env.notes
         return Execution(result, env.image_ref)
@@ -231,13 +233,9 @@ def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool 
 
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:
     """Compare a finished run with its record and say what changed since recording."""
-    from repro.compare import compare_run
-
-    spec = prep.spec
-    cmp = compare_run(rec, result.metrics, result.arrays,
-                      tolerance=spec.canonical["tolerance"], platform_key=result.platform_key,
-                      run_fingerprint=result.fingerprint, metric_names=spec.record.metrics)
+    spec, cmp = prep.spec, compare(rec, result, prep.spec)   # a fail-fast stop: the part reached
     v = _run_verdict(prep, result, Status.PASS if cmp.ok else Status.FAIL, options)
+    v.stopped = stopped_at(rec, result)
     v.rows, v.bitwise, v.mode_reason, v.record_path = cmp.rows, cmp.bitwise, cmp.reason, str(rec.path)
     annotate_spread(v.rows, rec.meta.noise)
     v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend)

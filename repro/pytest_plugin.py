@@ -42,6 +42,9 @@ def pytest_addoption(parser):
     group.addoption("--repro-confirm", type=int, default=1, metavar="N",
                     help="when a spec fails and no pin changed, train it N more times to tell "
                          "nondeterministic from changed (default 1; 0: do not)")
+    group.addoption("--repro-no-fail-fast", action="store_true", default=False,
+                    help="run every spec to the end even when a metric already fails the "
+                         "comparison (default: stop at the first such step; docs/failfast.md)")
     parser.addini("repro_specs", "glob patterns of spec files to collect", type="args",
                   default=DEFAULT_PATTERNS)
     parser.addini("repro_backend", "default backend: local or docker", default="local")
@@ -81,6 +84,7 @@ def options_from_config(config: pytest.Config) -> Options:
         records_root=Path(records).resolve() if records else None,
         echo=config.getoption("capture") == "no",
         confirm=max(0, config.getoption("--repro-confirm")),
+        fail_fast=not config.getoption("--repro-no-fail-fast"),
         compile_cache=not config.getoption("--repro-no-compile-cache"),
         docker_memory=config.getini("repro_docker_memory") or None,
         docker_pids=int(config.getini("repro_docker_pids") or 0) or None)

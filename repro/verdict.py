@@ -149,6 +149,24 @@ class Localisation:
 
 
 @dataclass
+class Stop:
+    """Where fail-fast stopped a failing run (docs/failfast.md): at `step`, of the record's
+    last logged step `of`, because `quantity` was out of tolerance there."""
+
+    step: int
+    of: int
+    quantity: str                   # "metric loss"
+    why: str = "out of tolerance"
+    recorded: float | None = None
+    current: float | None = None
+
+    def text(self) -> str:
+        values = "" if self.recorded is None else f" (recorded {self.recorded:.9g}, run {self.current:.9g})"
+        return (f"stopped at step {self.step} of {self.of} (fail-fast): {self.quantity} {self.why}"
+                f"{values}; later steps, later gradients and the final weights were not compared")
+
+
+@dataclass
 class Verdict:
     name: str
     status: Status
@@ -177,6 +195,7 @@ class Verdict:
     duration_s: float = 0.0                      # wall time of the whole verify/record/run
     localisation: Localisation | None = None     # fail: the first diverging op (ctx.traced)
     programs_unchanged: bool | None = None       # ctx.traced: every program's jaxpr and HLO as recorded
+    stopped: Stop | None = None                  # fail: fail-fast stopped the run (repro/failfast.py)
 
     @property
     def exit_code(self) -> int:

@@ -62,6 +62,9 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
         "localisation": None if v.localisation is None else {
             **asdict(v.localisation), "text": v.localisation.text()},
         "programs_unchanged": v.programs_unchanged,
+        "stopped": None if v.stopped is None else {
+            **{k: _plain(x) if x == x else "nan" for k, x in asdict(v.stopped).items()},
+            "text": v.stopped.text()},
         "pins": v.pins, "fingerprint": v.fingerprint, "curves": v.curves,
         "metrics_final": v.metrics_final, "notes": v.notes,
         "error": v.error, "error_detail": v.error_detail, "killed_by": v.killed_by or None,

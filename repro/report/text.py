@@ -44,6 +44,8 @@ def summary_line(v: Verdict) -> str:
         if v.fail_class:
             parts.append(f"({v.fail_class})")
         parts.append(f"{len(v.failures)} of {len(v.rows)} quantities out of tolerance")
+        if v.stopped is not None:
+            parts.append(f"(stopped at step {v.stopped.step} of {v.stopped.of}, fail-fast)")
         if first is not None:
             where = f" at step {first.first_step}" if first.first_step is not None else ""
             parts.append(f"— first: {first.label}{where}")
@@ -70,6 +72,8 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
         if v.error_detail:
             out.append("")
             out.append(v.error_detail.rstrip())
+    if v.stopped is not None:
+        out.append(f"  {v.stopped.text()}")
     if v.rows and (v.status != PASS or verbose):
         out.append(f"  compared {'bitwise' if v.bitwise else 'within tolerance'}: {v.mode_reason}")
         rows = v.failures if (v.status == FAIL and not verbose) else v.rows
@@ -161,7 +165,8 @@ def _detail(v: Verdict) -> str:
         r = v.first_divergence
         where = f" at step {r.first_step}" if r.first_step is not None else ""
         cls = f"{v.fail_class}: " if v.fail_class else ""
-        return f"{cls}{r.label}{where}, max rel err {_num(r.max_rel)}"
+        stop = f" (stopped at step {v.stopped.step} of {v.stopped.of})" if v.stopped else ""
+        return f"{cls}{r.label}{where}, max rel err {_num(r.max_rel)}{stop}"
     if v.status == ERROR:
         return (v.error.splitlines() or [""])[0][:100]
     if v.status == PASS:

@@ -1,0 +1,93 @@
+"""Parent side of fail-fast (docs/failfast.md): what the child checks as it trains, and the
+comparison of a run that stopped early.
+
+`expecting` gives a verify's `Job` the recorded metric trajectories and, per metric, the
+tolerance a value must meet; `repro.expect` (child side) stops the run at the first value out of
+it. Only a sure failure stops a run: a value out of `atol + rtol * |recorded|` (any difference in
+`tolerance.mode: exact`). Under `auto` the final comparison may be bitwise (equal environments),
+so a difference within tolerance does not stop the run but still fails it at the end: fail-fast
+never turns a pass into a fail, it only ends a failing run sooner. Gradients are compared at the
+end as before (kept steps the run reached); only metrics stop a run.
+
+`compare` judges a stopped run against the record truncated to what the run reached: each metric
+to the points the run logged, kept gradients to the steps it kept; final weights are not compared.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from repro.verdict import Stop
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from repro.compare import Comparison
+    from repro.job import Job
+    from repro.record import MetricSeries, Record, RecordMeta
+    from repro.result import RunResult
+    from repro.spec import Spec
+
+
+def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool) -> Job:
+    """`job` with the record's trajectories to check as it trains (unchanged when fail-fast is
+    off or there is no record yet)."""
+    if not on or recorded is None or not recorded.metrics:
+        return job
+    from repro.compare import resolve_tolerance
+
+    tolerance = spec.canonical["tolerance"]
+    names = [n for n in (spec.record.metrics or sorted(recorded.metrics)) if n in recorded.metrics]
+    exact = tolerance.get("mode", "auto") == "exact"
+    tols = {}
+    for name in names:
+        t = resolve_tolerance(tolerance, "metric", name, recorded.platform)
+        tols[name] = [0.0, 0.0] if exact else [t["rtol"], t["atol"]]
+    return job.replace(expect={n: {"steps": recorded.metrics[n]["steps"],
+                                   "values": recorded.metrics[n]["values"]} for n in names},
+                       expect_tolerance=tols)
+
+
+@dataclass
+class _Reached:
+    """The record as far as a stopped run got (a `compare.Recorded`)."""
+
+    fingerprint: dict[str, Any]
+    metrics: Mapping[str, MetricSeries]
+    arrays: Mapping[str, np.ndarray]
+
+
+def compare(rec: Record, result: RunResult, spec: Spec) -> Comparison:
+    """`compare_run` of the run with its record; a stopped run with the part of it reached."""
+    from repro.compare import compare_run
+
+    names = spec.record.metrics
+    recorded: Any = rec
+    if result.stopped is not None:
+        metrics: dict[str, MetricSeries] = {}
+        for name, series in rec.metrics.items():
+            run = result.metrics.get(name)
+            n = len(run["steps"]) if run else sum(1 for s in series["steps"] if s <= result.stopped.step)
+            if n or run:
+                metrics[name] = {**series, "steps": series["steps"][:n], "values": series["values"][:n]}
+        kept = set(result.grad_steps)
+        arrays = {k: a for k, a in rec.arrays.items()
+                  if k.startswith("grads/") and int(k.split("/")[1]) in kept}
+        recorded = _Reached(rec.fingerprint, metrics, arrays)
+        names = [n for n in (names if names is not None else sorted(set(metrics) | set(result.metrics)))
+                 if n in metrics or n in result.metrics]
+    return compare_run(recorded, result.metrics, result.arrays,
+                       tolerance=spec.canonical["tolerance"], platform_key=result.platform_key,
+                       run_fingerprint=result.fingerprint, metric_names=names)
+
+
+def stopped_at(rec: Record, result: RunResult) -> Stop | None:
+    """Where fail-fast stopped the run, and the record's last logged step (the N of "k of N")."""
+    s = result.stopped
+    if s is None:
+        return None
+    last = max((series["steps"][-1] for series in rec.metrics.values() if series["steps"]), default=s.step)
+    current = s.current if isinstance(s.current, float | None) else float(s.current)
+    return Stop(step=s.step, of=last, quantity=s.quantity, why=s.why, recorded=s.recorded,
+                current=current)

@@ -1,0 +1,73 @@
+"""Fail-fast (docs/failfast.md): a verify stops at the first step a metric is sure to fail,
+says where, and a passing verify is unchanged. Real runs of the tiny project, 1000 steps."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import Project, build_project
+
+UPDATE = "params = jax.tree_util.tree_map(lambda a, b: a - lr * b, params, g)"
+DIVERGED = "params = jax.tree_util.tree_map(lambda a, b: a - lr * (1 + 1e-2 * (step >= 10)) * b, params, g)"
+
+
+@pytest.fixture(scope="module")
+def long_recorded(tmp_path_factory) -> Project:
+    """The tiny project trained for 1000 steps, recorded and committed (copy it; do not change it)."""
+    p = build_project(tmp_path_factory.mktemp("ff") / "proj")
+    p.edit_spec("steps: 12", "steps: 1000")
+    p.commit("1000 steps")
+    p.repro("record", "specs/tiny.yaml", check_rc=0)
+    p.commit("record tiny")
+    return p
+
+
+@pytest.fixture(scope="module")
+def diverged(long_recorded, tmp_path_factory) -> Project:
+    """A copy whose code changes the lr from step 10 on (the loss differs from step 11)."""
+    p = Project(tmp_path_factory.mktemp("ffdiv") / "proj")
+    shutil.copytree(long_recorded.root, p.root)
+    train = p.root / "tinyproj" / "train.py"
+    text = train.read_text()
+    assert UPDATE in text
+    train.write_text(text.replace(UPDATE, DIVERGED))
+    p.commit("lr up by 1% from step 10")
+    p.repro("pin", str(p.spec), check_rc=0)
+    p.commit("pin")
+    return p
+
+
+def test_a_clean_verify_passes_bitwise_with_fail_fast_on(long_recorded):
+    out = long_recorded.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
+    assert "PASS tiny" in out and "bitwise identical" in out and "stopped" not in out
+
+
+def test_verify_stops_by_step_11_and_says_so(diverged):
+    proc = diverged.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=1)
+    out = proc.stdout
+    assert "stopped at step 11 of 999 (fail-fast)" in out, out
+    assert "metric loss out of tolerance (recorded" in out
+    assert "first: metric loss at step 11" in out
+    assert "later steps, later gradients and the final weights were not compared" in out
+
+
+def test_no_fail_fast_runs_to_the_end_with_the_same_first_divergence(diverged):
+    out = diverged.repro("verify", "specs/tiny.yaml", "--no-stream", "--no-fail-fast", check_rc=1).stdout
+    assert "stopped" not in out, out
+    assert "first: metric loss at step 11" in out
+    assert "weights" in out   # the final weights were compared (and differ)
+
+
+def test_audit_runs_to_the_end_by_default_and_stops_with_fail_fast(diverged, tmp_path):
+    full, fast = tmp_path / "full.json", tmp_path / "fast.json"
+    diverged.repro("audit", "specs", "--no-stream", "--json", str(full), check_rc=1)
+    diverged.repro("audit", "specs", "--no-stream", "--fail-fast", "--json", str(fast), check_rc=1)
+    (a,), (b,) = json.loads(full.read_text())["results"], json.loads(fast.read_text())["results"]
+    assert a["stopped"] is None and a["first_divergence"]["step"] == 11
+    assert b["stopped"]["step"] == 11 and b["stopped"]["of"] == 999
+    assert b["stopped"]["quantity"] == "metric loss"
+    assert b["first_divergence"] == {**a["first_divergence"], "max_abs": b["first_divergence"]["max_abs"],
+                                     "max_rel": b["first_divergence"]["max_rel"]}
+    assert b["duration_s"] < a["duration_s"]
