@@ -66,9 +66,9 @@ def compare(rec: Record, result: RunResult, spec: Spec) -> Comparison:
     recorded: Any = rec
     if result.stopped is not None:
         metrics: dict[str, MetricSeries] = {}
-        for name, series in rec.metrics.items():
+        for name, series in rec.metrics.items():   # a metric the run has not logged: to before the stop
             run = result.metrics.get(name)
-            n = len(run["steps"]) if run else sum(1 for s in series["steps"] if s <= result.stopped.step)
+            n = len(run["steps"]) if run else sum(1 for s in series["steps"] if s < result.stopped.step)
             if n or run:
                 metrics[name] = {**series, "steps": series["steps"][:n], "values": series["values"][:n]}
         kept = set(result.grad_steps)

@@ -71,3 +71,27 @@ def test_audit_runs_to_the_end_by_default_and_stops_with_fail_fast(diverged, tmp
     assert b["first_divergence"] == {**a["first_divergence"], "max_abs": b["first_divergence"]["max_abs"],
                                      "max_rel": b["first_divergence"]["max_rel"]}
     assert b["duration_s"] < a["duration_s"]
+
+
+def test_the_child_stops_only_on_a_sure_failure():
+    from repro.context import Context, GradSchedule
+    from repro.expect import Expectation, Stopped
+
+    rec = {"loss": {"steps": [0, 1, 2], "values": [1.0, 0.5, 0.25]}}
+
+    def ctx(tol):
+        return Context(seeds={}, data={}, config={}, grad_steps=GradSchedule(),
+                       expect=Expectation(rec, {"loss": tol}))
+    c = ctx([1e-3, 0.0])
+    c.log(0, loss=1.0 + 1e-6, other=7.0)   # within rtol: no stop (a bitwise verify still fails)
+    with pytest.raises(Stopped) as stop:
+        c.log(1, loss=0.6)
+    assert stop.value.info["step"] == 1 and stop.value.info["quantity"] == "metric loss"
+    assert c.metrics["loss"]["values"] == [1.0 + 1e-6, 0.6]   # the value is logged before stopping
+    with pytest.raises(Stopped):
+        ctx([0.0, 0.0]).log(0, loss=1.0 + 1e-12)   # exact: any difference
+    with pytest.raises(Stopped) as stop:
+        ctx([1.0, 1.0]).log(5, loss=1.0)            # a step the record does not have there
+    assert "the record has step 0" in stop.value.info["why"]
+    with pytest.raises(Stopped):
+        ctx([1.0, 1.0]).log(0, loss=float("nan"))
