@@ -70,6 +70,7 @@ class Context:
         Each name keeps its own trajectory; steps must increase per name.
         """
         step = int(step)
+        stop = None
         for name, value in scalars.items():
             arr = np.asarray(value)
             if arr.size != 1:
@@ -88,9 +89,11 @@ class Context:
                 self.nonfinite.append((name, step, fvalue))
             series["steps"].append(step)
             series["values"].append(fvalue)
-        if self._expect is not None:   # fail-fast: checked once the whole call is logged
-            for name in scalars:
-                self._expect.check(name, step, self.metrics[name]["values"][-1])
+            if self._expect is not None and stop is None:   # fail-fast (repro/expect.py)
+                stop = self._expect.check(name, step, fvalue)
+        if stop is not None:   # raised once the whole call is logged
+            from repro.expect import Stopped
+            raise Stopped(stop)
 
     def log_grads(self, step: int, grads: object) -> None:
         """Record a gradient pytree at `step`; kept only on the steps `record.grads` asks for."""

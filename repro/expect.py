@@ -3,7 +3,7 @@ it trains, and the exception that stops it at the first value that fails the ver
 
 Standard library only (the runner imports it inside any image). The parent builds the
 expectation (`repro.failfast.expecting`) and passes it in the `Job`; `Context.log` calls
-`Expectation.check` once per logged value: a list index and a float compare.
+`Expectation.check` once per logged value: a dict lookup, a list index and a float compare.
 """
 from __future__ import annotations
 
@@ -27,29 +27,29 @@ class Expectation:
     atol = 0, any difference), or when the run logs a step the record does not have there."""
 
     def __init__(self, metrics: Mapping[str, Mapping[str, Any]], tolerance: Mapping[str, Any]):
-        self._steps = {n: list(s["steps"]) for n, s in metrics.items()}
-        self._values = {n: [float(v) for v in s["values"]] for n, s in metrics.items()}
-        self._tol = {n: (float(t[0]), float(t[1])) for n, t in tolerance.items()}
-        self._seen = dict.fromkeys(self._steps, 0)
+        # name -> [position, steps, values, rtol, atol]: one list per metric, mutated in place
+        self._by_name: dict[str, list[Any]] = {
+            n: [0, list(s["steps"]), [float(v) for v in s["values"]],
+                float(tolerance[n][0]), float(tolerance[n][1])] for n, s in metrics.items()}
 
-    def check(self, name: str, step: int, value: float) -> None:
-        steps = self._steps.get(name)
-        if steps is None:
-            return
-        i = self._seen[name]
-        self._seen[name] = i + 1
+    def check(self, name: str, step: int, value: float) -> dict[str, Any] | None:
+        """None, or where the run fails for sure (what `Stopped` carries)."""
+        e = self._by_name.get(name)
+        if e is None:
+            return None
+        i = e[0]
+        e[0] = i + 1
+        steps = e[1]
         if i >= len(steps) or steps[i] != step:
             where = f"step {steps[i]}" if i < len(steps) else "no more steps"
-            self._stop(name, step, None, value, f"the record has {where} at this position")
-        recorded = self._values[name][i]
-        if not math.isfinite(recorded):
-            return   # the comparison of non-finite values is the parent's
-        rtol, atol = self._tol[name]
-        if not abs(value - recorded) <= atol + rtol * abs(recorded):   # NaN: out
-            self._stop(name, step, recorded, value, "out of tolerance")
+            return _info(name, step, None, value, f"the record has {where} at this position")
+        recorded = e[2][i]
+        if abs(value - recorded) <= e[4] + e[3] * abs(recorded) or not math.isfinite(recorded):
+            return None   # within tolerance; a non-finite recorded value is the parent's to compare
+        return _info(name, step, recorded, value, "out of tolerance")   # NaN run values land here
 
-    @staticmethod
-    def _stop(name: str, step: int, recorded: float | None, value: float, why: str) -> None:
-        raise Stopped({"quantity": f"metric {name}", "step": step, "why": why,
-                       "recorded": recorded, "current": value if math.isfinite(value) else repr(value),
-                       "message": f"metric {name} at step {step}: {why}"})
+
+def _info(name: str, step: int, recorded: float | None, value: float, why: str) -> dict[str, Any]:
+    return {"quantity": f"metric {name}", "step": step, "why": why, "recorded": recorded,
+            "current": value if math.isfinite(value) else repr(value),
+            "message": f"metric {name} at step {step}: {why}"}

@@ -63,7 +63,9 @@ def test_no_fail_fast_runs_to_the_end_with_the_same_first_divergence(diverged):
 def test_audit_runs_to_the_end_by_default_and_stops_with_fail_fast(diverged, tmp_path):
     full, fast = tmp_path / "full.json", tmp_path / "fast.json"
     diverged.repro("audit", "specs", "--no-stream", "--json", str(full), check_rc=1)
-    diverged.repro("audit", "specs", "--no-stream", "--fail-fast", "--json", str(fast), check_rc=1)
+    diverged.repro("audit", "specs", "--no-stream", "--fail-fast", "--json", str(fast),
+                   "--report", str(tmp_path / "r.html"), check_rc=1)
+    assert "stopped at step 11 of 999 (fail-fast)" in (tmp_path / "r.html").read_text()
     (a,), (b,) = json.loads(full.read_text())["results"], json.loads(fast.read_text())["results"]
     assert a["stopped"] is None and a["first_divergence"]["step"] == 11
     assert b["stopped"]["step"] == 11 and b["stopped"]["of"] == 999

@@ -118,8 +118,10 @@ def _detail(r: dict) -> str:
     if fd:
         step = "" if fd.get("step") is None else f" at step {fd['step']}"
         cls = f'<span class="cls">{e(r["fail_class"])}</span> ' if r.get("fail_class") else ""
+        stop = r.get("stopped") or {}
+        stopped = f" · stopped at step {stop.get('step')} of {stop.get('of')} (fail-fast)" if stop else ""
         return (f"{cls}<b>{e(fd.get('quantity'))}</b>{e(step)} "
-                f'<span class="muted">(max rel err {e(num(fd.get("max_rel")))})</span>')
+                f'<span class="muted">(max rel err {e(num(fd.get("max_rel")))}){e(stopped)}</span>')
     if r.get("status") == "pass":
         n = len(r.get("quantities") or [])
         how = "bitwise identical" if r.get("compared") == "bitwise" else "within tolerance"
