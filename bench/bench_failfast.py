@@ -66,11 +66,14 @@ def main() -> None:
         verify = ("verify", "--no-stream", "specs/tiny.yaml")
         timed(clean, *verify, rc=0), timed(bad, *verify, rc=1)   # warm caches
         fast, full, on, off = [], [], [], []
-        for _ in range(args.n):
-            fast.append(timed(bad, *verify, rc=1))
-            full.append(timed(bad, *verify, "--no-fail-fast", rc=1))
-            on.append(timed(clean, *verify, rc=0))
-            off.append(timed(clean, *verify, "--no-fail-fast", rc=0))
+        for i in range(args.n):   # each pair alternates which goes first (no order bias)
+            for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+                if which == 0:
+                    fast.append(timed(bad, *verify, rc=1))
+                    on.append(timed(clean, *verify, rc=0))
+                else:
+                    full.append(timed(bad, *verify, "--no-fail-fast", rc=1))
+                    off.append(timed(clean, *verify, "--no-fail-fast", rc=0))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     m = {k: statistics.median(v) for k, v in dict(fast=fast, full=full, on=on, off=off).items()}

@@ -88,6 +88,9 @@ def stopped_at(rec: Record, result: RunResult) -> Stop | None:
     if s is None:
         return None
     last = max((series["steps"][-1] for series in rec.metrics.values() if series["steps"]), default=s.step)
-    current = s.current if isinstance(s.current, float | None) else float(s.current)
+    try:   # run.json is the child's: a non-number here is shown as unknown, never trusted
+        current = s.current if isinstance(s.current, float | None) else float(s.current)
+    except ValueError:
+        current = None
     return Stop(step=s.step, of=last, quantity=s.quantity, why=s.why, recorded=s.recorded,
                 current=current)

@@ -161,7 +161,8 @@ class Stop:
     current: float | None = None
 
     def text(self) -> str:
-        values = "" if self.recorded is None else f" (recorded {self.recorded:.9g}, run {self.current:.9g})"
+        run = "?" if self.current is None else f"{self.current:.9g}"
+        values = "" if self.recorded is None else f" (recorded {self.recorded:.9g}, run {run})"
         return (f"stopped at step {self.step} of {self.of} (fail-fast): {self.quantity} {self.why}"
                 f"{values}; later steps, later gradients and the final weights were not compared")
 
