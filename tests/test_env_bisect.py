@@ -31,13 +31,13 @@ from repro.envbisect import apply, ddmin, lock_changes, parse_lock, split
 def _oracle(culprits: set[int], unresolved: set[frozenset[int]] = frozenset()):  # type: ignore[assignment]
     calls: list[frozenset[int]] = []
 
-    def test(subset):
+    def probe(subset):
         key = frozenset(subset)
         calls.append(key)
         if key in unresolved:
             return "unresolved"
         return "fail" if culprits <= key else "pass"
-    return test, calls
+    return probe, calls
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 16])
