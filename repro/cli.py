@@ -85,14 +85,8 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     from repro.report.junit import junit_xml
 
     ns.stream = False  # parallel children's output would interleave; it is in each verdict
-    for flag, value in (("--json", ns.json), ("--junit", ns.junit), ("--report", ns.report)):
-        if value:   # before any training: a report that cannot be written loses the audit
-            try:
-                Path(value).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                print(f"repro: {flag} {value}: cannot create its directory ({exc.strerror}); "
-                      "choose another path", file=sys.stderr)
-                return EXIT_ERROR
+    if not _output_dirs(("--json", ns.json), ("--junit", ns.junit), ("--report", ns.report)):
+        return EXIT_ERROR
     options = _options(ns)
     audit = run_audit(ns.directory, options, jobs=ns.jobs,
                       on_done=lambda v, k, n: print(progress_line(v, k, n), flush=True))
@@ -120,39 +114,52 @@ def cmd_audit(ns: argparse.Namespace) -> int:
 
 
 def cmd_bisect(ns: argparse.Namespace) -> int:
-    import json
-
     from repro.bisect import bisect
-    from repro.ioutil import atomic_write_text
     from repro.report.bisect import bisection_json, render_bisection, round_line
 
     ns.stream, ns.code = False, "pinned"   # probes run side by side; the code pin is what moves
     if ns.env:
         ns.backend = "docker"                # an environment is an image: probes run in docker
-    if ns.json:
-        try:
-            Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"repro: --json {ns.json}: cannot create its directory ({exc.strerror})",
-                  file=sys.stderr)
-            return EXIT_ERROR
+    if not _output_dirs(("--json", ns.json)):
+        return EXIT_ERROR
     if ns.env:
         return _env_bisect(ns)
     result = bisect(ns.spec, ns.good, ns.bad, _options(ns), jobs=ns.jobs,
                     on_round=lambda r: print(round_line(r), flush=True))
+    return _result(render_bisection(result, verbose=ns.verbose), ns.json,
+                   lambda: bisection_json(result), result.exit_code)
+
+
+def _output_dirs(*flags: tuple[str, str | None]) -> bool:
+    """Create the directories of the report files asked for, before any training: a report that
+    cannot be written would lose the work. False (after saying why) when one cannot be made."""
+    for flag, value in flags:
+        if value:
+            try:
+                Path(value).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                print(f"repro: {flag} {value}: cannot create its directory ({exc.strerror}); "
+                      "choose another path", file=sys.stderr)
+                return False
+    return True
+
+
+def _result(text: str, json_path: str | None, doc: Callable[[], Any], exit_code: int) -> int:
+    """Print a finished command's result and write its JSON (atomically) when asked."""
+    import json
+
+    from repro.ioutil import atomic_write_text
+
     print()
-    print(render_bisection(result, verbose=ns.verbose), end="", flush=True)
-    if ns.json:
-        atomic_write_text(Path(ns.json), json.dumps(bisection_json(result), indent=1) + "\n")
-        print(f"json: {ns.json}")
-    return result.exit_code
+    print(text, end="", flush=True)
+    if json_path:
+        atomic_write_text(Path(json_path), json.dumps(doc(), indent=1) + "\n")
+        print(f"json: {json_path}")
+    return exit_code
 
 
 def _env_bisect(ns: argparse.Namespace) -> int:
-    import json
-
     from repro.envbisect import env_bisect
-    from repro.ioutil import atomic_write_text
     from repro.report.bisect import env_bisection_json, env_probe_line, render_env_bisection
 
     if ns.jobs != 1:
@@ -162,12 +169,8 @@ def _env_bisect(ns: argparse.Namespace) -> int:
     build_echo = (lambda line: print(line, file=sys.stderr, flush=True)) if ns.verbose else None
     result = env_bisect(ns.spec, ns.good, ns.bad, _options(ns), echo=build_echo,
                         on_probe=lambda p: print(env_probe_line(p), flush=True))
-    print()
-    print(render_env_bisection(result, verbose=ns.verbose), end="", flush=True)
-    if ns.json:
-        atomic_write_text(Path(ns.json), json.dumps(env_bisection_json(result), indent=1) + "\n")
-        print(f"json: {ns.json}")
-    return result.exit_code
+    return _result(render_env_bisection(result, verbose=ns.verbose), ns.json,
+                   lambda: env_bisection_json(result), result.exit_code)
 
 
 def cmd_hash(ns: argparse.Namespace) -> int:
