@@ -72,6 +72,19 @@ def cmd_record(ns: argparse.Namespace) -> int:
 
 def cmd_verify(ns: argparse.Namespace) -> int:
     from repro import pipeline
+    if ns.segments is not None:
+        from repro.segments import parse_selection, replay_segments
+        try:
+            parse_selection(ns.segments)
+        except ValueError as exc:
+            print(f"repro verify: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        return _run_each(ns, functools.partial(replay_segments, selection=ns.segments,
+                                                  jobs=ns.jobs or 1))
+    if ns.resume_check is not None:
+        from repro.resume import check_restart
+        at = None if ns.resume_check == "first" else ns.resume_check
+        return _run_each(ns, functools.partial(check_restart, at=at, jobs=ns.jobs or 2))
     return _run_each(ns, functools.partial(pipeline.check, record_it=False))
 
 
@@ -267,6 +280,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _resume_step(text: str) -> int | str:
+    if text == "first":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the step to restore from must be a checkpoint after 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repro", description="Prove JAX training results "
                                      "reproduce from their pinned code, data and environment.")
@@ -318,6 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["verify"].add_argument(
         "--fail-fast", action=argparse.BooleanOptionalAction, default=True, help="stop a run at "
         "the first step where a metric is sure to fail the comparison (default: on; docs/failfast.md)")
+    how = sub.choices["verify"].add_mutually_exclusive_group()
+    how.add_argument("--segments", metavar="all|sample:K[:SEED]|A-B", help="replay the record's "
+                     "segments (between its checkpoints) instead of the whole run, each from its "
+                     "recorded start state: all of them, K chosen at random (seed reported), or "
+                     "those overlapping steps A-B (docs/segments.md)")
+    how.add_argument("--resume-check", nargs="?", const="first", type=_resume_step, metavar="STEP",
+                     help="restore the recorded state at STEP (default: the first checkpoint) and "
+                     "require the next checkpoint bitwise; names the leaves a restore misses")
+    sub.choices["verify"].add_argument(
+        "-j", "--jobs", type=_positive(int), metavar="N", help="segments (--segments) or runs "
+        "(--resume-check: 2) at a time, each on its own cores (default 1)")
     sub.choices["audit"].add_argument(
         "--fail-fast", action="store_true", default=False, help="stop each run at the first step "
         "where a metric is sure to fail the comparison (default: off, an audit runs to the end)")

@@ -76,7 +76,7 @@ def resolve_tolerance(tol_spec: Mapping[str, Any], kind: QuantityKind, name: str
     def quantity_block(t: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if kind == "metric":
             return (t.get("metrics") or {}).get(name)
-        return t.get({"grad": "grads", "weight": "weights"}[kind])
+        return t.get({"grad": "grads", "weight": "weights", "state": "weights"}[kind])
 
     overlay(tol_spec.get("default"))
     overlay(quantity_block(tol_spec))
@@ -195,13 +195,14 @@ def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
                                        bitwise=bitwise, tol=tol, steps=a["steps"]))
     out.rows += _compare_leaves("grad", record_arrays, run_arrays, tolerance, platform_key, bitwise)
     out.rows += _compare_leaves("weight", record_arrays, run_arrays, tolerance, platform_key, bitwise)
+    out.rows += _compare_leaves("state", record_arrays, run_arrays, tolerance, platform_key, bitwise)
     return out
 
 
-def _compare_leaves(kind: Literal["grad", "weight"], rec: Mapping[str, np.ndarray],
+def _compare_leaves(kind: Literal["grad", "weight", "state"], rec: Mapping[str, np.ndarray],
                     run: Mapping[str, np.ndarray], tolerance: Mapping[str, Any], platform_key: str,
                     bitwise: bool) -> list[QuantityResult]:
-    prefix = "grads/" if kind == "grad" else "weights"
+    prefix = {"grad": "grads/", "weight": "weights", "state": "checkpoints/"}[kind]
     tol = resolve_tolerance(tolerance, kind, None, platform_key)
     rows: list[QuantityResult] = []
     if kind == "weight":
@@ -214,7 +215,7 @@ def _compare_leaves(kind: Literal["grad", "weight"], rec: Mapping[str, np.ndarra
             else:
                 rows.append(compare_arrays(kind, leaf, rec[key], run[key], bitwise=bitwise, tol=tol))
         return rows
-    # gradients: group by leaf path across kept steps
+    # gradients and checkpointed states: group by leaf path across kept steps
     def by_leaf(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[int, np.ndarray]]:
         out: dict[str, dict[int, np.ndarray]] = {}
         for key, value in arrays.items():
@@ -230,8 +231,7 @@ def _compare_leaves(kind: Literal["grad", "weight"], rec: Mapping[str, np.ndarra
             continue
         if sorted(a[leaf]) != sorted(b[leaf]):
             rows.append(QuantityResult(kind, leaf, ok=False, bitwise=bitwise, **tol,
-                        note=f"kept steps differ: record {sorted(a[leaf])[:6]}…, "
-                             f"run {sorted(b[leaf])[:6]}…"))
+                        note=f"kept steps differ: record {_steps(a[leaf])}, run {_steps(b[leaf])}"))
             continue
         steps = sorted(a[leaf])
         try:
@@ -240,8 +240,16 @@ def _compare_leaves(kind: Literal["grad", "weight"], rec: Mapping[str, np.ndarra
             rows.append(QuantityResult(kind, leaf, ok=False, bitwise=bitwise, **tol,
                                        note="leaf shape changes between steps"))
             continue
-        rows.append(compare_arrays(kind, leaf, ra, rb, bitwise=bitwise, tol=tol, steps=steps))
+        # a state's integers, booleans and strings (counters, RNG states, keys) are exact: a
+        # tolerance on a 64-bit RNG word would hide a different random stream
+        exact = bitwise or (kind == "state" and ra.dtype.kind not in "fc")
+        rows.append(compare_arrays(kind, leaf, ra, rb, bitwise=exact, tol=tol, steps=steps))
     return rows
+
+
+def _steps(by_step: Mapping[int, object]) -> str:
+    steps = sorted(by_step)
+    return str(steps) if len(steps) <= 6 else str(steps[:6])[:-1] + ", …]"
 
 
 def _ordered(first: list[str], second: list[str]) -> list[str]:

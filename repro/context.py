@@ -17,6 +17,7 @@ from repro.treepath import numeric_leaves
 if TYPE_CHECKING:
     import jax
 
+    from repro.checkpoint import Checkpoints
     from repro.expect import Expectation
     from repro.traced import Tracer
 
@@ -34,7 +35,7 @@ class Context:
     def __init__(self, *, seeds: Mapping[str, int], data: Mapping[str, str],
                  config: Mapping[str, Any], grad_steps: GradSchedule,
                  trace_steps: GradSchedule | None = None, tree: str = ".",
-                 expect: Expectation | None = None):
+                 expect: Expectation | None = None, checkpoints: Checkpoints | None = None):
         self.seeds = dict(seeds)
         self.data = dict(data)
         self.config = dict(config)
@@ -46,6 +47,9 @@ class Context:
         self._tree = tree
         self.tracer: Tracer | None = None   # made by the first ctx.traced call
         self._expect = expect               # fail-fast: the record's trajectories (repro/expect.py)
+        self._checkpoints = checkpoints     # record.checkpoints and segment replay (checkpoint.py)
+        if checkpoints is not None:
+            checkpoints.on_restore = self._restored
 
     # -- randomness -----------------------------------------------------------------------------
     def seed(self, name: str) -> int:
@@ -70,6 +74,8 @@ class Context:
         Each name keeps its own trajectory; steps must increase per name.
         """
         step = int(step)
+        if self._checkpoints is not None and self._checkpoints.replaying:
+            self._checkpoints.require_restore(f"ctx.log({step}, ...)")
         stop = None
         for name, value in scalars.items():
             arr = np.asarray(value)
@@ -105,6 +111,26 @@ class Context:
         self.grads[step] = dict(numeric_leaves(grads, f"ctx.log_grads at step {step}"))
 
 
+    # -- checkpoints ----------------------------------------------------------------------------
+    def restore(self, state: object) -> tuple[int, Any]:
+        """`(0, state)` on a fresh run; `(k, the state after k steps)` when repro replays a
+        segment from its checkpoint at k. `state` is the initial state: its structure (dicts,
+        namedtuples, custom nodes) is what comes back, with the checkpoint's leaves."""
+        if self._checkpoints is None:
+            return 0, state
+        return self._checkpoints.restore(state)
+
+    def _restored(self, step: int) -> None:
+        if self.tracer is not None:   # ctx.traced's n-th call is step n: it counts from `step`
+            self.tracer.start_at(step)
+
+    def checkpoint(self, step: int, state: object) -> None:
+        """Offer the state after `step` steps (any pytree: params, optax state, a numpy
+        Generator's `bit_generator.state`, counters). Kept on the steps `record.checkpoints`
+        asks for; at the end of a replayed segment it is kept and the run ends there."""
+        if self._checkpoints is not None:
+            self._checkpoints.checkpoint(int(step), state)
+
     # -- programs -------------------------------------------------------------------------------
     def traced(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn`, fingerprinted and traced op by op (docs/localisation.md). The returned function
@@ -116,6 +142,8 @@ class Context:
             from repro.traced import Tracer
 
             self.tracer = Tracer(self._tree, self._trace_steps.keeps)
+            if self._checkpoints is not None and self._checkpoints.restored_at:
+                self.tracer.start_at(self._checkpoints.restored_at)
         return self.tracer.wrap(fn)
 
 

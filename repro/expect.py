@@ -27,15 +27,17 @@ class Expectation:
     atol = 0, any difference), or when the run logs a step the record does not have there."""
 
     def __init__(self, metrics: Mapping[str, Mapping[str, Any]], tolerance: Mapping[str, Any]):
-        # name -> [position, steps, values, rtol, atol]: one list per metric, mutated in place
+        # name -> [position, steps, values, rtol, atol, first step checked (a replayed segment
+        # ignores what the training logs before its start)]
         self._by_name: dict[str, list[Any]] = {
             n: [0, list(s["steps"]), [float(v) for v in s["values"]],
-                float(tolerance[n][0]), float(tolerance[n][1])] for n, s in metrics.items()}
+                float(tolerance[n][0]), float(tolerance[n][1]), int(s.get("from", 0))]
+            for n, s in metrics.items()}
 
     def check(self, name: str, step: int, value: float) -> dict[str, Any] | None:
         """None, or where the run fails for sure (what `Stopped` carries)."""
         e = self._by_name.get(name)
-        if e is None:
+        if e is None or step < e[5]:
             return None
         i = e[0]
         e[0] = i + 1

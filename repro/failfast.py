@@ -7,10 +7,12 @@ it. Only a sure failure stops a run: a value out of `atol + rtol * |recorded|` (
 `tolerance.mode: exact`). Under `auto` the final comparison may be bitwise (equal environments),
 so a difference within tolerance does not stop the run but still fails it at the end: fail-fast
 never turns a pass into a fail, it only ends a failing run sooner. Gradients are compared at the
-end as before (kept steps the run reached); only metrics stop a run.
+end as before (kept steps the run reached), and so are the states ctx.checkpoint kept; only
+metrics stop a run.
 
 `compare` judges a stopped run against the record truncated to what the run reached: each metric
-to the points the run logged, kept gradients to the steps it kept; final weights are not compared.
+to the points the run logged, kept gradients and states to the steps it kept; final weights are
+not compared.
 """
 from __future__ import annotations
 
@@ -23,18 +25,22 @@ from repro.verdict import Stop
 if TYPE_CHECKING:
     import numpy as np
 
-    from repro.compare import Comparison
+    from repro.compare import Comparison, Recorded
     from repro.job import Job
     from repro.record import MetricSeries, Record, RecordMeta
+    from repro.replay import Replay
     from repro.result import RunResult
     from repro.spec import Spec
 
 
-def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool) -> Job:
+def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
+              replay: Replay | None = None) -> Job:
     """`job` with the record's trajectories to check as it trains (unchanged when fail-fast is
-    off or there is no record yet)."""
+    off or there is no record yet); a replayed segment checks the steps from its start to its
+    end, and ignores what the training logs before its start."""
     if not on or recorded is None or not recorded.metrics:
         return job
+    lo, hi = (replay.start, replay.stop_at) if replay is not None else (0, None)
     from repro.compare import resolve_tolerance
 
     tolerance = spec.canonical["tolerance"]
@@ -44,9 +50,14 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool) -> Jo
     for name in names:
         t = resolve_tolerance(tolerance, "metric", name, recorded.platform)
         tols[name] = [0.0, 0.0] if exact else [t["rtol"], t["atol"]]
-    return job.replace(expect={n: {"steps": recorded.metrics[n]["steps"],
-                                   "values": recorded.metrics[n]["values"]} for n in names},
-                       expect_tolerance=tols)
+    expect = {}
+    for n in names:
+        steps, values = recorded.metrics[n]["steps"], recorded.metrics[n]["values"]
+        keep = [i for i, st in enumerate(steps) if st >= lo and (hi is None or st < hi)]
+        if len(keep) != len(steps):
+            steps, values = [steps[i] for i in keep], [values[i] for i in keep]
+        expect[n] = {"steps": steps, "values": values, "from": lo}
+    return job.replace(expect=expect, expect_tolerance=tols)
 
 
 @dataclass
@@ -58,7 +69,7 @@ class _Reached:
     arrays: Mapping[str, np.ndarray]
 
 
-def compare(rec: Record, result: RunResult, spec: Spec) -> Comparison:
+def compare(rec: Recorded, result: RunResult, spec: Spec) -> Comparison:
     """`compare_run` of the run with its record; a stopped run with the part of it reached."""
     from repro.compare import compare_run
 
@@ -71,9 +82,10 @@ def compare(rec: Record, result: RunResult, spec: Spec) -> Comparison:
             n = len(run["steps"]) if run else sum(1 for s in series["steps"] if s < result.stopped.step)
             if n or run:
                 metrics[name] = {**series, "steps": series["steps"][:n], "values": series["values"][:n]}
-        kept = set(result.grad_steps)
+        kept, reached = set(result.grad_steps), set(result.checkpoints)
         arrays = {k: a for k, a in rec.arrays.items()
-                  if k.startswith("grads/") and int(k.split("/")[1]) in kept}
+                  if (k.startswith("grads/") and int(k.split("/")[1]) in kept)
+                  or (k.startswith("checkpoints/") and int(k.split("/")[1]) in reached)}
         recorded = _Reached(rec.fingerprint, metrics, arrays)
         names = [n for n in (names if names is not None else sorted(set(metrics) | set(result.metrics)))
                  if n in metrics or n in result.metrics]

@@ -48,6 +48,10 @@ class Job:
     listing_order: str = "native"            # "reversed": directory listings reversed (calibrate)
     expect: Mapping[str, Any] | None = None  # fail-fast: metric -> the record's {steps, values}
     expect_tolerance: Mapping[str, Any] = field(default_factory=dict)  # metric -> [rtol, atol]
+    checkpoints_every: int | None = None     # record.checkpoints: keep the state every N steps ...
+    checkpoints_steps: tuple[int, ...] = ()  # ... and at these steps
+    restore: Mapping[str, Any] | None = None  # replay: {step, file (npz), layout} for ctx.restore
+    stop_at: int | None = None               # replay: end once the state of this step is kept
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -67,6 +71,7 @@ class Job:
             raise ValueError(f"{path}: not a job of format {JOB_FORMAT} (harness and runner of "
                              "different repro versions?)")
         doc["grads_steps"] = tuple(doc.get("grads_steps") or ())
+        doc["checkpoints_steps"] = tuple(doc.get("checkpoints_steps") or ())
         if doc.get("trace_steps") is not None:
             doc["trace_steps"] = tuple(doc["trace_steps"])
         return cls(**doc)

@@ -84,7 +84,7 @@ def annotate_spread(rows: list[QuantityResult], noise: NoiseInfo | None) -> None
 
 
 def first_difference(cmp: Comparison) -> QuantityResult | None:
-    order = {"metric": 0, "grad": 1, "weight": 2}
+    order = {"metric": 0, "grad": 1, "state": 2, "weight": 3}
     bad = cmp.failures
     return min(bad, key=lambda r: (r.first_step if r.first_step is not None else 10**12,
                                    order[r.kind])) if bad else None

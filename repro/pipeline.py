@@ -27,6 +27,7 @@ from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
 from repro.record import Record, RecordLoader, RecordMeta, check_record, read_record, record_dir, write_record
+from repro.replay import Replay, checkpoint_job, write_restore
 from repro.result import RunResult, check_recordable, collect, record_meta
 from repro.spec import Spec, load_spec
 from repro.variation import BASELINE, Variation
@@ -54,6 +55,7 @@ class Options:
     confirm: int = 1                     # verify: reruns that classify a failure (0: none)
     varied: tuple[str, ...] = ()         # spec keys varied on purpose (bisect: code.commit): not evidence
     fail_fast: bool = False              # verify: stop at the first sure failure (repro/failfast.py)
+    replay: Replay | None = None         # start from a checkpoint / end at one (repro/replay.py)
 
     def backend_impl(self) -> Backend[Any]:
         return get_backend(self.backend, docker_memory=self.docker_memory,
@@ -89,14 +91,14 @@ def make_job(prep: Prepared, options: Options) -> Job:
     spec, var = prep.spec, options.variation
     grads, environment = spec.record.grads, var.environment(spec.environment)
     cache = options.compile_cache if var.compile_cache is None else var.compile_cache
-    return Job(spec=spec.name or "spec", entrypoint=spec.code.entrypoint, tree=str(prep.code.tree),
+    return checkpoint_job(Job(spec=spec.name or "spec", entrypoint=spec.code.entrypoint, tree=str(prep.code.tree),
                data={k: str(v) for k, v in prep.data.items()}, seeds=dict(spec.seeds),
                config=dict(spec.config), settings=determinism_settings(environment),
                cpus=environment.cpus, cpu_slot=options.cpu_slot, grads_every=grads.every if grads else None,
                grads_steps=tuple(grads.steps) if grads else (), weights=spec.record.weights,
                trace_steps=tuple(spec.record.trace.steps) if spec.record.trace else None,
                packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
-               compile_cache=str(cache_dir() / "jax-compile") if cache else None)
+               compile_cache=str(cache_dir() / "jax-compile") if cache else None), spec, options.replay)
 
 
 @dataclass
@@ -114,9 +116,10 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
     env = backend.prepare(prep.spec, prep.repo_root, recorded, progress_lines(options.echo))
     run_dir = RunDir.create(prep.spec.name or "spec")
     try:
-        timeout = options.timeout or prep.spec.timeout
-        outcome = backend.run(expecting(make_job(prep, options), prep.spec, recorded, options.fail_fast),
-                              run_dir, env, timeout=timeout, echo=options.echo)
+        write_restore(run_dir.out, options.replay)
+        timeout, job = options.timeout or prep.spec.timeout, make_job(prep, options)
+        job = expecting(job, prep.spec, recorded, options.fail_fast, options.replay)
+        outcome = backend.run(job, run_dir, env, timeout=timeout, echo=options.echo)
         result = collect(run_dir.out, outcome, timeout=timeout, platform=options.platform)
         result.notes[:0] = env.notes
         return Execution(result, env.image_ref)
@@ -124,14 +127,14 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
         shutil.rmtree(run_dir.root, ignore_errors=True)
 
 
-def _timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:
+def timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:
     """Stamp the verdict with the wall time of the whole call. A bug in repro itself becomes an
     error verdict too (exit 2, with the traceback): never a "mismatch", never a lost audit."""
     @functools.wraps(func)
-    def wrapper(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
+    def wrapper(spec_ref: SpecRef, options: Options | None = None, **kw: Any) -> Verdict:
         t0 = time.perf_counter()
         try:
-            verdict = func(spec_ref, options)
+            verdict = func(spec_ref, options, **kw)
         except Exception as exc:
             import traceback
             verdict = error_verdict(spec_ref, f"internal error in repro (a bug: please report "
@@ -143,7 +146,7 @@ def _timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:
     return wrapper
 
 
-def _run_verdict(prep: Prepared, result: RunResult, status: Status, options: Options) -> Verdict:
+def run_verdict(prep: Prepared, result: RunResult, status: Status, options: Options) -> Verdict:
     v = spec_verdict(prep.spec, status, options.backend)
     v.platform, v.code, v.fingerprint = result.platform_key, prep.code.describe(), result.fingerprint
     v.timings, v.commit = result.timings, prep.code.commit
@@ -154,7 +157,7 @@ def _run_verdict(prep: Prepared, result: RunResult, status: Status, options: Opt
     return v
 
 
-@_timed
+@timed
 def run(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
     """Execute a spec and summarise the run; compare nothing (`repro run`)."""
     options, spec = options or Options(), None
@@ -164,10 +167,10 @@ def run(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         done = execute(prep, options)
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
-    return _run_verdict(prep, done.result, Status.RAN, options)
+    return run_verdict(prep, done.result, Status.RAN, options)
 
 
-@_timed
+@timed
 def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
     """Execute a spec and write its recorded version (atomically)."""
     options, spec = options or Options(), None
@@ -182,7 +185,7 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         floor = noise_floor(result, lambda: execute(prepare(spec, options), options).result,
                             spec, runs)
         if floor.disagreement is not None:  # runs disagree: no record (repro/noise.py)
-            v = _run_verdict(prep, result, Status.FAIL, options)
+            v = run_verdict(prep, result, Status.FAIL, options)
             v.rows, v.bitwise, v.fail_class = floor.disagreement.failures, True, "nondeterministic"
             v.mode_reason = describe(floor.disagreement, runs)
             return v
@@ -190,15 +193,15 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
                                options.records_root)
         write_record(directory, record_meta(prep.spec, prep.repo_root, prep.code, done.result,
                                             done.image_ref, options.backend, floor.info()),
-                     result.arrays)
+                     result.arrays, result.checkpoints)
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
-    v = _run_verdict(prep, result, Status.RECORDED, options)
+    v = run_verdict(prep, result, Status.RECORDED, options)
     v.record_path = str(directory)
     return v
 
 
-@_timed
+@timed
 def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
     """Retrain from the pins and compare with the recorded version."""
     options, spec = options or Options(), None
@@ -227,14 +230,13 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
 
 
 def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool = False) -> Verdict:
-    """`record` when `record_it` (pytest --repro-record, `repro record`), else `verify`."""
-    return record(spec_ref, options) if record_it else verify(spec_ref, options)
+    return record(spec_ref, options) if record_it else verify(spec_ref, options)  # pytest, CLI
 
 
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:
     """Compare a finished run with its record and say what changed since recording."""
     spec, cmp = prep.spec, compare(rec, result, prep.spec)   # a fail-fast stop: the part reached
-    v = _run_verdict(prep, result, Status.PASS if cmp.ok else Status.FAIL, options)
+    v = run_verdict(prep, result, Status.PASS if cmp.ok else Status.FAIL, options)
     v.stopped = stopped_at(rec, result)
     v.rows, v.bitwise, v.mode_reason, v.record_path = cmp.rows, cmp.bitwise, cmp.reason, str(rec.path)
     annotate_spread(v.rows, rec.meta.noise)

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from typing_extensions import TypedDict
@@ -31,9 +31,14 @@ from repro.errors import RecordError
 from repro.ioutil import fsync_dir, open_regular, read_npz, write_json_atomic, write_npz_atomic
 from repro.pins.data import sha256_file
 
+if TYPE_CHECKING:
+    from repro.state import LeafKind
+
 RECORD_FORMAT = 1
 RECORDS_DIR = Path("fixtures") / "records"
 ARRAYS_FILE = "arrays.npz"
+BLOBS_DIR = "blobs"             # the record's own content-addressed blobs (checkpoints, in git)
+CHECKPOINTS = "checkpoints/"    # array keys of kept states: checkpoints/<step>/<leaf path>
 # A spec name or platform key becomes one directory name under the records root: nothing else.
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -150,6 +155,31 @@ class TraceInfo(_Part):
     sources: list[str] = Field(default_factory=list)
 
 
+class CheckpointLeaf(_Part):
+    """One leaf of a kept state: how to give it back (kind, weak) and its blob (sha256 of its
+    .npy bytes, their size) in the record's `blobs/` (place "record", in git) or the machine's
+    store (place "store", too large for git)."""
+
+    path: str
+    kind: str
+    weak: bool
+    sha256: str
+    size: int
+    dtype: str
+    shape: list[int]
+    place: Literal["record", "store"]
+
+
+class CheckpointsInfo(_Part):
+    """The states ctx.checkpoint kept, by step (docs/checkpoints.md)."""
+
+    steps: list[int]
+    states: dict[str, list[CheckpointLeaf]]
+
+    def leaves(self, step: int) -> list[CheckpointLeaf]:
+        return self.states[str(step)]
+
+
 class RecordMeta(_Part):
     """record.json, typed. `arrays` is filled in by `write_record`."""
 
@@ -171,6 +201,7 @@ class RecordMeta(_Part):
     inputs: UnpinnedInputs | None = None   # unpinned inputs of the recorded run
     noise: NoiseInfo | None = None          # runs made at record time and their spread
     traced: TraceInfo | None = None         # ctx.traced: program fingerprints and op traces
+    checkpoints: CheckpointsInfo | None = None   # ctx.checkpoint: kept states, as blob pointers
     checksum: str | None = None   # record_checksum of the rest: a hand edit is damage, not drift
 
     def to_json(self) -> dict[str, Any]:
@@ -219,16 +250,19 @@ def record_dir(repo_root: Path, name: str, platform_key: str, root: Path | None 
     return base / check_component(name, "spec name") / check_component(platform_key, "platform key")
 
 
-def write_record(directory: Path, meta: RecordMeta, arrays: dict[str, Any]) -> Path:
-    """Write record.json + arrays.npz into `directory`, replacing any previous record atomically.
-    Writers of one spec take turns (a lock on the spec's record directory); RecordError when
-    the directory cannot be written."""
+def write_record(directory: Path, meta: RecordMeta, arrays: dict[str, Any],
+                 checkpoints: dict[int, list[LeafKind]] | None = None) -> Path:
+    """Write record.json + arrays.npz (+ blobs/ for kept states) into `directory`, replacing
+    any previous record atomically. `arrays` may hold kept states (checkpoints/<step>/<path>,
+    their leaf kinds in `checkpoints`): they become blobs, not arrays.npz entries. Writers of
+    one spec take turns (a lock on the spec's record directory); RecordError when the directory
+    cannot be written."""
     directory = Path(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         with _writer_lock(directory.parent):
             _clean_leftovers(directory)
-            return _write_locked(directory, meta, arrays)
+            return _write_locked(directory, meta, arrays, checkpoints or {})
     except OSError as exc:
         raise RecordError(f"cannot write the record at {directory}: {exc.strerror or exc} "
                           f"({exc.filename or directory}); make the directory writable, or "
@@ -247,9 +281,14 @@ def _writer_lock(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_locked(directory: Path, meta: RecordMeta, arrays: dict[str, Any]) -> Path:
+def _write_locked(directory: Path, meta: RecordMeta, arrays: dict[str, Any],
+                  checkpoints: dict[int, list[LeafKind]]) -> Path:
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
     try:
+        states = {k: v for k, v in arrays.items() if k.startswith(CHECKPOINTS)}
+        arrays = {k: v for k, v in arrays.items() if not k.startswith(CHECKPOINTS)}
+        if checkpoints:
+            meta = meta.model_copy(update={"checkpoints": _write_blobs(staging, states, checkpoints)})
         write_npz_atomic(staging / ARRAYS_FILE, arrays)
         index = ArraysIndex(file=ARRAYS_FILE, sha256=sha256_file(staging / ARRAYS_FILE),
                             index={k: ArrayEntry(shape=list(v.shape), dtype=str(v.dtype))
@@ -272,6 +311,56 @@ def _write_locked(directory: Path, meta: RecordMeta, arrays: dict[str, Any]) -> 
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)  # after an exchange: the previous record
     return directory
+
+
+def _write_blobs(staging: Path, states: dict[str, Any],
+                 checkpoints: dict[int, list[LeafKind]]) -> CheckpointsInfo:
+    """Each kept leaf as a blob: in the record's blobs/ (git) up to GIT_BLOB_MAX, else in the
+    machine's store. Equal leaves (a frozen layer, the runs of a noise floor) are one blob."""
+    from repro.store import GIT_BLOB_MAX, BlobStore, array_bytes, machine_store
+
+    own, machine = BlobStore(staging / BLOBS_DIR), None
+    out: dict[str, list[CheckpointLeaf]] = {}
+    for step in sorted(checkpoints):
+        leaves = []
+        for kind in checkpoints[step]:
+            arr = states[f"{CHECKPOINTS}{step}/{kind.path}"]
+            data = array_bytes(arr)
+            place: Literal["record", "store"] = "record"
+            if len(data) <= GIT_BLOB_MAX:
+                sha = own.put(data)
+            else:
+                machine = machine or machine_store()
+                place, sha = "store", machine.put(data)
+            leaves.append(CheckpointLeaf(path=kind.path, kind=kind.kind, weak=kind.weak, sha256=sha,
+                                         size=len(data), dtype=str(arr.dtype),
+                                         shape=list(arr.shape), place=place))
+        out[str(step)] = leaves
+    if (staging / BLOBS_DIR).exists():
+        for d in [staging / BLOBS_DIR, *(staging / BLOBS_DIR).iterdir()]:
+            os.chmod(d, 0o755)
+    return CheckpointsInfo(steps=sorted(checkpoints), states=out)
+
+
+def blob_store(directory: Path, leaf: CheckpointLeaf) -> Any:
+    """Where a kept leaf's blob lives: the record's blobs/ or the machine's store."""
+    from repro.store import BlobStore, machine_store
+
+    return BlobStore(directory / BLOBS_DIR) if leaf.place == "record" else machine_store()
+
+
+def read_state(directory: Path, meta: RecordMeta, step: int) -> dict[str, Any]:
+    """The state kept at `step`, leaf path -> array, every blob re-hashed (RecordError naming
+    the step and leaf of a missing or damaged one)."""
+    from repro.store import bytes_array
+
+    assert meta.checkpoints is not None
+    out = {}
+    for leaf in meta.checkpoints.leaves(step):
+        store = blob_store(directory, leaf)
+        out[leaf.path] = bytes_array(store.get(leaf.sha256, f"{directory}: state at step {step}, "
+                                                               f"leaf {leaf.path}"))
+    return out
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -337,11 +426,30 @@ def check_record(directory: Path) -> tuple[Path, RecordMeta]:
         raise RecordError(f"{arrays_path} is corrupted or truncated: its sha256 is {actual}, "
                           f"record.json expects {meta.arrays.sha256}; restore it from git "
                           "(`git checkout -- <path>`) or record again")
+    _check_blobs(directory, meta)
     return directory, meta
 
 
-def read_record(directory: Path) -> Record:
-    """Load and check a record. Raise RecordError naming the file and what to do."""
+def _check_blobs(directory: Path, meta: RecordMeta) -> None:
+    """Every kept state's blob is where record.json says (its hash is checked when read):
+    a missing one is named before any training time is spent."""
+    if meta.checkpoints is None:
+        return
+    for step in meta.checkpoints.steps:
+        for leaf in meta.checkpoints.leaves(step):
+            store = blob_store(directory, leaf)
+            if not store.has(leaf.sha256):
+                where = ("the record's blobs/ directory: restore it from git" if leaf.place == "record"
+                         else f"this machine's store {store.root} (blobs over 1 MiB stay out of git; "
+                              "the record was made on another machine): record again here")
+                raise RecordError(f"{directory}: the state kept at step {step}, leaf {leaf.path} "
+                                  f"(blob {leaf.sha256[:12]}…, {leaf.size:,} bytes) is missing "
+                                  f"from {where}")
+
+
+def read_record(directory: Path, states: bool = True) -> Record:
+    """Load and check a record (with its kept states as checkpoints/<step>/<path> arrays unless
+    `states` is False). Raise RecordError naming the file and what to do."""
     directory, meta = check_record(directory)
     assert meta.arrays is not None  # check_record made sure
     arrays_path = directory / ARRAYS_FILE
@@ -354,6 +462,10 @@ def read_record(directory: Path) -> Record:
     if set(arrays) != expected:
         raise RecordError(f"{arrays_path} holds {sorted(set(arrays) ^ expected)[:5]} that "
                           "record.json does not list (or misses some); record again")
+    if states and meta.checkpoints is not None:
+        for step in meta.checkpoints.steps:
+            arrays.update({f"{CHECKPOINTS}{step}/{p}": a
+                           for p, a in read_state(directory, meta, step).items()})
     return Record(directory, meta, arrays)
 
 

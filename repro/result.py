@@ -34,6 +34,7 @@ from repro.record import (
     UnpinnedInputs,
 )
 from repro.spec import Spec
+from repro.state import LeafKind
 
 PLATFORM_KEYS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
@@ -61,6 +62,11 @@ class RunResult:
     inputs: UnpinnedInputs | None = None  # what the training read that no pin covers
     traced: TraceInfo | None = None       # ctx.traced: fingerprints and op traces
     stopped: StoppedAt | None = None      # fail-fast stopped the run here (repro/expect.py)
+    # ctx.checkpoint: the kept states' leaf kinds by step (their arrays are in `arrays` as
+    # checkpoints/<step>/<leaf path>), where a replay started and where it ended
+    checkpoints: dict[int, list[LeafKind]] = field(default_factory=dict)
+    restored_at: int | None = None
+    ended_at: int | None = None
 
 
 def platform_key(reported: object) -> str:
@@ -124,6 +130,7 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
         raise RunError(f"the run's arrays.npz cannot be read: {exc}") from None
     if result.get("status") == "stopped" and shape.stopped is None:
         raise RunError("the run's run.json says it stopped (fail-fast) but not where")
+    checkpoints = _read_checkpoints(out, shape.checkpoints, arrays)
     key = platform or platform_key(shape.fingerprint.get("backend"))
     notes = []
     if outcome.dropped_env:
@@ -136,7 +143,36 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
     return RunResult(key, shape.fingerprint, shape.metrics, arrays, shape.timings,
                      shape.grad_steps, outcome, notes, packages=shape.packages,
                      inputs=shape.inputs, traced=traced,
-                     stopped=shape.stopped if result.get("status") == "stopped" else None)
+                     stopped=shape.stopped if result.get("status") == "stopped" else None,
+                     checkpoints=checkpoints, restored_at=shape.restored_at, ended_at=shape.ended_at)
+
+
+def _read_checkpoints(out: Path, layout: dict[str, list[tuple[str, str, bool]]],
+                      arrays: dict[str, Any]) -> dict[int, list[LeafKind]]:
+    """The states the run kept (out/checkpoints/<step>.npz, one array per leaf), added to
+    `arrays` as checkpoints/<step>/<path>; RunError when one is missing or does not match the
+    leaves run.json lists (the directory is the sandbox's: a link is damage)."""
+    kinds: dict[int, list[LeafKind]] = {}
+    if not layout:
+        return kinds
+    directory = out / "checkpoints"
+    if directory.is_symlink() or not directory.is_dir():
+        raise RunError("the run's run.json lists checkpoints, but out/checkpoints is not a "
+                       "directory it wrote")
+    for key, leaves in layout.items():
+        try:
+            step = int(key)
+            listed = [LeafKind.from_list(x) for x in leaves]
+            state = read_npz(directory / f"{step}.npz")
+        except (ValueError, FileNotFoundError) as exc:
+            raise RunError(f"the run's checkpoint at step {key} cannot be read: {exc}") from None
+        if sorted(state) != sorted(k.path for k in listed):
+            raise RunError(f"the run's checkpoint at step {step} holds other leaves than its "
+                           "run.json lists")
+        kinds[step] = listed
+        for k in listed:
+            arrays[f"checkpoints/{step}/{k.path}"] = state[k.path]
+    return kinds
 
 
 class StoppedAt(BaseModel):
@@ -165,6 +201,9 @@ class _RunFile(BaseModel):
     inputs: UnpinnedInputs | None = None
     traced: dict[str, Any] | None = None   # TraceInfo (its entries are JSON lists: not strict)
     stopped: StoppedAt | None = None
+    checkpoints: dict[str, list[tuple[str, str, bool]]] = Field(default_factory=dict)
+    restored_at: int | None = None
+    ended_at: int | None = None
 
 
 def check_recordable(spec: Spec, result: RunResult) -> None:

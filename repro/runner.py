@@ -178,19 +178,26 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                                f"{type(exc).__name__}: {exc}",
                        traceback=_user_traceback(exc, tree)) from None
 
+    from repro.checkpoint import Checkpoints, SegmentEnd, restore_spec
     from repro.expect import Expectation, Stopped
     expect = None if job.expect is None else Expectation(job.expect, job.expect_tolerance)
+    checkpoints = Checkpoints(run_dir / "checkpoints",
+                              GradSchedule(job.checkpoints_every, list(job.checkpoints_steps)).keeps,
+                              restore_spec(job.restore, run_dir), job.stop_at)
     ctx = Context(seeds=job.seeds, data=job.data, config=job.config,
                   grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)),
                   trace_steps=None if job.trace_steps is None else GradSchedule(None, list(job.trace_steps)),
-                  tree=tree, expect=expect)
+                  tree=tree, expect=expect, checkpoints=checkpoints)
     t0 = time.perf_counter()
     stopped: dict[str, Any] | None = None
+    ended_at: int | None = None
     try:
         params = train(ctx)
         params = jax.block_until_ready(params)
     except Stopped as stop:   # fail-fast: a sure failure; what was logged so far is the result
         params, stopped = None, stop.info
+    except SegmentEnd as end:   # a replayed segment reached its last checkpoint
+        params, ended_at = None, end.step
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -203,7 +210,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     result["fingerprint"] = fingerprint(dict(job.settings), cpus)
 
     arrays: dict[str, np.ndarray] = {}
-    if job.weights == "final" and stopped is None:
+    if job.weights == "final" and stopped is None and ended_at is None:
         if params is None:
             raise _Failure(kind="user", type="ValueError",
                            message=f"{job.entrypoint} returned None; return the final params "
@@ -226,6 +233,12 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         series["values"] = [v if math.isfinite(v) else repr(v) for v in series["values"]]
     if stopped is not None:
         result.update(stopped=stopped)
+    if checkpoints.layout:
+        result["checkpoints"] = checkpoints.layout
+    if checkpoints.restored_at:
+        result["restored_at"] = checkpoints.restored_at
+    if ended_at is not None:
+        result["ended_at"] = ended_at
     result.update(status="ok" if stopped is None else "stopped", metrics=ctx.metrics,
                   nonfinite=[{"metric": m, "step": s, "value": repr(v)} for m, s, v in ctx.nonfinite],
                   grad_steps=sorted(ctx.grads))

@@ -151,10 +151,20 @@ class TraceRecord(_Model):
                              "record.grads steps")
 
 
+class CheckpointsRecord(_Model):
+    every: int | None = Field(None, ge=1, description="keep the state every N steps")
+    steps: list[int] = Field(default_factory=list, description="... and at these steps")
+
+
 class RecordSpec(_Model):
     metrics: list[str] | None = Field(None, description="metrics compared; default: all logged")
     grads: GradsRecord | None = None
     weights: Literal["final", "none"] = "final"
+    # Which states ctx.checkpoint keeps: what is kept, never the numbers a run makes, so not
+    # part of the hash (a record lists the steps it kept; docs/checkpoints.md).
+    checkpoints: CheckpointsRecord | None = Field(
+        None, exclude=True, description="ctx.checkpoint: the steps whose training state the "
+                                        "record keeps (docs/checkpoints.md)")
     # Which steps ctx.traced functions are traced op by op: what is kept, never the numbers a
     # run makes, so (like runs) not part of the hash.
     trace: TraceRecord | None = Field(None, exclude=True,

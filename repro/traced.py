@@ -56,11 +56,20 @@ class Tracer:
         self._harness = os.path.dirname(os.path.abspath(__file__)) + os.sep
         self._interpreters: dict[Any, tuple[Any, list[Any], list[tuple[str, int]]]] = {}
         self._jaxprs: dict[Any, Any] = {}
+        self._first_step = 0
+
+    def start_at(self, step: int) -> None:
+        """A run restored at `step` (segment replay): the next call of each traced function not
+        yet called is step `step`, so traced steps keep their numbers."""
+        self._first_step = step
+        for entry in self.functions:
+            if entry["calls"] == 0:
+                entry["calls"] = step
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         index = len(self.functions)
         entry: dict[str, Any] = {"name": getattr(fn, "__qualname__", None) or repr(fn),
-                                 "index": index, "calls": 0, "programs": [], "steps": {}}
+                                 "index": index, "calls": self._first_step, "programs": [], "steps": {}}
         self.functions.append(entry)
         seen: set[Any] = set()
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from repro.spec import Spec
 
-QuantityKind = Literal["metric", "grad", "weight"]
+QuantityKind = Literal["metric", "grad", "weight", "state"]
 
 
 @dataclass
@@ -31,6 +31,7 @@ class QuantityResult:
     n_total: int = 0
     note: str = ""
     spread: float | None = None   # mode close: the largest difference between recorded runs
+    segment: str = ""             # segment replay: the steps compared, "[300, 400)"
 
     @property
     def spread_multiple(self) -> float | None:
@@ -41,7 +42,9 @@ class QuantityResult:
 
     @property
     def label(self) -> str:
-        return {"metric": "metric", "grad": "grad", "weight": "weights"}[self.kind] + f" {self.name}"
+        return {"metric": "metric", "grad": "grad", "weight": "weights",
+                "state": "state"}[self.kind] + f" {self.name}" + \
+            (f" in {self.segment}" if self.segment else "")
 
     @property
     def tolerance_text(self) -> str:
@@ -168,6 +171,79 @@ class Stop:
 
 
 @dataclass
+class SegmentOutcome:
+    """One replayed segment: the run from the recorded state at `start` to the one at `end`
+    (None: to the end of the run, final weights included)."""
+
+    start: int
+    end: int | None
+    status: Status
+    duration_s: float = 0.0
+    first: str = ""                 # fail: the first diverging quantity and step; error: why
+    stopped_at: int | None = None   # fail-fast stopped it at this step
+
+    @property
+    def label(self) -> str:
+        return f"[{self.start}, {self.end})" if self.end is not None else f"[{self.start}, end]"
+
+    def text(self) -> str:
+        stop = f", stopped at step {self.stopped_at} (fail-fast)" if self.stopped_at is not None else ""
+        return f"{self.label} {self.status}" + (f": {self.first}" if self.first else "") + stop
+
+
+@dataclass
+class Segments:
+    """What `--segments` verified (docs/segments.md): the selection as given, the seed of a
+    sample, how many segments the record has, and each replayed one's outcome."""
+
+    selection: str
+    total: int
+    seed: int | None = None
+    outcomes: list[SegmentOutcome] = field(default_factory=list)
+
+    def text(self) -> str:
+        bad = [o for o in self.outcomes if o.status != Status.PASS]
+        sample = f", sample seed {self.seed}" if self.seed is not None else ""
+        head = f"segments: {len(self.outcomes)} of {self.total} replayed ({self.selection}{sample})"
+        if not bad:
+            return head + ", all pass"
+        return head + "; diverges in " + "; ".join(o.text() for o in bad)
+
+
+@dataclass
+class Restart:
+    """`--resume-check` (docs/checkpoints.md): a run restored from the checkpoint at `at` must
+    reach the record's next checkpoint `to` bitwise. When it does not: the leaves that differ
+    from an uninterrupted run at `first_step` (the first state kept after the restore), and the
+    parts of the state a run restored with them nudged still reproduces (not restored)."""
+
+    at: int
+    to: int
+    first_step: int | None = None
+    differing: list[str] = field(default_factory=list)
+    not_restored: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        head = f"restart check: restored at step {self.at}, compared up to step {self.to}"
+        if self.first_step is None:
+            return head
+        shown = ", ".join(self.differing[:12]) + (f" … ({len(self.differing)} in all)"
+                                                   if len(self.differing) > 12 else "")
+        lines = [head, f"at step {self.first_step}, the first state after the restore, "
+                       f"{len(self.differing)} leaves differ from an uninterrupted run: {shown or 'none'}"]
+        if self.not_restored:
+            parts = ", ".join(self.not_restored)
+            lines.append(f"not restored: {parts} — a run restored with {parts} nudged reaches the "
+                         f"same state at step {self.first_step}, so the training function does not "
+                         "take it from ctx.restore (it re-creates it): use the restored value")
+        else:
+            lines.append("every part of the state is taken from ctx.restore: the restored run "
+                         "differs in what it computes from it (an unpinned input, a counter kept "
+                         "outside the state?)")
+        return "\n".join(lines)
+
+
+@dataclass
 class Verdict:
     name: str
     status: Status
@@ -197,6 +273,8 @@ class Verdict:
     localisation: Localisation | None = None     # fail: the first diverging op (ctx.traced)
     programs_unchanged: bool | None = None       # ctx.traced: every program's jaxpr and HLO as recorded
     stopped: Stop | None = None                  # fail: fail-fast stopped the run (repro/failfast.py)
+    segments: Segments | None = None             # --segments: what was replayed (repro/segments.py)
+    restart: Restart | None = None               # --resume-check (repro/resume.py)
 
     @property
     def exit_code(self) -> int:
@@ -216,7 +294,7 @@ class Verdict:
         bad = self.failures
         if not bad:
             return None
-        order = {"metric": 0, "grad": 1, "weight": 2}
+        order = {"metric": 0, "grad": 1, "state": 2, "weight": 3}
         return min(bad, key=lambda r: (r.first_step if r.first_step is not None else 10**12,
                                        order[r.kind]))
 

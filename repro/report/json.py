@@ -38,7 +38,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
     """One result of the audit JSON (documented in docs/audit.md)."""
     worst: dict[str, QuantityResult] = {}
     for r in v.rows:
-        key = {"metric": "metrics", "grad": "grads", "weight": "weights"}[r.kind]
+        key = {"metric": "metrics", "grad": "grads", "weight": "weights", "state": "states"}[r.kind]
         if key not in worst or (r.max_rel, r.max_abs) > (worst[key].max_rel, worst[key].max_abs):
             worst[key] = r
     first = v.first_divergence

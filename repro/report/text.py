@@ -38,7 +38,8 @@ def summary_line(v: Verdict) -> str:
         parts.append(f"[{v.platform}]")
     if v.status == PASS:
         parts.append("bitwise identical" if v.bitwise else "within tolerance")
-        parts.append(f"({len(v.rows)} quantities)")
+        seg = f", {len(v.segments.outcomes)} of {v.segments.total} segments" if v.segments else ""
+        parts.append(f"({len(v.rows)} quantities{seg})")
     elif v.status == FAIL:
         first = v.first_divergence
         if v.fail_class:
@@ -74,6 +75,12 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
             out.append(v.error_detail.rstrip())
     if v.stopped is not None:
         out.append(f"  {v.stopped.text()}")
+    if v.segments is not None:
+        out.append(f"  {v.segments.text()}")
+        if verbose:
+            out += [f"    {o.text()} ({o.duration_s:.1f} s)" for o in v.segments.outcomes]
+    if v.restart is not None:
+        out += ["  " + line for line in v.restart.text().splitlines()]
     if v.rows and (v.status != PASS or verbose):
         out.append(f"  compared {'bitwise' if v.bitwise else 'within tolerance'}: {v.mode_reason}")
         rows = v.failures if (v.status == FAIL and not verbose) else v.rows

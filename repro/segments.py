@@ -1,0 +1,294 @@
+"""Segment replay (docs/segments.md): verify a long run piece by piece from its recorded states.
+
+A record with checkpoints at k1 < k2 < … cuts the run into segments [0, k1), [k1, k2), …; each
+replayed segment starts from the recorded state at its start (`ctx.restore`), ends once it
+keeps the state at its end (`ctx.checkpoint`), and is compared with the record on its own
+steps: metrics logged in [start, end), kept gradients there, the states it keeps up to its end,
+and (last segment) the final weights. Segments run side by side on an `Executor` (`-j N`), so a
+verdict costs the longest segment, not the run; `sample:K` replays K segments chosen with a
+reported seed (the spot check for pull-request CI); `A-B` those that overlap steps [A, B).
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from repro import pipeline
+from repro.changes import changes_since_record
+from repro.errors import ReproError, SpecError
+from repro.executor import Executor, LocalExecutor
+from repro.failfast import compare
+from repro.noise import annotate_spread, first_difference
+from repro.record import CHECKPOINTS, Record, RecordMeta, check_record, read_record, read_state, record_dir
+from repro.replay import Replay
+from repro.result import RunResult
+from repro.state import LeafKind
+from repro.verdict import SegmentOutcome, Segments, Status, Verdict, error_verdict
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which segments `--segments` replays: all, a seeded sample of `count`, or those that
+    overlap steps [low, high)."""
+
+    text: str
+    kind: Literal["all", "sample", "range"]
+    count: int = 0
+    seed: int | None = None
+    low: int = 0
+    high: int | None = None
+
+
+def parse_selection(text: str) -> Selection:
+    """`all`, `sample:K[:SEED]` or `A-B` (steps, B may be empty: to the end); ValueError
+    saying what is accepted."""
+    t = text.strip()
+    usage = f"--segments {text!r}: expected all, sample:K[:SEED] or A-B (steps, A < B)"
+    if t == "all":
+        return Selection(t, "all")
+    if t.startswith("sample:"):
+        parts = t.split(":")
+        try:
+            count = int(parts[1])
+            seed = int(parts[2]) if len(parts) == 3 else None
+        except (IndexError, ValueError):
+            raise ValueError(usage) from None
+        if len(parts) > 3 or count < 1 or (seed is not None and seed < 0):
+            raise ValueError(usage)
+        return Selection(t, "sample", count=count, seed=seed)
+    low, sep, high = t.partition("-")
+    try:
+        lo, hi = int(low), (int(high) if high else None)
+    except ValueError:
+        raise ValueError(usage) from None
+    if not sep or lo < 0 or (hi is not None and hi <= lo):
+        raise ValueError(usage)
+    return Selection(t, "range", low=lo, high=hi)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Steps [start, end) of the run. `final`: the run goes on to its end (no stop at `end`;
+    end None when the run logs steps after its last checkpoint) and its weights are compared."""
+
+    start: int
+    end: int | None
+    final: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"[{self.start}, {self.end})" if self.end is not None else f"[{self.start}, end]"
+
+    @property
+    def stop_at(self) -> int | None:
+        return None if self.final else self.end
+
+    def has_step(self, step: int) -> bool:
+        return step >= self.start and (self.end is None or step < self.end)
+
+    def keeps_state(self, step: int) -> bool:
+        """The states this segment reaches: after its start, up to its end."""
+        return step > self.start and (self.end is None or step <= self.end)
+
+
+def segments_of(meta: RecordMeta, spec_name: str) -> list[Segment]:
+    """The record's segments; SpecError when it kept no checkpoint."""
+    if meta.checkpoints is None or not [s for s in meta.checkpoints.steps if s > 0]:
+        raise SpecError(f"the record of {spec_name} keeps no checkpoint, so it has no segments: "
+                        "add `record.checkpoints: {every: K}` to the spec, call ctx.restore and "
+                        "ctx.checkpoint in the training function (docs/checkpoints.md), and "
+                        "record again")
+    bounds = [0, *sorted(s for s in meta.checkpoints.steps if s > 0)]
+    out = [Segment(a, b) for a, b in zip(bounds, bounds[1:])]
+    logged = [s for series in meta.metrics.values() for s in series["steps"]] + list(meta.grad_steps)
+    if any(s >= bounds[-1] for s in logged):
+        out.append(Segment(bounds[-1], None, final=True))
+    else:   # the last checkpoint is the end of the run: its segment runs to the end
+        out[-1] = dataclasses.replace(out[-1], final=True)
+    return out
+
+
+def choose(segments: list[Segment], selection: Selection) -> tuple[list[Segment], int | None]:
+    """The segments a selection replays, in step order, and the seed of a sample."""
+    if selection.kind == "all":
+        return segments, None
+    if selection.kind == "sample":
+        seed = selection.seed if selection.seed is not None else secrets.randbelow(2**31)
+        picked = random.Random(seed).sample(range(len(segments)), min(selection.count, len(segments)))
+        return [segments[i] for i in sorted(picked)], seed
+    hi = selection.high
+    chosen = [s for s in segments if (hi is None or s.start < hi)
+              and (s.end is None or s.end > selection.low)]
+    if not chosen:
+        raise SpecError(f"--segments {selection.text}: no segment overlaps those steps (the "
+                        f"record's segments: {', '.join(s.label for s in segments)})")
+    return chosen, None
+
+
+@dataclass
+class Loaded:
+    """A spec ready to replay: its pins checked, its record (states not loaded) and where."""
+
+    prep: pipeline.Prepared
+    directory: Path
+    meta: RecordMeta
+    record: Record
+
+
+def load(spec_ref: pipeline.SpecRef, options: pipeline.Options) -> Loaded:
+    """Check pins and record before anything trains (ReproError saying what is wrong)."""
+    spec = pipeline.as_spec(spec_ref)
+    prep = pipeline.prepare(spec, options)
+    key = options.platform or options.backend_impl().expected_platform(spec)
+    if not key:
+        raise SpecError(f"{spec.name}: the record's platform is not known before the run "
+                        "(environment.platform: any); pass --platform KEY")
+    directory, meta = check_record(record_dir(prep.repo_root, spec.name or "", key,
+                                              options.records_root))
+    return Loaded(prep, directory, meta, read_record(directory, states=False))
+
+
+def replay_of(loaded: Loaded, start: int, stop_at: int | None, keep: Sequence[int] = ()) -> Replay:
+    """A run from the recorded state at `start` (0: a fresh run) to the state at `stop_at`."""
+    if start == 0:
+        return Replay(stop_at=stop_at, keep=tuple(keep))
+    assert loaded.meta.checkpoints is not None
+    layout = tuple(LeafKind(x.path, x.kind, x.weak) for x in loaded.meta.checkpoints.leaves(start))
+    return Replay(start=start, state=read_state(loaded.directory, loaded.meta, start), layout=layout,
+                  stop_at=stop_at, keep=tuple(keep))
+
+
+def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Replay],
+                executor: Executor) -> list[RunResult | ReproError | None]:
+    """Each replay as one job on `executor` (None: not finished, the batch was interrupted)."""
+    quiet = dataclasses.replace(options, echo=options.echo if executor.slots == 1 else False)
+
+    def work(replay: Replay, slot: int) -> RunResult | ReproError:
+        try:
+            return pipeline.execute(loaded.prep, dataclasses.replace(quiet, cpu_slot=slot, replay=replay),
+                                    loaded.meta).result
+        except ReproError as exc:
+            return exc
+    batch = executor.map(work, list(replays))
+    return [batch.results.get(i) for i in range(len(replays))]
+
+
+def window(metrics: Mapping[str, Any], arrays: Mapping[str, Any], seg: Segment
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics and arrays of one segment: steps in [start, end), states it reaches, and
+    the final weights of the last one."""
+    out_m = {}
+    for name, s in metrics.items():
+        keep = [i for i, st in enumerate(s["steps"]) if seg.has_step(st)]
+        out_m[name] = {**s, "steps": [s["steps"][i] for i in keep],
+                       "values": [s["values"][i] for i in keep]}
+    out_a = {}
+    for key, value in arrays.items():
+        head, _, rest = key.partition("/")
+        if head == "grads" and seg.has_step(int(rest.split("/")[0])):
+            out_a[key] = value
+        elif key.startswith(CHECKPOINTS) and seg.keeps_state(int(rest.split("/")[0])):
+            out_a[key] = value
+        elif head == "weights" and seg.final:
+            out_a[key] = value
+    return out_m, out_a
+
+
+@dataclass
+class _Recorded:
+    fingerprint: dict[str, Any]
+    metrics: Mapping[str, Any]
+    arrays: Mapping[str, Any]
+
+
+@pipeline.timed
+def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = None, *,
+                    selection: str = "all", jobs: int = 1, executor: Executor | None = None) -> Verdict:
+    """Verify a spec by replaying the segments `selection` names; one Verdict for them all."""
+    options, spec = options or pipeline.Options(), None
+    try:
+        sel = parse_selection(selection)
+        spec = pipeline.as_spec(spec_ref)
+        loaded = load(spec, options)
+        all_segments = segments_of(loaded.meta, spec.name or "")
+        chosen, seed = choose(all_segments, sel)
+        replays = [replay_of(loaded, s.start, s.stop_at) for s in chosen]
+        states = {s for seg in chosen for s in (loaded.meta.checkpoints.steps if loaded.meta.checkpoints
+                                                else []) if seg.keeps_state(s)}
+        recorded = dict(loaded.record.arrays)
+        for step in sorted(states):
+            recorded.update({f"{CHECKPOINTS}{step}/{p}": a
+                             for p, a in read_state(loaded.directory, loaded.meta, step).items()})
+    except (ReproError, ValueError) as exc:
+        return error_verdict(spec_ref, exc, spec=spec, backend=(options or pipeline.Options()).backend)
+    executor = executor or LocalExecutor(jobs)
+    t0 = time.perf_counter()
+    results = run_replays(loaded, options, replays, executor)
+    report = Segments(selection=sel.text, total=len(all_segments), seed=seed)
+    return _judge(loaded, options, chosen, results, recorded, report, time.perf_counter() - t0)
+
+
+def _judge(loaded: Loaded, options: pipeline.Options, chosen: list[Segment],
+           results: list[RunResult | ReproError | None], recorded: dict[str, Any],
+           report: Segments, elapsed: float) -> Verdict:
+    spec, rec = loaded.prep.spec, loaded.record
+    rows, errors, bitwise, reason = [], [], True, ""
+    ran = [r for r in results if isinstance(r, RunResult)]
+    for seg, result in zip(chosen, results):
+        if not isinstance(result, RunResult):
+            why = "interrupted before it finished" if result is None else str(result).splitlines()[0]
+            errors.append(f"segment {seg.label}: {why}")
+            report.outcomes.append(SegmentOutcome(seg.start, seg.end, Status.ERROR, first=why))
+            continue
+        rec_m, rec_a = window(rec.metrics, recorded, seg)
+        run_m, run_a = window(result.metrics, result.arrays, seg)
+        run = dataclasses.replace(result, metrics=run_m, arrays=run_a,
+                                  grad_steps=[s for s in result.grad_steps if seg.has_step(s)])
+        cmp = compare(_Recorded(rec.fingerprint, rec_m, rec_a), run, spec)
+        annotate_spread(cmp.rows, rec.meta.noise)
+        for row in cmp.rows:
+            row.segment = seg.label
+        rows += cmp.rows
+        bitwise, reason = bitwise and cmp.bitwise, reason or cmp.reason
+        first = first_difference(cmp)
+        text = "" if first is None else first.label.replace(f" in {seg.label}", "") + (
+            f" at step {first.first_step}" if first.first_step is not None else "")
+        report.outcomes.append(SegmentOutcome(
+            seg.start, seg.end, Status.PASS if cmp.ok else Status.FAIL,
+            duration_s=result.timings.get("total_s", 0.0), first=text,
+            stopped_at=result.stopped.step if result.stopped else None))
+    if not ran:
+        v = error_verdict(spec, "; ".join(errors) or "no segment ran", spec=spec, backend=options.backend)
+        v.segments = report
+        return v
+    failed = any(o.status == Status.FAIL for o in report.outcomes)
+    status = Status.FAIL if failed else Status.ERROR if errors else Status.PASS
+    v = pipeline.run_verdict(loaded.prep, ran[-1], status, options)
+    v.rows, v.bitwise, v.mode_reason, v.record_path = rows, bitwise, reason, str(loaded.directory)
+    v.segments, v.error = report, "; ".join(errors)
+    v.changes = changes_since_record(rec.meta, spec, loaded.prep.code, ran[0].fingerprint, options.backend)
+    v.timings["segments_wall_s"] = elapsed
+    for name in (spec.record.metrics or sorted(rec.metrics)):
+        if name in rec.metrics:
+            steps, values = _joined(name, chosen, results)
+            v.curves[name] = {"steps": rec.metrics[name]["steps"], "recorded": rec.metrics[name]["values"],
+                              "run_steps": steps, "run": values}
+    return v
+
+
+def _joined(name: str, chosen: list[Segment],
+            results: list[RunResult | ReproError | None]) -> tuple[list[int], list[Any]]:
+    """A metric's values over the replayed segments, in step order (for the report's curves)."""
+    pairs = []
+    for seg, result in zip(chosen, results):
+        if isinstance(result, RunResult) and name in result.metrics:
+            s = result.metrics[name]
+            pairs += [(st, val) for st, val in zip(s["steps"], s["values"]) if seg.has_step(st)]
+    pairs.sort(key=lambda p: p[0])
+    return [p[0] for p in pairs], [p[1] for p in pairs]

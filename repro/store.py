@@ -1,0 +1,96 @@
+"""Content-addressed blobs: a directory of files named by the sha256 of their bytes
+(`<root>/<2 hex>/<62 hex>`), so equal blobs are stored once and a blob can be checked against
+its name (docs/checkpoints.md).
+
+Two live on a machine: a record's own `blobs/` directory (in git, beside record.json: the small
+blobs, replaced with the record atomically) and the machine's store under repro's cache
+directory (`<cache>/store`: blobs too large for git). Writers are safe under concurrency: a blob
+is written to a temporary file in its final directory and renamed into place, so no partial blob
+is ever visible, and two writers of one blob write the same bytes. Reads re-hash: a damaged blob
+is an error, never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from repro.errors import RecordError
+from repro.paths import cache_dir
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+GIT_BLOB_MAX = 1 << 20   # blobs up to 1 MiB stay with the record (in git); larger ones go to the store
+
+
+def machine_store() -> BlobStore:
+    """The machine's store (`$REPRO_CACHE_DIR/store`, else `~/.cache/repro/store`)."""
+    return BlobStore(cache_dir() / "store")
+
+
+def array_bytes(arr: np.ndarray) -> bytes:
+    """An array as .npy bytes (dtype, shape and order in the header): the blob of a leaf."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def bytes_array(data: bytes) -> np.ndarray:
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
+class BlobStore:
+    """Blobs under `root`, named by sha256."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA.match(sha256):
+            raise RecordError(f"{sha256!r} is not a sha256 blob name")
+        return self.root / sha256[:2] / sha256[2:]
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put(self, data: bytes) -> str:
+        """Store `data` (once) and return its sha256."""
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        if target.is_file() and target.stat().st_size == len(data):
+            return sha
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return sha
+
+    def get(self, sha256: str, what: str) -> bytes:
+        """The blob's bytes, re-hashed; RecordError naming `what` when missing or damaged."""
+        target = self.path(sha256)
+        try:
+            from repro.ioutil import open_regular
+
+            with open_regular(target) as f:
+                data = f.read()
+        except (FileNotFoundError, ValueError):
+            raise RecordError(f"{what}: blob {sha256[:12]}… is missing from {self.root}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise RecordError(f"{what}: blob {target} is damaged (its sha256 is {actual[:12]}…, "
+                              f"its name says {sha256[:12]}…); it is not used. Restore it from "
+                              "git or record again")
+        return data
