@@ -73,7 +73,7 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
         if on_done:
             on_done(verdict, finished + len(found) - len(runnable), len(found))
 
-    batch = executor.map(lambda i, slot: pipeline.verify(found[i].path,
+    batch = executor.map(lambda i, slot: pipeline.check(found[i].path,
                                                         replace(options, cpu_slot=slot)),
                          runnable, on_done=done)
     audit.complete = batch.complete

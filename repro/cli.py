@@ -32,7 +32,9 @@ def _options(ns: argparse.Namespace) -> Options:
     return Options(backend=ns.backend, code=ns.code, platform=ns.platform,
                    records_root=Path(ns.records) if ns.records else None,
                    timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache,
-                   confirm=getattr(ns, "confirm", 1), fail_fast=getattr(ns, "fail_fast", False))
+                   confirm=getattr(ns, "confirm", 1), fail_fast=getattr(ns, "fail_fast", False),
+                   segments=getattr(ns, "segments", None),
+                   jobs=(getattr(ns, "jobs", None) or 1) if ns.command == "verify" else 1)
 
 
 def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict]) -> int:
@@ -72,15 +74,6 @@ def cmd_record(ns: argparse.Namespace) -> int:
 
 def cmd_verify(ns: argparse.Namespace) -> int:
     from repro import pipeline
-    if ns.segments is not None:
-        from repro.segments import parse_selection, replay_segments
-        try:
-            parse_selection(ns.segments)
-        except ValueError as exc:
-            print(f"repro verify: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-        return _run_each(ns, functools.partial(replay_segments, selection=ns.segments,
-                                                  jobs=ns.jobs or 1))
     if ns.resume_check is not None:
         from repro.resume import check_restart
         at = None if ns.resume_check == "first" else ns.resume_check
@@ -280,6 +273,14 @@ def _count(text: str) -> int:
     return value
 
 
+def _selection(text: str) -> str:
+    from repro.segments import parse_selection
+    try:
+        return parse_selection(text).text
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _resume_step(text: str) -> int | str:
     if text == "first":
         return text
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-fast", action=argparse.BooleanOptionalAction, default=True, help="stop a run at "
         "the first step where a metric is sure to fail the comparison (default: on; docs/failfast.md)")
     how = sub.choices["verify"].add_mutually_exclusive_group()
-    how.add_argument("--segments", metavar="all|sample:K[:SEED]|A-B", help="replay the record's "
+    how.add_argument("--segments", type=_selection, metavar="all|sample:K[:SEED]|A-B", help="replay the record's "
                      "segments (between its checkpoints) instead of the whole run, each from its "
                      "recorded start state: all of them, K chosen at random (seed reported), or "
                      "those overlapping steps A-B (docs/segments.md)")
@@ -354,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["verify"].add_argument(
         "-j", "--jobs", type=_positive(int), metavar="N", help="segments (--segments) or runs "
         "(--resume-check: 2) at a time, each on its own cores (default 1)")
+    sub.choices["audit"].add_argument(
+        "--segments", type=_selection, metavar="all|sample:K[:SEED]|A-B", help="verify specs whose "
+        "record keeps checkpoints by replaying these segments (the others in full)")
     sub.choices["audit"].add_argument(
         "--fail-fast", action="store_true", default=False, help="stop each run at the first step "
         "where a metric is sure to fail the comparison (default: off, an audit runs to the end)")

@@ -56,16 +56,16 @@ class Options:
     varied: tuple[str, ...] = ()         # spec keys varied on purpose (bisect: code.commit): not evidence
     fail_fast: bool = False              # verify: stop at the first sure failure (repro/failfast.py)
     replay: Replay | None = None         # start from a checkpoint / end at one (repro/replay.py)
+    segments: str | None = None          # verify by replaying these segments (repro/segments.py)
+    jobs: int = 1                        # segments replayed at a time
 
     def backend_impl(self) -> Backend[Any]:
-        return get_backend(self.backend, docker_memory=self.docker_memory,
-                           docker_pids=self.docker_pids)
+        return get_backend(self.backend, docker_memory=self.docker_memory, docker_pids=self.docker_pids)
 
 
 @dataclass(frozen=True)
 class Prepared:
     """A spec whose pins all hold: its repository, exported code tree and verified data."""
-
     spec: Spec
     repo_root: Path
     code: CodePin
@@ -104,7 +104,6 @@ def make_job(prep: Prepared, options: Options) -> Job:
 @dataclass
 class Execution:
     """A finished run and the image it ran in (what the record keeps of its environment)."""
-
     result: RunResult
     image_ref: str | None
 
@@ -137,9 +136,8 @@ def timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:
             verdict = func(spec_ref, options, **kw)
         except Exception as exc:
             import traceback
-            verdict = error_verdict(spec_ref, f"internal error in repro (a bug: please report "
-                                    f"it): {type(exc).__name__}: {exc}",
-                                    backend=(options or Options()).backend)
+            verdict = error_verdict(spec_ref, f"internal error in repro (a bug: please report it): "
+                                    f"{type(exc).__name__}: {exc}", backend=(options or Options()).backend)
             verdict.error_detail = traceback.format_exc()
         verdict.duration_s = time.perf_counter() - t0
         return verdict
@@ -151,9 +149,8 @@ def run_verdict(prep: Prepared, result: RunResult, status: Status, options: Opti
     v.platform, v.code, v.fingerprint = result.platform_key, prep.code.describe(), result.fingerprint
     v.timings, v.commit = result.timings, prep.code.commit
     v.metrics_final = {k: s["values"][-1] for k, s in result.metrics.items() if s["values"]}
-    v.notes = prep.code.notes + list(result.notes)
-    if prep.code.dirty:
-        v.notes.append("the working tree has uncommitted changes: " + ", ".join(prep.code.dirty[:8]))
+    v.notes = prep.code.notes + list(result.notes) + (["the working tree has uncommitted changes: "
+                                                        + ", ".join(prep.code.dirty[:8])] if prep.code.dirty else [])
     return v
 
 
@@ -212,8 +209,7 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         key = options.platform or options.backend_impl().expected_platform(spec)
         recorded, loader = None, None
         if key:
-            # A missing or corrupted record is reported before any training time is spent; the
-            # arrays (and numpy, and the comparison code) load while the child trains.
+            # a bad record is reported before training; arrays load while the child trains
             directory, recorded = check_record(record_dir(prep.repo_root, name, key,
                                                           options.records_root))
             loader = RecordLoader(directory)
@@ -230,7 +226,11 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
 
 
 def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool = False) -> Verdict:
-    return record(spec_ref, options) if record_it else verify(spec_ref, options)  # pytest, CLI
+    """What the front ends call: record, verify, or verify by segments (`options.segments`)."""
+    if record_it or not (options and options.segments):
+        return record(spec_ref, options) if record_it else verify(spec_ref, options)
+    from repro.segments import replay_segments
+    return replay_segments(spec_ref, options)
 
 
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:

@@ -45,6 +45,11 @@ def pytest_addoption(parser):
     group.addoption("--repro-no-fail-fast", action="store_true", default=False,
                     help="run every spec to the end even when a metric already fails the "
                          "comparison (default: stop at the first such step; docs/failfast.md)")
+    group.addoption("--repro-segments", default=None, metavar="all|sample:K[:SEED]|A-B",
+                    type=_selection,
+                    help="verify specs whose record keeps checkpoints by replaying these "
+                         "segments from their recorded states (the others in full; "
+                         "docs/segments.md); sample:1 is the spot check for pull requests")
     parser.addini("repro_specs", "glob patterns of spec files to collect", type="args",
                   default=DEFAULT_PATTERNS)
     parser.addini("repro_backend", "default backend: local or docker", default="local")
@@ -53,6 +58,16 @@ def pytest_addoption(parser):
                   "sets no environment.memory (e.g. 4g)", default="4g")
     parser.addini("repro_docker_pids", "docker backend: container pids limit when the spec "
                   "sets no environment.pids", default="1024")
+
+
+def _selection(text: str) -> str:
+    import argparse
+
+    from repro.segments import parse_selection
+    try:
+        return parse_selection(text).text
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def pytest_configure(config):
@@ -85,6 +100,7 @@ def options_from_config(config: pytest.Config) -> Options:
         echo=config.getoption("capture") == "no",
         confirm=max(0, config.getoption("--repro-confirm")),
         fail_fast=not config.getoption("--repro-no-fail-fast"),
+        segments=config.getoption("--repro-segments"),
         compile_cache=not config.getoption("--repro-no-compile-cache"),
         docker_memory=config.getini("repro_docker_memory") or None,
         docker_pids=int(config.getini("repro_docker_pids") or 0) or None)

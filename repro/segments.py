@@ -97,13 +97,17 @@ class Segment:
         return step > self.start and (self.end is None or step <= self.end)
 
 
+class NoCheckpoints(SpecError):
+    """The record kept no state after step 0, so it has no segments."""
+
+
 def segments_of(meta: RecordMeta, spec_name: str) -> list[Segment]:
-    """The record's segments; SpecError when it kept no checkpoint."""
+    """The record's segments; NoCheckpoints when it kept no state after step 0."""
     if meta.checkpoints is None or not [s for s in meta.checkpoints.steps if s > 0]:
-        raise SpecError(f"the record of {spec_name} keeps no checkpoint, so it has no segments: "
-                        "add `record.checkpoints: {every: K}` to the spec, call ctx.restore and "
-                        "ctx.checkpoint in the training function (docs/checkpoints.md), and "
-                        "record again")
+        raise NoCheckpoints(f"the record of {spec_name} keeps no checkpoint, so it has no "
+                            "segments: add `record.checkpoints: {every: K}` to the spec, call "
+                            "ctx.restore and ctx.checkpoint in the training function "
+                            "(docs/checkpoints.md), and record again")
     bounds = [0, *sorted(s for s in meta.checkpoints.steps if s > 0)]
     out = [Segment(a, b) for a, b in zip(bounds, bounds[1:])]
     logged = [s for series in meta.metrics.values() for s in series["steps"]] + list(meta.grad_steps)
@@ -171,7 +175,9 @@ def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Rep
 
     def work(replay: Replay, slot: int) -> RunResult | ReproError:
         try:
-            return pipeline.execute(loaded.prep, dataclasses.replace(quiet, cpu_slot=slot, replay=replay),
+            # one at a time (an audit's spec): the slot the caller was given
+            cpu = slot if executor.slots > 1 else options.cpu_slot
+            return pipeline.execute(loaded.prep, dataclasses.replace(quiet, cpu_slot=cpu, replay=replay),
                                     loaded.meta).result
         except ReproError as exc:
             return exc
@@ -209,14 +215,21 @@ class _Recorded:
 
 @pipeline.timed
 def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = None, *,
-                    selection: str = "all", jobs: int = 1, executor: Executor | None = None) -> Verdict:
-    """Verify a spec by replaying the segments `selection` names; one Verdict for them all."""
+                    executor: Executor | None = None) -> Verdict:
+    """Verify a spec by replaying the segments `options.segments` names (default all),
+    `options.jobs` at a time; one Verdict for them all. A record without checkpoints is verified
+    in full, and the verdict says so (an audit or `pytest specs/` may hold both kinds)."""
     options, spec = options or pipeline.Options(), None
     try:
-        sel = parse_selection(selection)
+        sel = parse_selection(options.segments or "all")
         spec = pipeline.as_spec(spec_ref)
         loaded = load(spec, options)
-        all_segments = segments_of(loaded.meta, spec.name or "")
+        try:
+            all_segments = segments_of(loaded.meta, spec.name or "")
+        except NoCheckpoints as exc:
+            v = pipeline.verify(spec, dataclasses.replace(options, segments=None))
+            v.notes.append(f"verified in full, not by segments: {exc}")
+            return v
         chosen, seed = choose(all_segments, sel)
         replays = [replay_of(loaded, s.start, s.stop_at) for s in chosen]
         states = {s for seg in chosen for s in (loaded.meta.checkpoints.steps if loaded.meta.checkpoints
@@ -227,7 +240,7 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
                              for p, a in read_state(loaded.directory, loaded.meta, step).items()})
     except (ReproError, ValueError) as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=(options or pipeline.Options()).backend)
-    executor = executor or LocalExecutor(jobs)
+    executor = executor or LocalExecutor(options.jobs)
     t0 = time.perf_counter()
     results = run_replays(loaded, options, replays, executor)
     report = Segments(selection=sel.text, total=len(all_segments), seed=seed)

@@ -141,7 +141,7 @@ def _spec(i: int, r: dict, timeline: list[dict]) -> str:
         parts.append(f'<h4>Error</h4><pre class="err">{e(r.get("error"))}</pre>')
         if r.get("error_detail"):
             parts.append(f'<details open><summary>detail</summary><pre>{e(r["error_detail"])}</pre></details>')
-    parts += [_fail_class(r), _localisation(r), _curves(r), _leaves(r), _quantities(r), _changes(r)]
+    parts += [_fail_class(r), _segments(r), _localisation(r), _curves(r), _leaves(r), _quantities(r), _changes(r)]
     if r.get("notes"):
         parts.append("<h4>Notes</h4><ul>" + "".join(f"<li>{e(n)}</li>" for n in r["notes"]) + "</ul>")
     parts.append(_history(r, timeline))
@@ -149,6 +149,24 @@ def _spec(i: int, r: dict, timeline: list[dict]) -> str:
     return (f'<section class="spec" id="spec-{i}" style="border-left-color:{COLORS.get(status, "#7a8794")}">'
             f"<details class=\"spec-d\"{is_open}>{head}<div class=\"body\">"
             + "".join(p for p in parts if p) + "</div></details></section>")
+
+
+def _segments(r: dict) -> str:
+    """--segments: which segments were replayed and how each went; --resume-check's finding."""
+    out = ""
+    seg = r.get("segments")
+    if seg:
+        rows = "".join(
+            f'<tr><td>{e(o["label"])}</td><td style="color:{COLORS.get(o["status"], "#7a8794")}">'
+            f'{e(o["status"])}</td><td>{e(o.get("first") or "")}'
+            + (f' (stopped at step {e(o["stopped_at"])}, fail-fast)' if o.get("stopped_at") is not None else "")
+            + f'</td><td>{e(o.get("duration_s"))} s</td></tr>' for o in seg.get("replayed") or [])
+        out += (f'<h4>Segments</h4><p>{e(seg.get("text"))}</p><table><tr><th>steps</th><th>status</th>'
+                f"<th>first difference</th><th>time</th></tr>{rows}</table>")
+    restart = r.get("restart")
+    if restart:
+        out += f'<h4>Restart check</h4><pre>{e(restart.get("text"))}</pre>'
+    return out
 
 
 def _localisation(r: dict) -> str:

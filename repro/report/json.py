@@ -65,6 +65,13 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
         "stopped": None if v.stopped is None else {
             **{k: _plain(x) if x == x else "nan" for k, x in asdict(v.stopped).items()},
             "text": v.stopped.text()},
+        "segments": None if v.segments is None else {
+            "selection": v.segments.selection, "seed": v.segments.seed, "total": v.segments.total,
+            "text": v.segments.text(),
+            "replayed": [{"start": o.start, "end": o.end, "label": o.label, "status": str(o.status),
+                          "first": o.first or None, "stopped_at": o.stopped_at,
+                          "duration_s": round(o.duration_s, 3)} for o in v.segments.outcomes]},
+        "restart": None if v.restart is None else {**asdict(v.restart), "text": v.restart.text()},
         "pins": v.pins, "fingerprint": v.fingerprint, "curves": v.curves,
         "metrics_final": v.metrics_final, "notes": v.notes,
         "error": v.error, "error_detail": v.error_detail, "killed_by": v.killed_by or None,
