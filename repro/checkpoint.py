@@ -42,6 +42,7 @@ class Checkpoints:
         self.stop_at = stop_at
         self.layout: dict[str, list[list[Any]]] = {}   # step -> [[path, kind, weak], ...]
         self.restored_at: int | None = None
+        self.seconds = 0.0   # spent keeping states (waiting for them, encoding, writing)
         self._last: int | None = None
         self.on_restore: Callable[[int], None] | None = None   # ctx.traced's step offset
 
@@ -86,12 +87,16 @@ class Checkpoints:
         end = self.stop_at is not None and step >= self.stop_at
         if not (end or self._keeps(step)) or self._out is None:
             return
-        encoded = encode_state(state, f"ctx.checkpoint at step {step}")
+        import time
+
         from repro.ioutil import write_npz_atomic
 
+        t0 = time.perf_counter()
+        encoded = encode_state(state, f"ctx.checkpoint at step {step}")
         self._out.mkdir(exist_ok=True)
         write_npz_atomic(self._out / f"{step}.npz", {k.path: a for k, a in encoded})
         self.layout[str(step)] = [k.as_list() for k, _ in encoded]
+        self.seconds += time.perf_counter() - t0
         if end:
             raise SegmentEnd(step)
 

@@ -235,6 +235,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         result.update(stopped=stopped)
     if checkpoints.layout:
         result["checkpoints"] = checkpoints.layout
+        result["timings"]["checkpoint_s"] = checkpoints.seconds
     if checkpoints.restored_at:
         result["restored_at"] = checkpoints.restored_at
     if ended_at is not None:

@@ -285,3 +285,22 @@ def test_state_leaves_come_back_as_they_were():
                      {k.path: (k, a) for k, a in encoded}, 5)
     with pytest.raises(TypeError, match="leaf 'fn' is a function"):
         encode_state({"fn": lambda: 0}, "ctx.checkpoint at step 1")
+
+
+def test_segments_replay_in_docker_containers_too(tmp_path, cpu_image):
+    """The restored state reaches a sandboxed container through its run directory."""
+    import uuid
+
+    from dockerutil import pin_image, repro_containers
+
+    p = make_ck(tmp_path / "dk")
+    name = f"dk-{uuid.uuid4().hex[:8]}"
+    p.edit_spec("name: tiny", f"name: {name}")
+    p.edit_spec("steps: 400", "steps: 200")
+    pin_image(p, f"repro-jax-cpu@{cpu_image}")
+    p.commit("docker")
+    p.repro("record", "specs/tiny.yaml", "--backend", "docker", "--runs", "1", check_rc=0)
+    out = p.repro("verify", "specs/tiny.yaml", "--backend", "docker", "--no-stream", "--segments",
+                  "all", "-j", "2", "-v", check_rc=0).stdout
+    assert "PASS" in out and "2 of 2 segments" in out and "[100, 200) pass" in out, out
+    assert not repro_containers(name)
