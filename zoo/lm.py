@@ -50,7 +50,7 @@ VOCAB = 128              # ASCII bytes; the token of a character is its byte val
 VAL_FRACTION = 0.1       # the last 10% of the corpus (by position) is the validation split
 VAL_WINDOWS = 64         # windows in the fixed validation batch
 
-DEFAULTS = {"steps": 2500, "lr": 3e-3, "batch_size": 24, "seq_len": 64, "d_model": 80,
+DEFAULTS = {"steps": 3000, "lr": 3e-3, "batch_size": 24, "seq_len": 64, "d_model": 80,
             "heads": 4, "layers": 2, "warmup": 200, "weight_decay": 0.01, "clip": 1.0,
             "eval_every": 250, "tied": True}
 
