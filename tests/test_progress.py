@@ -128,3 +128,49 @@ def test_only_the_report_imports_rich():
             if any(n == "rich" or n.startswith("rich.") for n in names):
                 users.add(str(path.relative_to(pkg)))
     assert users == {"report/progress.py"}
+
+
+def test_segment_replay_prints_a_plain_line_per_segment(tmp_path):
+    from test_checkpoints import make_ck
+    p = make_ck(tmp_path / "proj")
+    p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    out = p.repro("verify", "specs/tiny.yaml", "--segments", "all", "-j", "2",
+                  check_rc=0).stdout
+    lines = [ln for ln in out.splitlines() if re.match(r"\[\d/4\] segment ", ln)]
+    assert [ln.split()[0] for ln in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], out
+    assert {re.sub(r"\(\d+\.\d s\)", "(T)", ln.split(" ", 1)[1]) for ln in lines} == {
+        "segment [0, 100) DONE (T)", "segment [100, 200) DONE (T)",
+        "segment [200, 300) DONE (T)", "segment [300, end] DONE (T)"}, out
+    assert "4 of 4 segments" in out and not ANSI.search(out)
+
+
+def test_calibrate_and_bisect_tell_the_display_of_every_run(tmp_path):
+    from conftest import lr_times
+    from repro import pipeline
+    from repro.bisect import bisect
+    from repro.calibrate import calibrate
+    from repro.report.progress import describe_variation, variation_line
+
+    p = build_project(tmp_path / "proj")
+    lines = StringIO()
+    plain = PlainProgress(describe_variation, variation_line, file=lines)
+    calibrate(p.spec, only=["hash-seed"], progress=plain)
+    assert [j.label for j in plain.jobs] == ["baseline", "PYTHONHASHSEED=1", "PYTHONHASHSEED=2"]
+    assert [j.status for j in plain.jobs] == ["done", "bitwise", "bitwise"]
+    assert re.match(r"\[1/3\] baseline \(\d+\.\d s\): done$", lines.getvalue().splitlines()[0])
+
+    p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    good = p.commit("record")
+    p.write("notes.txt", "unrelated\n")
+    p.commit("an unrelated commit")
+    lr_times(p, "1.5")
+    console = Console(file=StringIO(), force_terminal=True, width=100)
+    live = LiveProgress(describe_verdict, console, title="bisect", auto_refresh=False)
+    with live:
+        b = bisect(p.spec, good, "HEAD", pipeline.Options(confirm=0), progress=live)
+    assert b.found is not None
+    labels = [j.label for j in live.jobs]
+    assert labels[:2] == [f"good {good[:12]}", f"bad {b.bad[:12]}"]
+    assert all(label.startswith("round ") for label in labels[2:]) and len(labels) > 2
+    assert [j.status for j in live.jobs[:2]] == ["pass", "fail"]
+    assert all(j.finished for j in live.jobs)
