@@ -81,11 +81,12 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     if ns.segments is None:
         return _run_each(ns, functools.partial(pipeline.check, record_it=False))
     from repro.report.progress import describe_replay, progress_display
+    from repro.segments import replay_segments
 
-    def by_segments(spec: Any, options: Options) -> Verdict:
+    def by_segments(spec: Any, options: Options) -> Verdict:  # pipeline.check, with a display
         with progress_display(describe_replay, title=f"segments of {spec.name}",
                               plain=ns.no_progress) as progress:
-            return pipeline.check(spec, options, progress=progress)
+            return replay_segments(spec, options, progress=progress)
     return _run_each(ns, by_segments)
 
 

@@ -26,7 +26,6 @@ from repro.noise import annotate_spread, describe, noise_floor
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.data import verify_data
-from repro.progress import Progress
 from repro.record import Record, RecordLoader, RecordMeta, check_record, read_record, record_dir, write_record
 from repro.replay import Replay, checkpoint_job, write_restore
 from repro.result import RunResult, check_recordable, collect, record_meta
@@ -226,14 +225,12 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
     return v
 
 
-def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool = False,
-          progress: Progress | None = None) -> Verdict:
-    """What the front ends call: record, verify, or verify by segments (`options.segments`;
-    `progress` sees each segment's replay)."""
+def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool = False) -> Verdict:
+    """What the front ends call: record, verify, or verify by segments (`options.segments`)."""
     if record_it or not (options and options.segments):
         return record(spec_ref, options) if record_it else verify(spec_ref, options)
     from repro.segments import replay_segments
-    return replay_segments(spec_ref, options, progress=progress)
+    return replay_segments(spec_ref, options)
 
 
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:
