@@ -17,6 +17,7 @@ from repro.backends import KilledBy
 from repro.discovery import discover
 from repro.errors import ReproError
 from repro.executor import Executor, LocalExecutor
+from repro.progress import Progress
 from repro.verdict import Status, Verdict, error_verdict
 
 
@@ -49,12 +50,15 @@ def _now() -> str:
 
 
 def run_audit(directory: str | Path, options: pipeline.Options | None = None, *, jobs: int = 1,
-              on_done: Any = None, executor: Executor | None = None) -> Audit:
+              on_done: Any = None, executor: Executor | None = None,
+              progress: Progress | None = None) -> Audit:
     """Verify every spec under `directory`, `jobs` at a time (or on `executor`).
 
     `on_done(verdict, finished_count, total)` is called as each spec finishes (the progress
-    display). On KeyboardInterrupt every child is killed, specs not finished are reported as
-    errors 'interrupted', and the audit is returned with `complete=False`.
+    lines); `progress` (repro/progress.py) is told of every spec as it is queued, starts and
+    finishes (a spec that cannot load finishes at once, as an error). On KeyboardInterrupt
+    every child is killed, specs not finished are reported as errors 'interrupted', and the
+    audit is returned with `complete=False`.
     """
     options = options or pipeline.Options()
     if not Path(directory).is_dir():
@@ -66,16 +70,25 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
     t0 = time.perf_counter()
     runnable = [i for i, s in enumerate(found) if s.problem is None]
     finished = 0
+    first = progress.add([s.spec.name if s.spec is not None and s.spec.name else s.path.stem
+                          for s in found]) if progress else 0
+    for i, spec in enumerate(found):
+        if progress and spec.problem is not None:
+            progress.done(first + i, error_verdict(spec.path, spec.problem, spec=spec.spec,
+                                                   backend=options.backend))
 
     def done(index: int, verdict: Verdict) -> None:
         nonlocal finished
         finished += 1
         if on_done:
             on_done(verdict, finished + len(found) - len(runnable), len(found))
+        if progress:
+            progress.done(first + runnable[index], verdict)
 
     batch = executor.map(lambda i, slot: pipeline.check(found[i].path,
                                                         replace(options, cpu_slot=slot)),
-                         runnable, on_done=done)
+                         runnable, on_done=done,
+                         on_start=(lambda k: progress.start(first + runnable[k])) if progress else None)
     audit.complete = batch.complete
     verdicts = {runnable[k]: v for k, v in batch.results.items()}
     running = {runnable[k] for k in batch.interrupted_running}

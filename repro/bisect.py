@@ -29,6 +29,7 @@ from repro import pipeline
 from repro.errors import ReproError
 from repro.executor import Executor, LocalExecutor
 from repro.pins.code import code_repo, git, repo_root
+from repro.progress import Progress
 from repro.spec import Spec
 from repro.verdict import Status, Verdict
 
@@ -178,9 +179,11 @@ class Bisection:
 # -- running it ------------------------------------------------------------------------------
 def bisect(spec_ref: pipeline.SpecRef, good: str, bad: str, options: pipeline.Options | None = None,
            *, jobs: int = 1, executor: Executor | None = None,
-           on_round: Callable[[Round], None] | None = None) -> Bisection:
+           on_round: Callable[[Round], None] | None = None,
+           progress: Progress | None = None) -> Bisection:
     """Find the first commit in good..bad whose verify fails, `jobs` commits at a time (or as
-    many as `executor` has slots). `on_round` sees each round as it ends (the progress lines).
+    many as `executor` has slots). `on_round` sees each round as it ends (the progress lines);
+    `progress` each probe queued, started and finished, with the probes later rounds may need.
     Raises BisectError when the range is wrong or the endpoints do not pass and fail."""
     t0 = time.perf_counter()
     options = replace(options or pipeline.Options(), echo=False, code="pinned", varied=VARIED)
@@ -197,7 +200,16 @@ def bisect(spec_ref: pipeline.SpecRef, good: str, bad: str, options: pipeline.Op
 
     def verify_all(positions: Sequence[int], number: int) -> list[Probe]:
         shas = [good_c if i < 0 else commits[i] for i in positions]
-        batch = executor.map(lambda c, slot: _verify_at(spec, c, options, slot), shas)
+        first = 0
+        if progress:  # later: the probes of the rounds the candidates left may still take
+            left = len(search.candidates())
+            rounds = rounds_bound(left, executor.slots) - (number > 0)
+            first = progress.add([("good " if i < 0 else "bad " if number == 0 else
+                                   f"round {number}: ") + name(i) for i in positions],
+                                 later=min(left, max(0, rounds) * executor.slots))
+        batch = executor.map(lambda c, slot: _verify_at(spec, c, options, slot), shas,
+                             on_start=(lambda k: progress.start(first + k)) if progress else None,
+                             on_done=(lambda k, v: progress.done(first + k, v)) if progress else None)
         if not batch.complete:
             raise KeyboardInterrupt
         return [_probe(c, i, number, batch.results[k]) for k, (c, i) in enumerate(zip(shas, positions))]

@@ -40,6 +40,7 @@ from repro.errors import ReproError, RunError, SpecError
 from repro.executor import LocalExecutor
 from repro.ioutil import atomic_write_text
 from repro.noise import compare_runs
+from repro.progress import Progress
 from repro.result import RunResult, check_recordable
 from repro.spec import EnvironmentSpec, Spec, load_spec, parse_spec
 from repro.variation import BASELINE, Variation
@@ -533,11 +534,12 @@ OnDone = Callable[[VariationRun, int, int], None]
 def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = None, *,
               jobs: int | None = None, only: Collection[str] | None = None,
               write: bool = False, host: Host | None = None, on_done: OnDone | None = None,
-              today: _dt.date | None = None) -> Calibration:
+              today: _dt.date | None = None, progress: Progress | None = None) -> Calibration:
     """Run the spec as pinned and under each variation this host can do (`only`: those kinds,
     of KINDS), compare each with the baseline, propose tolerances from the TOLERATED kinds and,
     with `write`, set them in the spec. `jobs` runs at a time (default: cores // environment.cpus); `on_done(run,
-    finished, total)` as each run ends. Raises ReproError for a bad spec, a broken pin or a
+    finished, total)` as each run ends; `progress` sees every run queued, started and finished
+    (the result: its VariationRun). Raises ReproError for a bad spec, a broken pin or a
     failed baseline (RunError, with the run's detail); a failed variation is reported in the
     result. KeyboardInterrupt kills every run."""
     t0 = time.perf_counter()
@@ -553,15 +555,26 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
     slots = jobs or max(1, host.cores // spec.environment.cpus)
     total = len(planned) + 1
     finished = 0
+    # core-count variations run alone, after the others: each gets the cores it asks for
+    together = [v for v in planned if v.cpus is None]
+    alone = [v for v in planned if v.cpus is not None]
+    first_job = progress.add([v.name for v in [BASELINE, *together, *alone]]) if progress else 0
 
-    def done(_: int, outcome: _Outcome) -> None:
-        nonlocal finished
-        finished += 1
-        if on_done:
-            on_done(outcome.run, finished, total)
+    def tracked(offset: int) -> tuple[Callable[[int, _Outcome], None],
+                                      Callable[[int], None] | None]:
+        """The executor callbacks of one batch whose first run is job `offset` of `progress`."""
+        def done(index: int, outcome: _Outcome) -> None:
+            nonlocal finished
+            finished += 1
+            if on_done:
+                on_done(outcome.run, finished, total)
+            if progress:
+                progress.done(first_job + offset + index, outcome.run)
+        start = (lambda index: progress.start(first_job + offset + index)) if progress else None
+        return done, start
 
     first = LocalExecutor(1).map(lambda v, slot: _execute(prep, options, v, slot, None),
-                                 [BASELINE], on_done=done)
+                                 [BASELINE], *tracked(0))
     if not first.complete:
         raise KeyboardInterrupt
     base = first.results[0]
@@ -571,13 +584,11 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
     check_recordable(spec, base.result)
     baseline = base.result
 
-    # core-count variations run alone, after the others: each gets the cores it asks for
-    together = [v for v in planned if v.cpus is None]
-    alone = [v for v in planned if v.cpus is not None]
     outcomes: dict[str, _Outcome] = {}
-    for executor, batch_items in ((LocalExecutor(slots), together), (LocalExecutor(1), alone)):
+    for executor, batch_items, offset in ((LocalExecutor(slots), together, 1),
+                                          (LocalExecutor(1), alone, 1 + len(together))):
         batch = executor.map(lambda v, slot: _execute(prep, options, v, slot, baseline),
-                             batch_items, on_done=done)
+                             batch_items, *tracked(offset))
         outcomes.update({batch_items[i].name: o for i, o in batch.results.items()})
         if not batch.complete:
             raise KeyboardInterrupt

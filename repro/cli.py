@@ -78,7 +78,16 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         from repro.resume import check_restart
         at = None if ns.resume_check == "first" else ns.resume_check
         return _run_each(ns, functools.partial(check_restart, at=at, jobs=ns.jobs or 2))
-    return _run_each(ns, functools.partial(pipeline.check, record_it=False))
+    if ns.segments is None:
+        return _run_each(ns, functools.partial(pipeline.check, record_it=False))
+    from repro.report.progress import describe_replay, progress_display
+    from repro.segments import replay_segments
+
+    def by_segments(spec: Any, options: Options) -> Verdict:  # pipeline.check, with a display
+        with progress_display(describe_replay, title=f"segments of {spec.name}",
+                              plain=ns.no_progress) as progress:
+            return replay_segments(spec, options, progress=progress)
+    return _run_each(ns, by_segments)
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
@@ -86,16 +95,18 @@ def cmd_audit(ns: argparse.Namespace) -> int:
 
     from repro.audit import load_history, run_audit, save_history
     from repro.ioutil import atomic_write_text
-    from repro.report import audit_summary, progress_line
+    from repro.report import audit_summary
     from repro.report.json import audit_json
     from repro.report.junit import junit_xml
+    from repro.report.progress import describe_verdict, progress_display, verdict_line
 
     ns.stream = False  # parallel children's output would interleave; it is in each verdict
     if not _output_dirs(("--json", ns.json), ("--junit", ns.junit), ("--report", ns.report)):
         return EXIT_ERROR
     options = _options(ns)
-    audit = run_audit(ns.directory, options, jobs=ns.jobs,
-                      on_done=lambda v, k, n: print(progress_line(v, k, n), flush=True))
+    with progress_display(describe_verdict, title=f"repro audit {ns.directory}",
+                          line=verdict_line, plain=ns.no_progress) as progress:
+        audit = run_audit(ns.directory, options, jobs=ns.jobs, progress=progress)
     print()
     print(audit_summary(audit), end="", flush=True)
     doc = audit_json(audit)
@@ -122,6 +133,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
 def cmd_bisect(ns: argparse.Namespace) -> int:
     from repro.bisect import bisect
     from repro.report.bisect import bisection_json, render_bisection, round_line
+    from repro.report.progress import describe_verdict, progress_display
 
     ns.stream, ns.code = False, "pinned"   # probes run side by side; the code pin is what moves
     if ns.env:
@@ -130,8 +142,10 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
         return EXIT_ERROR
     if ns.env:
         return _env_bisect(ns)
-    result = bisect(ns.spec, ns.good, ns.bad, _options(ns), jobs=ns.jobs,
-                    on_round=lambda r: print(round_line(r), flush=True))
+    with progress_display(describe_verdict, title=f"repro bisect {ns.spec}", line=None,
+                          plain=ns.no_progress) as progress:   # plain: the round lines only
+        result = bisect(ns.spec, ns.good, ns.bad, _options(ns), jobs=ns.jobs,
+                        on_round=lambda r: progress.print(round_line(r)), progress=progress)
     return _result(render_bisection(result, verbose=ns.verbose), ns.json,
                    lambda: bisection_json(result), result.exit_code)
 
@@ -218,14 +232,16 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     from repro.errors import RunError
     from repro.ioutil import atomic_write_text
     from repro.pipeline import Options
-    from repro.report.calibrate import calibration_json, progress_line, render_calibration
+    from repro.report.calibrate import calibration_json, render_calibration
+    from repro.report.progress import describe_variation, progress_display, variation_line
 
     options = Options(backend=ns.backend, timeout=ns.timeout)
     only = [k.strip() for k in ns.variations.split(",") if k.strip()] if ns.variations else None
     try:
-        cal = calibrate(ns.spec, options, jobs=ns.jobs, only=only, write=ns.write,
-                        on_done=lambda run, k, n: print(progress_line(run, k, n),
-                                                        file=sys.stderr, flush=True))
+        with progress_display(describe_variation, title=f"repro calibrate {ns.spec}",
+                              line=variation_line, plain_file=sys.stderr, plain=ns.no_progress) as progress:
+            cal = calibrate(ns.spec, options, jobs=ns.jobs, only=only, write=ns.write,
+                            progress=progress)
     except RunError as exc:  # the baseline failed: its output says why
         print(f"repro: error: {exc}", file=sys.stderr)
         if exc.detail.strip():
@@ -293,6 +309,12 @@ def _resume_step(text: str) -> int | str:
     return value
 
 
+def _no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="plain progress lines, one per "
+                   "finished job, even on a terminal (they are the default when the output is "
+                   "not a terminal, as in CI logs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repro", description="Prove JAX training results "
                                      "reproduce from their pinned code, data and environment.")
@@ -330,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                        help="do not share JAX's persistent compilation cache between runs")
         p.add_argument("-v", "--verbose", action="store_true", help="show every quantity")
+        if name in ("verify", "audit"):
+            _no_progress(p)
         p.set_defaults(func=func)
 
     running("run", cmd_run, "execute specs and print a summary; compare nothing")
@@ -387,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "seconds (default: the spec's timeout)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every quantity of every "
                    "variation, and the output of failed runs")
+    _no_progress(p)
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("bisect", help="the first commit whose verify fails between a good and a "
                        "bad commit, or (--env) the smallest package change between two locks "
@@ -417,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false")
     p.add_argument("--json", metavar="F", help="write the machine-readable result")
     p.add_argument("-v", "--verbose", action="store_true", help="list every failing quantity")
+    _no_progress(p)
     p.set_defaults(func=cmd_bisect)
     p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
     p.add_argument("paths", nargs="+", metavar="PATH")

@@ -34,8 +34,10 @@ class Executor(Protocol):
     slots: int
 
     def map(self, work: Work[T, R], items: Sequence[T],
-            on_done: Callable[[int, R], None] | None = None) -> Batch[R]:
-        """Run `work` on every item; `on_done(index, result)` as each finishes (in this
+            on_done: Callable[[int, R], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Batch[R]:
+        """Run `work` on every item; `on_start(index)` as each starts (in the thread that runs
+        it: keep it short and thread-safe), `on_done(index, result)` as each finishes (in this
         thread). On KeyboardInterrupt: stop everything started, return what finished."""
         ...
 
@@ -48,7 +50,8 @@ class LocalExecutor:
         self.slots = max(1, slots)
 
     def map(self, work: Work[T, R], items: Sequence[T],
-            on_done: Callable[[int, R], None] | None = None) -> Batch[R]:
+            on_done: Callable[[int, R], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Batch[R]:
         batch: Batch[R] = Batch()
         if not items:
             return batch
@@ -63,6 +66,8 @@ class LocalExecutor:
             with lock:
                 started.add(index)
             try:
+                if on_start:
+                    on_start(index)
                 return work(items[index], slot)
             finally:
                 free.put(slot)

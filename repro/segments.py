@@ -25,6 +25,7 @@ from repro.errors import ReproError, SpecError
 from repro.executor import Executor, LocalExecutor
 from repro.failfast import compare
 from repro.noise import annotate_spread, first_difference
+from repro.progress import Progress
 from repro.record import CHECKPOINTS, Record, RecordMeta, check_record, read_record, read_state, record_dir
 from repro.replay import Replay
 from repro.result import RunResult
@@ -169,8 +170,10 @@ def replay_of(loaded: Loaded, start: int, stop_at: int | None, keep: Sequence[in
 
 
 def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Replay],
-                executor: Executor) -> list[RunResult | ReproError | None]:
-    """Each replay as one job on `executor` (None: not finished, the batch was interrupted)."""
+                executor: Executor, progress: Progress | None = None
+                ) -> list[RunResult | ReproError | None]:
+    """Each replay as one job on `executor` (None: not finished, the batch was interrupted);
+    `progress` sees each queued, started and finished."""
     quiet = dataclasses.replace(options, echo=options.echo if executor.slots == 1 else False)
 
     def work(replay: Replay, slot: int) -> RunResult | ReproError:
@@ -181,7 +184,11 @@ def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Rep
                                     loaded.meta).result
         except ReproError as exc:
             return exc
-    batch = executor.map(work, list(replays))
+    first = progress.add([f"segment [{r.start}, {'end]' if r.stop_at is None else f'{r.stop_at})'}"
+                          for r in replays]) if progress else 0
+    batch = executor.map(work, list(replays),
+                         on_start=(lambda i: progress.start(first + i)) if progress else None,
+                         on_done=(lambda i, r: progress.done(first + i, r)) if progress else None)
     return [batch.results.get(i) for i in range(len(replays))]
 
 
@@ -215,7 +222,7 @@ class _Recorded:
 
 @pipeline.timed
 def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = None, *,
-                    executor: Executor | None = None) -> Verdict:
+                    executor: Executor | None = None, progress: Progress | None = None) -> Verdict:
     """Verify a spec by replaying the segments `options.segments` names (default all),
     `options.jobs` at a time; one Verdict for them all. A record without checkpoints is verified
     in full, and the verdict says so (an audit or `pytest specs/` may hold both kinds)."""
@@ -242,7 +249,7 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
         return error_verdict(spec_ref, exc, spec=spec, backend=(options or pipeline.Options()).backend)
     executor = executor or LocalExecutor(options.jobs)
     t0 = time.perf_counter()
-    results = run_replays(loaded, options, replays, executor)
+    results = run_replays(loaded, options, replays, executor, progress)
     report = Segments(selection=sel.text, total=len(all_segments), seed=seed)
     return _judge(loaded, options, chosen, results, recorded, report, time.perf_counter() - t0)
 
