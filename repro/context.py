@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -96,7 +97,9 @@ class Context:
             series["steps"].append(step)
             series["values"].append(fvalue)
             if self._expect is not None and stop is None:   # fail-fast (repro/expect.py)
+                t0 = perf_counter()
                 stop = self._expect.check(name, step, fvalue)
+                self._expect.seconds += perf_counter() - t0
         if stop is not None:   # raised once the whole call is logged
             from repro.expect import Stopped
             raise Stopped(stop)

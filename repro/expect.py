@@ -33,6 +33,7 @@ class Expectation:
             n: [0, list(s["steps"]), [float(v) for v in s["values"]],
                 float(tolerance[n][0]), float(tolerance[n][1]), int(s.get("from", 0))]
             for n, s in metrics.items()}
+        self.seconds = 0.0   # spent checking (Context.log adds it up: the check's cost, measured)
 
     def check(self, name: str, step: int, value: float) -> dict[str, Any] | None:
         """None, or where the run fails for sure (what `Stopped` carries)."""

@@ -204,6 +204,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         raise _Failure(kind="user", type=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
                        traceback=_user_traceback(exc, tree)) from None
     result["timings"]["train_s"] = time.perf_counter() - t0
+    if expect is not None:
+        result["timings"]["failfast_s"] = expect.seconds
     result["inputs"] = watch.report()
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.
