@@ -263,3 +263,17 @@ def test_an_http_remote_is_read_only(tmp_path):
     with pytest.raises(StoreError, match="read-only"):
         remote.upload("a" * 64, b"x")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_store_options_reach_s3fs_without_the_aws_endpoint_variable(s3_server, monkeypatch):
+    from repro.remote import Remote, RemoteConfig
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    remote = Remote(RemoteConfig(f"s3://{BUCKET}/opts", {"endpoint_url": s3_server,
+                                                         "skip_instance_cache": True}))
+    data = b"a blob named by its hash"
+    sha = hashlib.sha256(data).hexdigest()
+    assert remote.size(sha) is None
+    remote.upload(sha, data)
+    assert remote.size(sha) == len(data) and remote.listing() == {sha: len(data)}
+    assert remote.url(sha) == f"s3://{BUCKET}/opts/{sha[:2]}/{sha[2:]}"
