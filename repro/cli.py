@@ -257,6 +257,89 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     return cal.exit_code
 
 
+def _store_specs(ns: argparse.Namespace) -> list[Path]:
+    if ns.specs:
+        return [Path(p) for p in ns.specs]
+    if not Path("specs").is_dir():
+        raise ReproError("no specs/ directory here: name the specs (SPEC or DIR)")
+    return [Path("specs")]
+
+
+def _print_transfer(t: Any) -> int:
+    for problem in t.problems:
+        print(f"repro: {problem.what}: {problem.message}", file=sys.stderr)
+    print(t.summary(), flush=True)
+    return int(t.exit_code)
+
+
+def cmd_push(ns: argparse.Namespace) -> int:
+    from repro.blobsync import projects, push
+
+    code = EXIT_OK
+    for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
+        code = max(code, _print_transfer(push(proj, jobs=ns.jobs)))
+    return code
+
+
+def cmd_pull(ns: argparse.Namespace) -> int:
+    from repro.blobsync import projects, pull
+
+    code = EXIT_OK
+    for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
+        code = max(code, _print_transfer(pull(proj, jobs=ns.jobs)))
+    return code
+
+
+def cmd_store_verify(ns: argparse.Namespace) -> int:
+    from repro.blobsync import projects, verify
+
+    specs = [Path(p) for p in ns.specs] or ([Path("specs")] if Path("specs").is_dir() else [])
+    projs = projects(specs, Path(ns.records) if ns.records else None) if specs else []
+    return _print_transfer(verify(projs, sample=ns.sample, seed=ns.seed, use_remote=ns.remote,
+                                  jobs=ns.jobs))
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _store_parsers(sub: Any) -> None:
+    def common(p: argparse.ArgumentParser, default_jobs: int | None) -> None:
+        p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files or directories "
+                       "(default: specs/)")
+        p.add_argument("--records", metavar="DIR", help="records root (default "
+                       "<repo>/fixtures/records)")
+        p.add_argument("-j", "--jobs", type=_positive(int), default=default_jobs, metavar="N",
+                       help="transfers (or hashes) at a time")
+
+    p = sub.add_parser("push", help="upload the blobs the specs' records point to that the "
+                       "store remote lacks (exit 0 done, 2 missing or damaged blobs)")
+    common(p, 8)
+    p.set_defaults(func=cmd_push)
+    p = sub.add_parser("pull", help="download the specs' large blobs this machine lacks from the "
+                       "store remote, re-hashed (exit 0 done, 2 missing or corrupt blobs)")
+    common(p, 8)
+    p.set_defaults(func=cmd_pull)
+    p = sub.add_parser("store", help="the blob store (docs/store.md)")
+    store_sub = p.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
+    p = store_sub.add_parser("verify", help="re-hash the store's blobs and name missing and "
+                             "corrupt ones (exit 0 all intact, 2 any missing or corrupt)")
+    common(p, None)
+    p.add_argument("--sample", type=_fraction, metavar="P", help="re-hash a random fraction P "
+                   "of the blobs (the seed is printed)")
+    p.add_argument("--seed", type=int, help="the seed of --sample (default: a random one)")
+    p.add_argument("--remote", action="store_true", help="verify the remote's blobs instead "
+                   "of this machine's")
+    p.set_defaults(func=cmd_store_verify)
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     import json
 
@@ -466,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "NAME@sha256:<64 hex>")
     p.add_argument("recipe", metavar="RECIPE_DIR")
     p.set_defaults(func=cmd_env_build)
+    _store_parsers(sub)
     return parser
 
 

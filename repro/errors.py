@@ -53,3 +53,8 @@ class RunError(ReproError):
         super().__init__(message)
         self.detail = detail
         self.killed_by = killed_by
+
+
+class StoreError(ReproError):
+    """A blob store or its remote cannot be used: no remote configured, a blob missing there,
+    a corrupt blob (never used), an unreachable or read-only remote."""

@@ -382,9 +382,10 @@ def _clean_leftovers(directory: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def check_record(directory: Path) -> tuple[Path, RecordMeta]:
+def check_record(directory: Path, blobs: bool = True) -> tuple[Path, RecordMeta]:
     """Find a record and check it without loading arrays (no numpy): record.json parses, is of
-    this format and shape, and the arrays file has the sha256 it names."""
+    this format and shape, and the arrays file has the sha256 it names; with `blobs`, every
+    kept state's blob is here (missing store blobs fetched from the remote, _check_blobs)."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -426,25 +427,33 @@ def check_record(directory: Path) -> tuple[Path, RecordMeta]:
         raise RecordError(f"{arrays_path} is corrupted or truncated: its sha256 is {actual}, "
                           f"record.json expects {meta.arrays.sha256}; restore it from git "
                           "(`git checkout -- <path>`) or record again")
-    _check_blobs(directory, meta)
+    if blobs:
+        _check_blobs(directory, meta)
     return directory, meta
 
 
 def _check_blobs(directory: Path, meta: RecordMeta) -> None:
-    """Every kept state's blob is where record.json says (its hash is checked when read):
-    a missing one is named before any training time is spent."""
+    """Every kept state's blob is where record.json says (its hash is checked when read): a
+    missing one is named before any training time is spent. Store blobs missing here are
+    fetched first from the remote the repository names (repro/blobsync.py; fsspec is imported
+    only then), each re-hashed before use."""
     if meta.checkpoints is None:
         return
+    absent: list[tuple[int, CheckpointLeaf]] = []
     for step in meta.checkpoints.steps:
         for leaf in meta.checkpoints.leaves(step):
             store = blob_store(directory, leaf)
-            if not store.has(leaf.sha256):
-                where = ("the record's blobs/ directory: restore it from git" if leaf.place == "record"
-                         else f"this machine's store {store.root} (blobs over 1 MiB stay out of git; "
-                              "the record was made on another machine): record again here")
-                raise RecordError(f"{directory}: the state kept at step {step}, leaf {leaf.path} "
-                                  f"(blob {leaf.sha256[:12]}…, {leaf.size:,} bytes) is missing "
-                                  f"from {where}")
+            if store.has(leaf.sha256):
+                continue
+            if leaf.place == "store":
+                absent.append((step, leaf))
+                continue
+            raise RecordError(f"{directory}: the state kept at step {step}, leaf {leaf.path} "
+                              f"(blob {leaf.sha256[:12]}…, {leaf.size:,} bytes) is missing "
+                              "from the record's blobs/ directory: restore it from git")
+    if absent:
+        from repro.blobsync import fetch_missing
+        fetch_missing(directory, absent)
 
 
 def read_record(directory: Path, states: bool = True) -> Record:

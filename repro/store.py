@@ -7,7 +7,9 @@ blobs, replaced with the record atomically) and the machine's store under repro'
 directory (`<cache>/store`: blobs too large for git). Writers are safe under concurrency: a blob
 is written to a temporary file in its final directory and renamed into place, so no partial blob
 is ever visible, and two writers of one blob write the same bytes. Reads re-hash: a damaged blob
-is an error, never used.
+is an error, never used. A blob that arrives from elsewhere (a remote, repro/remote.py) is
+hashed as it is written to its temporary file and renamed into place only when the hash matches
+its name (`install`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import io
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from repro.errors import RecordError
 from repro.paths import cache_dir
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1 << 22                # 4 MiB: reads and writes of blobs are streamed in pieces this size
 GIT_BLOB_MAX = 1 << 20   # blobs up to 1 MiB stay with the record (in git); larger ones go to the store
 
 
@@ -94,3 +98,50 @@ class BlobStore:
                               f"its name says {sha256[:12]}…); it is not used. Restore it from "
                               "git or record again")
         return data
+
+    def shas(self) -> Iterator[str]:
+        """The names of the blobs held (temporary files of writers at work are not blobs)."""
+        if not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for f in sorted(sub.iterdir()):
+                if _SHA.match(sub.name + f.name) and f.is_file():
+                    yield sub.name + f.name
+
+    def install(self, sha256: str, chunks: Iterable[bytes]) -> str:
+        """Write the bytes of `chunks` as blob `sha256`, hashing them on the way: renamed into
+        place only when their sha256 is the name, else nothing is kept. Returns the sha256 of
+        the bytes received (the caller compares it with `sha256`)."""
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            actual = digest.hexdigest()
+            if actual == sha256:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return actual
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in CHUNK pieces (hashlib releases the GIL on each: threads
+    hash files in parallel)."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()

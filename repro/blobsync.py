@@ -1,0 +1,327 @@
+"""Moving blobs between this machine and a project's remote (docs/store.md): `repro push`,
+`repro pull`, `repro store verify`, and the fetch a verify does before anything trains.
+
+The blobs of a spec are the ones its records point to (record.json's checkpoint leaves): small
+ones live in the record's `blobs/` (git), large ones in the machine's store. A push sends every
+one the remote lacks (by name and size: a push killed part-way, re-run, sends only the rest); a
+pull fetches the large ones this machine lacks, each re-hashed before it is renamed into place.
+Transfers and hashing run in a thread pool (hashlib and the network release the GIL).
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from repro.errors import StoreError
+from repro.remote import CorruptBlob, Remote, RemoteConfig, find_remote_config, remote_config
+from repro.store import BlobStore, hash_file, machine_store
+
+if TYPE_CHECKING:
+    from repro.record import CheckpointLeaf
+
+JOBS = 8   # transfers at a time: the network waits, it does not take a core
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """One blob a record points to, and the first place that names it (for messages)."""
+
+    sha256: str
+    size: int
+    place: str            # "record" (the record's blobs/, in git) or "store" (the machine's)
+    record: Path
+    step: int
+    leaf: str
+
+    def local(self) -> BlobStore:
+        from repro.record import BLOBS_DIR
+        return BlobStore(self.record / BLOBS_DIR) if self.place == "record" else machine_store()
+
+    def named(self) -> str:
+        return f"blob {self.sha256} ({self.size:,} bytes; {self.record}: step {self.step}, leaf {self.leaf})"
+
+
+@dataclass
+class Project:
+    """The records of some specs and the remote their repository names."""
+
+    remote: RemoteConfig | None
+    blobs: list[BlobRef]
+    repo_root: Path
+
+
+@dataclass
+class Problem:
+    sha256: str
+    what: str                 # "missing" | "corrupt"
+    message: str
+
+
+@dataclass
+class Transfer:
+    """What a push, pull or verify did."""
+
+    action: str
+    blobs: int = 0            # blobs considered
+    done: int = 0             # sent, fetched or hashed
+    skipped: int = 0          # already there
+    bytes: int = 0
+    seconds: float = 0.0
+    seed: int | None = None
+    where: str = ""
+    problems: list[Problem] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, nbytes: int) -> None:
+        with self.lock:
+            self.done += 1
+            self.bytes += nbytes
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.problems else 0
+
+    def rate(self) -> str:
+        mb = self.bytes / 1e6
+        return f"{mb:,.1f} MB in {self.seconds:.2f} s ({mb / max(self.seconds, 1e-9):,.0f} MB/s)"
+
+    def summary(self) -> str:
+        """One line: what was done, where, how fast, what is wrong."""
+        verb = {"push": "sent", "pull": "fetched", "verify": "re-hashed"}[self.action]
+        line = f"{self.action} {self.where or '(no remote)'}: {verb} {self.done} of {self.blobs} blobs"
+        if self.action != "verify":
+            line += f" ({self.skipped} already there)"
+        line += f", {self.rate()}"
+        if self.seed is not None:
+            line += f"; sample seed {self.seed}"
+        missing = sum(p.what == "missing" for p in self.problems)
+        corrupt = sum(p.what == "corrupt" for p in self.problems)
+        return line + (f"; {missing} missing, {corrupt} corrupt" if self.problems else "; ok")
+
+
+def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Project]:
+    """The specs' records and their blobs, grouped by the repository (and so the remote)."""
+    from repro.discovery import discover
+    from repro.pins.code import repo_root
+    from repro.record import check_record, record_dir
+
+    by_root: dict[Path, Project] = {}
+    for found in discover(specs):
+        if found.problem is not None or found.spec is None:
+            raise found.problem or StoreError(f"{found.path}: not a spec")
+        root = repo_root(found.spec.path or found.path)
+        proj = by_root.get(root)
+        if proj is None:
+            proj = by_root[root] = Project(remote_config(root), [], root)
+        spec_records = record_dir(root, found.spec.name or "", "any", records_root).parent
+        if not spec_records.is_dir():
+            continue
+        for d in sorted(spec_records.iterdir()):
+            if d.name.startswith(".") or not (d / "record.json").is_file():
+                continue
+            directory, meta = check_record(d, blobs=False)
+            if meta.checkpoints is None:
+                continue
+            for step in meta.checkpoints.steps:
+                for leaf in meta.checkpoints.leaves(step):
+                    proj.blobs.append(BlobRef(leaf.sha256, leaf.size, leaf.place, directory,
+                                              step, leaf.path))
+    return list(by_root.values())
+
+
+def _unique(blobs: Iterable[BlobRef]) -> list[BlobRef]:
+    seen: dict[str, BlobRef] = {}
+    for b in blobs:
+        seen.setdefault(b.sha256, b)
+    return list(seen.values())
+
+
+def _need_remote(proj: Project) -> Remote:
+    if proj.remote is None:
+        raise StoreError(f"{proj.repo_root}: no store remote is configured: add `[tool.repro] "
+                         "store = \"s3://bucket/prefix\"` (any fsspec URL) to its pyproject.toml, "
+                         "or set $REPRO_STORE")
+    return Remote(proj.remote)
+
+
+def _pool(work: Callable[[BlobRef], None], blobs: Sequence[BlobRef], jobs: int) -> None:
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="repro-store") as pool:
+        for f in [pool.submit(work, b) for b in blobs]:
+            f.result()
+
+
+def push(proj: Project, jobs: int = JOBS, limit: int | None = None) -> Transfer:
+    """Send every blob of the project's records the remote lacks (name and size), each
+    re-hashed before it leaves (a damaged local blob is reported, never sent). `limit`: send
+    at most that many (tests; a push cut short)."""
+    remote = _need_remote(proj)
+    t0 = time.perf_counter()
+    out = Transfer("push", where=remote.config.url)
+    blobs = _unique(proj.blobs)
+    there = remote.listing()
+    todo = [b for b in blobs if there.get(b.sha256) != b.size]
+    out.blobs, out.skipped = len(blobs), len(blobs) - len(todo)
+    todo = todo[:limit] if limit is not None else todo
+
+    def send(b: BlobRef) -> None:
+        path = b.local().path(b.sha256)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            where = "its record's blobs/ (restore it from git)" if b.place == "record" else \
+                "this machine's store (pull it or record again on a machine that has it)"
+            out.problems.append(Problem(b.sha256, "missing", f"{b.named()} is missing from {where}"))
+            return
+        import hashlib
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != b.sha256:
+            out.problems.append(Problem(b.sha256, "corrupt", f"{b.named()} at {path} is damaged "
+                                        f"(its sha256 is {actual}); not sent"))
+            return
+        remote.upload(b.sha256, data)
+        out.count(len(data))
+
+    _pool(send, todo, jobs)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def pull(proj: Project, jobs: int = JOBS) -> Transfer:
+    """Fetch the large blobs of the project's records this machine's store lacks."""
+    t0 = time.perf_counter()
+    blobs = _unique(b for b in proj.blobs if b.place == "store")
+    store = machine_store()
+    todo = [b for b in blobs if not store.has(b.sha256)]
+    out = Transfer("pull", blobs=len(blobs), skipped=len(blobs) - len(todo),
+                   where=proj.remote.url if proj.remote else "")
+    if todo:
+        remote = _need_remote(proj)
+        problems = fetch(remote, todo, store, jobs)
+        out.problems += problems
+        out.done = len(todo) - len(problems)
+        out.bytes = sum(b.size for b in todo if b.sha256 not in {p.sha256 for p in problems})
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def fetch(remote: Remote, blobs: Sequence[BlobRef], store: BlobStore, jobs: int = JOBS) -> list[Problem]:
+    """Download blobs into `store`, each re-hashed before its rename; the ones that could not
+    be fetched (not at the remote, corrupt there) as problems naming them."""
+    problems: list[Problem] = []
+
+    def one(b: BlobRef) -> None:
+        try:
+            remote.download(b.sha256, store)
+        except CorruptBlob as exc:
+            problems.append(Problem(b.sha256, "corrupt", f"{b.named()}: {exc}"))
+        except StoreError as exc:
+            problems.append(Problem(b.sha256, "missing", f"{b.named()}: {exc}"))
+
+    _pool(one, blobs, jobs)
+    return problems
+
+
+def fetch_missing(directory: Path, leaves: Sequence[tuple[int, CheckpointLeaf]]) -> None:
+    """Before a verify trains: fetch the record's missing store blobs from the remote its
+    repository names (re-hashed before use). StoreError naming the blob, step and leaf when
+    there is no remote, the remote lacks it, or its copy is corrupt."""
+    refs = _unique(BlobRef(leaf.sha256, leaf.size, leaf.place, directory, step, leaf.path)
+                   for step, leaf in leaves)
+    config = find_remote_config(directory)
+    if config is None:
+        b = refs[0]
+        raise StoreError(f"{directory}: the state kept at step {b.step}, leaf {b.leaf} (blob "
+                         f"{b.sha256[:12]}…, {b.size:,} bytes) is missing from this machine's "
+                         f"store {machine_store().root} (blobs over 1 MiB stay out of git) and no "
+                         "store remote is configured: run `repro pull` where `[tool.repro] store` "
+                         "names the remote that has it, or record again here")
+    problems = fetch(Remote(config), refs, machine_store())
+    if problems:
+        p = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        hint = "" if p.what == "corrupt" else \
+            "; push it from the machine that recorded it (`repro push`), then `repro pull`"
+        raise StoreError(f"{p.message}{more}{hint}")
+
+
+def verify(projs: Sequence[Project], sample: float | None = None, seed: int | None = None,
+           use_remote: bool = False, jobs: int | None = None) -> Transfer:
+    """Re-hash blobs — this machine's store and the records' blobs/, or the remote's — all or a
+    random fraction `sample` (seeded; the seed is reported), and name the missing ones (those
+    the records point to that are not there) and the corrupt ones."""
+    import os
+
+    t0 = time.perf_counter()
+    out = Transfer("verify")
+    refs = _unique(b for p in projs for b in p.blobs)
+    if sample is not None:
+        out.seed = seed if seed is not None else random.SystemRandom().randrange(1 << 31)
+    rng = random.Random(out.seed)
+
+    def pick(shas: list[str]) -> list[str]:
+        if sample is None:
+            return shas
+        return sorted(rng.sample(shas, k=min(len(shas), max(1, round(len(shas) * sample)))))
+
+    if use_remote:
+        configs = {p.remote.key(): p.remote for p in projs if p.remote is not None}
+        if not configs:
+            raise StoreError("no store remote is configured for these specs: add `[tool.repro] "
+                             "store = \"s3://bucket/prefix\"` to the project's pyproject.toml")
+        for config in configs.values():
+            remote = Remote(config)
+            there = remote.listing()
+            out.where = ", ".join(filter(None, [out.where, config.url]))
+            for b in refs:
+                if b.sha256 not in there:
+                    out.problems.append(Problem(b.sha256, "missing", f"{b.named()} is not at "
+                                                f"the remote {remote.url(b.sha256)}"))
+            chosen = pick(sorted(there))
+
+            def rehash(sha: str, remote: Remote = remote, there: dict[str, int] = there) -> None:
+                actual = remote.remote_hash(sha)
+                if actual != sha:
+                    out.problems.append(Problem(sha, "corrupt", str(CorruptBlob(sha, remote.url(sha), actual))))
+                out.count(there[sha])
+
+            _hash_all(rehash, chosen, jobs or JOBS)
+            out.blobs += len(there)
+    else:
+        store = machine_store()
+        files = {sha: store.path(sha) for sha in store.shas()}
+        for b in refs:
+            if b.place == "record":
+                path = b.local().path(b.sha256)
+                if path.is_file():
+                    files[b.sha256] = path
+                    continue
+            if b.sha256 not in files:
+                out.problems.append(Problem(b.sha256, "missing", f"{b.named()} is missing from "
+                                            f"{'its record' if b.place == 'record' else store.root}"))
+        out.where = str(store.root)
+        chosen = pick(sorted(files))
+
+        def rehash_local(sha: str) -> None:
+            actual = hash_file(files[sha])
+            if actual != sha:
+                out.problems.append(Problem(sha, "corrupt", f"blob {sha} at {files[sha]} is "
+                                            f"corrupt: expected sha256 {sha}, actual {actual}; "
+                                            "it is not used (delete it and `repro pull`)"))
+            out.count(files[sha].stat().st_size)
+
+        _hash_all(rehash_local, chosen, jobs or min(8, (os.cpu_count() or 1) * 2))
+        out.blobs = len(files)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _hash_all(work: Callable[[str], None], shas: Sequence[str], jobs: int) -> None:
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="repro-hash") as pool:
+        for f in [pool.submit(work, s) for s in shas]:
+            f.result()

@@ -1,0 +1,217 @@
+"""A remote for the blob store: the same layout (`<prefix>/<2 hex>/<62 hex>`) at any fsspec URL
+(docs/store.md).
+
+Named in the pyproject.toml of the repository holding the specs:
+
+    [tool.repro]
+    store = "s3://bucket/prefix"            # file://, s3://, gs://, http(s):// (read-only)
+    store_options = {anon = false}          # keyword arguments for fsspec's filesystem
+
+`$REPRO_STORE` (a URL) overrides the file. For s3:// the standard AWS variables reach s3fs
+through botocore (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, profiles);
+`store_options = {endpoint_url = "http://127.0.0.1:9000"}` is the same in the file.
+
+fsspec (and s3fs, gcsfs for their schemes) are imported only when a remote is used: they are
+the optional `store` extra. Guarantees: an upload never shows a partial blob under its name
+(object stores make a PUT — also a multipart one — visible only whole; elsewhere the blob is
+written to a temporary name beside its place and renamed); a download is hashed as it is
+written and renamed into the local store only when the hash is the blob's name.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repro.errors import StoreError
+from repro.store import CHUNK, BlobStore
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+# Object stores: a PUT (single or multipart) becomes visible whole, at once, or not at all.
+_ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "oss"}
+_READ_ONLY = {"http", "https"}
+STORE_ENV = "REPRO_STORE"
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where a project's remote store is: an fsspec URL, the filesystem's options, and where
+    the setting came from (for messages)."""
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def key(self) -> tuple[str, str]:
+        return self.url, repr(sorted(self.options.items()))
+
+
+def remote_config(repo_root: Path) -> RemoteConfig | None:
+    """The remote of the repository at `repo_root`: `$REPRO_STORE`, else `[tool.repro] store`
+    in its pyproject.toml, else None. StoreError when the file's setting is malformed."""
+    pyproject = Path(repo_root) / "pyproject.toml"
+    table: dict[str, Any] = {}
+    if pyproject.is_file():
+        try:
+            doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise StoreError(f"{pyproject} cannot be read ({exc}); fix it to use its "
+                             "[tool.repro] store") from None
+        table = doc.get("tool", {}).get("repro", {}) or {}
+    options = table.get("store_options", {})
+    if not isinstance(options, dict):
+        raise StoreError(f"{pyproject}: [tool.repro] store_options must be a table of fsspec "
+                         f"options, not {type(options).__name__}")
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return RemoteConfig(env, dict(options), f"${STORE_ENV}")
+    url = table.get("store")
+    if url is None:
+        return None
+    if not isinstance(url, str) or "://" not in url and not url.startswith("/"):
+        raise StoreError(f"{pyproject}: [tool.repro] store must be an fsspec URL "
+                         f"(s3://bucket/prefix, file:///path, ...), not {url!r}")
+    return RemoteConfig(url, dict(options), str(pyproject))
+
+
+def find_remote_config(start: Path) -> RemoteConfig | None:
+    """The remote for a file under a repository: `$REPRO_STORE`, else the setting in the first
+    pyproject.toml found walking up from `start` (a record directory: records live in
+    `<repo>/fixtures/records`)."""
+    if os.environ.get(STORE_ENV):
+        return remote_config(Path(start))
+    for d in [Path(start).resolve(), *Path(start).resolve().parents]:
+        if (d / "pyproject.toml").is_file():
+            return remote_config(d)
+        if (d / ".git").exists():
+            break
+    return None
+
+
+class Remote:
+    """Blobs under an fsspec URL, named by sha256 as in a BlobStore."""
+
+    def __init__(self, config: RemoteConfig):
+        self.config = config
+        try:
+            import fsspec
+        except ImportError:
+            raise StoreError(f"the store remote {config.url} ({config.source}) needs fsspec: "
+                             "pip install 'repro[store]' (fsspec, s3fs)") from None
+        try:
+            fs, root = fsspec.core.url_to_fs(config.url, **config.options)
+        except ImportError as exc:
+            raise StoreError(f"the store remote {config.url} ({config.source}) needs a package "
+                             f"for its scheme: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"the store remote {config.url} ({config.source}) cannot be "
+                             f"opened: {exc}") from None
+        self.fs: Any = fs
+        self.root: str = str(root).rstrip("/")
+        protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+        self.protocol: str = str(protocols[0])
+        self.atomic_put = bool(set(protocols) & _ATOMIC_PUT)
+        self.read_only = bool(set(protocols) & _READ_ONLY)
+
+    def path(self, sha256: str) -> str:
+        if not _SHA.match(sha256):
+            raise StoreError(f"{sha256!r} is not a sha256 blob name")
+        return f"{self.root}/{sha256[:2]}/{sha256[2:]}"
+
+    def url(self, sha256: str) -> str:
+        return str(self.fs.unstrip_protocol(self.path(sha256)))
+
+    def size(self, sha256: str) -> int | None:
+        """The size of the blob at the remote, None when it is not there."""
+        try:
+            info = self.fs.info(self.path(sha256))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error("cannot reach", exc) from None
+        size = info.get("size")
+        return int(size) if size is not None and info.get("type", "file") == "file" else None
+
+    def listing(self) -> dict[str, int]:
+        """Every blob at the remote, sha256 -> size (one listing; temporary names skipped)."""
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise self._error("cannot list", exc) from None
+        out: dict[str, int] = {}
+        for path, info in found.items():
+            parts = str(path).rstrip("/").split("/")
+            if len(parts) >= 2 and _SHA.match(parts[-2] + parts[-1]) and len(parts[-2]) == 2:
+                out[parts[-2] + parts[-1]] = int(info.get("size") or 0)
+        return out
+
+    def upload(self, sha256: str, data: bytes) -> None:
+        """Put a blob's bytes under its name; never visible partly written."""
+        if self.read_only:
+            raise StoreError(f"the store remote {self.config.url} is read-only ({self.protocol}): "
+                             "push to an s3://, gs:// or file:// remote")
+        target = self.path(sha256)
+        try:
+            if self.atomic_put:
+                self.fs.pipe_file(target, data)
+                return
+            parent = target.rsplit("/", 1)[0]
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+            try:
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, target)
+            finally:
+                if self.fs.exists(tmp):
+                    self.fs.rm_file(tmp)
+        except OSError as exc:
+            raise self._error(f"cannot upload blob {sha256[:12]}… to", exc) from None
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        """The blob's bytes from the remote, in pieces (FileNotFoundError when absent)."""
+        with self.fs.open(self.path(sha256), "rb", block_size=CHUNK) as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def download(self, sha256: str, store: BlobStore) -> None:
+        """Fetch a blob into `store`, re-hashed before it is renamed into place: StoreError
+        naming it, its URL, the expected and the actual sha256 when the remote's copy is
+        corrupt (nothing is kept), or when the remote lacks it."""
+        try:
+            actual = store.install(sha256, self.chunks(sha256))
+        except FileNotFoundError:
+            raise StoreError(f"blob {sha256} is not at the remote {self.url(sha256)}") from None
+        except OSError as exc:
+            raise self._error(f"cannot download blob {sha256[:12]}… from", exc) from None
+        if actual != sha256:
+            raise CorruptBlob(sha256, self.url(sha256), actual)
+
+    def remote_hash(self, sha256: str) -> str:
+        """The sha256 of the remote's copy (streamed, nothing kept)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for chunk in self.chunks(sha256):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"{what} the store remote {self.config.url} ({self.config.source}): "
+                          f"{exc}")
+
+
+class CorruptBlob(StoreError):
+    """A remote blob whose bytes do not hash to its name: never used."""
+
+    def __init__(self, sha256: str, url: str, actual: str):
+        self.sha256, self.url, self.actual = sha256, url, actual
+        super().__init__(f"blob {sha256} at {url} is corrupt: expected sha256 {sha256}, actual "
+                         f"{actual}; it was not used. Push it again from a machine that has it "
+                         "(`repro push`), or record again")

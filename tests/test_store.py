@@ -1,0 +1,279 @@
+"""The store's remote (docs/store.md): push, pull, `store verify` and the fetch a verify does,
+against a real S3-compatible server on 127.0.0.1 (moto's server, in its own process) through
+s3fs, and a file:// remote. Real runs of the checkpointing workload of test_checkpoints.py with
+a 1.2 MB frozen leaf, so its state has a blob too large for git.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import s3fs  # the `store` extra, in `dev`
+from test_checkpoints import edit_train, make_ck
+
+from conftest import Project
+
+BUCKET = "repro-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server in its own process on 127.0.0.1; the standard AWS variables point
+    botocore (and so s3fs, and the `repro` subprocesses) at it."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.1)
+        s3().mkdir(BUCKET)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def s3():
+    """A fresh s3fs client (no cached listings: the test sees what the server holds)."""
+    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+def set_store(p: Project, url: str, options: str = "") -> None:
+    text = f'[tool.repro]\nstore = "{url}"\n' + (f"store_options = {options}\n" if options else "")
+    p.write("pyproject.toml", text)
+    p.commit("store remote")
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Project:
+    """Recorded with a 1.2 MB leaf in every kept state: that blob is in this machine's store."""
+    p = make_ck(tmp_path_factory.mktemp("store") / "proj")
+    edit_train(p, "BIG = 0", "BIG = 300_000", "a 1.2 MB frozen leaf in the state")
+    p.edit_spec("steps: 400", "steps: 200")
+    p.commit("200 steps")
+    p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    p.commit("record")
+    return p
+
+
+def frozen_sha(p: Project) -> str:
+    meta = json.loads((p.record_dir / "record.json").read_text())
+    (leaf,) = [x for x in meta["checkpoints"]["states"]["100"] if x["path"] == "frozen"]
+    assert leaf["place"] == "store" and leaf["size"] > 1 << 20
+    return str(leaf["sha256"])
+
+
+def fresh_cache(monkeypatch, tmp_path: Path, name: str = "fresh-cache") -> Path:
+    cache = tmp_path / name
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(cache))
+    return cache
+
+
+def record_blob_count(p: Project) -> int:
+    meta = json.loads((p.record_dir / "record.json").read_text())
+    return len({x["sha256"] for s in meta["checkpoints"]["states"].values() for x in s})
+
+
+def test_a_spec_whose_large_blob_is_only_in_s3_verifies_on_a_fresh_cache(big, s3_server, tmp_path,
+                                                                         monkeypatch):
+    set_store(big, f"s3://{BUCKET}/fresh")
+    n = record_blob_count(big)
+    out = big.repro("push", check_rc=0).stdout
+    assert f"push s3://{BUCKET}/fresh: sent {n} of {n} blobs (0 already there)" in out, out
+    sha = frozen_sha(big)
+    assert s3().info(f"{BUCKET}/fresh/{sha[:2]}/{sha[2:]}")["size"] > 1 << 20   # same layout
+    again = big.repro("push", check_rc=0).stdout
+    assert f"sent 0 of {n} blobs ({n} already there)" in again, again
+    cache = fresh_cache(monkeypatch, tmp_path)
+    out = big.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
+    assert "PASS tiny" in out, out
+    assert (cache / "store" / sha[:2] / sha[2:]).is_file()   # fetched by hash before training
+    out = big.repro("store", "verify", "--remote", check_rc=0).stdout
+    assert f"re-hashed {n} of {n} blobs" in out and "; ok" in out, out
+
+
+def test_a_corrupt_remote_blob_is_named_and_never_used(big, s3_server, tmp_path, monkeypatch):
+    set_store(big, f"s3://{BUCKET}/corrupt")
+    big.repro("push", check_rc=0)
+    sha = frozen_sha(big)
+    key = f"{BUCKET}/corrupt/{sha[:2]}/{sha[2:]}"
+    fs = s3()
+    data = bytearray(fs.cat_file(key))
+    data[-1] ^= 1
+    fs.pipe_file(key, bytes(data))            # same size: a push would not replace it
+    actual = hashlib.sha256(data).hexdigest()
+    cache = fresh_cache(monkeypatch, tmp_path)
+    proc = big.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=2)
+    for text in (sha, actual, f"s3://{key}", "is corrupt", "not used", "step 100, leaf frozen"):
+        assert text in proc.stdout, (text, proc.stdout)
+    assert "trained" not in proc.stdout.lower()
+    proc = big.repro("pull", check_rc=2)
+    assert f"blob {sha} at s3://{key} is corrupt: expected sha256 {sha}, actual {actual}" in proc.stderr
+    store = cache / "store"
+    assert not (store / sha[:2] / sha[2:]).exists()
+    assert not [f for f in store.rglob("*") if f.is_file() and f.stat().st_size > 1 << 20]  # no temp left
+    proc = big.repro("store", "verify", "--remote", check_rc=2)
+    assert "1 corrupt" in proc.stdout and sha in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_without_a_remote_a_missing_blob_is_named_before_training(big, tmp_path, monkeypatch):
+    (big.root / "pyproject.toml").unlink(missing_ok=True)
+    monkeypatch.delenv("REPRO_STORE", raising=False)
+    fresh_cache(monkeypatch, tmp_path)
+    out = big.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=2).stdout
+    assert "step 100, leaf frozen" in out and "repro pull" in out, out
+    assert "no store remote is configured" in out, out
+
+
+def test_a_file_remote_takes_the_same_layout_and_pull_rehashes(big, tmp_path, monkeypatch):
+    remote = tmp_path / "remote"
+    set_store(big, remote.as_uri())
+    n = record_blob_count(big)
+    big.repro("push", check_rc=0)
+    files = [f for f in remote.rglob("*") if f.is_file()]
+    assert len(files) == n and not [f for f in remote.rglob(".tmp-*")]
+    assert all(hashlib.sha256(f.read_bytes()).hexdigest() == f.parent.name + f.name for f in files)
+    cache = fresh_cache(monkeypatch, tmp_path)
+    out = big.repro("pull", check_rc=0).stdout
+    assert "fetched 1 of 1 blobs" in out, out     # only the large blob: the rest are in git
+    sha = frozen_sha(big)
+    assert (cache / "store" / sha[:2] / sha[2:]).is_file()
+    out = big.repro("store", "verify", "--sample", "0.5", "--seed", "7", check_rc=0).stdout
+    assert "sample seed 7" in out, out
+    # a local blob damaged after the pull: store verify names it (exit 2)
+    blob = cache / "store" / sha[:2] / sha[2:]
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
+    proc = big.repro("store", "verify", check_rc=2)
+    assert f"blob {sha} at {blob} is corrupt" in proc.stderr, proc.stderr
+    blob.unlink()
+    proc = big.repro("store", "verify", check_rc=2)
+    assert "1 missing" in proc.stdout and "leaf frozen" in proc.stderr, proc.stdout + proc.stderr
+
+
+PUSHER = """
+import sys
+from pathlib import Path
+from repro.blobsync import BlobRef, Project, push
+from repro.remote import RemoteConfig
+from repro.store import machine_store
+
+shas = [s for s in machine_store().shas()]
+refs = [BlobRef(s, machine_store().path(s).stat().st_size, "store", Path("."), 0, f"leaf{i}")
+        for i, s in enumerate(shas)]
+out = push(Project(RemoteConfig(sys.argv[1]), refs, Path(".")), jobs=int(sys.argv[2]))
+print(out.done, out.skipped, out.exit_code)
+"""
+
+
+def test_a_push_killed_part_way_rerun_sends_only_the_rest(s3_server, tmp_path, monkeypatch):
+    from repro.store import machine_store
+
+    fresh_cache(monkeypatch, tmp_path, "pusher-cache")
+    store = machine_store()
+    rng = __import__("random").Random(0)
+    total = 400
+    for _ in range(total):
+        store.put(rng.randbytes(64 << 10))
+    script = tmp_path / "pusher.py"
+    script.write_text(PUSHER)
+    url = f"s3://{BUCKET}/killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), url, "1"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    fs = s3()
+    deadline = time.monotonic() + 120
+    while len(fs.find(f"{BUCKET}/killed")) < 20:
+        assert proc.poll() is None and time.monotonic() < deadline, "the push ended too soon"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    sent_before = len(fs.find(f"{BUCKET}/killed"))
+    assert 20 <= sent_before < total
+    rerun = subprocess.run([sys.executable, str(script), url, "8"], env=env, capture_output=True,
+                           text=True, check=True)
+    done, skipped, code = map(int, rerun.stdout.split())
+    assert (done, skipped, code) == (total - sent_before, sent_before, 0)
+    found = fs.find(f"{BUCKET}/killed", detail=True)
+    assert len(found) == total
+    assert all(info["size"] == 64 << 10 for info in found.values())
+    for key in list(found)[:: 37]:   # whole blobs under their names: no partial object
+        assert hashlib.sha256(fs.cat_file(key)).hexdigest() == "".join(key.split("/")[-2:])
+
+
+def test_the_remote_is_named_in_pyproject_and_fsspec_loads_lazily(tmp_path, monkeypatch):
+    from repro.errors import StoreError
+    from repro.remote import find_remote_config, remote_config
+
+    monkeypatch.delenv("REPRO_STORE", raising=False)
+    (tmp_path / "pyproject.toml").write_text('[tool.repro]\nstore = "s3://b/p"\n'
+                                             'store_options = {endpoint_url = "http://x"}\n')
+    deep = tmp_path / "fixtures" / "records" / "tiny" / "cpu"
+    deep.mkdir(parents=True)
+    config = find_remote_config(deep)
+    assert config is not None and config.url == "s3://b/p"
+    assert config.options == {"endpoint_url": "http://x"}
+    monkeypatch.setenv("REPRO_STORE", "file:///elsewhere")
+    assert remote_config(tmp_path).url == "file:///elsewhere"
+    (tmp_path / "pyproject.toml").write_text('[tool.repro]\nstore = 3\n')
+    monkeypatch.delenv("REPRO_STORE")
+    with pytest.raises(StoreError, match="must be an fsspec URL"):
+        remote_config(tmp_path)
+    code = "import sys, repro.record, repro.cli; print('fsspec' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_an_http_remote_is_read_only(tmp_path):
+    from repro.errors import StoreError
+    from repro.remote import Remote, RemoteConfig
+
+    remote = Remote(RemoteConfig("https://example.invalid/store"))
+    with pytest.raises(StoreError, match="read-only"):
+        remote.upload("a" * 64, b"x")
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_store_options_reach_s3fs_without_the_aws_endpoint_variable(s3_server, monkeypatch):
+    from repro.remote import Remote, RemoteConfig
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    remote = Remote(RemoteConfig(f"s3://{BUCKET}/opts", {"endpoint_url": s3_server,
+                                                         "skip_instance_cache": True}))
+    data = b"a blob named by its hash"
+    sha = hashlib.sha256(data).hexdigest()
+    assert remote.size(sha) is None
+    remote.upload(sha, data)
+    assert remote.size(sha) == len(data) and remote.listing() == {sha: len(data)}
+    assert remote.url(sha) == f"s3://{BUCKET}/opts/{sha[:2]}/{sha[2:]}"
