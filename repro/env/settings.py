@@ -53,6 +53,14 @@ def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
     return settings
 
 
+# glibc malloc: keep freed memory in the process instead of returning it to the kernel (and
+# taking it back, page fault by page fault) at every step. Measured on the 2-core firecracker VMs
+# this project runs on: a fresh training process ran its first ~50 s at ~88 ms a step, then ~50
+# (the zoo LM); with these it runs at ~50 from the first step — a 750-step segment replay went
+# from 54 s to ~40. Allocation only: the numbers, and so the fingerprint, are unchanged.
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+
+
 def child_environment(settings: Mapping[str, str], pythonpath: list[str],
                       inherited: Mapping[str, str] | None = None, hash_seed: str = "0"
                       ) -> tuple[dict[str, str], list[str]]:
@@ -66,6 +74,7 @@ def child_environment(settings: Mapping[str, str], pythonpath: list[str],
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"   # the pinned tree is read-only
     env["TF_CPP_MIN_LOG_LEVEL"] = "1"
+    env.update(MALLOC_SETTINGS)
     return env, dropped
 
 
