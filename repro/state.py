@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from repro.treepath import flatten_with_paths
+from repro.treepath import flatten_with_paths, named_leaves
 
 KINDS = ("jax", "numpy", "numpy-scalar", "int", "bigint", "float", "complex", "bool", "str")
 
@@ -55,14 +55,7 @@ def encode_state(tree: object, what: str) -> list[tuple[LeafKind, np.ndarray]]:
     kept (a function, an arbitrary object)."""
     import jax
 
-    try:
-        flat = flatten_with_paths(tree)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
-    out = []
-    for path, leaf in flat:
-        out.append(_encode_leaf(path, leaf, what, jax.Array))
-    return out
+    return [_encode_leaf(path, leaf, what, jax.Array) for path, leaf in named_leaves(tree, what)]
 
 
 def _encode_leaf(path: str, leaf: object, what: str, jax_array: type) -> tuple[LeafKind, np.ndarray]:

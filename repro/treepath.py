@@ -34,6 +34,14 @@ def flatten_with_paths(tree: object) -> list[tuple[str, object]]:
     return out
 
 
+def named_leaves(tree: object, what: str) -> list[tuple[str, object]]:
+    """`flatten_with_paths`, its ValueError prefixed with `what` (the tree's name in errors)."""
+    try:
+        return flatten_with_paths(tree)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
 def numeric_leaves(tree: object, what: str) -> list[tuple[str, Any]]:
     """[(path, numpy array)] of a pytree whose every leaf must be a numeric array (bool, int,
     float, complex): what a record can store and compare. `what` names the tree in errors
@@ -41,12 +49,8 @@ def numeric_leaves(tree: object, what: str) -> list[tuple[str, Any]]:
     its type, or ValueError for two leaves of one path."""
     import numpy as np
 
-    try:
-        flat = flatten_with_paths(tree)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
     out = []
-    for path, leaf in flat:
+    for path, leaf in named_leaves(tree, what):
         try:
             arr = np.asarray(leaf)
         except Exception as exc:  # an object numpy cannot turn into an array at all
