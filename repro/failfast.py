@@ -61,8 +61,9 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
 
 
 @dataclass
-class _Reached:
-    """The record as far as a stopped run got (a `compare.Recorded`)."""
+class RecordView:
+    """Part of a record — as far as a stopped run got, a segment's steps — as a
+    `compare.Recorded`."""
 
     fingerprint: dict[str, Any]
     metrics: Mapping[str, MetricSeries]
@@ -86,7 +87,7 @@ def compare(rec: Recorded, result: RunResult, spec: Spec) -> Comparison:
         arrays = {k: a for k, a in rec.arrays.items()
                   if (k.startswith("grads/") and int(k.split("/")[1]) in kept)
                   or (k.startswith("checkpoints/") and int(k.split("/")[1]) in reached)}
-        recorded = _Reached(rec.fingerprint, metrics, arrays)
+        recorded = RecordView(rec.fingerprint, metrics, arrays)
         names = [n for n in (names if names is not None else sorted(set(metrics) | set(result.metrics)))
                  if n in metrics or n in result.metrics]
     return compare_run(recorded, result.metrics, result.arrays,

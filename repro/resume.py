@@ -21,6 +21,7 @@ from repro import pipeline
 from repro.compare import compare_run
 from repro.errors import ReproError, SpecError
 from repro.executor import Executor, LocalExecutor
+from repro.failfast import RecordView
 from repro.record import CHECKPOINTS, read_state
 from repro.result import RunResult
 from repro.segments import Loaded, Segment, load, replay_of, run_replays, window
@@ -83,7 +84,7 @@ def _judge(loaded: Loaded, options: pipeline.Options, k: int, nxt: int, restored
     run_m, _ = window(restored.metrics, {}, seg)
     rec_a = {f"{CHECKPOINTS}{nxt}/{p}": a for p, a in state_next.items()}
     run_a = {key: a for key, a in restored.arrays.items() if key.startswith(f"{CHECKPOINTS}{nxt}/")}
-    cmp = compare_run(_Side(rec.fingerprint, rec_m, rec_a), run_m, run_a,
+    cmp = compare_run(RecordView(rec.fingerprint, rec_m, rec_a), run_m, run_a,
                       tolerance={"mode": "exact"}, platform_key=restored.platform_key,
                       run_fingerprint=restored.fingerprint, metric_names=spec.record.metrics)
     for row in cmp.rows:
@@ -151,9 +152,3 @@ def _all_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 def _same(a: np.ndarray, b: np.ndarray | None) -> bool:
     return b is not None and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
-
-@dataclasses.dataclass
-class _Side:
-    fingerprint: dict[str, Any]
-    metrics: Any
-    arrays: Any

@@ -23,7 +23,7 @@ from repro import pipeline
 from repro.changes import changes_since_record
 from repro.errors import ReproError, SpecError
 from repro.executor import Executor, LocalExecutor
-from repro.failfast import compare
+from repro.failfast import RecordView, compare
 from repro.noise import annotate_spread, first_difference
 from repro.progress import Progress
 from repro.record import CHECKPOINTS, Record, RecordMeta, check_record, read_record, read_state, record_dir
@@ -213,13 +213,6 @@ def window(metrics: Mapping[str, Any], arrays: Mapping[str, Any], seg: Segment
     return out_m, out_a
 
 
-@dataclass
-class _Recorded:
-    fingerprint: dict[str, Any]
-    metrics: Mapping[str, Any]
-    arrays: Mapping[str, Any]
-
-
 @pipeline.timed
 def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = None, *,
                     executor: Executor | None = None, progress: Progress | None = None) -> Verdict:
@@ -270,7 +263,7 @@ def _judge(loaded: Loaded, options: pipeline.Options, chosen: list[Segment],
         run_m, run_a = window(result.metrics, result.arrays, seg)
         run = dataclasses.replace(result, metrics=run_m, arrays=run_a,
                                   grad_steps=[s for s in result.grad_steps if seg.has_step(s)])
-        cmp = compare(_Recorded(rec.fingerprint, rec_m, rec_a), run, spec)
+        cmp = compare(RecordView(rec.fingerprint, rec_m, rec_a), run, spec)
         annotate_spread(cmp.rows, rec.meta.noise)
         for row in cmp.rows:
             row.segment = seg.label

@@ -227,6 +227,17 @@ def train_does(project, code: str) -> None:
     project.repro("pin", str(project.spec), check_rc=0)
 
 
+def edit_train(project, old: str, new: str, message: str) -> None:
+    """Replace `old` by `new` in the tiny train.py (it must be there), commit, re-pin, commit."""
+    train = project.root / "tinyproj" / "train.py"
+    text = train.read_text()
+    assert old in text, old
+    train.write_text(text.replace(old, new))
+    project.commit(message)
+    project.repro("pin", str(project.spec), check_rc=0)
+    project.commit("pin")
+
+
 def lr_times(project, factor: str, setup: str = "", message: str = "change the lr") -> None:
     """Multiply the tiny training's lr by the expression `factor` (after `setup` lines at the
     start of train()), commit and re-pin: how tests make training depend on something."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import Project, build_project
+from conftest import Project, build_project, edit_train
 
 CK_TRAIN = '''
 import jax
@@ -72,16 +72,6 @@ def make_ck(root: Path) -> Project:
     p.repro("pin", str(p.spec), check_rc=0)
     p.commit("pin")
     return p
-
-
-def edit_train(p: Project, old: str, new: str, message: str) -> None:
-    train = p.root / "tinyproj" / "train.py"
-    text = train.read_text()
-    assert old in text, old
-    train.write_text(text.replace(old, new))
-    p.commit(message)
-    p.repro("pin", str(p.spec), check_rc=0)
-    p.commit("pin")
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import s3fs  # the `store` extra, in `dev`
-from test_checkpoints import edit_train, make_ck
+from test_checkpoints import make_ck
 
-from conftest import Project
+from conftest import Project, edit_train
 
 BUCKET = "repro-test"
 

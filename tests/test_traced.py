@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import Project, train_does  # noqa: F401  (train_does: shared helper)
+from conftest import Project, edit_train, train_does  # noqa: F401  (train_does: shared helper)
 from repro import pipeline
 from repro.variation import Variation
 from repro.verdict import Status
@@ -18,24 +18,15 @@ LOSS = "        return jnp.mean((h @ p[\"out\"][\"w\"] + p[\"out\"][\"b\"] - y) 
 HIDDEN = "        h = jnp.tanh(x @ p[\"hidden\"][\"w\"] + p[\"hidden\"][\"b\"])"
 
 
-def edit(project: Project, old: str, new: str, message: str) -> None:
-    path = project.root / "tinyproj" / "train.py"
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new))
-    project.commit(message)
-    project.repro("pin", str(project.spec), check_rc=0)
-
-
 def line_of(project: Project, fragment: str) -> str:
     lines = (project.root / "tinyproj" / "train.py").read_text().splitlines()
     return f"tinyproj/train.py:{next(i for i, t in enumerate(lines, 1) if fragment in t)}"
 
 
 def traced_record(project: Project, loss: str = LOSS) -> None:
-    edit(project, PLAIN_STEP, TRACED_STEP, "trace the step")
+    edit_train(project, PLAIN_STEP, TRACED_STEP, "trace the step")
     if loss != LOSS:
-        edit(project, LOSS, loss, "loss form")
+        edit_train(project, LOSS, loss, "loss form")
     v = pipeline.record(project.spec, FAST)
     assert v.status == Status.RECORDED, v.error + v.error_detail
 
@@ -44,7 +35,7 @@ def test_traced_gives_the_same_bits_and_an_untraced_spec_still_works(project):
     v = pipeline.record(project.spec, FAST)    # no ctx.traced anywhere
     assert v.status == Status.RECORDED, v.error
     assert json.loads((project.record_dir / "record.json").read_text())["traced"] is None
-    edit(project, PLAIN_STEP, TRACED_STEP, "trace the step")
+    edit_train(project, PLAIN_STEP, TRACED_STEP, "trace the step")
     v = pipeline.verify(project.spec, FAST)
     assert v.status == Status.PASS and v.bitwise, v.rows
     assert v.localisation is None and v.programs_unchanged is None
@@ -71,7 +62,7 @@ def test_traced_gives_the_same_bits_and_an_untraced_spec_still_works(project):
 
 def test_a_changed_constant_in_the_loss_is_localised_to_its_line(project):
     traced_record(project, LOSS.replace("return jnp.mean(", "return 0.5 * jnp.mean("))
-    edit(project, "return 0.5 * jnp.mean(", "return 0.7 * jnp.mean(", "another constant")
+    edit_train(project, "return 0.5 * jnp.mean(", "return 0.7 * jnp.mean(", "another constant")
     v = pipeline.verify(project.spec, FAST)
     assert v.status == Status.FAIL
     loc = v.localisation
@@ -90,7 +81,7 @@ def test_an_op_swapped_for_an_approximation_is_a_structural_difference_at_its_li
     approx = HIDDEN.replace("jnp.tanh(x @ p[\"hidden\"][\"w\"] + p[\"hidden\"][\"b\"])",
                             "x @ p[\"hidden\"][\"w\"] + p[\"hidden\"][\"b\"]\n"
                             "        h = h * (27 + h * h) / (27 + 9 * h * h)")
-    edit(project, HIDDEN, approx, "a rational tanh")
+    edit_train(project, HIDDEN, approx, "a rational tanh")
     v = pipeline.verify(project.spec, FAST)
     assert v.status == Status.FAIL
     loc = v.localisation
