@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repro.state import LeafKind, decode_state, encode_state
+
+if TYPE_CHECKING:
+    from repro.expect import ArrayExpectation
 
 
 class SegmentEnd(BaseException):
@@ -45,6 +48,7 @@ class Checkpoints:
         self.seconds = 0.0   # spent keeping states (waiting for them, encoding, writing)
         self._last: int | None = None
         self.on_restore: Callable[[int], None] | None = None   # ctx.traced's step offset
+        self.expect: ArrayExpectation | None = None   # fail-fast: the record's states (expect.py)
 
     @property
     def replaying(self) -> bool:
@@ -97,6 +101,11 @@ class Checkpoints:
         write_npz_atomic(self._out / f"{step}.npz", {k.path: a for k, a in encoded})
         self.layout[str(step)] = [k.as_list() for k, _ in encoded]
         self.seconds += time.perf_counter() - t0
+        if self.expect is not None:   # kept (the parent compares it), then checked
+            stop = self.expect.check("state", step, {k.path: a for k, a in encoded})
+            if stop is not None:
+                from repro.expect import Stopped
+                raise Stopped(stop)
         if end:
             raise SegmentEnd(step)
 

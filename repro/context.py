@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import jax
 
     from repro.checkpoint import Checkpoints
-    from repro.expect import Expectation
+    from repro.expect import ArrayExpectation, Expectation
     from repro.traced import Tracer
 
 
@@ -36,7 +36,8 @@ class Context:
     def __init__(self, *, seeds: Mapping[str, int], data: Mapping[str, str],
                  config: Mapping[str, Any], grad_steps: GradSchedule,
                  trace_steps: GradSchedule | None = None, tree: str = ".",
-                 expect: Expectation | None = None, checkpoints: Checkpoints | None = None):
+                 expect: Expectation | None = None, checkpoints: Checkpoints | None = None,
+                 expect_arrays: ArrayExpectation | None = None):
         self.seeds = dict(seeds)
         self.data = dict(data)
         self.config = dict(config)
@@ -48,6 +49,7 @@ class Context:
         self._tree = tree
         self.tracer: Tracer | None = None   # made by the first ctx.traced call
         self._expect = expect               # fail-fast: the record's trajectories (repro/expect.py)
+        self._expect_arrays = expect_arrays  # ... and its kept gradients and states
         self._checkpoints = checkpoints     # record.checkpoints and segment replay (checkpoint.py)
         if checkpoints is not None:
             checkpoints.on_restore = self._restored
@@ -112,6 +114,11 @@ class Context:
         if step in self.grads:
             raise ValueError(f"ctx.log_grads: gradients for step {step} were already logged")
         self.grads[step] = dict(numeric_leaves(grads, f"ctx.log_grads at step {step}"))
+        if self._expect_arrays is not None:   # fail-fast: kept, then checked against the record
+            stop = self._expect_arrays.check("grad", step, self.grads[step])
+            if stop is not None:
+                from repro.expect import Stopped
+                raise Stopped(stop)
 
 
     # -- checkpoints ----------------------------------------------------------------------------

@@ -6,9 +6,10 @@ tolerance a value must meet; `repro.expect` (child side) stops the run at the fi
 it. Only a sure failure stops a run: a value out of `atol + rtol * |recorded|` (any difference in
 `tolerance.mode: exact`). Under `auto` the final comparison may be bitwise (equal environments),
 so a difference within tolerance does not stop the run but still fails it at the end: fail-fast
-never turns a pass into a fail, it only ends a failing run sooner. Gradients are compared at the
-end as before (kept steps the run reached), and so are the states ctx.checkpoint kept; only
-metrics stop a run.
+never turns a pass into a fail, it only ends a failing run sooner. Kept gradients and the
+states ctx.checkpoint keeps are checked the same way when they arrive (the record's arrays for
+the run's window are copied next to it, up to EXPECTED_MAX_BYTES; steps beyond the cap are
+compared at the end only).
 
 `compare` judges a stopped run against the record truncated to what the run reached: each metric
 to the points the run logged, kept gradients and states to the steps it kept; final weights are
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from repro.verdict import Stop
 
@@ -33,14 +35,24 @@ if TYPE_CHECKING:
     from repro.spec import Spec
 
 
+EXPECTED_FILE = "expected.npz"      # in the run's out/: the record's arrays the child checks
+EXPECTED_MAX_BYTES = 256 << 20      # copied per run; later kept steps are compared at the end only
+
+
 def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
-              replay: Replay | None = None) -> Job:
+              replay: Replay | None = None, record_path: Path | None = None,
+              out: Path | None = None) -> Job:
     """`job` with the record's trajectories to check as it trains (unchanged when fail-fast is
     off or there is no record yet); a replayed segment checks the steps from its start to its
-    end, and ignores what the training logs before its start."""
-    if not on or recorded is None or not recorded.metrics:
+    end, and ignores what the training logs before its start. With the record's directory and
+    the run's out/, its kept gradients and states in that window are copied there as well."""
+    if not on or recorded is None:
         return job
     lo, hi = (replay.start, replay.stop_at) if replay is not None else (0, None)
+    if record_path is not None and out is not None:
+        job = _expect_arrays(job, spec, recorded, record_path, out, lo, hi)
+    if not recorded.metrics:
+        return job
     from repro.compare import resolve_tolerance
 
     tolerance = spec.canonical["tolerance"]
@@ -58,6 +70,62 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
             steps, values = [steps[i] for i in keep], [values[i] for i in keep]
         expect[n] = {"steps": steps, "values": values, "from": lo}
     return job.replace(expect=expect, expect_tolerance=tols)
+
+
+def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, out: Path,
+                   lo: int, hi: int | None) -> Job:
+    """Copy the record's kept gradients (steps in [lo, hi)) and states (steps in (lo, hi]) into
+    out/expected.npz for the child, earliest steps first, up to EXPECTED_MAX_BYTES. Raw .npy
+    bytes move from arrays.npz members and state blobs (re-hashed): no numpy, no decoding."""
+    import zipfile
+
+    from repro.compare import resolve_tolerance
+    from repro.record import ARRAYS_FILE, blob_store
+
+    # step -> [(member name, size, read)] for each kind
+    wanted: dict[tuple[int, str], list[tuple[str, int, Any]]] = {}
+    source = zipfile.ZipFile(directory / ARRAYS_FILE) if recorded.arrays else None
+    try:
+        for info in source.infolist() if source is not None else ():
+            parts = info.filename.split("/")
+            if parts[0] == "grads" and len(parts) >= 2:
+                step = int(parts[1].removesuffix(".npy"))
+                if step >= lo and (hi is None or step < hi):
+                    wanted.setdefault((step, "grad"), []).append(
+                        (info.filename, info.file_size, lambda n=info.filename, z=source: z.read(n)))
+        for step in (recorded.checkpoints.steps if recorded.checkpoints else ()):
+            if step > lo and (hi is None or step <= hi):
+                for leaf in recorded.checkpoints.leaves(step):   # type: ignore[union-attr]
+                    what = f"{directory}: state at step {step}, leaf {leaf.path}"
+                    wanted.setdefault((step, "state"), []).append(
+                        (f"checkpoints/{step}/{leaf.path}.npy", leaf.size,
+                         lambda leaf=leaf, what=what: blob_store(directory, leaf).get(leaf.sha256, what)))
+        steps: dict[str, list[int]] = {"grad": [], "state": []}
+        total = 0
+        with zipfile.ZipFile(out / EXPECTED_FILE, "w", zipfile.ZIP_STORED) as dest:
+            for (step, kind), members in sorted(wanted.items()):
+                size = sum(m[1] for m in members)
+                if total + size > EXPECTED_MAX_BYTES:
+                    break
+                total += size
+                steps[kind].append(step)
+                for name, _, read in members:
+                    dest.writestr(name, read())
+    finally:
+        if source is not None:
+            source.close()
+    if not steps["grad"] and not steps["state"]:
+        (out / EXPECTED_FILE).unlink()
+        return job
+    tolerance = spec.canonical["tolerance"]
+    exact = tolerance.get("mode", "auto") == "exact"
+    tols = {}
+    kinds: tuple[Literal["grad"], Literal["state"]] = ("grad", "state")
+    for kind in kinds:
+        t = resolve_tolerance(tolerance, kind, None, recorded.platform)
+        tols[kind] = [0.0, 0.0] if exact else [t["rtol"], t["atol"]]
+    return job.replace(expect_arrays={"file": EXPECTED_FILE, "grads": steps["grad"],
+                                      "states": steps["state"], "tolerance": tols})
 
 
 @dataclass

@@ -48,6 +48,8 @@ class Job:
     listing_order: str = "native"            # "reversed": directory listings reversed (calibrate)
     expect: Mapping[str, Any] | None = None  # fail-fast: metric -> the record's {steps, values}
     expect_tolerance: Mapping[str, Any] = field(default_factory=dict)  # metric -> [rtol, atol]
+    expect_arrays: Mapping[str, Any] | None = None  # fail-fast: {file (npz in out/), grads: [steps],
+    #                                                 states: [steps], tolerance: {grad, state}}
     checkpoints_every: int | None = None     # record.checkpoints: keep the state every N steps ...
     checkpoints_steps: tuple[int, ...] = ()  # ... and at these steps
     restore: Mapping[str, Any] | None = None  # replay: {step, file (npz), layout} for ctx.restore

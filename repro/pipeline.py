@@ -86,8 +86,7 @@ def prepare(spec: SpecRef, options: Options) -> Prepared:
 
 
 def make_job(prep: Prepared, options: Options) -> Job:
-    """The parent→child contract for one run of a prepared spec (paths as the host sees them;
-    a backend re-points them to its own view)."""
+    """The parent→child contract for one run (paths as the host sees them; a backend re-points them)."""
     spec, var = prep.spec, options.variation
     grads, environment = spec.record.grads, var.environment(spec.environment)
     cache = options.compile_cache if var.compile_cache is None else var.compile_cache
@@ -108,16 +107,17 @@ class Execution:
     image_ref: str | None
 
 
-def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None) -> Execution:
-    """Run the training function in a fresh child on the chosen backend and collect what it
-    wrote. `recorded` (verify) lets the docker backend accept an image rebuilt from recipe."""
+def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None, record_path: Path | None = None
+            ) -> Execution:
+    """Run the training function in a fresh child on the chosen backend and collect what it wrote. `recorded`
+    (verify) lets docker accept an image rebuilt from recipe; with `record_path`, fail-fast checks the run."""
     backend = options.backend_impl()
     env = backend.prepare(prep.spec, prep.repo_root, recorded, progress_lines(options.echo))
     run_dir = RunDir.create(prep.spec.name or "spec")
     try:
         write_restore(run_dir.out, options.replay)
         timeout, job = options.timeout or prep.spec.timeout, make_job(prep, options)
-        job = expecting(job, prep.spec, recorded, options.fail_fast, options.replay)
+        job = expecting(job, prep.spec, recorded, options.fail_fast, options.replay, record_path, run_dir.out)
         outcome = backend.run(job, run_dir, env, timeout=timeout, echo=options.echo)
         result = collect(run_dir.out, outcome, timeout=timeout, platform=options.platform)
         result.notes[:0] = env.notes
@@ -207,20 +207,20 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         prep = prepare(spec, options)
         name = spec.name or ""
         key = options.platform or options.backend_impl().expected_platform(spec)
-        recorded, loader = None, None
+        recorded, loader, directory = None, None, None
         if key:
             # a bad record is reported before training; arrays load while the child trains
             directory, recorded = check_record(record_dir(prep.repo_root, name, key,
                                                           options.records_root))
             loader = RecordLoader(directory)
-        done = execute(prep, options, recorded)
+        done = execute(prep, options, recorded, directory)
         rec = loader.result() if loader else read_record(
             record_dir(prep.repo_root, name, done.result.platform_key, options.records_root))
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
     v = judge(prep, rec, done.result, options)
     if v.status == Status.FAIL:  # nondeterministic or changed? run again (repro/confirm.py)
-        again: Callable[[], RunResult] = lambda: execute(prepare(spec, options), options, recorded).result
+        again: Callable[[], RunResult] = lambda: execute(prepare(spec, options), options, recorded, directory).result
         classify(v, spec, done.result, again, options.confirm, rec.meta.inputs, options.varied)
     return v
 

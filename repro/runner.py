@@ -179,15 +179,19 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                        traceback=_user_traceback(exc, tree)) from None
 
     from repro.checkpoint import Checkpoints, SegmentEnd, restore_spec
-    from repro.expect import Expectation, Stopped
+    from repro.expect import ArrayExpectation, Expectation, Stopped
     expect = None if job.expect is None else Expectation(job.expect, job.expect_tolerance)
+    expect_arrays = None if job.expect_arrays is None else ArrayExpectation(
+        str(run_dir / Path(str(job.expect_arrays["file"])).name), job.expect_arrays["grads"],
+        job.expect_arrays["states"], job.expect_arrays["tolerance"])
     checkpoints = Checkpoints(run_dir / "checkpoints",
                               GradSchedule(job.checkpoints_every, list(job.checkpoints_steps)).keeps,
                               restore_spec(job.restore, run_dir), job.stop_at)
+    checkpoints.expect = expect_arrays
     ctx = Context(seeds=job.seeds, data=job.data, config=job.config,
                   grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)),
                   trace_steps=None if job.trace_steps is None else GradSchedule(None, list(job.trace_steps)),
-                  tree=tree, expect=expect, checkpoints=checkpoints)
+                  tree=tree, expect=expect, checkpoints=checkpoints, expect_arrays=expect_arrays)
     t0 = time.perf_counter()
     stopped: dict[str, Any] | None = None
     ended_at: int | None = None
@@ -204,8 +208,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         raise _Failure(kind="user", type=type(exc).__name__, message=f"{type(exc).__name__}: {exc}",
                        traceback=_user_traceback(exc, tree)) from None
     result["timings"]["train_s"] = time.perf_counter() - t0
-    if expect is not None:
-        result["timings"]["failfast_s"] = expect.seconds
+    if expect is not None or expect_arrays is not None:
+        result["timings"]["failfast_s"] = sum(e.seconds for e in (expect, expect_arrays) if e is not None)
     result["inputs"] = watch.report()
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.

@@ -181,7 +181,7 @@ def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Rep
             # one at a time (an audit's spec): the slot the caller was given
             cpu = slot if executor.slots > 1 else options.cpu_slot
             return pipeline.execute(loaded.prep, dataclasses.replace(quiet, cpu_slot=cpu, replay=replay),
-                                    loaded.meta).result
+                                    loaded.meta, loaded.directory).result
         except ReproError as exc:
             return exc
     first = progress.add([f"segment [{r.start}, {'end]' if r.stop_at is None else f'{r.stop_at})'}"

@@ -166,6 +166,21 @@ def test_an_lr_change_after_step_300_fails_in_that_segment_only(ck_recorded, tmp
     assert not [q for q in bad if "[200, 300)" in q]
 
 
+def test_a_state_out_of_tolerance_stops_the_run_when_it_is_kept(ck_recorded, tmp_path):
+    """Fail-fast on checkpoints: the loss may drift (loose tolerance), the state kept at step
+    300 may not; a segment ending there stops on it as well."""
+    p = copy_of(ck_recorded, tmp_path)
+    p.edit_spec("record:", "tolerance:\n  metrics: {loss: {rtol: 1.0}}\nrecord:")
+    edit_train(p, "params, opt_state, loss, g = update(params, opt_state, x[idx], y[idx], 1.0)",
+               "params, opt_state, loss, g = update(params, opt_state, x[idx], y[idx], "
+               "1.0 + 1e-2 * (step > 260))", "lr up by 1% after step 260")
+    out = p.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=1).stdout
+    assert "stopped at step 300 of 399 (fail-fast): state opt/0/mu/" in out, out
+    seg = p.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "250-260", "-v",
+                  check_rc=1).stdout
+    assert "[200, 300) fail: " in seg and "stopped at step 300 (fail-fast)" in seg, seg
+
+
 def test_a_sample_is_seeded_and_reported_and_a_range_picks_its_segments(ck_recorded):
     a = ck_recorded.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "sample:1:7",
                           "-v", check_rc=0).stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import Project, build_project
@@ -98,3 +99,47 @@ def test_the_child_stops_only_on_a_sure_failure():
     assert "the record has step 0" in stop.value.info["why"]
     with pytest.raises(Stopped):
         ctx([1.0, 1.0]).log(0, loss=float("nan"))
+
+
+def test_a_gradient_out_of_tolerance_stops_the_run_when_it_is_kept(diverged, tmp_path):
+    """The loss may drift (its tolerance is loose here); the gradients kept at step 12 may not."""
+    p = Project(tmp_path / "proj")
+    shutil.copytree(diverged.root, p.root)
+    p.edit_spec("record:", "tolerance:\n  metrics: {loss: {rtol: 1.0}}\nrecord:")
+    p.commit("a loose loss tolerance")
+    out = p.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=1).stdout
+    assert "stopped at step 12 of 999 (fail-fast): grad " in out, out
+    assert "out of tolerance at element" in out
+    assert "first: metric loss at step 11" in out   # the final comparison is bitwise (same host)
+
+
+def test_the_child_checks_kept_arrays_only_on_a_sure_failure(tmp_path):
+    from repro.expect import ArrayExpectation
+
+    path = tmp_path / "expected.npz"
+    w = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    np.savez(path, **{"grads/4/w": w, "grads/4/n": np.array([3, 4]), "checkpoints/8/count": np.int32(8),
+                      "checkpoints/8/w": w})
+
+    def expect(tol):
+        return ArrayExpectation(str(path), [4], [8], {"grad": tol, "state": tol})
+    close = expect([1e-3, 0.0])
+    assert close.check("grad", 4, {"w": w * (1 + 1e-5), "n": np.array([3, 4])}) is None
+    assert close.check("grad", 5, {"w": w * 2}) is None          # a step not kept: not checked
+    stop = close.check("grad", 4, {"w": w * 1.01, "n": np.array([3, 4])})
+    assert stop and stop["quantity"] == "grad w" and stop["step"] == 4
+    assert "out of tolerance at element 0 (6 of 6 elements)" in stop["why"]
+    assert stop["recorded"] == -1.0 and stop["current"] == pytest.approx(-1.01)
+    assert "exact" in close.check("grad", 4, {"w": w, "n": np.array([3, 5])})["why"]   # ints: exact
+    assert close.check("grad", 4, {"w": w})["why"] == "is in the record but not in the run"
+    assert close.check("grad", 4, {"w": w, "n": np.array([3, 4]), "x": w})["quantity"] == "grad x"
+    assert "shape [3, 2]" in close.check("grad", 4, {"w": w.T, "n": np.array([3, 4])})["why"]
+    exact = expect([0.0, 0.0])
+    assert exact.check("state", 8, {"count": np.int32(8), "w": w}) is None
+    stop = exact.check("state", 8, {"count": np.int32(8), "w": np.nextafter(w, np.float32(2))})
+    assert stop and stop["quantity"] == "state w" and "not bitwise equal" in stop["why"]
+    assert "dtype int64" in exact.check("state", 8, {"count": np.int64(8), "w": w})["why"]
+    nan = np.full((2, 3), np.nan, np.float32)
+    np.savez(path, **{"grads/4/w": nan})
+    assert expect([0.0, 0.0]).check("grad", 4, {"w": nan}) is None   # equal NaNs agree
+    assert expect([1e-3, 0.0]).check("grad", 4, {"w": w}) is not None
