@@ -340,6 +340,47 @@ def _store_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_store_verify)
 
 
+def cmd_init(ns: argparse.Namespace) -> int:
+    import yaml
+
+    from repro.init import InitRequest, init
+    from repro.pipeline import Options
+    from repro.report import render
+
+    def pairs(items: list[str], flag: str) -> dict[str, str]:
+        out = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ReproError(f"{flag} {item!r}: expected NAME=VALUE")
+            out[key] = value
+        return out
+    seeds = {}
+    for key, value in pairs(ns.seed, "--seed").items():
+        if not value.isdigit():
+            raise ReproError(f"--seed {key}={value}: a seed is a non-negative integer")
+        seeds[key] = int(value)
+    config = {k: yaml.safe_load(v) for k, v in pairs(ns.config, "--config").items()}
+    echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
+    request = InitRequest(entrypoint=ns.entrypoint, name=ns.name,
+                          spec_path=Path(ns.spec) if ns.spec else None,
+                          data=pairs(ns.data, "--data"), seeds=seeds, config=config, runs=ns.runs)
+    result = init(request, Options(echo=echo))
+    print(f"repro init: {result.spec_path}")
+    for c in result.choices:
+        print(f"  {c.key}: {c.value}\n      {c.why}")
+    assert result.record is not None
+    print(render(result.record), end="")
+    if not result.ok:
+        print("repro init: nothing recorded, the spec was removed again; fix the cause above and "
+              "run repro init again", file=sys.stderr)
+        return max(result.record.exit_code, EXIT_ERROR)
+    print("Next:")
+    for line in result.next_steps:
+        print(f"  {line}")
+    return EXIT_OK
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     import json
 
@@ -527,6 +568,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="list every failing quantity")
     _no_progress(p)
     p.set_defaults(func=cmd_bisect)
+    p = sub.add_parser("init", help="write a spec for a training function with its pins filled, "
+                       "record it and print what to add to CI (docs/init.md)")
+    p.add_argument("--entrypoint", required=True, metavar="MODULE:FUNCTION",
+                   help="the training function, train(ctx), in this git repository")
+    p.add_argument("--name", help="the spec's name (default: from the entrypoint)")
+    p.add_argument("--spec", metavar="PATH", help="where to write it, relative to the repository "
+                   "root (default: specs/NAME.yaml); never overwritten")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                   help="a data file or directory the training reads (repeatable); hashed")
+    p.add_argument("--seed", action="append", default=[], metavar="NAME=INT",
+                   help="a named seed (ctx.key(NAME), ctx.seed(NAME)); repeatable")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config entry (ctx.config[KEY]; VALUE read as YAML); repeatable")
+    p.add_argument("--runs", type=_positive(int), metavar="N", help="record.runs: trainings "
+                   "that must agree (default 2)")
+    p.add_argument("--stream", dest="stream", action="store_true", default=None,
+                   help="show the training output as it runs (default: on a terminal)")
+    p.add_argument("--no-stream", dest="stream", action="store_false")
+    p.set_defaults(func=cmd_init)
     p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_hash)

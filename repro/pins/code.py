@@ -51,6 +51,8 @@ def git(args: list[str], cwd: Path | str, *, check: bool = True, text: bool = Tr
         proc = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=stdout,
                               stderr=subprocess.PIPE, text=text)
     except FileNotFoundError:
+        if not Path(cwd).is_dir():   # the same exception: say which one it is
+            raise CodePinError(f"{cwd} does not exist (git was to run there)") from None
         raise CodePinError("git is not installed; repro needs git to read code pins") from None
     if check and proc.returncode != 0:
         err = proc.stderr if text else proc.stderr.decode(errors="replace")

@@ -1,0 +1,66 @@
+"""`repro init` (docs/init.md): from a training function in a fresh repository to a spec and a
+record that `pytest specs/` passes, in one command. Real git repository, real runs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import TRAIN_PY, Project, git, write_data
+
+INIT = ("init", "--entrypoint", "tinyproj.train:train", "--data", "xy=data/xy.npz",
+        "--seed", "params=0", "--config", "lr=0.05", "--config", "steps=12")
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Project:
+    """A new repository holding a new training function and its data: no spec, no record."""
+    root = tmp_path_factory.mktemp("init") / "proj"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    p = Project(root)
+    p.write("tinyproj/__init__.py", "")
+    p.write("tinyproj/train.py", textwrap.dedent(TRAIN_PY))
+    p.data.parent.mkdir()
+    write_data(p.data)
+    p.commit("a training function")
+    return p
+
+
+def test_init_writes_records_and_pytest_specs_passes(fresh):
+    out = fresh.repro(*INIT, "--no-stream", check_rc=0).stdout
+    spec = fresh.root / "specs" / "tinyproj-train.yaml"
+    text = spec.read_text()
+    head = git(fresh.root, "rev-parse", "HEAD")
+    assert f"commit: {head}" in text and "entrypoint: tinyproj.train:train" in text
+    assert "#   record.grads: steps [0, 5, 11] — the function logs gradients" in text, text
+    assert "#   data.xy: data/xy.npz sha256" in text
+    assert "record.metrics: loss" in out and "record.runs: 2" in out
+    assert "RECORDED tinyproj-train" in out, out
+    assert "git add specs/tinyproj-train.yaml fixtures/records/tinyproj-train" in out
+    assert "python -m pytest specs/" in out
+    assert (fresh.root / "fixtures" / "records" / "tinyproj-train" / "cpu" / "record.json").is_file()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "specs/", "-q", "-p", "no:cacheprovider"],
+                          cwd=fresh.root, text=True, capture_output=True)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
+    again = fresh.repro(*INIT, check_rc=2)          # refuses to overwrite; the spec is unchanged
+    assert "never overwrites a spec" in again.stderr
+    assert spec.read_text() == text
+
+
+def test_init_refuses_code_the_pin_would_not_hold_and_leaves_nothing(fresh):
+    fresh.write("tinyproj/other.py", "def train(ctx):\n    return {}\n")
+    bad = fresh.repro("init", "--entrypoint", "tinyproj.other:train", check_rc=2)
+    assert "tinyproj/other.py exists but is not committed" in bad.stderr, bad.stderr
+    (fresh.root / "tinyproj" / "other.py").unlink()
+    noseed = fresh.repro("init", "--entrypoint", "tinyproj.train:train", "--name", "noseed",
+                         "--data", "xy=data/xy.npz", "--config", "lr=0.05", "--config", "steps=3",
+                         "--no-stream", check_rc=2)
+    assert "the probe run of tinyproj.train:train failed; nothing was written" in noseed.stderr
+    assert "seed 'params' is not in the spec's seeds" in noseed.stderr, noseed.stderr
+    assert not (fresh.root / "specs" / "noseed.yaml").exists()
+    outside = fresh.repro("init", "--entrypoint", "tinyproj.train:train", "--name", "o",
+                          "--data", "xy=../xy.npz", check_rc=2)
+    assert "leaves the repository" in outside.stderr
