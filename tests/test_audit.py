@@ -110,7 +110,8 @@ def test_interrupt_kills_every_child_and_writes_a_partial_report(audited, tmp_pa
     assert alive(children) == []
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["complete"] is False
-    assert all(r["status"] == "error" and "interrupted" in r["error"] for r in doc["results"])
+    assert all(r["status"] == "error" and "interrupted" in r["error"] for r in doc["results"]), \
+        [(r["status"], r.get("error")) for r in doc["results"]]   # what it was, if it flakes
     assert report.exists() and "incomplete" in report.read_text().lower()
 
 
