@@ -36,7 +36,8 @@ def flatten_with_paths(tree: object) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     seen: set[str] = set()
     for keys, leaf in leaves:
-        path = "/".join(key_to_str(k) for i, k in enumerate(keys) if (keys[:i], k) not in wrappers)
+        path = "/".join(key_to_str(k) for i, k in enumerate(keys)
+                        if not wrappers or (keys[:i], k) not in wrappers)
         if path in seen:
             raise ValueError(f"two pytree leaves share the path {path!r}; rename the keys")
         seen.add(path)
