@@ -68,12 +68,16 @@ def test_flax_leaves_are_named_like_the_model_not_like_its_wrappers():
     (key,) = [a for p, a in numeric_leaves(nnx.state(model, nnx.RngKey), "keys")]
     assert key.dtype == np.uint32 and key.shape == (2,)
 
-    # Linen: FrozenDict variables, and a flax.struct dataclass holding them
-    variables = freeze(nn.Sequential([nn.Dense(4), nn.Dense(2)]).init(jax.random.PRNGKey(0),
-                                                                        jnp.ones((1, 3))))
-    assert [p for p, _ in flatten_with_paths(variables)] == [
-        "params/layers_0/bias", "params/layers_0/kernel", "params/layers_1/bias",
-        "params/layers_1/kernel"]
+    # Linen: FrozenDict variables (auto-named submodules), and a flax.struct dataclass
+    class Linen(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(nn.relu(nn.Dense(4)(x)))
+
+    variables = freeze(Linen().init(jax.random.PRNGKey(0), jnp.ones((1, 3))))
+    assert [p for p, _ in numeric_leaves(variables, "linen")] == [
+        "params/Dense_0/bias", "params/Dense_0/kernel", "params/Dense_1/bias",
+        "params/Dense_1/kernel"]
 
     @struct.dataclass
     class TrainState:
