@@ -12,6 +12,12 @@ becomes one numpy array plus a *kind* that says how to give it back exactly:
                 two's-complement bytes as uint8, at least 32 of them)
   float, complex, bool   Python scalars (float64, complex128, bool_)
   str           a Python str (its UTF-8 bytes as uint8)
+  key:<impl>    a typed jax PRNG key array (`jax.random.key`, the keys of Flax's nnx.Rngs): its
+                uint32 key data, given back with `jax.random.wrap_key_data(data, impl=<impl>)`
+
+Flax state needs nothing more: nnx.State, nnx.Variable (Param, RngCount, RngKey, ...), Linen's
+FrozenDict and flax.struct dataclasses are pytree nodes, named by `repro.treepath` and rebuilt
+from the template like any other node.
 
 Restoring takes its structure from the state the training function passes to `ctx.restore`
 (the template), so namedtuples, custom nodes and dict order come back as the function builds
@@ -26,9 +32,20 @@ from typing import Any
 
 import numpy as np
 
-from repro.treepath import flatten_with_paths, named_leaves
+from repro.treepath import flatten_with_paths, named_leaves, prng_key_data
 
 KINDS = ("jax", "numpy", "numpy-scalar", "int", "bigint", "float", "complex", "bool", "str")
+KEY_KIND = "key:"   # + the PRNG implementation's name (threefry2x32, rbg, unsafe_rbg, ...)
+
+
+def known_kind(kind: object) -> bool:
+    """A kind `decode_leaf` can give back: one of KINDS, or ``key:<implementation name>``."""
+    if not isinstance(kind, str):
+        return False
+    if kind.startswith(KEY_KIND):
+        impl = kind[len(KEY_KIND):]
+        return bool(impl) and impl.replace("_", "").isalnum() and impl.isascii()
+    return kind in KINDS
 
 
 @dataclass(frozen=True)
@@ -45,7 +62,7 @@ class LeafKind:
     @classmethod
     def from_list(cls, item: Sequence[Any]) -> LeafKind:
         path, kind, weak = item
-        if not isinstance(path, str) or kind not in KINDS or not isinstance(weak, bool):
+        if not isinstance(path, str) or not known_kind(kind) or not isinstance(weak, bool):
             raise ValueError(f"not a state leaf description: {item!r}")
         return cls(path, kind, weak)
 
@@ -59,7 +76,11 @@ def encode_state(tree: object, what: str) -> list[tuple[LeafKind, np.ndarray]]:
 
 
 def _encode_leaf(path: str, leaf: object, what: str, jax_array: type) -> tuple[LeafKind, np.ndarray]:
-    if isinstance(leaf, jax_array):
+    typed = prng_key_data(leaf) if isinstance(leaf, jax_array) else None
+    if typed is not None:
+        impl, arr = typed
+        kind, weak = KEY_KIND + impl, False
+    elif isinstance(leaf, jax_array):
         arr = np.asarray(leaf)
         kind, weak = "jax", bool(getattr(leaf, "weak_type", False))
     elif isinstance(leaf, np.ndarray):
@@ -94,6 +115,11 @@ def _encode_leaf(path: str, leaf: object, what: str, jax_array: type) -> tuple[L
 def decode_leaf(kind: LeafKind, arr: np.ndarray) -> object:
     """The leaf `encode_state` turned into (kind, arr), as it was."""
     k = kind.kind
+    if k.startswith(KEY_KIND):
+        import jax
+        import jax.numpy as jnp
+
+        return jax.random.wrap_key_data(jnp.asarray(arr), impl=k[len(KEY_KIND):])
     if k == "jax":
         import jax.numpy as jnp
 
