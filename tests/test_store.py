@@ -130,7 +130,7 @@ from repro.remote import RemoteConfig
 from repro.store import machine_store
 
 shas = [s for s in machine_store().shas()]
-refs = [BlobRef(s, machine_store().path(s).stat().st_size, "store", Path("."), 0, f"leaf{i}")
+refs = [BlobRef(s, machine_store().path(s).stat().st_size, "store", Path("."), f"leaf{i}")
         for i, s in enumerate(shas)]
 out = push(Project(RemoteConfig(sys.argv[1]), refs, Path(".")), jobs=int(sys.argv[2]))
 print(out.done, out.skipped, out.exit_code)
