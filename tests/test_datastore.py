@@ -71,9 +71,6 @@ def test_record_arrays_and_data_only_in_s3_verify_on_a_fresh_cache(wide, s3_serv
     assert not wide.data.exists()                             # the working tree is untouched
     out = wide.repro("store", "verify", "--remote", check_rc=0).stdout
     assert "re-hashed 1 of 1 blobs" in out and "; ok" in out, out
-    # a second verify uses the cached copies (the data URL need not answer)
-    s3().rm_file(f"{BUCKET}/data/xy.npz")
-    assert "PASS tiny" in wide.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
 
 
 def test_a_corrupt_array_blob_or_wrong_data_at_the_url_is_named_and_never_used(
@@ -97,7 +94,9 @@ def test_a_corrupt_array_blob_or_wrong_data_at_the_url_is_named_and_never_used(
     for text in (f"blob {sha} at s3://{key} is corrupt", actual, "the array weights/emb", "not used"):
         assert text in out, (text, out)
     assert not (cache / "store" / sha[:2] / sha[2:]).exists()
-    # the local copy damaged after a good fetch: a verify names it and does not use it
+    # the local copy damaged after a good fetch: a verify names it and does not use it (and
+    # uses the data fetched by the first verify: the URL need not answer any more)
+    fs.rm_file(f"{BUCKET}/data/xy.npz")
     fs.pipe_file(key, recorded_blob)
     wide.repro("pull", check_rc=0)
     stored = cache / "store" / sha[:2] / sha[2:]
@@ -204,6 +203,10 @@ def test_transient_failures_are_retried_and_a_cut_download_is_never_used(wide, h
     sha = hashlib.sha256(data).hexdigest()
     assert (cache / "data" / sha / "xy.npz").read_bytes() == data
     assert not [f for f in (cache / "store").rglob(".tmp-*")]     # the cut copy was not kept
+    # `repro pin` keeps the sha256 of an entry fetched by URL (its path is absent)
+    pinned = wide.spec.read_text().split("sha256: ")[1].split()[0]
+    wide.repro("pin", "specs/tiny.yaml", check_rc=0)
+    assert f"sha256: {pinned}" in wide.spec.read_text() and pinned == sha
     # a missing file is not retried: one try (HEAD, then fsspec's GET), named
     add_url(wide, f"{base}/nothing.npz")
     fresh_cache(monkeypatch, tmp_path, "cache-2")
@@ -211,3 +214,16 @@ def test_transient_failures_are_retried_and_a_cut_download_is_never_used(wide, h
     out = wide.repro("run", "specs/tiny.yaml", "--no-stream", check_rc=2).stdout
     assert "data 'xy'" in out and "no file at that URL" in out and f"{base}/nothing.npz" in out, out
     assert len(handler.seen) <= 2, handler.seen     # HEAD, GET: no second attempt
+
+
+def test_a_url_that_names_a_directory_is_refused(tmp_path, monkeypatch):
+    from repro.errors import DataPinError
+    from repro.pins.fetch import fetch_data
+
+    fresh_cache(monkeypatch, tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"png")
+    with pytest.raises(DataPinError, match="names a directory, not a file; only single files"):
+        fetch_data("images", "data/images", "0" * 64, (tmp_path / "images").as_uri(), tmp_path)
+    with pytest.raises(DataPinError, match="needs its sha256"):
+        fetch_data("images", "data/images", None, (tmp_path / "images").as_uri(), tmp_path)
