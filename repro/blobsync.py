@@ -1,8 +1,9 @@
 """Moving blobs between this machine and a project's remote (docs/store.md): `repro push`,
 `repro pull`, `repro store verify`, and the fetch a verify does before anything trains.
 
-The blobs of a spec are the ones its records point to (record.json's checkpoint leaves): small
-ones live in the record's `blobs/` (git), large ones in the machine's store. A push sends every
+The blobs of a spec are the ones its records point to (record.json's checkpoint leaves and its
+arrays over 1 MiB, repro/recordblobs.py): small ones live in the record's `blobs/` (git), large
+ones in the machine's store. A push sends every
 one the remote lacks (by name and size: a push killed part-way, re-run, sends only the rest); a
 pull fetches the large ones this machine lacks, each re-hashed before it is renamed into place.
 Transfers and hashing run in a thread pool (hashlib and the network release the GIL).
@@ -16,35 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from repro.errors import StoreError
+from repro.recordblobs import BlobRef, blob_refs
 from repro.remote import CorruptBlob, Remote, RemoteConfig, find_remote_config, remote_config
 from repro.store import BlobStore, hash_file, machine_store
 
-if TYPE_CHECKING:
-    from repro.record import CheckpointLeaf
-
 JOBS = 8   # transfers at a time: the network waits, it does not take a core
-
-
-@dataclass(frozen=True)
-class BlobRef:
-    """One blob a record points to, and the first place that names it (for messages)."""
-
-    sha256: str
-    size: int
-    place: str            # "record" (the record's blobs/, in git) or "store" (the machine's)
-    record: Path
-    step: int
-    leaf: str
-
-    def local(self) -> BlobStore:
-        from repro.record import BLOBS_DIR
-        return BlobStore(self.record / BLOBS_DIR) if self.place == "record" else machine_store()
-
-    def named(self) -> str:
-        return f"blob {self.sha256} ({self.size:,} bytes; {self.record}: step {self.step}, leaf {self.leaf})"
 
 
 @dataclass
@@ -126,12 +105,8 @@ def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Pr
             if d.name.startswith(".") or not (d / "record.json").is_file():
                 continue
             directory, meta = check_record(d, blobs=False)
-            if meta.checkpoints is None:
-                continue
-            for step in meta.checkpoints.steps:
-                for leaf in meta.checkpoints.leaves(step):
-                    proj.blobs.append(BlobRef(leaf.sha256, leaf.size, leaf.place, directory,
-                                              step, leaf.path))
+            assert meta.arrays is not None   # check_record made sure
+            proj.blobs += blob_refs(directory, meta.checkpoints, meta.arrays.index)
     return list(by_root.values())
 
 
@@ -227,20 +202,20 @@ def fetch(remote: Remote, blobs: Sequence[BlobRef], store: BlobStore, jobs: int 
     return problems
 
 
-def fetch_missing(directory: Path, leaves: Sequence[tuple[int, CheckpointLeaf]]) -> None:
-    """Before a verify trains: fetch the record's missing store blobs from the remote its
-    repository names (re-hashed before use). StoreError naming the blob, step and leaf when
-    there is no remote, the remote lacks it, or its copy is corrupt."""
-    refs = _unique(BlobRef(leaf.sha256, leaf.size, leaf.place, directory, step, leaf.path)
-                   for step, leaf in leaves)
+def fetch_missing(directory: Path, refs: Sequence[BlobRef]) -> None:
+    """Before a verify trains: fetch the record's missing store blobs (kept states' leaves,
+    large arrays) from the remote its repository names (re-hashed before use). StoreError naming
+    the blob and what needs it when there is no remote, the remote lacks it, or its copy is
+    corrupt."""
+    refs = _unique(refs)
     config = find_remote_config(directory)
     if config is None:
         b = refs[0]
-        raise StoreError(f"{directory}: the state kept at step {b.step}, leaf {b.leaf} (blob "
-                         f"{b.sha256[:12]}…, {b.size:,} bytes) is missing from this machine's "
-                         f"store {machine_store().root} (blobs over 1 MiB stay out of git) and no "
-                         "store remote is configured: run `repro pull` where `[tool.repro] store` "
-                         "names the remote that has it, or record again here")
+        raise StoreError(f"{directory}: {b.what} (blob {b.sha256[:12]}…, {b.size:,} bytes) is "
+                         f"missing from this machine's store {machine_store().root} (blobs over "
+                         "1 MiB stay out of git) and no store remote is configured: run `repro "
+                         "pull` where `[tool.repro] store` names the remote that has it, or record "
+                         "again here")
     problems = fetch(Remote(config), refs, machine_store())
     if problems:
         p = problems[0]

@@ -25,7 +25,7 @@ from repro.localise import attach_traces
 from repro.noise import annotate_spread, describe, noise_floor
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
-from repro.pins.data import verify_data
+from repro.pins.fetch import resolve_data
 from repro.record import Record, RecordLoader, RecordMeta, check_record, read_record, record_dir, write_record
 from repro.replay import Replay, checkpoint_job, write_restore
 from repro.result import RunResult, check_recordable, collect, record_meta
@@ -77,11 +77,11 @@ def as_spec(spec: SpecRef) -> Spec:
 
 
 def prepare(spec: SpecRef, options: Options) -> Prepared:
-    """Check every pin before anything runs: spec, code commit, data hashes."""
+    """Check every pin before anything runs: spec, code commit, data hashes (or data by URL)."""
     spec = as_spec(spec)
     root = repo_root(spec.path or Path.cwd())
     code = resolve_code(spec, root, options.code)
-    data = verify_data({n: (e.path, e.sha256) for n, e in spec.data.items()}, root)
+    data = resolve_data(spec.data, root)   # data by URL fetched by sha256 (pins/fetch.py)
     return Prepared(spec, root, code, data)
 
 

@@ -1,4 +1,5 @@
-"""Recorded versions: `fixtures/records/<spec name>/<platform key>/{record.json, arrays.npz}`.
+"""Recorded versions: `fixtures/records/<spec name>/<platform key>/{record.json, arrays.npz}`
+(+ `blobs/`; kept states and arrays over 1 MiB are sha256 pointers: repro/recordblobs.py).
 
 A record is written as a whole directory next to its final place and swapped in with one atomic
 `renameat2(RENAME_EXCHANGE)` (Linux), so a reader — or a writer killed at any instant — sees the
@@ -22,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from typing_extensions import TypedDict
@@ -30,6 +31,16 @@ from typing_extensions import TypedDict
 from repro.errors import RecordError
 from repro.ioutil import fsync_dir, open_regular, read_npz, write_json_atomic, write_npz_atomic
 from repro.pins.data import sha256_file
+from repro.recordblobs import (
+    CHECKPOINTS,
+    ArrayEntry,
+    CheckpointsInfo,
+    check_blobs,
+    read_large_arrays,
+    read_leaves,
+    store_large_arrays,
+    write_state_blobs,
+)
 
 if TYPE_CHECKING:
     from repro.state import LeafKind
@@ -37,8 +48,6 @@ if TYPE_CHECKING:
 RECORD_FORMAT = 1
 RECORDS_DIR = Path("fixtures") / "records"
 ARRAYS_FILE = "arrays.npz"
-BLOBS_DIR = "blobs"             # the record's own content-addressed blobs (checkpoints, in git)
-CHECKPOINTS = "checkpoints/"    # array keys of kept states: checkpoints/<step>/<leaf path>
 # A spec name or platform key becomes one directory name under the records root: nothing else.
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -88,11 +97,6 @@ class ImagePackages(_Part):
     sha256: str
     count: int
     list: list[str]
-
-
-class ArrayEntry(_Part):
-    shape: list[int]
-    dtype: str
 
 
 class ArraysIndex(_Part):
@@ -153,31 +157,6 @@ class TraceInfo(_Part):
 
     functions: list[TracedFunction] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)
-
-
-class CheckpointLeaf(_Part):
-    """One leaf of a kept state: how to give it back (kind, weak) and its blob (sha256 of its
-    .npy bytes, their size) in the record's `blobs/` (place "record", in git) or the machine's
-    store (place "store", too large for git)."""
-
-    path: str
-    kind: str
-    weak: bool
-    sha256: str
-    size: int
-    dtype: str
-    shape: list[int]
-    place: Literal["record", "store"]
-
-
-class CheckpointsInfo(_Part):
-    """The states ctx.checkpoint kept, by step (docs/checkpoints.md)."""
-
-    steps: list[int]
-    states: dict[str, list[CheckpointLeaf]]
-
-    def leaves(self, step: int) -> list[CheckpointLeaf]:
-        return self.states[str(step)]
 
 
 class RecordMeta(_Part):
@@ -288,11 +267,10 @@ def _write_locked(directory: Path, meta: RecordMeta, arrays: dict[str, Any],
         states = {k: v for k, v in arrays.items() if k.startswith(CHECKPOINTS)}
         arrays = {k: v for k, v in arrays.items() if not k.startswith(CHECKPOINTS)}
         if checkpoints:
-            meta = meta.model_copy(update={"checkpoints": _write_blobs(staging, states, checkpoints)})
-        write_npz_atomic(staging / ARRAYS_FILE, arrays)
-        index = ArraysIndex(file=ARRAYS_FILE, sha256=sha256_file(staging / ARRAYS_FILE),
-                            index={k: ArrayEntry(shape=list(v.shape), dtype=str(v.dtype))
-                                   for k, v in sorted(arrays.items())})
+            meta = meta.model_copy(update={"checkpoints": write_state_blobs(staging, states, checkpoints)})
+        entries = store_large_arrays(arrays)   # arrays over GIT_BLOB_MAX: blobs in the store
+        write_npz_atomic(staging / ARRAYS_FILE, {k: v for k, v in arrays.items() if entries[k].sha256 is None})
+        index = ArraysIndex(file=ARRAYS_FILE, sha256=sha256_file(staging / ARRAYS_FILE), index=entries)
         meta = meta.model_copy(update={"format": RECORD_FORMAT, "arrays": index, "checksum": None})
         doc = meta.to_json()
         doc["checksum"] = record_checksum(doc)
@@ -313,54 +291,11 @@ def _write_locked(directory: Path, meta: RecordMeta, arrays: dict[str, Any],
     return directory
 
 
-def _write_blobs(staging: Path, states: dict[str, Any],
-                 checkpoints: dict[int, list[LeafKind]]) -> CheckpointsInfo:
-    """Each kept leaf as a blob: in the record's blobs/ (git) up to GIT_BLOB_MAX, else in the
-    machine's store. Equal leaves (a frozen layer, the runs of a noise floor) are one blob."""
-    from repro.store import GIT_BLOB_MAX, BlobStore, array_bytes, machine_store
-
-    own, machine = BlobStore(staging / BLOBS_DIR), None
-    out: dict[str, list[CheckpointLeaf]] = {}
-    for step in sorted(checkpoints):
-        leaves = []
-        for kind in checkpoints[step]:
-            arr = states[f"{CHECKPOINTS}{step}/{kind.path}"]
-            data = array_bytes(arr)
-            place: Literal["record", "store"] = "record"
-            if len(data) <= GIT_BLOB_MAX:
-                sha = own.put(data)
-            else:
-                machine = machine or machine_store()
-                place, sha = "store", machine.put(data)
-            leaves.append(CheckpointLeaf(path=kind.path, kind=kind.kind, weak=kind.weak, sha256=sha,
-                                         size=len(data), dtype=str(arr.dtype),
-                                         shape=list(arr.shape), place=place))
-        out[str(step)] = leaves
-    if (staging / BLOBS_DIR).exists():
-        for d in [staging / BLOBS_DIR, *(staging / BLOBS_DIR).iterdir()]:
-            os.chmod(d, 0o755)
-    return CheckpointsInfo(steps=sorted(checkpoints), states=out)
-
-
-def blob_store(directory: Path, leaf: CheckpointLeaf) -> Any:
-    """Where a kept leaf's blob lives: the record's blobs/ or the machine's store."""
-    from repro.store import BlobStore, machine_store
-
-    return BlobStore(directory / BLOBS_DIR) if leaf.place == "record" else machine_store()
-
-
 def read_state(directory: Path, meta: RecordMeta, step: int) -> dict[str, Any]:
     """The state kept at `step`, leaf path -> array, every blob re-hashed (RecordError naming
     the step and leaf of a missing or damaged one)."""
-    from repro.store import bytes_array
-
     assert meta.checkpoints is not None
-    out = {}
-    for leaf in meta.checkpoints.leaves(step):
-        store = blob_store(directory, leaf)
-        out[leaf.path] = bytes_array(store.get(leaf.sha256, f"{directory}: state at step {step}, "
-                                                               f"leaf {leaf.path}"))
-    return out
+    return read_leaves(directory, meta.checkpoints, step)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -385,7 +320,8 @@ def _clean_leftovers(directory: Path) -> None:
 def check_record(directory: Path, blobs: bool = True) -> tuple[Path, RecordMeta]:
     """Find a record and check it without loading arrays (no numpy): record.json parses, is of
     this format and shape, and the arrays file has the sha256 it names; with `blobs`, every
-    kept state's blob is here (missing store blobs fetched from the remote, _check_blobs)."""
+    blob it points to (kept states, large arrays) is here (missing store blobs fetched from the
+    remote: recordblobs.check_blobs)."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -428,32 +364,8 @@ def check_record(directory: Path, blobs: bool = True) -> tuple[Path, RecordMeta]
                           f"record.json expects {meta.arrays.sha256}; restore it from git "
                           "(`git checkout -- <path>`) or record again")
     if blobs:
-        _check_blobs(directory, meta)
+        check_blobs(directory, meta.checkpoints, meta.arrays.index)
     return directory, meta
-
-
-def _check_blobs(directory: Path, meta: RecordMeta) -> None:
-    """Every kept state's blob is where record.json says (its hash is checked when read): a
-    missing one is named before any training time is spent. Store blobs missing here are
-    fetched first from the remote the repository names (repro/blobsync.py; fsspec is imported
-    only then), each re-hashed before use."""
-    if meta.checkpoints is None:
-        return
-    absent: list[tuple[int, CheckpointLeaf]] = []
-    for step in meta.checkpoints.steps:
-        for leaf in meta.checkpoints.leaves(step):
-            store = blob_store(directory, leaf)
-            if store.has(leaf.sha256):
-                continue
-            if leaf.place == "store":
-                absent.append((step, leaf))
-                continue
-            raise RecordError(f"{directory}: the state kept at step {step}, leaf {leaf.path} "
-                              f"(blob {leaf.sha256[:12]}…, {leaf.size:,} bytes) is missing "
-                              "from the record's blobs/ directory: restore it from git")
-    if absent:
-        from repro.blobsync import fetch_missing
-        fetch_missing(directory, absent)
 
 
 def read_record(directory: Path, states: bool = True) -> Record:
@@ -467,10 +379,11 @@ def read_record(directory: Path, states: bool = True) -> Record:
     except ValueError as exc:
         raise RecordError(f"{arrays_path} is corrupted: it cannot be read ({exc}); restore it "
                           "from git or record again") from None
-    expected = set(meta.arrays.index)
+    expected = {k for k, e in meta.arrays.index.items() if e.sha256 is None}
     if set(arrays) != expected:
         raise RecordError(f"{arrays_path} holds {sorted(set(arrays) ^ expected)[:5]} that "
                           "record.json does not list (or misses some); record again")
+    arrays.update(read_large_arrays(directory, meta.arrays.index))   # re-hashed, checked
     if states and meta.checkpoints is not None:
         for step in meta.checkpoints.steps:
             arrays.update({f"{CHECKPOINTS}{step}/{p}": a

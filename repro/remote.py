@@ -51,9 +51,9 @@ class RemoteConfig:
         return self.url, repr(sorted(self.options.items()))
 
 
-def remote_config(repo_root: Path) -> RemoteConfig | None:
-    """The remote of the repository at `repo_root`: `$REPRO_STORE`, else `[tool.repro] store`
-    in its pyproject.toml, else None. StoreError when the file's setting is malformed."""
+def _repro_table(repo_root: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """`[tool.repro]` of the repository's pyproject.toml (empty without one), its
+    store_options, and the file's path. StoreError when it cannot be read."""
     pyproject = Path(repo_root) / "pyproject.toml"
     table: dict[str, Any] = {}
     if pyproject.is_file():
@@ -67,6 +67,13 @@ def remote_config(repo_root: Path) -> RemoteConfig | None:
     if not isinstance(options, dict):
         raise StoreError(f"{pyproject}: [tool.repro] store_options must be a table of fsspec "
                          f"options, not {type(options).__name__}")
+    return table, options, pyproject
+
+
+def remote_config(repo_root: Path) -> RemoteConfig | None:
+    """The remote of the repository at `repo_root`: `$REPRO_STORE`, else `[tool.repro] store`
+    in its pyproject.toml, else None. StoreError when the file's setting is malformed."""
+    table, options, pyproject = _repro_table(repo_root)
     env = os.environ.get(STORE_ENV)
     if env:
         return RemoteConfig(env, dict(options), f"${STORE_ENV}")
@@ -77,6 +84,35 @@ def remote_config(repo_root: Path) -> RemoteConfig | None:
         raise StoreError(f"{pyproject}: [tool.repro] store must be an fsspec URL "
                          f"(s3://bucket/prefix, file:///path, ...), not {url!r}")
     return RemoteConfig(url, dict(options), str(pyproject))
+
+
+def url_options(url: str, repo_root: Path) -> dict[str, Any]:
+    """fsspec options for a data URL (`data: NAME: url:`): the project's `[tool.repro]
+    store_options` when the URL has the scheme of its store (s3:// data beside an s3:// store
+    reaches the same endpoint), none otherwise (the standard variables, `AWS_ENDPOINT_URL` and
+    the rest, still apply)."""
+    table, options, _ = _repro_table(repo_root)
+    store = os.environ.get(STORE_ENV) or table.get("store")
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if isinstance(store, str) and (store.split("://", 1)[0] if "://" in store else "file") == scheme:
+        return dict(options)
+    return {}
+
+
+def url_fs(url: str, options: dict[str, Any], what: str) -> tuple[Any, str]:
+    """fsspec's filesystem for `url` and the path in it; StoreError naming `what` when fsspec
+    or the scheme's package is missing, or the URL cannot be opened."""
+    try:
+        import fsspec
+    except ImportError:
+        raise StoreError(f"{what} needs fsspec: pip install 'repro[store]' (fsspec, s3fs)") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    except ImportError as exc:
+        raise StoreError(f"{what} needs a package for its scheme: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"{what} cannot be opened: {exc}") from None
+    return fs, str(path)
 
 
 def find_remote_config(start: Path) -> RemoteConfig | None:
@@ -98,19 +134,7 @@ class Remote:
 
     def __init__(self, config: RemoteConfig):
         self.config = config
-        try:
-            import fsspec
-        except ImportError:
-            raise StoreError(f"the store remote {config.url} ({config.source}) needs fsspec: "
-                             "pip install 'repro[store]' (fsspec, s3fs)") from None
-        try:
-            fs, root = fsspec.core.url_to_fs(config.url, **config.options)
-        except ImportError as exc:
-            raise StoreError(f"the store remote {config.url} ({config.source}) needs a package "
-                             f"for its scheme: {exc}") from None
-        except (ValueError, TypeError) as exc:
-            raise StoreError(f"the store remote {config.url} ({config.source}) cannot be "
-                             f"opened: {exc}") from None
+        fs, root = url_fs(config.url, config.options, f"the store remote {config.url} ({config.source})")
         self.fs: Any = fs
         self.root: str = str(root).rstrip("/")
         protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)

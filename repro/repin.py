@@ -6,6 +6,7 @@ result is re-validated before it is written (atomically).
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ def pin_spec(path: str | Path, *, commit: str | None = None
                             f"{new_commit[:12]} ({', '.join(dirty[:5])}); commit them and pin again "
                             "if the training code depends on them")
     wanted: dict[tuple, str] = {("code", "commit"): new_commit}
-    entries = {name: resolve_data_path(root, e.path) for name, e in spec.data.items()}
+    # an entry fetched by URL whose path is absent keeps its sha256: it pins what the URL serves
+    entries = {name: resolve_data_path(root, e.path) for name, e in spec.data.items()
+               if e.url is None or os.path.lexists(Path(root, e.path))}
     for (name, _), (_, digest) in zip(entries.items(), hash_paths(list(entries.values()), root=root)):
         wanted[("data", name, "sha256")] = digest
     if spec.environment.image:

@@ -22,7 +22,8 @@ from repro.compare import compare_run
 from repro.errors import ReproError, SpecError
 from repro.executor import Executor, LocalExecutor
 from repro.failfast import RecordView
-from repro.record import CHECKPOINTS, read_state
+from repro.record import read_state
+from repro.recordblobs import CHECKPOINTS
 from repro.result import RunResult
 from repro.segments import Loaded, Segment, load, replay_of, run_replays, window
 from repro.verdict import Restart, Status, Verdict, error_verdict

@@ -26,7 +26,8 @@ from repro.executor import Executor, LocalExecutor
 from repro.failfast import RecordView, compare
 from repro.noise import annotate_spread, first_difference
 from repro.progress import Progress
-from repro.record import CHECKPOINTS, Record, RecordMeta, check_record, read_record, read_state, record_dir
+from repro.record import Record, RecordMeta, check_record, read_record, read_state, record_dir
+from repro.recordblobs import CHECKPOINTS
 from repro.replay import Replay
 from repro.result import RunResult
 from repro.state import LeafKind

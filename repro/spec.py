@@ -70,6 +70,21 @@ class DataEntry(_Model):
     path: str = Field(description="relative to the repo root; never outside it")
     sha256: str | None = Field(None, description="file sha256, or for a directory the sha256 of "
                                                  "its sorted '<sha256>  <relpath>' lines")
+    # Where to fetch the file when `path` is absent (docs/data-pins.md). The sha256 pins the
+    # content, so the URL stays out of the canonical form and the hash (exclude=True): moving
+    # the data to another bucket changes no record.
+    url: str | None = Field(None, exclude=True,
+                            description="fsspec URL (s3://, gs://, https://, file://) of the file, "
+                                        "fetched by its sha256 into the machine's cache when "
+                                        "`path` is absent; single files only")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://.", v):
+            raise ValueError(f"{v!r} is not a URL with a scheme (s3://bucket/key, "
+                             "https://host/file, file:///path)")
+        return v
 
     @field_validator("path")
     @classmethod

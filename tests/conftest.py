@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +252,66 @@ def lr_times(project, factor: str, setup: str = "", message: str = "change the l
     train.write_text(text.replace(lr_line, f"{lr_line} * ({factor})"))
     project.commit(message)
     project.repro("pin", str(project.spec), check_rc=0)
+
+
+# --- the store's remote: a real S3 server (moto) on 127.0.0.1 (test_store, test_datastore) ---
+
+BUCKET = "repro-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server in its own process on 127.0.0.1; the standard AWS variables point
+    botocore (and so s3fs, and the `repro` subprocesses) at it."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.1)
+        s3().mkdir(BUCKET)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def s3():
+    """A fresh s3fs client (no cached listings: the test sees what the server holds)."""
+    import s3fs  # the `store` extra, in `dev`
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+def set_store(p: Project, url: str, options: str = "") -> None:
+    text = f'[tool.repro]\nstore = "{url}"\n' + (f"store_options = {options}\n" if options else "")
+    p.write("pyproject.toml", text)
+    p.commit("store remote")
+
+
+def fresh_cache(monkeypatch, tmp_path: Path, name: str = "fresh-cache") -> Path:
+    cache = tmp_path / name
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(cache))
+    return cache

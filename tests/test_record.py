@@ -53,8 +53,10 @@ def check_complete(directory: Path, allowed: set[int]) -> int:
     assert np.all(rec.arrays["params/big/w"] == tag)
     assert np.all(rec.arrays["params/big/v"] == -tag)
     assert np.all(rec.arrays["params/small/b"] == tag)
-    assert rec.meta.arrays.index["params/big/w"].model_dump() == {"shape": [N_BIG],
-                                                                  "dtype": "float32"}
+    big, small = rec.meta.arrays.index["params/big/w"], rec.meta.arrays.index["params/small/b"]
+    # over 1 MiB: a pointer to a blob in the machine's store; the small one is in arrays.npz
+    assert (big.shape, big.dtype, big.size) == ([N_BIG], "float32", 4 * N_BIG + 128)
+    assert big.sha256 is not None and small.model_dump() == {"shape": [3, 5], "dtype": "float64"}
     return tag
 
 

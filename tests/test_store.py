@@ -10,69 +10,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import s3fs  # the `store` extra, in `dev`
 from test_checkpoints import make_ck
 
-from conftest import Project, edit_train
-
-BUCKET = "repro-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto's S3 server in its own process on 127.0.0.1; the standard AWS variables point
-    botocore (and so s3fs, and the `repro` subprocesses) at it."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.1)
-        s3().mkdir(BUCKET)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def s3():
-    """A fresh s3fs client (no cached listings: the test sees what the server holds)."""
-    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
-
-
-def set_store(p: Project, url: str, options: str = "") -> None:
-    text = f'[tool.repro]\nstore = "{url}"\n' + (f"store_options = {options}\n" if options else "")
-    p.write("pyproject.toml", text)
-    p.commit("store remote")
+from conftest import BUCKET, Project, edit_train, fresh_cache, s3, set_store
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +38,6 @@ def frozen_sha(p: Project) -> str:
     (leaf,) = [x for x in meta["checkpoints"]["states"]["100"] if x["path"] == "frozen"]
     assert leaf["place"] == "store" and leaf["size"] > 1 << 20
     return str(leaf["sha256"])
-
-
-def fresh_cache(monkeypatch, tmp_path: Path, name: str = "fresh-cache") -> Path:
-    cache = tmp_path / name
-    monkeypatch.setenv("REPRO_CACHE_DIR", str(cache))
-    return cache
 
 
 def record_blob_count(p: Project) -> int:
@@ -190,7 +130,7 @@ from repro.remote import RemoteConfig
 from repro.store import machine_store
 
 shas = [s for s in machine_store().shas()]
-refs = [BlobRef(s, machine_store().path(s).stat().st_size, "store", Path("."), 0, f"leaf{i}")
+refs = [BlobRef(s, machine_store().path(s).stat().st_size, "store", Path("."), f"leaf{i}")
         for i, s in enumerate(shas)]
 out = push(Project(RemoteConfig(sys.argv[1]), refs, Path(".")), jobs=int(sys.argv[2]))
 print(out.done, out.skipped, out.exit_code)

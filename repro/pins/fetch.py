@@ -1,0 +1,181 @@
+"""Data by hash (docs/data-pins.md): a `data:` entry with `url:` whose path is absent from the
+repository is fetched by its sha256 into the machine's cache, and the training reads that copy.
+
+    data:
+      corpus: {path: data/corpus.txt, sha256: 6b1e..., url: "s3://bucket/corpus.txt"}
+
+- The bytes go into the machine's store (`<cache>/store/<2 hex>/<62 hex>`, repro/store.py),
+  hashed as they arrive and renamed into place only when their sha256 is the pinned one: a
+  partial or wrong download is never visible, never used. A wrong hash at the URL is an error
+  naming the entry, the URL, the expected and the actual sha256 (not retried: it is not
+  transient).
+- The training sees `<cache>/data/<sha256>/<file name of path>` (a hard link to the blob, a
+  copy where links fail): the entry's own file name, read-only in a container as any data
+  entry. Nothing is written into the user's working tree: a clone stays clean, and a path that
+  is present is verified as before (the URL is then not used).
+- Transient failures (a dropped connection, a timeout, HTTP 408/429/5xx) are retried
+  ATTEMPTS times with doubling waits; a missing object or a refused permission is not.
+- Before each use the cached copy is hashed again (through the stat-keyed hash cache, so an
+  unchanged file is not re-read); a damaged one is dropped and fetched again.
+- Single files only: a directory pinned by its tree hash cannot be fetched by URL.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from repro.errors import DataPinError, StoreError
+from repro.paths import cache_dir
+from repro.pins.data import hash_path, verify_data
+from repro.store import CHUNK, machine_store
+
+if TYPE_CHECKING:
+    from repro.spec import DataEntry
+
+ATTEMPTS = 4            # tries of one fetch in all
+BACKOFF_S = 0.5         # the wait after the first failure; doubled after each next one
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def resolve_data(entries: Mapping[str, DataEntry], repo_root: Path) -> dict[str, Path]:
+    """Every data entry's file or directory for the training, by name (spec order): fetched by
+    URL when the entry has one and its path is absent from the repository, else its path in the
+    repository, verified (pins/data.py: every entry that does not hold is named)."""
+    root = Path(os.path.realpath(repo_root))
+    fetched = {n: fetch_data(n, e.path, e.sha256, e.url, root) for n, e in entries.items()
+               if e.url is not None and not os.path.lexists(root / e.path)}
+    here = verify_data({n: (e.path, e.sha256) for n, e in entries.items() if n not in fetched}, root)
+    return {n: fetched[n] if n in fetched else here[n] for n in entries}
+
+
+def data_view(sha256: str, path: str) -> Path:
+    """Where the training reads a fetched entry: `<cache>/data/<sha256>/<file name>`."""
+    return cache_dir() / "data" / sha256 / PurePosixPath(path).name
+
+
+def fetch_data(name: str, path: str, sha256: str | None, url: str, repo_root: Path) -> Path:
+    """The cached copy of data entry `name` (absent at `path` in the repository), fetched from
+    `url` by its sha256 when this machine lacks it. DataPinError naming the entry, the URL and
+    what to do when it cannot be fetched or its content is not the pinned one."""
+    where = f"data {name!r} ({path} is not in the repository; url {url})"
+    if sha256 is None:
+        raise DataPinError(f"{where}: a data entry fetched by URL needs its sha256 (`repro hash "
+                           "FILE` prints it); add `sha256:` to the entry")
+    view = data_view(sha256, path)
+    store = machine_store()
+    for source in ("view", "store"):
+        if source == "store" and store.has(sha256):
+            _link(store.path(sha256), view)
+        if view.is_file():
+            if hash_path(view) == sha256:
+                return view
+            view.unlink()                      # a damaged cached copy: dropped, fetched again
+            store.path(sha256).unlink(missing_ok=True)
+    actual = _download(where, url, sha256, repo_root)
+    if actual != sha256:
+        raise DataPinError(f"data {name!r}: the file at {url} is not the pinned one: expected "
+                           f"sha256 {sha256}, actual sha256 {actual}; nothing was kept. Put the "
+                           "pinned file at the URL, or re-pin the entry if the new content is "
+                           "intended (`repro hash FILE` prints its sha256)")
+    _link(store.path(sha256), view)
+    return view
+
+
+def _download(where: str, url: str, sha256: str, repo_root: Path) -> str:
+    """Stream `url` into the machine's store as blob `sha256` (renamed into place only when the
+    hash matches); the sha256 of the bytes received. Transient failures are retried."""
+    from repro.remote import url_fs, url_options
+
+    try:
+        fs, target = url_fs(url, url_options(url, repo_root), where)
+    except StoreError as exc:
+        raise DataPinError(str(exc)) from None
+    wait, last = BACKOFF_S, None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            info = fs.info(target)
+            if info.get("type", "file") != "file":
+                raise DataPinError(f"{where}: the URL names a {info.get('type')}, not a file; "
+                                   "only single files can be fetched by URL (a directory pinned "
+                                   "by its tree hash must be in the repository)")
+            return machine_store().install(sha256, _chunks(fs, target, url))
+        except DataPinError:
+            raise
+        except Exception as exc:   # fsspec's backends raise OSError and their own client errors
+            if not _transient(exc):
+                missing = any(isinstance(e, FileNotFoundError) for e in _chain(exc))
+                raise DataPinError(f"{where}: " + ("there is no file at that URL" if missing else
+                                   f"cannot fetch it ({_describe(exc)})") + "; put the pinned "
+                                   "file there, or the file at the path in the repository") from None
+            last = exc
+        if attempt < ATTEMPTS:
+            time.sleep(wait)
+            wait *= 2
+    raise DataPinError(f"{where}: cannot fetch it after {ATTEMPTS} attempts (last: "
+                       f"{_describe(last)}); check the network and the URL, then run again")
+
+
+def _chunks(fs: Any, target: str, url: str) -> Iterator[bytes]:
+    # http(s): one streamed GET (block_size 0); ranged reads need a server that honours Range
+    block = 0 if url.startswith(("http://", "https://")) else CHUNK
+    with fs.open(target, "rb", block_size=block) as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure worth another try: an HTTP status that says "later" (fsspec's HTTP reports
+    even those as FileNotFoundError, with the response error as its cause), a dropped
+    connection, a timeout, an I/O error — not a missing object or a refused permission."""
+    chain = _chain(exc)
+    if any(isinstance(e, ConnectionError | TimeoutError) for e in chain):
+        return True
+    if any(c.__name__ in ("ClientConnectionError", "ClientPayloadError", "ServerTimeoutError")
+           for e in chain for c in type(e).__mro__):
+        return True                        # aiohttp's (a body cut short, a reset), not all OSErrors
+    for e in chain:
+        status = getattr(e, "status", None)
+        if isinstance(status, int):
+            return status in _RETRY_STATUS
+    return isinstance(exc, OSError) and not isinstance(exc, _FINAL)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no error"
+    deepest = _chain(exc)[-1]
+    text = f"{type(deepest).__name__}: {deepest}" if deepest is not exc else ""
+    return f"{type(exc).__name__}: {exc}" + (f" ({text})" if text else "")
+
+
+def _link(blob: Path, view: Path) -> None:
+    """`view` becomes the blob's content under the entry's file name, atomically (a hard link,
+    or a copy where the filesystem refuses links)."""
+    view.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=view.parent, prefix=".tmp-")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(blob, tmp)
+        except OSError:
+            shutil.copyfile(blob, tmp)
+        os.replace(tmp, view)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
