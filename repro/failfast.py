@@ -80,26 +80,37 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
     import zipfile
 
     from repro.compare import resolve_tolerance
-    from repro.record import ARRAYS_FILE, blob_store
+    from repro.record import ARRAYS_FILE
+    from repro.recordblobs import BlobRef
 
     # step -> [(member name, size, read)] for each kind
     wanted: dict[tuple[int, str], list[tuple[str, int, Any]]] = {}
     source = zipfile.ZipFile(directory / ARRAYS_FILE) if recorded.arrays else None
     try:
-        for info in source.infolist() if source is not None else ():
-            parts = info.filename.split("/")
-            if parts[0] == "grads" and len(parts) >= 2:
-                step = int(parts[1].removesuffix(".npy"))
-                if step >= lo and (hi is None or step < hi):
-                    wanted.setdefault((step, "grad"), []).append(
-                        (info.filename, info.file_size, lambda n=info.filename, z=source: z.read(n)))
+        for key, entry in (recorded.arrays.index.items() if recorded.arrays else ()):
+            parts = key.split("/")
+            if parts[0] != "grads" or len(parts) < 2:
+                continue
+            step = int(parts[1])
+            if step < lo or (hi is not None and step >= hi):
+                continue
+            read: Any
+            if entry.sha256 is not None:   # over 1 MiB: a blob in the machine's store
+                ref = BlobRef(entry.sha256, entry.size or 0, "store", directory, f"the array {key}")
+                size, read = ref.size, (lambda ref=ref: ref.local().get(ref.sha256, ref.named()))
+            else:
+                assert source is not None
+                size = source.getinfo(key + ".npy").file_size
+                read = lambda n=key + ".npy", z=source: z.read(n)   # noqa: E731
+            wanted.setdefault((step, "grad"), []).append((key + ".npy", size, read))
         for step in (recorded.checkpoints.steps if recorded.checkpoints else ()):
             if step > lo and (hi is None or step <= hi):
                 for leaf in recorded.checkpoints.leaves(step):   # type: ignore[union-attr]
-                    what = f"{directory}: state at step {step}, leaf {leaf.path}"
+                    ref = BlobRef(leaf.sha256, leaf.size, leaf.place, directory,
+                                  f"the state kept at step {step}, leaf {leaf.path}")
                     wanted.setdefault((step, "state"), []).append(
                         (f"checkpoints/{step}/{leaf.path}.npy", leaf.size,
-                         lambda leaf=leaf, what=what: blob_store(directory, leaf).get(leaf.sha256, what)))
+                         lambda ref=ref: ref.local().get(ref.sha256, ref.named())))
         steps: dict[str, list[int]] = {"grad": [], "state": []}
         total = 0
         with zipfile.ZipFile(out / EXPECTED_FILE, "w", zipfile.ZIP_STORED) as dest:
