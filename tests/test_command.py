@@ -13,7 +13,7 @@ import pytest
 from conftest import Project, git
 from repro.errors import SpecError
 from repro.outputs import OutputError, read_metrics, read_weights
-from repro.pipeline import Options, run, verify
+from repro.pipeline import Options, record, run, verify
 from repro.report.json import verdict_json
 from repro.spec import load_spec
 from repro.verdict import Status
@@ -295,3 +295,38 @@ def test_readers_on_real_files(tmp_path):
         (tmp_path / "empty").mkdir()
         read_weights(tmp_path / "empty", "orbax", "empty")
 
+
+
+CSV_SCRIPT = '''\
+import argparse, csv, os, sys
+import numpy as np
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--lr", type=float)
+ap.add_argument("--seed", type=int)
+args = ap.parse_args()
+os.makedirs("out", exist_ok=True)
+w = np.random.default_rng(args.seed).normal(size=(3, 2)).astype(np.float32)
+with open("out/metrics.csv", "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["step", "loss", "in_image"])
+    for step in range(3):
+        w = w * (1 - args.lr)
+        out.writerow([step, float((w ** 2).sum()), int(sys.executable.startswith("/opt/venv/"))])  # the envs/cpu image
+np.savez("out/w.npz", **{"layer/w": w})
+'''
+
+
+def test_script_runs_in_the_docker_sandbox(tmp_path, cpu_image):
+    """In the container: the read-only tree copied into the writable run directory, `python`
+    the image's interpreter, a CSV and an npz read back; recorded and verified bitwise there."""
+    spec = LIGHT_SPEC.replace("out/metrics.jsonl, format: jsonl", "out/metrics.csv, format: csv") \
+        + f"environment: {{{{image: 'repro-jax-cpu@{cpu_image}'}}}}\nrecord: {{{{runs: 1}}}}\n"
+    p = _project(tmp_path / "proj", {"fit.py": CSV_SCRIPT}, spec, "light")
+    v = record(p.spec, Options(backend="docker"))
+    assert v.status == Status.RECORDED, (v.error, v.error_detail)
+    assert v.metrics_final["in_image"] == 1.0
+    assert any("ran in container image" in n for n in v.notes)
+    v = verify(p.spec, Options(backend="docker"))
+    assert v.status == Status.PASS and v.bitwise, (v.error, v.rows)
+    assert {r.label for r in v.rows} == {"metric loss", "metric in_image", "weights layer/w"}
