@@ -135,6 +135,7 @@ def _tensorboard(path: Path, shown: str) -> list[Row]:
     rows: list[Row] = []
     for prefix, file in _event_files(path, shown):
         where = f"{shown}/{file.relative_to(path)}" if file != path else shown
+        _check_records(file, where)
         try:
             for event in EventFileLoader(str(file)).Load():
                 for value in event.summary.value:
@@ -155,6 +156,25 @@ def _tensorboard(path: Path, shown: str) -> list[Row]:
         raise OutputError(f"{shown}: holds no scalar summaries")
     rows.sort(key=lambda r: r[1])   # stable: a tag's values keep their order within a step
     return rows
+
+
+def _check_records(file: Path, where: str) -> None:
+    """Every record of the event file intact (lengths and crc32s): TensorBoard's loader reads a
+    damaged or cut file as one still being written and stops quietly, but a script that has
+    ended wrote all it will; a damaged file is an error naming its first bad record."""
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    reader = pywrap_tensorflow.PyRecordReader_New(str(file), 0, None)
+    n = 0
+    while True:
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            return
+        except errors.DataLossError as exc:
+            raise OutputError(f"{where}: damaged TensorBoard event file at record {n + 1} "
+                              f"({str(exc).replace(str(file), '').strip()})") from None
+        n += 1
 
 
 # -- weights ---------------------------------------------------------------------------------------

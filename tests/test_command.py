@@ -261,10 +261,12 @@ def test_readers_on_real_files(tmp_path):
     assert [(r[1], r[2]) for r in rows if "train/loss" in r[2]] == \
         [(s, {"train/loss": float(np.float32(1.0 / (s + 1)))}) for s in range(3)]
     assert sorted({k for r in rows for k in r[2]}) == ["eval/loss", "train/loss"]
-    bad = tmp_path / "tb" / "train" / "events.out.tfevents.0.broken"
-    bad.write_bytes(b"\x00" * 40)
-    with pytest.raises(OutputError, match=r"holds no scalar|not a readable TensorBoard"):
-        read_metrics(bad, "tensorboard", "broken")
+    events = next((tmp_path / "tb" / "train").iterdir())
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / events.name).write_bytes(events.read_bytes()[:-5])
+    with pytest.raises(OutputError, match=r"cut/events\.out\.tfevents\.[^:]*: damaged TensorBoard "
+                       r"event file at record 4 \(has truncated record"):   # the third scalar
+        read_metrics(tmp_path / "cut", "tensorboard", "cut")
 
     arrays = {"dense/kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
               "dense/bias": np.zeros(3, np.float32)}
