@@ -25,7 +25,7 @@ class Job:
     """
 
     spec: str                                # the spec's name (labels, messages)
-    entrypoint: str                          # module:function inside `tree`
+    entrypoint: str                          # module:function inside `tree` ("": a command)
     tree: str                                # the code tree the entrypoint is imported from
     data: Mapping[str, str]                  # data name -> verified path
     seeds: Mapping[str, int]
@@ -54,6 +54,8 @@ class Job:
     checkpoints_steps: tuple[int, ...] = ()  # ... and at these steps
     restore: Mapping[str, Any] | None = None  # replay: {step, file (npz), layout} for ctx.restore
     stop_at: int | None = None               # replay: end once the state of this step is kept
+    command: tuple[str, ...] | None = None   # code.command: an unmodified script, run in a copy of `tree`
+    outputs: Mapping[str, Any] | None = None  # code.outputs: {metrics|weights: {path, format}}
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -74,6 +76,8 @@ class Job:
                              "different repro versions?)")
         doc["grads_steps"] = tuple(doc.get("grads_steps") or ())
         doc["checkpoints_steps"] = tuple(doc.get("checkpoints_steps") or ())
+        if doc.get("command") is not None:
+            doc["command"] = tuple(doc["command"])
         if doc.get("trace_steps") is not None:
             doc["trace_steps"] = tuple(doc["trace_steps"])
         return cls(**doc)

@@ -90,7 +90,7 @@ def make_job(prep: Prepared, options: Options) -> Job:
     spec, var = prep.spec, options.variation
     grads, environment = spec.record.grads, var.environment(spec.environment)
     cache = options.compile_cache if var.compile_cache is None else var.compile_cache
-    return checkpoint_job(Job(spec=spec.name or "spec", entrypoint=spec.code.entrypoint, tree=str(prep.code.tree),
+    return checkpoint_job(Job(spec=spec.name or "spec", **spec.code.job_fields(), tree=str(prep.code.tree),
                data={k: str(v) for k, v in prep.data.items()}, seeds=dict(spec.seeds),
                config=dict(spec.config), settings=determinism_settings(environment),
                cpus=environment.cpus, cpu_slot=options.cpu_slot, grads_every=grads.every if grads else None,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from repro.errors import SpecError
 from repro.state import LeafKind
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ def checkpoint_job(job: Job, spec: Spec, replay: Replay | None) -> Job:
     every, steps = (ck.every, tuple(ck.steps)) if ck else (None, ())
     if replay is None:
         return job.replace(checkpoints_every=every, checkpoints_steps=steps)
+    if spec.code.command is not None:
+        raise SpecError("segment replay and restarts need a train(ctx) entrypoint that keeps "
+                        "its state with ctx.checkpoint; an unmodified script (code.command) is "
+                        "only run whole", file=str(spec.path or ""), key_path="code.command")
     restore = None
     if replay.restores:
         restore = {"step": replay.start, "file": RESTORE_FILE,

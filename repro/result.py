@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,6 +41,8 @@ PLATFORM_KEYS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu"
 # What the runner's error kinds mean to a user (run.json "error.kind").
 _ERROR_PREFIX = {"user": "the training function raised",
                  "entrypoint": "the entrypoint could not be loaded",
+                 "script": "the script (code.command) failed",
+                 "outputs": "the script's outputs (code.outputs) cannot be read",
                  "packages": "the environment does not match the spec",
                  "environment": "the environment cannot honour the spec",
                  "harness": "repro's runner failed (a bug in repro: please report it)"}
@@ -136,7 +138,7 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
     if outcome.dropped_env:
         notes.append("dropped from the run's environment (set by the caller): "
                      + ", ".join(outcome.dropped_env))
-    notes += outcome.notes
+    notes += outcome.notes + shape.notes
     if shape.leftover_processes:
         notes.append(f"the training left {shape.leftover_processes} process(es) running; "
                      "repro killed them when the run ended")
@@ -198,6 +200,7 @@ class _RunFile(BaseModel):
     grad_steps: list[int] = Field(default_factory=list)
     packages: list[str] | None = None
     leftover_processes: int = 0
+    notes: list[Annotated[str, Field(max_length=500)]] = Field(default_factory=list, max_length=10)
     inputs: UnpinnedInputs | None = None
     traced: dict[str, Any] | None = None   # TraceInfo (its entries are JSON lists: not strict)
     stopped: StoppedAt | None = None

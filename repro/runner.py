@@ -163,20 +163,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     watch = InputWatch([tree, str(run_dir), os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
                         *job.data.values(), *installation_roots()])
     watch.start()   # files the training reads that no pin covers (repro/env/inputs.py)
-    sys.path.insert(0, tree)
-    module_name, func_name = job.entrypoint.split(":")
-    _entrypoint_inside(module_name, tree, job.entrypoint)
-    try:
-        module = importlib.import_module(module_name)
-        _entrypoint_inside(module_name, tree, job.entrypoint, module)
-        train = getattr(module, func_name)
-    except _Failure:
-        raise
-    except BaseException as exc:
-        raise _Failure(kind="entrypoint", type=type(exc).__name__,
-                       message=f"cannot load entrypoint {job.entrypoint!r} from {tree}: "
-                               f"{type(exc).__name__}: {exc}",
-                       traceback=_user_traceback(exc, tree)) from None
+    train = None if job.command is not None else _load_entrypoint(job, tree)
 
     from repro.checkpoint import Checkpoints, SegmentEnd, restore_spec
     from repro.expect import ArrayExpectation, Expectation, Stopped
@@ -184,6 +171,10 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     expect_arrays = None if job.expect_arrays is None else ArrayExpectation(
         str(run_dir / Path(str(job.expect_arrays["file"])).name), job.expect_arrays["grads"],
         job.expect_arrays["states"], job.expect_arrays["tolerance"])
+    if (expect is not None or expect_arrays is not None) and job.command is not None:
+        expect = expect_arrays = None   # a script's outputs exist only at its end
+        result["notes"] = ["fail-fast does not apply to an unmodified script (code.command): it "
+                           "ran to its end, then its outputs were compared"]
     checkpoints = Checkpoints(run_dir / "checkpoints",
                               GradSchedule(job.checkpoints_every, list(job.checkpoints_steps)).keeps,
                               restore_spec(job.restore, run_dir), job.stop_at)
@@ -196,8 +187,10 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     stopped: dict[str, Any] | None = None
     ended_at: int | None = None
     try:
-        params = train(ctx)
+        params = train(ctx) if train is not None else _run_script(job, tree, run_dir, ctx)
         params = jax.block_until_ready(params)
+    except _Failure:
+        raise
     except Stopped as stop:   # fail-fast: a sure failure; what was logged so far is the result
         params, stopped = None, stop.info
     except SegmentEnd as end:   # a replayed segment reached its last checkpoint
@@ -221,8 +214,10 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
             raise _Failure(kind="user", type="ValueError",
                            message=f"{job.entrypoint} returned None; return the final params "
                                    "pytree, or set `record.weights: none` in the spec")
+        source = f"the params {job.entrypoint} returned" if job.command is None else \
+            f"the weights in {(job.outputs or {}).get('weights', {}).get('path')}"
         try:
-            weights = numeric_leaves(params, f"the params {job.entrypoint} returned")
+            weights = numeric_leaves(params, source)
         except (TypeError, ValueError) as exc:
             raise _Failure(kind="user", type=type(exc).__name__, message=str(exc)) from None
         for path, leaf in weights:
@@ -249,6 +244,62 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     result.update(status="ok" if stopped is None else "stopped", metrics=ctx.metrics,
                   nonfinite=[{"metric": m, "step": s, "value": repr(v)} for m, s, v in ctx.nonfinite],
                   grad_steps=sorted(ctx.grads))
+
+
+def _load_entrypoint(job: Job, tree: str) -> Any:
+    sys.path.insert(0, tree)
+    module_name, func_name = job.entrypoint.split(":")
+    _entrypoint_inside(module_name, tree, job.entrypoint)
+    try:
+        module = importlib.import_module(module_name)
+        _entrypoint_inside(module_name, tree, job.entrypoint, module)
+        return getattr(module, func_name)
+    except _Failure:
+        raise
+    except BaseException as exc:
+        raise _Failure(kind="entrypoint", type=type(exc).__name__,
+                       message=f"cannot load entrypoint {job.entrypoint!r} from {tree}: "
+                               f"{type(exc).__name__}: {exc}",
+                       traceback=_user_traceback(exc, tree)) from None
+
+
+def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any) -> Any:
+    """code.command (docs/scripts.md): run the unmodified script in a writable copy of the tree,
+    then log the metrics it wrote into `ctx` and return the weights it wrote, as if a
+    train(ctx) had: everything after this is the same for both."""
+    from repro.command import ScriptError, run_script, script_environment, substitute, working_copy
+    from repro.outputs import OutputError, read_metrics, read_weights, resolve
+
+    assert job.command is not None
+    workdir = working_copy(tree, run_dir / "script")
+    args = substitute(job.command, job.seeds, job.config, job.data)
+    try:
+        run = run_script(args, workdir, script_environment(os.environ, job.seeds, job.config, job.data))
+    except ScriptError as exc:
+        raise _Failure(kind="script", type="ScriptError", message=str(exc), traceback=exc.detail) from None
+    outputs = job.outputs or {}
+    wanted = [(k, outputs[k]) for k in ("metrics", "weights") if outputs.get(k)
+              and (k == "metrics" or job.weights == "final")]
+    found: dict[str, Any] = {}
+    for kind, out in wanted:
+        try:
+            path = resolve(workdir, out["path"])
+            if not path.exists():
+                raise _Failure(kind="outputs", type="FileNotFoundError", traceback="\n".join(run.tail),
+                               message=f"code.outputs.{kind}: {out['path']} does not exist after "
+                                       f"{run.describe()} (its last lines are below); does the "
+                                       "script write it there, relative to the code tree's root?")
+            if kind == "metrics":
+                for where, step, values in read_metrics(path, out["format"], out["path"]):
+                    try:
+                        ctx.log(step, **values)
+                    except (ValueError, TypeError) as exc:
+                        raise OutputError(f"{where}: {exc}".replace("ctx.log(", "(")) from None
+            else:
+                found[kind] = read_weights(path, out["format"], out["path"])
+        except OutputError as exc:
+            raise _Failure(kind="outputs", type="OutputError", message=f"code.outputs.{kind}: {exc}") from None
+    return found.get("weights")
 
 
 def _seed_compile_cache(job: Job) -> set[str]:

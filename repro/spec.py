@@ -14,7 +14,17 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from repro.errors import SpecError
@@ -44,10 +54,84 @@ def _relative_path(value: str, what: str) -> str:
     return str(p)
 
 
+class OutputFile(_Model):
+    path: str = Field(description="relative to the script's working directory (the code tree)")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if v and PurePosixPath(v).is_absolute():
+            raise ValueError(f"output path {v!r} is absolute; give it relative to the script's "
+                             "working directory (the root of the code tree)")
+        if ".." in PurePosixPath(v).parts:
+            raise ValueError(f"output path {v!r} leaves the script's working directory ('..')")
+        return _relative_path(v, "output path")
+
+
+class MetricsOutput(OutputFile):
+    format: Literal["jsonl", "csv", "tensorboard"] = Field(
+        description="jsonl: one object a line with a `step`; csv: a header with `step`; "
+                    "tensorboard: an event file or a log directory (scalar summaries)")
+
+
+class WeightsOutput(OutputFile):
+    format: Literal["orbax", "npz", "safetensors"] = Field(
+        description="orbax: a checkpoint directory (or a CheckpointManager directory: its "
+                    "latest step); npz; safetensors")
+
+
+class ScriptOutputs(_Model):
+    metrics: MetricsOutput | None = Field(None, description="the metrics file the script writes")
+    weights: WeightsOutput | None = Field(None, description="the final weights the script writes")
+
+
 class CodeSpec(_Model):
+    model_config = ConfigDict(json_schema_extra={   # entrypoint, or command with its outputs
+        "if": {"not": {"required": ["command"]}}, "then": {"required": ["entrypoint"]},
+        "else": {"required": ["outputs"], "not": {"required": ["entrypoint"]}}})
+
     repo: str = Field(".", description="path relative to the spec's git repository, or a git URL")
     commit: str | None = Field(None, description="full 40-hex commit; `repro pin` fills it in")
-    entrypoint: str = Field(description="module:function inside the tree at that commit")
+    entrypoint: str | None = Field(None, description="module:function inside the tree at that "
+                                   "commit (or `command` instead)")
+    command: list[str] | None = Field(
+        None, min_length=1, description="an unmodified script instead of an entrypoint: the "
+        "command line, run in the code tree; `{config.x}`, `{seeds.y}`, `{data.z}` are replaced "
+        "(docs/scripts.md)")
+    outputs: ScriptOutputs | None = Field(None, description="with `command`: the files it "
+                                          "writes that hold its metrics and weights")
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Keys a spec does not use are left out of its canonical form: adding `command` kept
+        every entrypoint spec's hash (and its record's "what changed") as it was."""
+        out: dict[str, Any] = handler(self)
+        for key in ("entrypoint", "command", "outputs"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
+
+    def job_fields(self) -> dict[str, Any]:
+        """What a `Job` carries of how to run the code: an entrypoint, or a command and outputs
+        (placeholders are replaced in the child, where the data paths are known)."""
+        if self.command is None:
+            return {"entrypoint": self.entrypoint or ""}
+        outputs = self.outputs.model_dump(mode="json", exclude_none=True) if self.outputs else {}
+        return {"entrypoint": "", "command": tuple(self.command), "outputs": outputs}
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> CodeSpec:
+        if (self.entrypoint is None) == (self.command is None):
+            raise ValueError("give either code.entrypoint (module:function) or code.command "
+                             "(an unmodified script), not " + ("both" if self.command else "neither"))
+        if self.command is not None:
+            if self.outputs is None or (self.outputs.metrics is None and self.outputs.weights is None):
+                raise ValueError("code.command needs code.outputs: the metrics and/or weights "
+                                 "files the script writes (docs/scripts.md)")
+        elif self.outputs is not None:
+            raise ValueError("code.outputs belongs to code.command; an entrypoint reports "
+                             "through ctx.log and its return value")
+        return self
 
     @field_validator("commit")
     @classmethod
@@ -60,8 +144,8 @@ class CodeSpec(_Model):
 
     @field_validator("entrypoint")
     @classmethod
-    def _entrypoint(cls, v: str) -> str:
-        if not _ENTRYPOINT.match(v):
+    def _entrypoint(cls, v: str | None) -> str | None:
+        if v is not None and not _ENTRYPOINT.match(v):
             raise ValueError(f"{v!r} is not 'package.module:function'")
         return v
 
@@ -246,6 +330,28 @@ class Spec(_Model):
         return v
 
     @model_validator(mode="after")
+    def _script(self) -> Spec:
+        """A command's placeholders name keys the spec has; what only ctx offers is refused."""
+        if self.code.command is None:
+            return self
+        from repro.command import unknown_placeholders
+
+        unknown = unknown_placeholders(self.code.command, self.seeds, self.config, self.data)
+        if unknown:
+            raise ValueError(f"code.command: {'; '.join(unknown)}")
+        needs_ctx = [key for key, used in (("record.grads", self.record.grads),
+                                            ("record.checkpoints", self.record.checkpoints),
+                                            ("record.trace", self.record.trace)) if used]
+        if needs_ctx:
+            raise ValueError(f"{', '.join(needs_ctx)} need a train(ctx) entrypoint (ctx.log_grads, "
+                             "ctx.checkpoint, ctx.traced); an unmodified script (code.command) "
+                             "reports only the metrics and weights it writes")
+        if self.record.weights == "final" and self.code.outputs and self.code.outputs.weights is None:
+            raise ValueError("record.weights is final (the default) but code.outputs names no "
+                             "weights file; add code.outputs.weights or set record.weights: none")
+        return self
+
+    @model_validator(mode="after")
     def _metrics_listed(self) -> Spec:
         for name in self.tolerance.metrics:
             if self.record.metrics is not None and name not in self.record.metrics:
@@ -279,6 +385,11 @@ def parse_spec(data: Any, *, file: str, lines: dict[tuple[Any, ...], int] | None
         raise SpecError("not a repro spec: the top-level key `repro: 1` is missing", file=file, line=1)
     if data.get("name") is None and default_name is not None:
         data = {**data, "name": default_name}
+    code = data.get("code")
+    if isinstance(code, dict) and "entrypoint" not in code and "command" not in code:
+        raise SpecError("required key is missing: the training function as module:function (or "
+                        "`code.command`, an unmodified script: docs/scripts.md)", file=file,
+                        key_path="code.entrypoint", line=lines.get(("code",)))
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:

@@ -51,7 +51,8 @@ def test_the_runner_needs_no_pydantic_or_yaml():
     """The child imports the harness inside any image: only numpy and jax are its dependencies
     there. Importing everything the runner imports must not pull pydantic or PyYAML."""
     code = ("import sys, repro.runner, repro.env.fingerprint, repro.env.isa, repro.env.inputs, repro.context, "
-            "repro.job, repro.treepath, repro.proctree, repro.traced, repro.expect; "
+            "repro.job, repro.treepath, repro.proctree, repro.traced, repro.expect, repro.command, "
+            "repro.outputs; "
             "print(sorted(m for m in ('pydantic', 'yaml', 'docker') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -61,3 +62,13 @@ def test_pipeline_has_no_backend_specific_branch():
     text = (PKG / "pipeline.py").read_text()
     assert '== "docker"' not in text and "'docker'" not in text.replace('"local", "docker"', "")
     assert len(text.splitlines()) <= 250
+
+
+def test_script_output_readers_load_only_when_used():
+    """tensorboard, orbax and safetensors are imported by repro.outputs only when a script's
+    spec names that format, in the child: neither the harness nor the runner loads them."""
+    code = ("import sys, repro.runner, repro.outputs, repro.command, repro.pipeline, repro.cli; "
+            "print(sorted(m for m in ('tensorboard', 'orbax', 'safetensors', 'tensorboardX') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
