@@ -1,0 +1,220 @@
+"""`--engine ray` on a real two-node Ray cluster on this machine (docs/ray.md).
+
+Node A is started as usual; node B is started inside its own mount namespace in which pytest's
+temporary directory — every test project — is covered by an empty tmpfs: a task on node B
+genuinely cannot read the project's working tree, so whatever it runs it rebuilt from the store
+(a real S3 server, moto's, on 127.0.0.1). Each node has its own temp dir, working directory and
+repro cache, and a custom resource naming its kind (`node_a`, `node_b`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from test_store import BUCKET, _free_port, s3_server  # noqa: E402,F401  (the fixture)
+
+from conftest import Project  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Cluster:
+    def __init__(self, address: str, base: Path, hidden: Path):
+        self.address, self.base, self.hidden = address, base, hidden
+
+    def cache(self, node: str) -> Path:
+        return self.base / f"cache-{node}"
+
+
+def _start(cmd: list[str], base: Path, node: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "REPRO_CACHE_DIR": str(base / f"cache-{node}"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    cwd = base / f"cwd-{node}"
+    cwd.mkdir()
+    return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True,
+                            stdout=open(base / f"{node}.log", "wb"), stderr=subprocess.STDOUT)
+
+
+def _node(node: str, base: Path) -> list[str]:
+    return ["--block", "--num-cpus=1", f"--resources={json.dumps({f'node_{node}': 1})}",
+            f"--temp-dir={base / ('ray-' + node)}", "--object-store-memory=80000000",
+            "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+
+
+def _ours(base: Path, groups: list[int]) -> list[int]:
+    """Processes of this cluster: in the nodes' process groups or naming its temp dir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if os.getpgid(int(entry.name)) in groups or str(base) in cmd:
+                pids.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, tmp_path_factory):
+    base = Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))   # short: unix socket paths
+    hidden = tmp_path_factory.getbasetemp()
+    port = _free_port()
+    head = _start([shutil.which("ray") or "ray", "start", "--head", f"--port={port}",
+                   "--include-dashboard=false", *_node("a", base)], base, "a")
+    address = f"127.0.0.1:{port}"
+    nodes = [head]
+    try:
+        deadline = time.monotonic() + 90
+        while not (base / "ray-a").exists() or subprocess.run(
+                ["ray", "status", f"--address={address}"], capture_output=True).returncode != 0:
+            assert head.poll() is None and time.monotonic() < deadline, (base / "a.log").read_text()
+            time.sleep(0.5)
+        # node B: its own mount namespace, where pytest's tmp dir (the projects) is an empty tmpfs
+        nodes.append(_start(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"',
+                             "sh", str(hidden), shutil.which("ray") or "ray", "start",
+                             f"--address={address}", *_node("b", base)], base, "b"))
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        while ray.cluster_resources().get("node_b", 0) < 1:
+            assert nodes[1].poll() is None and time.monotonic() < deadline, (base / "b.log").read_text()
+            time.sleep(0.5)
+
+        @ray.remote(num_cpus=0, resources={"node_b": 1})
+        def look(path: str) -> list[str]:
+            return os.listdir(path)
+        assert os.listdir(hidden) and ray.get(look.remote(str(hidden))) == [], \
+            "node B must not see the projects"
+        yield Cluster(address, base, hidden)
+    finally:
+        ray.shutdown()
+        groups = [p.pid for p in nodes]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _ours(base, groups):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2 if sig == signal.SIGTERM else 0)
+        for p in nodes:
+            p.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _add_spec(p: Project, name: str, seed: int) -> None:
+    text = p.spec.read_text().replace("name: tiny", f"name: {name}").replace(
+        "seeds: {params: 0}", f"seeds: {{params: {seed}}}")
+    p.write(f"specs/{name}.yaml", text)
+
+
+@pytest.fixture(scope="module")
+def audited(s3_server, tmp_path_factory) -> Project:
+    """Three recorded specs whose project names an S3 store; tiny-b then fails (seed moved)."""
+    from conftest import build_project
+    p = build_project(tmp_path_factory.mktemp("ray") / "proj")
+    p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray"\n')
+    _add_spec(p, "tiny-b", 1)
+    _add_spec(p, "tiny-c", 2)
+    p.commit("specs and store")
+    p.repro("record", "specs", "--runs", "1", check_rc=0)
+    spec_b = p.root / "specs" / "tiny-b.yaml"
+    spec_b.write_text(spec_b.read_text().replace("seeds: {params: 1}", "seeds: {params: 7}"))
+    p.commit("records; tiny-b's seed moved")
+    return p
+
+
+VOLATILE = {"duration_s", "timings", "fingerprint", "started", "finished", "notes"}
+
+
+def _results(path: Path) -> dict[str, dict]:
+    doc = json.loads(path.read_text())
+    return {r["name"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in doc["results"]}
+
+
+def test_a_ray_audit_on_the_node_that_cannot_see_the_tree_gives_the_local_verdicts(cluster, audited,
+                                                                                  tmp_path):
+    local = audited.repro("audit", "specs", "-j", "2", "--json", str(tmp_path / "local.json"))
+    assert local.returncode == 1, local.stdout + local.stderr
+    remote = audited.repro("audit", "specs", "--engine", "ray", "--address", cluster.address,
+                           "--node-kind", "node_b", "--json", str(tmp_path / "ray.json"))
+    assert remote.returncode == 1, remote.stdout + remote.stderr
+    a, b = _results(tmp_path / "local.json"), _results(tmp_path / "ray.json")
+    assert {k: v["status"] for k, v in b.items()} == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass"}
+    assert a == b
+    # node B rebuilt the project from the store: its own cache holds the blobs and the export
+    commit = json.loads((audited.record_dir / "record.json").read_text())["code"]["commit"]
+    assert (cluster.cache("b") / "trees" / commit).is_dir()
+    assert any((cluster.cache("b") / "store").rglob("*"))
+    assert not (cluster.cache("a") / "trees").exists()   # every task asked for node_b
+
+
+def _spec_of(cmd: str) -> str | None:
+    """The spec a runner runs, from its run directory (`repro-<pid>-<spec>-<8 random>`)."""
+    m = re.search(r"/repro-\d+-([^/]+?)-[a-z0-9_]{8}/job\.json", cmd)
+    return m.group(1) if m else None
+
+
+def _runners(seen: dict[int, tuple[int, str]], stop: threading.Event, kill_first: str,
+             killed: list[int]) -> None:
+    """Watch the runner processes (pid -> parent, command); SIGKILL the Ray worker running the
+    first one of spec `kill_first` once it is training."""
+    while not stop.is_set():
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+                if "repro.runner" not in cmd:
+                    continue
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent = (Path("/proc") / str(ppid) / "cmdline").read_bytes().decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                continue
+            if not parent.startswith("ray::"):
+                continue
+            seen.setdefault(int(entry.name), (ppid, cmd))
+            if not killed and _spec_of(cmd) == kill_first:
+                os.kill(ppid, signal.SIGKILL)
+                killed.append(ppid)
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
+    from repro import pipeline
+    from repro.audit import run_audit
+    from repro.rayexec import RayExecutor
+
+    seen: dict[int, tuple[int, str]] = {}
+    stop, killed = threading.Event(), []
+    watch = threading.Thread(target=_runners, args=(seen, stop, "tiny-c", killed), daemon=True)
+    watch.start()
+    try:
+        audit = run_audit(audited.root / "specs", pipeline.Options(confirm=0),
+                          executor=RayExecutor(cluster.address))
+    finally:
+        stop.set()
+        watch.join()
+    status = {v.name: str(v.status) for v in audit.verdicts}
+    assert audit.complete and status == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass"}
+    assert len(killed) == 1, "\n".join(f"{k} {v[0]} {_spec_of(v[1])}" for k, v in seen.items())
+    runs = {name: [(pid, ppid) for pid, (ppid, cmd) in seen.items() if _spec_of(cmd) == name]
+            for name in status}
+    assert len(runs["tiny-c"]) == 2, runs          # killed with its worker, then run again
+    assert killed[0] in {ppid for _, ppid in runs["tiny-c"]}
+    assert len({ppid for _, ppid in runs["tiny-c"]}) == 2   # on a fresh worker
+    assert len(runs["tiny-b"]) == 1, runs          # a failing verdict is a result: never retried
+    assert len(runs["tiny"]) == 1, runs
