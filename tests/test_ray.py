@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,11 +23,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_store import BUCKET, _free_port, s3_server  # noqa: E402,F401  (the fixture)
+import test_store  # noqa: E402
+from test_store import BUCKET, _free_port  # noqa: E402
 
 from conftest import Project  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+s3_server = test_store.s3_server   # the real S3 server (moto) the nodes' store is in
 
 
 class Cluster:
