@@ -1,20 +1,14 @@
-"""`--engine ray` on a real two-node Ray cluster on this machine (docs/ray.md).
-
-Node A is started as usual; node B is started inside its own mount namespace in which pytest's
-temporary directory — every test project — is covered by an empty tmpfs: a task on node B
-genuinely cannot read the project's working tree, so whatever it runs it rebuilt from the store
-(a real S3 server, moto's, on 127.0.0.1). Each node has its own temp dir, working directory and
-repro cache, and a custom resource naming its kind (`node_a`, `node_b`).
+"""`--engine ray` on a real two-node Ray cluster on this machine (tests/raycluster.py;
+docs/ray.md). Node B cannot see pytest's temporary directory, where every test project lives:
+whatever a task there runs, it rebuilt from the store (a real S3 server, moto's, on 127.0.0.1).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,96 +18,31 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import test_store  # noqa: E402
-from test_store import BUCKET, _free_port  # noqa: E402
+from raycluster import two_nodes  # noqa: E402
+from test_store import BUCKET  # noqa: E402
 
 from conftest import Project  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 s3_server = test_store.s3_server   # the real S3 server (moto) the nodes' store is in
 
 
-class Cluster:
-    def __init__(self, address: str, base: Path, hidden: Path):
-        self.address, self.base, self.hidden = address, base, hidden
+def _can_hide() -> None:
+    """Node B needs a mount namespace (unshare -m, root): outside CI its absence skips."""
+    from dockerutil import IN_CI
 
-    def cache(self, node: str) -> Path:
-        return self.base / f"cache-{node}"
-
-
-def _start(cmd: list[str], base: Path, node: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REPRO_CACHE_DIR": str(base / f"cache-{node}"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    cwd = base / f"cwd-{node}"
-    cwd.mkdir()
-    return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True,
-                            stdout=open(base / f"{node}.log", "wb"), stderr=subprocess.STDOUT)
-
-
-def _node(node: str, base: Path) -> list[str]:
-    return ["--block", "--num-cpus=1", f"--resources={json.dumps({f'node_{node}': 1})}",
-            f"--temp-dir={base / ('ray-' + node)}", "--object-store-memory=80000000",
-            "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-
-
-def _ours(base: Path, groups: list[int]) -> list[int]:
-    """Processes of this cluster: in the nodes' process groups or naming its temp dir."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-            if os.getpgid(int(entry.name)) in groups or str(base) in cmd:
-                pids.append(int(entry.name))
-        except (OSError, ProcessLookupError):
-            continue
-    return pids
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        why = (f"node B of the test cluster runs in its own mount namespace (unshare -m, as root), "
+               f"which this machine refuses: {probe.stderr.strip()}")
+        pytest.fail(why, pytrace=False) if IN_CI else pytest.skip(why)
 
 
 @pytest.fixture(scope="module")
 def cluster(s3_server, tmp_path_factory):
-    base = Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))   # short: unix socket paths
-    hidden = tmp_path_factory.getbasetemp()
-    port = _free_port()
-    head = _start([shutil.which("ray") or "ray", "start", "--head", f"--port={port}",
-                   "--include-dashboard=false", *_node("a", base)], base, "a")
-    address = f"127.0.0.1:{port}"
-    nodes = [head]
-    try:
-        deadline = time.monotonic() + 90
-        while not (base / "ray-a").exists() or subprocess.run(
-                ["ray", "status", f"--address={address}"], capture_output=True).returncode != 0:
-            assert head.poll() is None and time.monotonic() < deadline, (base / "a.log").read_text()
-            time.sleep(0.5)
-        # node B: its own mount namespace, where pytest's tmp dir (the projects) is an empty tmpfs
-        nodes.append(_start(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"',
-                             "sh", str(hidden), shutil.which("ray") or "ray", "start",
-                             f"--address={address}", *_node("b", base)], base, "b"))
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        while ray.cluster_resources().get("node_b", 0) < 1:
-            assert nodes[1].poll() is None and time.monotonic() < deadline, (base / "b.log").read_text()
-            time.sleep(0.5)
-
-        @ray.remote(num_cpus=0, resources={"node_b": 1})
-        def look(path: str) -> list[str]:
-            return os.listdir(path)
-        assert os.listdir(hidden) and ray.get(look.remote(str(hidden))) == [], \
-            "node B must not see the projects"
-        yield Cluster(address, base, hidden)
-    finally:
-        ray.shutdown()
-        groups = [p.pid for p in nodes]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _ours(base, groups):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(2 if sig == signal.SIGTERM else 0)
-        for p in nodes:
-            p.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
+    _can_hide()
+    with two_nodes(tmp_path_factory.getbasetemp()) as c:
+        yield c
 
 
 def _add_spec(p: Project, name: str, seed: int) -> None:
