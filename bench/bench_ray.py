@@ -72,13 +72,28 @@ def main() -> None:
                 return elapsed, json.dumps({r["name"]: r["status"] for r in doc["results"]}, sort_keys=True)
 
             audit("local"), audit("ray")   # warm-up: caches on both sides
-            times: dict[str, list[float]] = {"local": [], "ray": []}
+            times: dict[str, list[float]] = {"local": [], "ray": [], "local-lib": [], "ray-lib": []}
             verdicts = set()
             for _ in range(args.n):
                 for engine in ("local", "ray"):
                     t, v = audit(engine)
                     times[engine].append(t)
                     verdicts.add(v)
+            # the same audits from a process already connected, its Ray workers started: what
+            # each spec costs, without the per-audit start (import ray, connect, the new job's
+            # workers)
+            from repro import pipeline
+            from repro.audit import run_audit
+            from repro.executor import LocalExecutor
+            from repro.rayexec import RayExecutor
+            connected = RayExecutor(cluster.address)
+            run_audit(p.root / "specs", pipeline.Options(), executor=connected)
+            for _ in range(args.n):
+                for name, ex in (("local-lib", LocalExecutor(2)), ("ray-lib", connected)):
+                    t = time.perf_counter()
+                    a = run_audit(p.root / "specs", pipeline.Options(), executor=ex)
+                    times[name].append(time.perf_counter() - t)
+                    verdicts.add(json.dumps({v.name: str(v.status) for v in a.verdicts}, sort_keys=True))
         m = {k: statistics.median(v) for k, v in times.items()}
         fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
         print(f"{SPECS} specs, {os.cpu_count()} cores, two 1-CPU Ray nodes, median of {args.n}")
@@ -86,6 +101,10 @@ def main() -> None:
         print(f"ray        : {m['ray']:.2f} s  [{fmt(times['ray'])}]")
         print(f"ray / local: {m['ray'] / m['local']:.2f}x")
         print(f"overhead per spec: {(m['ray'] - m['local']) / SPECS:.2f} s  (bar <= 0.5 s)")
+        print("connected driver, workers started (run_audit in this process):")
+        print(f"  local -j 2 : {m['local-lib']:.2f} s  [{fmt(times['local-lib'])}]")
+        print(f"  ray        : {m['ray-lib']:.2f} s  [{fmt(times['ray-lib'])}]")
+        print(f"  overhead per spec: {(m['ray-lib'] - m['local-lib']) / SPECS:.2f} s")
         print(f"verdicts identical in every audit: {len(verdicts) == 1} {sorted(verdicts)[0]}")
     finally:
         moto.terminate()

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,10 +105,27 @@ def _upload(remote: Remote, data: bytes, known: dict[str, int]) -> str:
     return sha
 
 
+class Listings:
+    """What each store remote holds (sha256 -> size), listed once for a batch of parcels packed
+    side by side; an upload adds to it. A blob two parcels share may be sent twice at once:
+    the same bytes under the same name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by: dict[tuple[str, str], dict[str, int]] = {}
+
+    def of(self, remote: Remote) -> dict[str, int]:
+        with self._lock:
+            key = remote.config.key()
+            if key not in self._by:
+                self._by[key] = remote.listing()
+            return self._by[key]
+
+
 def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = (),
-         known: dict[str, int] | None = None) -> Parcel:
+         listings: Listings | None = None) -> Parcel:
     """Put the spec's project into its store and say where it is. `commits`: more commits the
-    job checks out (a bisect probe's). `known`: sha256 -> size of blobs the remote holds
+    job checks out (a bisect probe's). `listings`: what the remote holds, shared by a batch
     (shared between the parcels of one batch, so each blob is sent once)."""
     from repro.blobsync import projects, push
     from repro.record import record_dir
@@ -117,9 +135,7 @@ def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = 
     root = repo_root(spec.path)
     config = store_for(root)
     remote = Remote(config)
-    known = known if known is not None else {}
-    if not known:
-        known.update(remote.listing())
+    known = (listings or Listings()).of(remote)
     records = record_dir(root, spec.name or "", "any", records_root).parent
     paths = [Path(spec.path)] + [p for p in [root / "pyproject.toml"] if p.is_file()]
     for entry in spec.data.values():

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from repro.errors import ReproError
 from repro.executor import Batch, SpecJob, Work, run_spec_job
-from repro.parcel import Parcel, pack, remove, unpack, workspace
+from repro.parcel import Listings, Parcel, pack, remove, unpack, workspace
 
 R = TypeVar("R")
 RETRIES = 3          # tries after the first, for a worker that dies (never for a verdict)
@@ -39,10 +39,13 @@ def _moved(value: str, there: str, here: str) -> str:
 def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
     """The task, on a worker: rebuild the project from the store, run the job there, map the
     verdict's paths back to the origin's (so a report names the files the user has)."""
+    from repro.remote import STORE_ENV
     from repro.spec import load_spec
     from repro.verdict import Verdict
 
-    os.environ.setdefault("REPRO_STORE", parcel.store.url)
+    saved = os.environ.get(STORE_ENV)   # a store named by $REPRO_STORE here is named so there
+    if parcel.store.source == f"${STORE_ENV}":
+        os.environ[STORE_ENV] = parcel.store.url
     where = workspace()
     try:
         spec = load_spec(unpack(parcel, where))
@@ -56,6 +59,10 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
         return result
     finally:
         remove(where)
+        if saved is None:
+            os.environ.pop(STORE_ENV, None)
+        else:
+            os.environ[STORE_ENV] = saved
 
 
 class RayExecutor:
@@ -98,14 +105,13 @@ class RayExecutor:
         jobs: list[SpecJob[R]] = list(items)
         batch: Batch[R] = Batch()
         refs: dict[Any, int] = {}
-        known: dict[str, int] = {}
+        listings = Listings()
         lock = threading.Lock()
 
         def submit(index: int) -> None:
             job = jobs[index]
-            try:
-                with lock:   # parcels of one batch share what the store already holds
-                    parcel = pack(job.spec, job.options.records_root, job.commits, known)
+            try:   # packed side by side; a blob two parcels share may be sent twice (same bytes)
+                parcel = pack(job.spec, job.options.records_root, job.commits, listings)
             except ReproError as exc:
                 result = job.failed(f"cannot ship the spec's project to the cluster: {exc}")
                 with lock:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,14 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Cluster:
-    def __init__(self, address: str, base: Path, hidden: Path):
-        self.address, self.base, self.hidden = address, base, hidden
-
-    def cache(self, node: str) -> Path:
-        return self.base / f"cache-{node}"
 
 
 def _start(cmd: list[str], base: Path, node: str) -> subprocess.Popen[bytes]:
@@ -70,47 +63,85 @@ def _ours(base: Path, groups: list[int]) -> list[int]:
 
 
 
-@contextlib.contextmanager
-def two_nodes(hidden: Path) -> Iterator[Cluster]:
-    """Start the cluster (this process is connected to it as a driver), yield it, stop it."""
-    import ray
+class Cluster:
+    """The two nodes: `start` launches them (node B as soon as the head answers, in a thread),
+    `ready` waits until both are in and connects this process as a driver, `stop` ends them."""
 
-    base = Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))   # short: unix socket paths
-    port = free_port()
-    ray_bin = shutil.which("ray") or "ray"
-    head = _start([ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                   *_node("a", base)], base, "a")
-    address = f"127.0.0.1:{port}"
-    nodes = [head]
-    try:
+    def __init__(self, hidden: Path):
+        self.hidden = hidden
+        self.base = Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))   # short: unix socket paths
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen[bytes]] = []
+        self.ray_bin = shutil.which("ray") or "ray"
+        self._b = threading.Thread(target=self._start_b, daemon=True)
+        self._failure = ""
+
+    def cache(self, node: str) -> Path:
+        return self.base / f"cache-{node}"
+
+    def start(self) -> Cluster:
+        self.nodes.append(_start([self.ray_bin, "start", "--head", f"--port={self.port}",
+                                  "--include-dashboard=false", *_node("a", self.base)], self.base, "a"))
+        self._b.start()
+        return self
+
+    def _start_b(self) -> None:
         deadline = time.monotonic() + 90
-        while not (base / "ray-a").exists() or subprocess.run(
-                [ray_bin, "status", f"--address={address}"], capture_output=True).returncode != 0:
-            assert head.poll() is None and time.monotonic() < deadline, (base / "a.log").read_text()
-            time.sleep(0.5)
+        while True:   # the head's GCS answers
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if self.nodes[0].poll() is not None or time.monotonic() > deadline:
+                    self._failure = (self.base / "a.log").read_text()
+                    return
+                time.sleep(0.2)
         # node B: its own mount namespace, where `hidden` (the projects) is an empty tmpfs
-        nodes.append(_start(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"',
-                             "sh", str(hidden), ray_bin, "start", f"--address={address}",
-                             *_node("b", base)], base, "b"))
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        self.nodes.append(_start(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"',
+                                  "sh", str(self.hidden), self.ray_bin, "start", f"--address={self.address}",
+                                  *_node("b", self.base)], self.base, "b"))
+
+    def ready(self) -> Cluster:
+        import ray
+
+        self._b.join()
+        assert not self._failure and len(self.nodes) == 2, f"node A did not start: {self._failure}"
+        deadline = time.monotonic() + 90
+        ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
         while ray.cluster_resources().get("node_b", 0) < 1:
-            assert nodes[1].poll() is None and time.monotonic() < deadline, (base / "b.log").read_text()
-            time.sleep(0.5)
+            assert self.nodes[1].poll() is None and time.monotonic() < deadline, \
+                (self.base / "b.log").read_text()
+            time.sleep(0.3)
 
         @ray.remote(num_cpus=0, resources={"node_b": 1})
         def look(path: str) -> list[str]:
             return os.listdir(path)
-        assert os.listdir(hidden) and ray.get(look.remote(str(hidden))) == [], \
+        assert os.listdir(self.hidden) and ray.get(look.remote(str(self.hidden))) == [], \
             "node B must not see the projects"
-        yield Cluster(address, base, hidden)
-    finally:
+        return self
+
+    def stop(self) -> None:
+        import ray
+
         ray.shutdown()
-        groups = [p.pid for p in nodes]
+        self._b.join()
+        groups = [p.pid for p in self.nodes]
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _ours(base, groups):
+            for pid in _ours(self.base, groups):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             time.sleep(2 if sig == signal.SIGTERM else 0)
-        for p in nodes:
+        for p in self.nodes:
             p.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def two_nodes(hidden: Path) -> Iterator[Cluster]:
+    """Start the cluster (this process is connected to it as a driver), yield it, stop it."""
+    cluster = Cluster(hidden)
+    try:
+        yield cluster.start().ready()
+    finally:
+        cluster.stop()

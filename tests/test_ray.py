@@ -18,7 +18,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import test_store  # noqa: E402
-from raycluster import two_nodes  # noqa: E402
+from raycluster import Cluster  # noqa: E402
 from test_store import BUCKET  # noqa: E402
 
 from conftest import Project  # noqa: E402
@@ -39,10 +39,19 @@ def _can_hide() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server, tmp_path_factory):
+def booting(s3_server, tmp_path_factory):
+    """The nodes, starting (the project records meanwhile)."""
     _can_hide()
-    with two_nodes(tmp_path_factory.getbasetemp()) as c:
-        yield c
+    c = Cluster(tmp_path_factory.getbasetemp())
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(booting, audited) -> Cluster:
+    return booting.ready()
 
 
 def _add_spec(p: Project, name: str, seed: int) -> None:
@@ -52,7 +61,7 @@ def _add_spec(p: Project, name: str, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def audited(s3_server, tmp_path_factory) -> Project:
+def audited(s3_server, booting, tmp_path_factory) -> Project:
     """Three recorded specs whose project names an S3 store; tiny-b then fails (seed moved)."""
     from conftest import build_project
     p = build_project(tmp_path_factory.mktemp("ray") / "proj")
@@ -98,28 +107,33 @@ def _spec_of(cmd: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _sweep(seen: dict[int, tuple[int, str]], kill_first: str | None = None,
+           killed: list[int] | None = None) -> None:
+    """Runner processes whose parent is a Ray worker (pid -> parent, command); SIGKILL the
+    worker running the first one of spec `kill_first`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if "repro.runner" not in cmd:
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = (Path("/proc") / str(ppid) / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if not parent.startswith("ray::"):
+            continue
+        seen.setdefault(int(entry.name), (ppid, cmd))
+        if killed is not None and not killed and _spec_of(cmd) == kill_first:
+            os.kill(ppid, signal.SIGKILL)
+            killed.append(ppid)
+
+
 def _runners(seen: dict[int, tuple[int, str]], stop: threading.Event, kill_first: str,
              killed: list[int]) -> None:
-    """Watch the runner processes (pid -> parent, command); SIGKILL the Ray worker running the
-    first one of spec `kill_first` once it is training."""
     while not stop.is_set():
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-                if "repro.runner" not in cmd:
-                    continue
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                parent = (Path("/proc") / str(ppid) / "cmdline").read_bytes().decode(errors="replace")
-            except (OSError, ValueError, IndexError):
-                continue
-            if not parent.startswith("ray::"):
-                continue
-            seen.setdefault(int(entry.name), (ppid, cmd))
-            if not killed and _spec_of(cmd) == kill_first:
-                os.kill(ppid, signal.SIGKILL)
-                killed.append(ppid)
+        _sweep(seen, kill_first, killed)
         time.sleep(0.05)
 
 
@@ -148,3 +162,38 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     assert len({ppid for _, ppid in runs["tiny-c"]}) == 2   # on a fresh worker
     assert len(runs["tiny-b"]) == 1, runs          # a failing verdict is a result: never retried
     assert len(runs["tiny"]) == 1, runs
+
+
+def _ray_runners() -> list[int]:
+    out: dict[int, tuple[int, str]] = {}
+    _sweep(out)
+    return sorted(out)
+
+
+def test_ctrl_c_cancels_the_tasks_and_reports_the_rest_interrupted(cluster, audited):
+    from repro import pipeline
+    from repro.audit import run_audit
+    from repro.rayexec import RayExecutor
+
+    def interrupt_when_training() -> None:
+        deadline = time.monotonic() + 60
+        while not _ray_runners() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_training, daemon=True).start()
+    audit = run_audit(audited.root / "specs", pipeline.Options(confirm=0),
+                      executor=RayExecutor(cluster.address, ["node_b"]))
+    assert not audit.complete
+    assert any("interrupted" in v.error for v in audit.verdicts), [v.error for v in audit.verdicts]
+    deadline = time.monotonic() + 20   # cancelled while this driver is still connected
+    while _ray_runners():
+        assert time.monotonic() < deadline, "a cancelled task's training is still running"
+        time.sleep(0.2)
+
+
+def test_verify_with_engine_ray(cluster, audited):
+    proc = audited.repro("verify", "specs/tiny.yaml", "--engine", "ray", "--address", cluster.address,
+                         "--node-kind", "node_b")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS" in proc.stdout and str(audited.root / "specs" / "tiny.yaml") in proc.stdout
