@@ -197,3 +197,23 @@ def test_verify_with_engine_ray(cluster, audited):
                          "--node-kind", "node_b")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS" in proc.stdout and str(audited.root / "specs" / "tiny.yaml") in proc.stdout
+
+
+def test_bisect_with_engine_ray_names_the_commit_that_changed_the_lr(cluster, audited, tmp_path):
+    """Last in the module: it adds commits to the project (specs and records stay as they are)."""
+    good = json.loads((audited.record_dir / "record.json").read_text())["code"]["commit"]
+    train = audited.root / "tinyproj" / "train.py"
+    audited.write("NOTES.md", "a note\n")
+    audited.commit("notes")
+    train.write_text(train.read_text().replace("LR_SCALE = 1.0", "LR_SCALE = 2.0"))
+    changed = audited.commit("lr doubled")
+    audited.write("NOTES.md", "two notes\n")
+    bad = audited.commit("more notes")
+    proc = audited.repro("bisect", "specs/tiny.yaml", "--good", good, "--bad", bad, "-j", "2",
+                         "--engine", "ray", "--address", cluster.address, "--node-kind", "node_b",
+                         "--json", str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["found"] == changed
+    assert doc["verdict"]["status"] == "fail"
+    assert any(c.get("key") == "code.commit" for c in doc["verdict"]["changes"])
