@@ -92,7 +92,8 @@ class RayExecutor:
 
     def _options(self, job: SpecJob[Any]) -> dict[str, Any]:
         env = job.spec.environment
-        return {"num_cpus": env.cpus, "num_gpus": 1 if env.platform == "gpu" else 0,
+        side_by_side = job.options.jobs if job.options.segments else 1   # its segments, on its node
+        return {"num_cpus": env.cpus * side_by_side, "num_gpus": 1 if env.platform == "gpu" else 0,
                 "resources": {k: 1 for k in self.node_kinds}, "max_retries": self.retries,
                 "retry_exceptions": False, "name": f"repro:{job.spec.name}"}
 

@@ -217,3 +217,15 @@ def test_bisect_with_engine_ray_names_the_commit_that_changed_the_lr(cluster, au
     assert doc["found"] == changed
     assert doc["verdict"]["status"] == "fail"
     assert any(c.get("key") == "code.commit" for c in doc["verdict"]["changes"])
+
+
+def test_without_a_store_the_engine_says_how_to_name_one(project, monkeypatch):
+    """No cluster needed: a project must name its store before anything is shipped."""
+    from repro.errors import StoreError
+    from repro.parcel import pack
+    from repro.spec import load_spec
+
+    monkeypatch.delenv("REPRO_STORE", raising=False)
+    with pytest.raises(StoreError, match=r"--engine ray ships every input through the project's "
+                       r"store.*\[tool.repro\] store = .*REPRO_STORE"):
+        pack(load_spec(project.spec))
