@@ -196,12 +196,21 @@ def unpack(parcel: Parcel, into: Path) -> Path:
 
 
 def workspace() -> Path:
-    """A private directory for one job on this node (under its cache: never the origin's)."""
+    """A private directory for one job on this node (under its cache: never the origin's),
+    named after this worker process; those of workers that died (a retried task's first try)
+    are removed here."""
+    import re
+
     from repro.paths import cache_dir
+    from repro.proctree import alive
 
     base = cache_dir() / "cluster-work"
     base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=base, prefix="job-"))
+    for old in base.iterdir():
+        m = re.match(r"^job-(\d+)-", old.name)
+        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+            remove(old)
+    return Path(tempfile.mkdtemp(dir=base, prefix=f"job-{os.getpid()}-"))
 
 
 def remove(path: Path) -> None:

@@ -148,7 +148,7 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     watch.start()
     try:
         audit = run_audit(audited.root / "specs", pipeline.Options(confirm=0),
-                          executor=RayExecutor(cluster.address))
+                          executor=RayExecutor(cluster.address, ["node_b"]))
     finally:
         stop.set()
         watch.join()
@@ -162,6 +162,9 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     assert len({ppid for _, ppid in runs["tiny-c"]}) == 2   # on a fresh worker
     assert len(runs["tiny-b"]) == 1, runs          # a failing verdict is a result: never retried
     assert len(runs["tiny"]) == 1, runs
+    # the killed try's private directory was removed by the next job on its node
+    assert (cluster.cache("b") / "cluster-work").is_dir()
+    assert list((cluster.cache("b") / "cluster-work").glob(f"job-{killed[0]}-*")) == []
 
 
 def _ray_runners() -> list[int]:
