@@ -52,10 +52,13 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
         records = where / parcel.records_rel if parcel.records_rel is not None else None
         options = replace(job.options, records_root=records, cpu_slot=None, echo=False)
         result = job.run(spec, options)
-        if isinstance(result, Verdict):
+        if isinstance(result, Verdict):   # the files it names are the user's, not the copy's
             there, here = str(where), parcel.origin
             result.spec_path = _moved(result.spec_path, there, here)
             result.record_path = _moved(result.record_path, there, here)
+            result.error = result.error.replace(there, here)
+            result.error_detail = result.error_detail.replace(there, here)
+            result.notes = [n.replace(there, here) for n in result.notes]
         return result
     finally:
         remove(where)

@@ -21,7 +21,7 @@ import test_store  # noqa: E402
 from raycluster import Cluster  # noqa: E402
 from test_store import BUCKET  # noqa: E402
 
-from conftest import Project  # noqa: E402
+from conftest import Project, sha256  # noqa: E402
 
 s3_server = test_store.s3_server   # the real S3 server (moto) the nodes' store is in
 
@@ -62,7 +62,8 @@ def _add_spec(p: Project, name: str, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def audited(s3_server, booting, tmp_path_factory) -> Project:
-    """Three recorded specs whose project names an S3 store; tiny-b then fails (seed moved)."""
+    """Three recorded specs whose project names an S3 store; tiny-b then fails (seed moved),
+    and tiny-d (not recorded) is an error: its data pin does not hold."""
     from conftest import build_project
     p = build_project(tmp_path_factory.mktemp("ray") / "proj")
     p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray"\n')
@@ -72,7 +73,11 @@ def audited(s3_server, booting, tmp_path_factory) -> Project:
     p.repro("record", "specs", "--runs", "1", check_rc=0)
     spec_b = p.root / "specs" / "tiny-b.yaml"
     spec_b.write_text(spec_b.read_text().replace("seeds: {params: 1}", "seeds: {params: 7}"))
-    p.commit("records; tiny-b's seed moved")
+    _add_spec(p, "tiny-d", 3)   # an error that names a file: its data pin does not hold
+    spec_d = p.root / "specs" / "tiny-d.yaml"
+    text = spec_d.read_text()
+    spec_d.write_text(text.replace(sha256(p.data), "ab" * 32))
+    p.commit("records; tiny-b's seed moved; tiny-d pins other data")
     return p
 
 
@@ -87,13 +92,15 @@ def _results(path: Path) -> dict[str, dict]:
 def test_a_ray_audit_on_the_node_that_cannot_see_the_tree_gives_the_local_verdicts(cluster, audited,
                                                                                   tmp_path):
     local = audited.repro("audit", "specs", "-j", "2", "--json", str(tmp_path / "local.json"))
-    assert local.returncode == 1, local.stdout + local.stderr
+    assert local.returncode == 2, local.stdout + local.stderr
     remote = audited.repro("audit", "specs", "--engine", "ray", "--address", cluster.address,
                            "--node-kind", "node_b", "--json", str(tmp_path / "ray.json"))
-    assert remote.returncode == 1, remote.stdout + remote.stderr
+    assert remote.returncode == 2, remote.stdout + remote.stderr
     a, b = _results(tmp_path / "local.json"), _results(tmp_path / "ray.json")
-    assert {k: v["status"] for k, v in b.items()} == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass"}
+    assert {k: v["status"] for k, v in b.items()} == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass",
+                                                      "tiny-d": "error"}
     assert a == b
+    assert f"repository {audited.root})" in b["tiny-d"]["error"]   # the user's, not the worker's copy
     # node B rebuilt the project from the store: its own cache holds the blobs and the export
     commit = json.loads((audited.record_dir / "record.json").read_text())["code"]["commit"]
     assert (cluster.cache("b") / "trees" / commit).is_dir()
@@ -153,7 +160,8 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
         stop.set()
         watch.join()
     status = {v.name: str(v.status) for v in audit.verdicts}
-    assert audit.complete and status == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass"}
+    assert audit.complete and status == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass",
+                                         "tiny-d": "error"}
     assert len(killed) == 1, "\n".join(f"{k} {v[0]} {_spec_of(v[1])}" for k, v in seen.items())
     runs = {name: [(pid, ppid) for pid, (ppid, cmd) in seen.items() if _spec_of(cmd) == name]
             for name in status}
@@ -162,6 +170,7 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     assert len({ppid for _, ppid in runs["tiny-c"]}) == 2   # on a fresh worker
     assert len(runs["tiny-b"]) == 1, runs          # a failing verdict is a result: never retried
     assert len(runs["tiny"]) == 1, runs
+    assert runs["tiny-d"] == [], runs              # its pin is checked before anything trains
     # the killed try's private directory was removed by the next job on its node
     assert (cluster.cache("b") / "cluster-work").is_dir()
     assert list((cluster.cache("b") / "cluster-work").glob(f"job-{killed[0]}-*")) == []
