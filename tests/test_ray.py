@@ -114,10 +114,10 @@ def _spec_of(cmd: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _sweep(seen: dict[int, tuple[int, str]], kill_first: str | None = None,
+def _sweep(base: Path, seen: dict[int, tuple[int, str]], kill_first: str | None = None,
            killed: list[int] | None = None) -> None:
-    """Runner processes whose parent is a Ray worker (pid -> parent, command); SIGKILL the
-    worker running the first one of spec `kill_first`."""
+    """Runner processes whose parent is a Ray worker of the cluster at `base` (pid -> parent,
+    command); SIGKILL the worker running the first one of spec `kill_first`."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -127,9 +127,10 @@ def _sweep(seen: dict[int, tuple[int, str]], kill_first: str | None = None,
                 continue
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             parent = (Path("/proc") / str(ppid) / "cmdline").read_bytes().decode(errors="replace")
+            env = (Path("/proc") / str(ppid) / "environ").read_bytes().decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
-        if not parent.startswith("ray::"):
+        if not parent.startswith("ray::") or f"REPRO_CACHE_DIR={base}/" not in env:  # another cluster's
             continue
         seen.setdefault(int(entry.name), (ppid, cmd))
         if killed is not None and not killed and _spec_of(cmd) == kill_first:
@@ -137,10 +138,10 @@ def _sweep(seen: dict[int, tuple[int, str]], kill_first: str | None = None,
             killed.append(ppid)
 
 
-def _runners(seen: dict[int, tuple[int, str]], stop: threading.Event, kill_first: str,
+def _runners(base: Path, seen: dict[int, tuple[int, str]], stop: threading.Event, kill_first: str,
              killed: list[int]) -> None:
     while not stop.is_set():
-        _sweep(seen, kill_first, killed)
+        _sweep(base, seen, kill_first, killed)
         time.sleep(0.05)
 
 
@@ -151,7 +152,7 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
 
     seen: dict[int, tuple[int, str]] = {}
     stop, killed = threading.Event(), []
-    watch = threading.Thread(target=_runners, args=(seen, stop, "tiny-c", killed), daemon=True)
+    watch = threading.Thread(target=_runners, args=(cluster.base, seen, stop, "tiny-c", killed), daemon=True)
     watch.start()
     try:
         audit = run_audit(audited.root / "specs", pipeline.Options(confirm=0),
@@ -176,9 +177,9 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     assert list((cluster.cache("b") / "cluster-work").glob(f"job-{killed[0]}-*")) == []
 
 
-def _ray_runners() -> list[int]:
+def _ray_runners(base: Path) -> list[int]:
     out: dict[int, tuple[int, str]] = {}
-    _sweep(out)
+    _sweep(base, out)
     return sorted(out)
 
 
@@ -189,7 +190,7 @@ def test_ctrl_c_cancels_the_tasks_and_reports_the_rest_interrupted(cluster, audi
 
     def interrupt_when_training() -> None:
         deadline = time.monotonic() + 60
-        while not _ray_runners() and time.monotonic() < deadline:
+        while not _ray_runners(cluster.base) and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -199,7 +200,7 @@ def test_ctrl_c_cancels_the_tasks_and_reports_the_rest_interrupted(cluster, audi
     assert not audit.complete
     assert any("interrupted" in v.error for v in audit.verdicts), [v.error for v in audit.verdicts]
     deadline = time.monotonic() + 20   # cancelled while this driver is still connected
-    while _ray_runners():
+    while _ray_runners(cluster.base):
         assert time.monotonic() < deadline, "a cancelled task's training is still running"
         time.sleep(0.2)
 
