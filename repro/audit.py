@@ -8,7 +8,8 @@ import datetime as _dt
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from repro import pipeline
 from repro.backends import KilledBy
 from repro.discovery import discover
 from repro.errors import ReproError
-from repro.executor import Executor, LocalExecutor
+from repro.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.progress import Progress
 from repro.verdict import Status, Verdict, error_verdict
 
@@ -85,9 +86,9 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
         if progress:
             progress.done(first + runnable[index], verdict)
 
-    batch = executor.map(lambda i, slot: pipeline.check(found[i].path,
-                                                        replace(options, cpu_slot=slot)),
-                         runnable, on_done=done,
+    tasks = [SpecJob(s, options, pipeline.check, partial(_lost, found[i].path, s, options.backend))
+             for i in runnable if (s := found[i].spec) is not None]   # runnable: loaded
+    batch = executor.map(run_spec_job, tasks, on_done=done,
                          on_start=(lambda k: progress.start(first + runnable[k])) if progress else None)
     audit.complete = batch.complete
     verdicts = {runnable[k]: v for k, v in batch.results.items()}
@@ -105,6 +106,11 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
     audit.finished = _now()
     audit.duration_s = time.perf_counter() - t0
     return audit
+
+
+def _lost(path: Path, spec: Any, backend: str, message: str) -> Verdict:
+    """A spec whose job could not finish (a cluster worker died on every try): an error."""
+    return error_verdict(path, message, spec=spec, backend=backend)
 
 
 def load_history(directory: str | Path, limit: int = 10) -> list[dict[str, Any]]:

@@ -22,16 +22,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from repro import pipeline
 from repro.errors import ReproError
-from repro.executor import Executor, LocalExecutor
+from repro.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.pins.code import code_repo, git, repo_root
 from repro.progress import Progress
 from repro.spec import Spec
-from repro.verdict import Status, Verdict
+from repro.verdict import Status, Verdict, error_verdict
 
 Outcome = Literal["pass", "fail", "skip"]
 VARIED = ("code.commit",)   # the one key bisect moves: its change is what is tested
@@ -207,7 +208,9 @@ def bisect(spec_ref: pipeline.SpecRef, good: str, bad: str, options: pipeline.Op
             first = progress.add([("good " if i < 0 else "bad " if number == 0 else
                                    f"round {number}: ") + name(i) for i in positions],
                                  later=min(left, max(0, rounds) * executor.slots))
-        batch = executor.map(lambda c, slot: _verify_at(spec, c, options, slot), shas,
+        jobs = [SpecJob(spec, options, partial(_verify_at, c), partial(_lost, spec, options.backend), (c,))
+                for c in shas]
+        batch = executor.map(run_spec_job, jobs,
                              on_start=(lambda k: progress.start(first + k)) if progress else None,
                              on_done=(lambda k, v: progress.done(first + k, v)) if progress else None)
         if not batch.complete:
@@ -250,10 +253,15 @@ def bisect(spec_ref: pipeline.SpecRef, good: str, bad: str, options: pipeline.Op
     return out
 
 
-def _verify_at(spec: Spec, commit: str, options: pipeline.Options, slot: int) -> Verdict:
+def _verify_at(commit: str, spec: Spec, options: pipeline.Options) -> Verdict:
     """The predicate: the spec's verify with its code pinned at `commit`, nothing else moved."""
     at = spec.model_copy(update={"code": spec.code.model_copy(update={"commit": commit})})
-    return pipeline.verify(at, replace(options, cpu_slot=slot))
+    return pipeline.verify(at, options)
+
+
+def _lost(spec: Spec, backend: str, message: str) -> Verdict:
+    """A probe whose job could not finish (a cluster worker died on every try): an error."""
+    return error_verdict(spec.path or spec.name or "spec", message, spec=spec, backend=backend)
 
 
 def _probe(commit: str, position: int, number: int, v: Verdict) -> Probe:

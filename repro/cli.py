@@ -37,21 +37,46 @@ def _options(ns: argparse.Namespace) -> Options:
                    jobs=(getattr(ns, "jobs", None) or 1) if ns.command == "verify" else 1)
 
 
+def _executor(ns: argparse.Namespace, jobs: int) -> Any:
+    """The Executor `--engine`, `--address` and `--node-kind` ask for (every command that has
+    them): `jobs` at a time here, or a Ray cluster (repro/rayexec.py)."""
+    from repro.executor import make_executor
+
+    engine = getattr(ns, "engine", "local")
+    if engine == "ray" and getattr(ns, "code", "pinned") == "worktree":
+        raise ReproError("--engine ray runs the pinned commit (the working tree is not shipped "
+                         "to the cluster); drop --code worktree")
+    return make_executor(engine, jobs, getattr(ns, "address", None), getattr(ns, "node_kind", None) or ())
+
+
 def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict]) -> int:
     """Every spec named (directories expanded, duplicate names refused before anything runs),
-    one verdict each; the exit code of the worst."""
+    one verdict each; the exit code of the worst. With `--engine ray` each spec is one task on
+    the cluster, all submitted at once."""
     from repro.discovery import discover
     from repro.report import render
     from repro.verdict import error_verdict
 
     code = EXIT_OK
     options = _options(ns)
-    for found in discover(Path(p) for p in ns.specs):
-        if found.problem is not None:
-            verdict = error_verdict(found.path, found.problem, spec=found.spec,
-                                    backend=options.backend)
+    found = discover(Path(p) for p in ns.specs)
+    remote: dict[int, Verdict] = {}
+    if getattr(ns, "engine", "local") == "ray":
+        from repro.audit import _lost
+        from repro.executor import SpecJob, run_spec_job
+
+        runnable = [i for i, f in enumerate(found) if f.problem is None and f.spec is not None]
+        jobs = [SpecJob(f.spec, options, action, functools.partial(_lost, f.path, f.spec, options.backend))
+                for i in runnable if (f := found[i]).spec is not None]
+        batch = _executor(ns, 1).map(run_spec_job, jobs)
+        if not batch.complete:
+            raise KeyboardInterrupt
+        remote = {runnable[k]: v for k, v in batch.results.items()}
+    for i, f in enumerate(found):
+        if f.problem is not None:
+            verdict = error_verdict(f.path, f.problem, spec=f.spec, backend=options.backend)
         else:
-            verdict = action(found.spec, options)
+            verdict = remote[i] if i in remote else action(f.spec, options)
         print(render(verdict, verbose=ns.verbose), end="", flush=True)
         code = max(code, verdict.exit_code)
     return code
@@ -75,11 +100,13 @@ def cmd_record(ns: argparse.Namespace) -> int:
 def cmd_verify(ns: argparse.Namespace) -> int:
     from repro import pipeline
     if ns.resume_check is not None:
+        if ns.engine != "local":
+            raise ReproError("--resume-check runs on this machine only (no --engine ray yet)")
         from repro.resume import check_restart
         at = None if ns.resume_check == "first" else ns.resume_check
         return _run_each(ns, functools.partial(check_restart, at=at, jobs=ns.jobs or 2))
-    if ns.segments is None:
-        return _run_each(ns, functools.partial(pipeline.check, record_it=False))
+    if ns.segments is None or ns.engine == "ray":   # on a cluster: a spec's segments are one task
+        return _run_each(ns, pipeline.check)
     from repro.report.progress import describe_replay, progress_display
     from repro.segments import replay_segments
 
@@ -106,7 +133,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     options = _options(ns)
     with progress_display(describe_verdict, title=f"repro audit {ns.directory}",
                           line=verdict_line, plain=ns.no_progress) as progress:
-        audit = run_audit(ns.directory, options, jobs=ns.jobs, progress=progress)
+        audit = run_audit(ns.directory, options, executor=_executor(ns, ns.jobs), progress=progress)
     print()
     print(audit_summary(audit), end="", flush=True)
     doc = audit_json(audit)
@@ -141,10 +168,13 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
     if not _output_dirs(("--json", ns.json)):
         return EXIT_ERROR
     if ns.env:
+        if ns.engine != "local":
+            print("repro: error: --env builds images on this machine (no --engine ray)", file=sys.stderr)
+            return EXIT_ERROR
         return _env_bisect(ns)
     with progress_display(describe_verdict, title=f"repro bisect {ns.spec}", line=None,
                           plain=ns.no_progress) as progress:   # plain: the round lines only
-        result = bisect(ns.spec, ns.good, ns.bad, _options(ns), jobs=ns.jobs,
+        result = bisect(ns.spec, ns.good, ns.bad, _options(ns), executor=_executor(ns, ns.jobs),
                         on_round=lambda r: progress.print(round_line(r)), progress=progress)
     return _result(render_bisection(result, verbose=ns.verbose), ns.json,
                    lambda: bisection_json(result), result.exit_code)
@@ -433,6 +463,16 @@ def _resume_step(text: str) -> int | str:
     return value
 
 
+def _engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="local", choices=("local", "ray"), help="where jobs run: "
+                   "local (this machine, -j at a time) or ray (one task per job on a Ray cluster; "
+                   "inputs travel through the project's store, docs/ray.md)")
+    p.add_argument("--address", metavar="auto|HOST:PORT|ray://HOST:PORT", help="the Ray cluster "
+                   "(default auto: the one this machine belongs to, or $RAY_ADDRESS)")
+    p.add_argument("--node-kind", action="append", metavar="RESOURCE", help="run only on Ray nodes "
+                   "with this custom resource (one unit a task; repeatable)")
+
+
 def _no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="plain progress lines, one per "
                    "finished job, even on a terminal (they are the default when the output is "
@@ -478,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true", help="show every quantity")
         if name in ("verify", "audit"):
             _no_progress(p)
+            _engine(p)
         p.set_defaults(func=func)
 
     running("run", cmd_run, "execute specs and print a summary; compare nothing")
@@ -567,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="F", help="write the machine-readable result")
     p.add_argument("-v", "--verbose", action="store_true", help="list every failing quantity")
     _no_progress(p)
+    _engine(p)
     p.set_defaults(func=cmd_bisect)
     p = sub.add_parser("init", help="write a spec for a training function with its pins filled, "
                        "record it and print what to add to CI (docs/init.md)")

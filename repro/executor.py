@@ -10,8 +10,12 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from repro.pipeline import Options
+    from repro.spec import Spec
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -28,6 +32,26 @@ class Batch(Generic[R]):
     results: dict[int, R] = field(default_factory=dict)
     complete: bool = True
     interrupted_running: set[int] = field(default_factory=set)  # were running when stopped
+
+
+@dataclass(frozen=True)
+class SpecJob(Generic[R]):
+    """One job about one spec: the unit an executor without a shared filesystem can ship
+    (repro/parcel.py). `run(spec, options)` must be a module-level function or a partial of one
+    (a cluster pickles it); there it gets the spec and options as the worker sees them.
+    `failed(message)` is the result when no run could finish (the worker died on every try, the
+    project could not be shipped). `commits`: more commits the run checks out (bisect)."""
+
+    spec: Spec
+    options: Options
+    run: Callable[[Spec, Options], R]
+    failed: Callable[[str], R]
+    commits: tuple[str, ...] = ()
+
+
+def run_spec_job(job: SpecJob[R], slot: int) -> R:
+    """The work of a batch of SpecJobs, on this machine: the job on CPU slot `slot`."""
+    return job.run(job.spec, replace(job.options, cpu_slot=slot))
 
 
 class Executor(Protocol):
@@ -98,3 +122,15 @@ class LocalExecutor:
         finally:
             pool.shutdown(wait=True)
         return batch
+
+
+def make_executor(engine: str = "local", jobs: int = 1, address: str | None = None,
+                  node_kinds: Sequence[str] = ()) -> Executor:
+    """The executor a front end asked for (`--engine`, `-j`, `--address`, `--node-kind`):
+    `LocalExecutor(jobs)`, or a `RayExecutor` (repro/rayexec.py, which imports ray)."""
+    if engine == "ray":
+        from repro.rayexec import RayExecutor
+        return RayExecutor(address, node_kinds)
+    if engine != "local":
+        raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
+    return LocalExecutor(jobs)

@@ -1,0 +1,220 @@
+"""A spec's project, packed into the store by hash and unpacked on a machine that shares no
+filesystem with this one (docs/ray.md): what a cluster executor ships with each job.
+
+`pack` (here) puts into the store remote every file a verify of the spec reads — the spec file,
+pyproject.toml, the data entries, the spec's records (and the large record blobs of the
+machine's store, as `repro push` sends them) — and a git pack holding only the commits the job
+needs (the pinned commit, the records' commits, a bisect probe's), each object named by its
+sha256. The `Parcel` that travels is a small typed value: relative paths and hashes.
+
+`unpack` (there) fetches those blobs by hash (re-hashed before use), lays the files out under a
+private directory at the same relative paths, and makes that directory a shallow git repository
+holding exactly the packed commits. `pipeline` then runs there unchanged: the code pin is checked
+and exported by git from the commit object, the data pins re-hashed, the record checked.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.errors import ReproError, StoreError
+from repro.pins.code import code_repo, git, repo_root
+from repro.remote import Remote, RemoteConfig, remote_config
+from repro.spec import Spec
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One file of the project: where it goes (relative, POSIX) and the blob that holds it."""
+
+    rel: str
+    sha256: str
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """What a worker needs to rebuild a spec's project: all by hash, no path of this machine
+    except `origin` (to map the verdict's paths back)."""
+
+    store: RemoteConfig
+    origin: str                       # the spec's repository root here
+    spec_rel: str                     # the spec file, relative to the root
+    files: tuple[Shipped, ...]
+    git_pack: str                     # sha256 of a git pack with the commits below (no history)
+    commits: tuple[str, ...]
+    records_rel: str | None = None    # --records DIR, relative to the root (None: default)
+
+
+def store_for(root: Path) -> RemoteConfig:
+    """The remote a cluster job's inputs travel through: the project's store (StoreError when
+    there is none: a cluster shares no filesystem, so there is no other way)."""
+    config = remote_config(root)
+    if config is None:
+        raise StoreError(f"{root}: --engine ray ships every input through the project's store, "
+                         "and none is configured: add `[tool.repro] store = \"s3://bucket/prefix\"` "
+                         "to its pyproject.toml (any fsspec URL every node can reach), or set "
+                         "$REPRO_STORE")
+    return config
+
+
+def _inside(path: Path, root: Path, what: str) -> str:
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise ReproError(f"{what} {path} is outside the repository {root}; --engine ray ships "
+                         "only files inside it (move it there)") from None
+
+
+def _files_below(path: Path) -> Iterable[Path]:
+    if path.is_file():
+        yield path
+    elif path.is_dir():
+        for dirpath, _dirs, names in os.walk(path, followlinks=True):
+            for name in sorted(names):
+                if os.path.isfile(os.path.join(dirpath, name)):
+                    yield Path(dirpath) / name
+
+
+def _record_commits(records: Path) -> set[str]:
+    import json
+
+    out = set()
+    for meta in records.glob("*/record.json"):
+        try:
+            commit = json.loads(meta.read_text(encoding="utf-8")).get("code", {}).get("commit")
+        except (OSError, ValueError, AttributeError):
+            continue   # a broken record is the worker's verify to report, as it is here
+        if isinstance(commit, str):
+            out.add(commit)
+    return out
+
+
+def _upload(remote: Remote, data: bytes, known: dict[str, int]) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    if known.get(sha) != len(data):
+        remote.upload(sha, data)
+        known[sha] = len(data)
+    return sha
+
+
+class Listings:
+    """What each store remote holds (sha256 -> size), listed once for a batch of parcels packed
+    side by side; an upload adds to it. A blob two parcels share may be sent twice at once:
+    the same bytes under the same name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by: dict[tuple[str, str], dict[str, int]] = {}
+
+    def of(self, remote: Remote) -> dict[str, int]:
+        with self._lock:
+            key = remote.config.key()
+            if key not in self._by:
+                self._by[key] = remote.listing()
+            return self._by[key]
+
+
+def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = (),
+         listings: Listings | None = None) -> Parcel:
+    """Put the spec's project into its store and say where it is. `commits`: more commits the
+    job checks out (a bisect probe's). `listings`: what the remote holds, shared by a batch
+    (shared between the parcels of one batch, so each blob is sent once)."""
+    from repro.blobsync import projects, push
+    from repro.record import record_dir
+
+    if spec.path is None:
+        raise ReproError("a spec without a file cannot be shipped to a cluster")
+    root = repo_root(spec.path)
+    config = store_for(root)
+    remote = Remote(config)
+    known = (listings or Listings()).of(remote)
+    records = record_dir(root, spec.name or "", "any", records_root).parent
+    paths = [Path(spec.path)] + [p for p in [root / "pyproject.toml"] if p.is_file()]
+    for entry in spec.data.values():
+        paths.extend(_files_below(root / entry.path))
+    paths.extend(_files_below(records))
+    files = []
+    for path in paths:
+        data = path.read_bytes()
+        files.append(Shipped(_inside(path, root, "file"), _upload(remote, data, known),
+                             os.access(path, os.X_OK)))
+    proj = [p for p in projects([Path(spec.path)], records_root) if p.blobs]
+    for p in proj:   # the records' large blobs, as `repro push` sends them
+        sent = push(p)
+        if sent.problems:
+            raise StoreError("; ".join(x.message for x in sent.problems))
+    repo = code_repo(root, spec.code.repo)
+    if repo != root:
+        raise ReproError(f"code.repo {spec.code.repo!r}: --engine ray ships the spec's own "
+                         "repository only (code.repo: .)")
+    wanted = sorted({c for c in (spec.code.commit, *commits, *_record_commits(records)) if c})
+    present = [c for c in wanted
+               if git(["cat-file", "-e", f"{c}^{{commit}}"], root, check=False).returncode == 0]
+    objects = git(["rev-list", "--objects", "--no-walk", *present], root).stdout if present else ""
+    packed = subprocess.run(["git", "pack-objects", "--stdout", "-q"], cwd=root, input=objects.encode(),
+                            capture_output=True, check=True).stdout
+    return Parcel(config, str(root), _inside(Path(spec.path), root, "spec"), tuple(files),
+                  _upload(remote, packed, known), tuple(present),
+                  _inside(records_root, root, "--records") if records_root else None)
+
+
+def _fetch(remote: Remote, sha: str) -> bytes:
+    from repro.store import machine_store
+
+    store = machine_store()   # the node's own cache: a blob fetched once serves every job
+    if not store.has(sha):
+        remote.download(sha, store)
+    return store.get(sha, "a shipped file")
+
+
+def unpack(parcel: Parcel, into: Path) -> Path:
+    """Rebuild the project under `into` (a fresh directory) from the store; the spec's path."""
+    remote = Remote(parcel.store)
+    for f in parcel.files:
+        target = into / f.rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_fetch(remote, f.sha256))
+        if f.executable:
+            target.chmod(0o755)
+    git(["init", "-q"], into)
+    with tempfile.TemporaryFile() as buf:
+        buf.write(_fetch(remote, parcel.git_pack))
+        buf.seek(0)
+        subprocess.run(["git", "unpack-objects", "-q"], cwd=into, stdin=buf, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # a shallow repository: the packed commits are complete; their parents are not here
+    (into / ".git" / "shallow").write_text("".join(f"{c}\n" for c in parcel.commits))
+    return into / parcel.spec_rel
+
+
+def workspace() -> Path:
+    """A private directory for one job on this node (under its cache: never the origin's),
+    named after this worker process; those of workers that died (a retried task's first try)
+    are removed here."""
+    import re
+
+    from repro.paths import cache_dir
+    from repro.proctree import alive
+
+    base = cache_dir() / "cluster-work"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        m = re.match(r"^job-(\d+)-", old.name)
+        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+            remove(old)
+    return Path(tempfile.mkdtemp(dir=base, prefix=f"job-{os.getpid()}-"))
+
+
+def remove(path: Path) -> None:
+    from repro.pins.code import _make_writable
+
+    _make_writable(path)
+    shutil.rmtree(path, ignore_errors=True)

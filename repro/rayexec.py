@@ -1,0 +1,166 @@
+"""`RayExecutor`: the Executor on a Ray cluster (`--engine ray`, docs/ray.md). The only module
+that imports ray, and only when one is made.
+
+Each item is a `SpecJob`; each becomes one Ray task that asks for the spec's resources
+(`num_cpus` = environment.cpus, `num_gpus` = 1 for a GPU spec, one unit of each node kind
+named). Nodes share no filesystem with this machine: before a task is submitted its spec's
+project is packed into the store by hash (repro/parcel.py); the task unpacks it into a private
+directory on its node and runs the job there with the same backend, and the result (a Verdict)
+comes back as the task's return value.
+
+Two kinds of failure are kept apart, as Kubernetes Indexed Jobs do: a worker process that dies
+(killed, out of memory, its node lost) is an infrastructure failure, and Ray runs the task again
+(`max_retries`); a failing verdict is a result, returned like a pass and never retried
+(`retry_exceptions=False`: the pipeline turns every user error into a verdict). Ctrl-C cancels
+every task not finished.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from repro.errors import ReproError
+from repro.executor import Batch, SpecJob, Work, run_spec_job
+from repro.parcel import Listings, Parcel, pack, remove, unpack, workspace
+
+R = TypeVar("R")
+RETRIES = 3          # tries after the first, for a worker that dies (never for a verdict)
+
+
+def _moved(value: str, there: str, here: str) -> str:
+    return here + value[len(there):] if value.startswith(there) else value
+
+
+def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
+    """The task, on a worker: rebuild the project from the store, run the job there, map the
+    verdict's paths back to the origin's (so a report names the files the user has)."""
+    from repro.remote import STORE_ENV
+    from repro.spec import load_spec
+    from repro.verdict import Verdict
+
+    saved = os.environ.get(STORE_ENV)   # a store named by $REPRO_STORE here is named so there
+    if parcel.store.source == f"${STORE_ENV}":
+        os.environ[STORE_ENV] = parcel.store.url
+    where = workspace()
+    try:
+        spec = load_spec(unpack(parcel, where))
+        records = where / parcel.records_rel if parcel.records_rel is not None else None
+        options = replace(job.options, records_root=records, cpu_slot=None, echo=False)
+        result = job.run(spec, options)
+        if isinstance(result, Verdict):   # the files it names are the user's, not the copy's
+            there, here = str(where), parcel.origin
+            result.spec_path = _moved(result.spec_path, there, here)
+            result.record_path = _moved(result.record_path, there, here)
+            result.error = result.error.replace(there, here)
+            result.error_detail = result.error_detail.replace(there, here)
+            result.notes = [n.replace(there, here) for n in result.notes]
+        return result
+    finally:
+        remove(where)
+        if saved is None:
+            os.environ.pop(STORE_ENV, None)
+        else:
+            os.environ[STORE_ENV] = saved
+
+
+class RayExecutor:
+    """Runs SpecJobs as Ray tasks on the cluster at `address` ("auto": the one this machine
+    belongs to; "ray://HOST:PORT": a Ray client). `node_kinds`: custom resources a task must
+    have one unit of (the kind of node it may run on)."""
+
+    def __init__(self, address: str | None = "auto", node_kinds: Sequence[str] = (),
+                 retries: int = RETRIES):
+        try:
+            import ray
+        except ImportError:
+            raise ReproError("--engine ray needs ray: pip install 'repro[ray]'") from None
+        self.ray: Any = ray
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address or "auto", logging_level=logging.ERROR, log_to_driver=False,
+                         configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ReproError(f"cannot connect to the Ray cluster at {address or 'auto'}: "
+                                 f"{exc}. Start one (`ray start --head`) or name it with "
+                                 "--address HOST:PORT | ray://HOST:PORT") from None
+        self.node_kinds = tuple(node_kinds)
+        self.retries = retries
+        self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._task = ray.remote(run_parcel)
+
+    def _options(self, job: SpecJob[Any]) -> dict[str, Any]:
+        env = job.spec.environment
+        side_by_side = job.options.jobs if job.options.segments else 1   # its segments, on its node
+        return {"num_cpus": env.cpus * side_by_side, "num_gpus": 1 if env.platform == "gpu" else 0,
+                "resources": {k: 1 for k in self.node_kinds}, "max_retries": self.retries,
+                "retry_exceptions": False, "name": f"repro:{job.spec.name}"}
+
+    def map(self, work: Work[Any, R], items: Sequence[Any],
+            on_done: Callable[[int, R], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Batch[R]:
+        if work is not run_spec_job or not all(isinstance(j, SpecJob) for j in items):
+            raise TypeError("RayExecutor runs SpecJobs with run_spec_job only: a job must say "
+                            "which spec's project it needs shipped")
+        jobs: list[SpecJob[R]] = list(items)
+        batch: Batch[R] = Batch()
+        refs: dict[Any, int] = {}
+        listings = Listings()
+        lock = threading.Lock()
+
+        def submit(index: int) -> None:
+            job = jobs[index]
+            try:   # packed side by side; a blob two parcels share may be sent twice (same bytes)
+                parcel = pack(job.spec, job.options.records_root, job.commits, listings)
+            except ReproError as exc:
+                result = job.failed(f"cannot ship the spec's project to the cluster: {exc}")
+                with lock:
+                    batch.results[index] = result
+                return
+            ref = self._task.options(**self._options(job)).remote(parcel, job)
+            with lock:
+                refs[ref] = index
+            if on_start:
+                on_start(index)
+
+        reported: set[int] = set()
+        try:
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="repro-ship") as pool:
+                for f in [pool.submit(submit, i) for i in range(len(jobs))]:
+                    f.result()
+            pending = list(refs)
+            while True:
+                for index in sorted(set(batch.results) - reported):
+                    reported.add(index)
+                    if on_done:
+                        on_done(index, batch.results[index])
+                if not pending:
+                    break
+                done, pending = self.ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in done:
+                    batch.results[refs[ref]] = self._get(ref, jobs[refs[ref]])
+        except KeyboardInterrupt:
+            batch.complete = False
+            running = [r for r, i in refs.items() if i not in batch.results]
+            for ref in running:
+                self.ray.cancel(ref, force=True)
+            batch.interrupted_running = {refs[r] for r in running}
+        return batch
+
+    def _get(self, ref: Any, job: SpecJob[R]) -> R:
+        """A task's result; `job.failed` when no try could finish (its worker died every time,
+        or repro itself raised there)."""
+        exceptions = self.ray.exceptions
+        try:
+            return self.ray.get(ref)
+        except exceptions.WorkerCrashedError:
+            return job.failed(f"the Ray worker running this spec died on each of "
+                              f"{self.retries + 1} tries (infrastructure failure, retried)")
+        except exceptions.RayTaskError as exc:
+            return job.failed(f"the Ray task failed on its worker: {exc}")
+        except exceptions.RayError as exc:
+            return job.failed(f"the Ray task was lost: {type(exc).__name__}: {exc}")

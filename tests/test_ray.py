@@ -1,0 +1,244 @@
+"""`--engine ray` on a real two-node Ray cluster on this machine (tests/raycluster.py;
+docs/ray.md). Node B cannot see pytest's temporary directory, where every test project lives:
+whatever a task there runs, it rebuilt from the store (a real S3 server, moto's, on 127.0.0.1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import test_store  # noqa: E402
+from raycluster import Cluster  # noqa: E402
+from test_store import BUCKET  # noqa: E402
+
+from conftest import Project, sha256  # noqa: E402
+
+s3_server = test_store.s3_server   # the real S3 server (moto) the nodes' store is in
+
+
+def _can_hide() -> None:
+    """Node B needs a mount namespace (unshare -m, root): outside CI its absence skips."""
+    from dockerutil import IN_CI
+
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        why = (f"node B of the test cluster runs in its own mount namespace (unshare -m, as root), "
+               f"which this machine refuses: {probe.stderr.strip()}")
+        pytest.fail(why, pytrace=False) if IN_CI else pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def booting(s3_server, tmp_path_factory):
+    """The nodes, starting (the project records meanwhile)."""
+    _can_hide()
+    c = Cluster(tmp_path_factory.getbasetemp())
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(booting, audited) -> Cluster:
+    return booting.ready()
+
+
+def _add_spec(p: Project, name: str, seed: int) -> None:
+    text = p.spec.read_text().replace("name: tiny", f"name: {name}").replace(
+        "seeds: {params: 0}", f"seeds: {{params: {seed}}}")
+    p.write(f"specs/{name}.yaml", text)
+
+
+@pytest.fixture(scope="module")
+def audited(s3_server, booting, tmp_path_factory) -> Project:
+    """Three recorded specs whose project names an S3 store; tiny-b then fails (seed moved),
+    and tiny-d (not recorded) is an error: its data pin does not hold."""
+    from conftest import build_project
+    p = build_project(tmp_path_factory.mktemp("ray") / "proj")
+    p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray"\n')
+    _add_spec(p, "tiny-b", 1)
+    _add_spec(p, "tiny-c", 2)
+    p.commit("specs and store")
+    p.repro("record", "specs", "--runs", "1", check_rc=0)
+    spec_b = p.root / "specs" / "tiny-b.yaml"
+    spec_b.write_text(spec_b.read_text().replace("seeds: {params: 1}", "seeds: {params: 7}"))
+    _add_spec(p, "tiny-d", 3)   # an error that names a file: its data pin does not hold
+    spec_d = p.root / "specs" / "tiny-d.yaml"
+    text = spec_d.read_text()
+    spec_d.write_text(text.replace(sha256(p.data), "ab" * 32))
+    p.commit("records; tiny-b's seed moved; tiny-d pins other data")
+    return p
+
+
+VOLATILE = {"duration_s", "timings", "fingerprint", "started", "finished", "notes"}
+
+
+def _results(path: Path) -> dict[str, dict]:
+    doc = json.loads(path.read_text())
+    return {r["name"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in doc["results"]}
+
+
+def test_a_ray_audit_on_the_node_that_cannot_see_the_tree_gives_the_local_verdicts(cluster, audited,
+                                                                                  tmp_path):
+    local = audited.repro("audit", "specs", "-j", "2", "--json", str(tmp_path / "local.json"))
+    assert local.returncode == 2, local.stdout + local.stderr
+    remote = audited.repro("audit", "specs", "--engine", "ray", "--address", cluster.address,
+                           "--node-kind", "node_b", "--json", str(tmp_path / "ray.json"))
+    assert remote.returncode == 2, remote.stdout + remote.stderr
+    a, b = _results(tmp_path / "local.json"), _results(tmp_path / "ray.json")
+    assert {k: v["status"] for k, v in b.items()} == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass",
+                                                      "tiny-d": "error"}
+    assert a == b
+    assert f"repository {audited.root})" in b["tiny-d"]["error"]   # the user's, not the worker's copy
+    # node B rebuilt the project from the store: its own cache holds the blobs and the export
+    commit = json.loads((audited.record_dir / "record.json").read_text())["code"]["commit"]
+    assert (cluster.cache("b") / "trees" / commit).is_dir()
+    assert any((cluster.cache("b") / "store").rglob("*"))
+    assert not (cluster.cache("a") / "trees").exists()   # every task asked for node_b
+
+
+def _spec_of(cmd: str) -> str | None:
+    """The spec a runner runs, from its run directory (`repro-<pid>-<spec>-<8 random>`)."""
+    m = re.search(r"/repro-\d+-([^/]+?)-[a-z0-9_]{8}/job\.json", cmd)
+    return m.group(1) if m else None
+
+
+def _sweep(base: Path, seen: dict[int, tuple[int, str]], kill_first: str | None = None,
+           killed: list[int] | None = None) -> None:
+    """Runner processes whose parent is a Ray worker of the cluster at `base` (pid -> parent,
+    command); SIGKILL the worker running the first one of spec `kill_first`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if "repro.runner" not in cmd:
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = (Path("/proc") / str(ppid) / "cmdline").read_bytes().decode(errors="replace")
+            env = (Path("/proc") / str(ppid) / "environ").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if not parent.startswith("ray::") or f"REPRO_CACHE_DIR={base}/" not in env:  # another cluster's
+            continue
+        seen.setdefault(int(entry.name), (ppid, cmd))
+        if killed is not None and not killed and _spec_of(cmd) == kill_first:
+            os.kill(ppid, signal.SIGKILL)
+            killed.append(ppid)
+
+
+def _runners(base: Path, seen: dict[int, tuple[int, str]], stop: threading.Event, kill_first: str,
+             killed: list[int]) -> None:
+    while not stop.is_set():
+        _sweep(base, seen, kill_first, killed)
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
+    from repro import pipeline
+    from repro.audit import run_audit
+    from repro.rayexec import RayExecutor
+
+    seen: dict[int, tuple[int, str]] = {}
+    stop, killed = threading.Event(), []
+    watch = threading.Thread(target=_runners, args=(cluster.base, seen, stop, "tiny-c", killed), daemon=True)
+    watch.start()
+    try:
+        audit = run_audit(audited.root / "specs", pipeline.Options(confirm=0),
+                          executor=RayExecutor(cluster.address, ["node_b"]))
+    finally:
+        stop.set()
+        watch.join()
+    status = {v.name: str(v.status) for v in audit.verdicts}
+    assert audit.complete and status == {"tiny": "pass", "tiny-b": "fail", "tiny-c": "pass",
+                                         "tiny-d": "error"}
+    assert len(killed) == 1, "\n".join(f"{k} {v[0]} {_spec_of(v[1])}" for k, v in seen.items())
+    runs = {name: [(pid, ppid) for pid, (ppid, cmd) in seen.items() if _spec_of(cmd) == name]
+            for name in status}
+    assert len(runs["tiny-c"]) == 2, runs          # killed with its worker, then run again
+    assert killed[0] in {ppid for _, ppid in runs["tiny-c"]}
+    assert len({ppid for _, ppid in runs["tiny-c"]}) == 2   # on a fresh worker
+    assert len(runs["tiny-b"]) == 1, runs          # a failing verdict is a result: never retried
+    assert len(runs["tiny"]) == 1, runs
+    assert runs["tiny-d"] == [], runs              # its pin is checked before anything trains
+    # the killed try's private directory was removed by the next job on its node
+    assert (cluster.cache("b") / "cluster-work").is_dir()
+    assert list((cluster.cache("b") / "cluster-work").glob(f"job-{killed[0]}-*")) == []
+
+
+def _ray_runners(base: Path) -> list[int]:
+    out: dict[int, tuple[int, str]] = {}
+    _sweep(base, out)
+    return sorted(out)
+
+
+def test_ctrl_c_cancels_the_tasks_and_reports_the_rest_interrupted(cluster, audited):
+    from repro import pipeline
+    from repro.audit import run_audit
+    from repro.rayexec import RayExecutor
+
+    def interrupt_when_training() -> None:
+        deadline = time.monotonic() + 60
+        while not _ray_runners(cluster.base) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_training, daemon=True).start()
+    audit = run_audit(audited.root / "specs", pipeline.Options(confirm=0),
+                      executor=RayExecutor(cluster.address, ["node_b"]))
+    assert not audit.complete
+    assert any("interrupted" in v.error for v in audit.verdicts), [v.error for v in audit.verdicts]
+    deadline = time.monotonic() + 20   # cancelled while this driver is still connected
+    while _ray_runners(cluster.base):
+        assert time.monotonic() < deadline, "a cancelled task's training is still running"
+        time.sleep(0.2)
+
+
+def test_verify_with_engine_ray(cluster, audited):
+    proc = audited.repro("verify", "specs/tiny.yaml", "--engine", "ray", "--address", cluster.address,
+                         "--node-kind", "node_b")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS" in proc.stdout and str(audited.root / "specs" / "tiny.yaml") in proc.stdout
+
+
+def test_bisect_with_engine_ray_names_the_commit_that_changed_the_lr(cluster, audited, tmp_path):
+    """Last in the module: it adds commits to the project (specs and records stay as they are)."""
+    good = json.loads((audited.record_dir / "record.json").read_text())["code"]["commit"]
+    train = audited.root / "tinyproj" / "train.py"
+    audited.write("NOTES.md", "a note\n")
+    audited.commit("notes")
+    train.write_text(train.read_text().replace("LR_SCALE = 1.0", "LR_SCALE = 2.0"))
+    changed = audited.commit("lr doubled")
+    audited.write("NOTES.md", "two notes\n")
+    bad = audited.commit("more notes")
+    proc = audited.repro("bisect", "specs/tiny.yaml", "--good", good, "--bad", bad, "-j", "2",
+                         "--engine", "ray", "--address", cluster.address, "--node-kind", "node_b",
+                         "--json", str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["found"] == changed
+    assert doc["verdict"]["status"] == "fail"
+    assert any(c.get("key") == "code.commit" for c in doc["verdict"]["changes"])
+
+
+def test_without_a_store_the_engine_says_how_to_name_one(project, monkeypatch):
+    """No cluster needed: a project must name its store before anything is shipped."""
+    from repro.errors import StoreError
+    from repro.parcel import pack
+    from repro.spec import load_spec
+
+    monkeypatch.delenv("REPRO_STORE", raising=False)
+    with pytest.raises(StoreError, match=r"--engine ray ships every input through the project's "
+                       r"store.*\[tool.repro\] store = .*REPRO_STORE"):
+        pack(load_spec(project.spec))
