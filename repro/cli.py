@@ -392,7 +392,18 @@ def cmd_init(ns: argparse.Namespace) -> int:
         seeds[key] = int(value)
     config = {k: yaml.safe_load(v) for k, v in pairs(ns.config, "--config").items()}
     echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
-    request = InitRequest(entrypoint=ns.entrypoint, name=ns.name,
+    import shlex
+
+    outputs = {}
+    for kind in ("metrics", "weights"):
+        value = getattr(ns, kind)
+        if value is not None:
+            path, sep, fmt = value.rpartition(":")
+            if not sep or not path:
+                raise ReproError(f"--{kind} {value!r}: expected PATH:FORMAT (docs/scripts.md)")
+            outputs[kind] = {"path": path, "format": fmt}
+    request = InitRequest(entrypoint=ns.entrypoint, name=ns.name, outputs=outputs,
+                          command=tuple(shlex.split(ns.command)) if ns.command else None,
                           spec_path=Path(ns.spec) if ns.spec else None,
                           data=pairs(ns.data, "--data"), seeds=seeds, config=config, runs=ns.runs)
     result = init(request, Options(echo=echo))
@@ -612,8 +623,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bisect)
     p = sub.add_parser("init", help="write a spec for a training function with its pins filled, "
                        "record it and print what to add to CI (docs/init.md)")
-    p.add_argument("--entrypoint", required=True, metavar="MODULE:FUNCTION",
-                   help="the training function, train(ctx), in this git repository")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--entrypoint", metavar="MODULE:FUNCTION",
+                     help="the training function, train(ctx), in this git repository")
+    how.add_argument("--command", metavar="'python train.py ...'", help="an unmodified script's "
+                     "command line ({config.x}, {seeds.y} placeholders; docs/scripts.md)")
+    p.add_argument("--metrics", metavar="PATH:FORMAT", help="with --command: the metrics file it "
+                   "writes (jsonl, csv, tensorboard)")
+    p.add_argument("--weights", metavar="PATH:FORMAT", help="with --command: the weights it "
+                   "writes (orbax, npz, safetensors)")
     p.add_argument("--name", help="the spec's name (default: from the entrypoint)")
     p.add_argument("--spec", metavar="PATH", help="where to write it, relative to the repository "
                    "root (default: specs/NAME.yaml); never overwritten")

@@ -37,9 +37,11 @@ class InitError(ReproError):
 class InitRequest:
     """What `repro init` is asked for (the CLI's flags)."""
 
-    entrypoint: str                                # module:function in the repository
+    entrypoint: str | None = None                  # module:function in the repository, or ...
+    command: tuple[str, ...] | None = None         # ... an unmodified script's command line
+    outputs: Mapping[str, Any] = field(default_factory=dict)  # command: {metrics|weights: {path, format}}
     start: Path = Path(".")                        # a directory inside the git repository
-    name: str | None = None                        # default: from the entrypoint
+    name: str | None = None                        # default: from the entrypoint or script
     spec_path: Path | None = None                  # default: specs/<name>.yaml
     data: Mapping[str, str] = field(default_factory=dict)     # name -> path (repo-relative)
     seeds: Mapping[str, int] = field(default_factory=dict)
@@ -69,8 +71,12 @@ class InitResult:
         return self.record is not None and self.record.status == Status.RECORDED
 
 
-def default_name(entrypoint: str) -> str:
-    """`pkg.train:train` -> `pkg-train`; `pkg.models:fit_mlp` -> `pkg-models-fit_mlp`."""
+def default_name(entrypoint: str | None, command: Sequence[str] | None = None) -> str:
+    """`pkg.train:train` -> `pkg-train`; `pkg.models:fit_mlp` -> `pkg-models-fit_mlp`; a command
+    `python scripts/train.py ...` -> `train`."""
+    if entrypoint is None:
+        scripts = [Path(a).stem for a in command or () if a.endswith(".py")]
+        return re.sub(r"[^A-Za-z0-9._-]", "-", scripts[0] if scripts else "script").lstrip(".-_") or "script"
     module, func = entrypoint.split(":")
     parts = [p for p in module.split(".") if p]
     if func not in ("train", "main", parts[-1] if parts else ""):
@@ -83,16 +89,27 @@ def init(request: InitRequest, options: Any = None) -> InitResult:
     from repro import pipeline
     from repro.spec import _ENTRYPOINT
 
-    if not _ENTRYPOINT.match(request.entrypoint):
+    if (request.entrypoint is None) == (request.command is None):
+        raise InitError("give --entrypoint MODULE:FUNCTION or --command 'python train.py ...' "
+                        "(one of them)")
+    if request.entrypoint is not None and not _ENTRYPOINT.match(request.entrypoint):
         raise InitError(f"--entrypoint {request.entrypoint!r} is not 'package.module:function'")
+    if request.command is not None and not request.outputs:
+        raise InitError("--command needs --metrics PATH:FORMAT and/or --weights PATH:FORMAT: the "
+                        "files the script writes (docs/scripts.md)")
     options = options or pipeline.Options()
     root = repo_root(Path(request.start))
-    name = request.name or default_name(request.entrypoint)
+    name = request.name or default_name(request.entrypoint, request.command)
+    code = ({"entrypoint": request.entrypoint} if request.entrypoint is not None else
+            {"command": list(request.command or ()), "outputs": dict(request.outputs)})
+    what = request.entrypoint or " ".join(request.command or ())
     spec_path = (root / request.spec_path) if request.spec_path else root / "specs" / f"{name}.yaml"
     spec_path = spec_path.resolve()
     _refuse_existing(spec_path, root, name, options)
     commit = head_commit(root)
-    choices = [Choice("code.commit", commit, _commit_reason(root, commit, request.entrypoint))]
+    reason = (_commit_reason(root, commit, request.entrypoint) if request.entrypoint is not None
+              else _command_reason(root, commit, request.command or ()))
+    choices = [Choice("code.commit", commit, reason)]
     data = _hash_data(root, request.data, choices)
     seeds = dict(request.seeds)
     choices.append(Choice("seeds", json.dumps(seeds) if seeds else "{}",
@@ -100,15 +117,23 @@ def init(request: InitRequest, options: Any = None) -> InitResult:
                           "none given: a function that asks for one (ctx.key/ctx.seed) fails "
                           "naming it; pass --seed NAME=VALUE"))
 
-    doc = _spec_doc(name, commit, request.entrypoint, data, seeds, dict(request.config), {
-        "grads": {"steps": [PROBE_GRAD_STEP]}, "checkpoints": {"steps": [PROBE_CHECKPOINT_STEP]}})
+    probe_record: dict[str, Any] = (   # a script reports only what it writes: no ctx to probe
+        {} if request.command is not None else
+        {"grads": {"steps": [PROBE_GRAD_STEP]}, "checkpoints": {"steps": [PROBE_CHECKPOINT_STEP]}})
+    if request.command is not None and "weights" not in request.outputs:
+        probe_record["weights"] = "none"
+    doc = _spec_doc(name, commit, code, data, seeds, dict(request.config), probe_record)
     try:   # a probe: what the function logs and keeps decides the record block
         probe_spec = _in_memory(doc, root / spec_path.name)   # its directory may not exist yet
         probe = pipeline.execute(pipeline.prepare(probe_spec, options), options).result
     except ReproError as exc:
-        raise InitError(f"the probe run of {request.entrypoint} failed; nothing was written:\n"
+        raise InitError(f"the probe run of {what} failed; nothing was written:\n"
                         f"{exc}") from None
     record_block = _record_choices(probe, choices)
+    if "weights" in probe_record:
+        record_block["weights"] = "none"
+        choices.append(Choice("record.weights", "none", "the command declares no weights file: "
+                              "its metrics are compared (add --weights PATH:FORMAT for weights)"))
     runs = request.runs
     if runs is not None:
         record_block["runs"] = runs
@@ -118,7 +143,7 @@ def init(request: InitRequest, options: Any = None) -> InitResult:
     choices.append(Choice("environment", "platform cpu, cpus 1, isa portable",
                           "the defaults: one pinned core, x86-64 code capped at AVX2 so the "
                           "record compares bitwise on hosts with and without AVX-512"))
-    doc = _spec_doc(name, commit, request.entrypoint, data, seeds, dict(request.config), record_block)
+    doc = _spec_doc(name, commit, code, data, seeds, dict(request.config), record_block)
     _write_spec(spec_path, doc, choices)
     result = InitResult(spec_path, choices)
     try:
@@ -170,6 +195,28 @@ def _commit_reason(root: Path, commit: str, entrypoint: str) -> str:
     return f"HEAD, which holds {found[0]}; `repro pin` moves it when the code changes"
 
 
+def _command_reason(root: Path, commit: str, command: Sequence[str]) -> str:
+    """Why HEAD, after checking that every file the command names in the repository is in that
+    commit and unchanged (the script runs from the pinned tree, not the working tree)."""
+    tracked = set(git(["ls-tree", "-r", "--name-only", commit], root).stdout.splitlines())
+    named = []
+    for arg in command:
+        rel = arg.split("=", 1)[-1]
+        if "{" in rel or not rel or rel.startswith("-") or Path(rel).is_absolute():
+            continue
+        if (root / rel).is_file():
+            if rel not in tracked:
+                raise InitError(f"the command runs {rel}, which is not committed (HEAD "
+                                f"{commit[:12]}): `git add {rel} && git commit`, then run repro "
+                                "init again")
+            if git(["status", "--porcelain", "--", rel], root).stdout.strip():
+                raise InitError(f"{rel} has uncommitted changes; the spec pins commits, not the "
+                                "working tree: commit them, then run repro init again")
+            named.append(rel)
+    held = f", which holds {', '.join(named)}" if named else ""
+    return f"HEAD{held}; the command runs in a copy of that tree; `repro pin` moves it"
+
+
 def _hash_data(root: Path, entries: Mapping[str, str], choices: list[Choice]) -> dict[str, dict[str, str]]:
     from repro.pins.data import hash_path, resolve_data_path
     from repro.spec import _relative_path
@@ -215,11 +262,11 @@ def _record_choices(probe: RunResult, choices: list[Choice]) -> dict[str, Any]:
     return block
 
 
-def _spec_doc(name: str, commit: str, entrypoint: str, data: Mapping[str, Any],
+def _spec_doc(name: str, commit: str, code: Mapping[str, Any], data: Mapping[str, Any],
               seeds: Mapping[str, int], config: Mapping[str, Any], record: Mapping[str, Any]
               ) -> dict[str, Any]:
     doc: dict[str, Any] = {"repro": 1, "name": name,
-                           "code": {"commit": commit, "entrypoint": entrypoint}}
+                           "code": {"commit": commit, **code}}
     if data:
         doc["data"] = dict(data)
     doc["seeds"], doc["config"] = dict(seeds), dict(config)
@@ -249,7 +296,8 @@ def _write_spec(path: Path, doc: Mapping[str, Any], choices: Sequence[Choice]) -
         head.append(f"#   {c.key}: {c.value} — {c.why}")
     body = "".join(   # code in block style; small mappings and lists of scalars in flow style
         yaml.safe_dump({key: value}, sort_keys=False, width=100,
-                       default_flow_style=None if isinstance(value, dict) and key != "code" else False)
+                       default_flow_style=None if isinstance(value, dict) and not (
+                           key == "code" and all(isinstance(v, str) for v in value.values())) else False)
         for key, value in doc.items())
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():

@@ -64,3 +64,40 @@ def test_init_refuses_code_the_pin_would_not_hold_and_leaves_nothing(fresh):
     outside = fresh.repro("init", "--entrypoint", "tinyproj.train:train", "--name", "o",
                           "--data", "xy=../xy.npz", check_rc=2)
     assert "leaves the repository" in outside.stderr
+
+
+SCRIPT = """\
+import argparse, json, os
+import numpy as np
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--lr", type=float, default=0.1)
+ap.add_argument("--seed", type=int, default=0)
+args = ap.parse_args()
+os.makedirs("out", exist_ok=True)
+w = np.random.default_rng(args.seed).normal(size=(3, 2)).astype(np.float32)
+with open("out/metrics.jsonl", "w") as f:
+    for step in range(4):
+        w = w * np.float32(1 - args.lr)
+        f.write(json.dumps({"step": step, "loss": float((w ** 2).sum())}) + "\\n")
+np.savez("out/w.npz", **{"layer/w": w})
+"""
+
+
+def test_init_from_a_command_records_an_unmodified_script(fresh):
+    fresh.write("fit.py", SCRIPT)
+    fresh.commit("a script")
+    out = fresh.repro("init", "--command", "python fit.py --lr {config.lr} --seed {seeds.init}",
+                      "--metrics", "out/metrics.jsonl:jsonl", "--weights", "out/w.npz:npz",
+                      "--seed", "init=3", "--config", "lr=0.2", "--no-stream", check_rc=0).stdout
+    assert "HEAD, which holds fit.py; the command runs in a copy of that tree" in out, out
+    assert "RECORDED fit" in out
+    text = (fresh.root / "specs" / "fit.yaml").read_text()
+    assert "command: [python, fit.py, --lr, '{config.lr}', --seed, '{seeds.init}']" in text, text
+    assert "grads" not in text.split("record:")[1]
+    verify = fresh.repro("verify", "specs/fit.yaml", "--no-stream", check_rc=0).stdout
+    assert "PASS fit" in verify and "bitwise identical" in verify
+    fresh.write("fit.py", SCRIPT + "# edited\n")
+    dirty = fresh.repro("init", "--command", "python fit.py", "--name", "fit2", "--metrics",
+                        "out/metrics.jsonl:jsonl", check_rc=2)
+    assert "fit.py has uncommitted changes" in dirty.stderr
