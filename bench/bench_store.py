@@ -5,6 +5,7 @@
 (a) push of ~256 MB of blobs (4 MB each) to moto's S3 server on 127.0.0.1 (its own process)
     through s3fs, `blobsync.push` with -j transfers at a time;
 (b) pull of the same blobs into an empty machine store (each re-hashed before its rename);
+    and the server's ceiling: the same number of bytes put and got through s3fs alone;
 (c) `store verify` of ~1 GB of blobs in the machine store (thread pool; the files are in the page
     cache, so this is hashing speed); and the ceiling: sha256 of the same bytes in memory on one
     thread, in the same run, to show what the shared machine gave.
@@ -71,7 +72,7 @@ def main() -> int:
         os.environ["REPRO_CACHE_DIR"] = str(tmp / "push-cache")
         store = machine_store()
         shas = fill(store, args.push_mb, args.blob_mb)
-        refs = [BlobRef(s, store.path(s).stat().st_size, "store", tmp, 0, f"b{i}")
+        refs = [BlobRef(s, store.path(s).stat().st_size, "store", tmp, f"b{i}")
                 for i, s in enumerate(shas)]
         proj = Project(RemoteConfig("s3://bench/store"), refs, tmp)
         t = push(proj, jobs=args.jobs)
@@ -81,6 +82,19 @@ def main() -> int:
         t = pull(proj, jobs=args.jobs)
         assert t.exit_code == 0 and t.done == len(shas), t.summary()
         print(f"(b) pull  {t.rate()}  [re-hashed before rename]")
+        # the server's ceiling, side by side: the same bytes through s3fs alone, same concurrency,
+        # no hashing, no temp files, no repro
+        from concurrent.futures import ThreadPoolExecutor
+        fs = s3fs.S3FileSystem()
+        blob = os.urandom(args.blob_mb << 20)
+        for what, one in (("put", lambda i: fs.pipe_file(f"bench/raw/{i}", blob)),
+                          ("get", lambda i: fs.cat_file(f"bench/raw/{i}"))):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.jobs) as pool:
+                list(pool.map(one, range(len(shas))))
+            dt = time.perf_counter() - t0
+            print(f"    ceiling: s3fs {what} alone, -j {args.jobs}: "
+                  f"{len(shas) * len(blob) / 1e6 / dt:,.0f} MB/s")
 
         os.environ["REPRO_CACHE_DIR"] = str(tmp / "verify-cache")
         store = machine_store()

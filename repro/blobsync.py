@@ -192,7 +192,7 @@ def fetch(remote: Remote, blobs: Sequence[BlobRef], store: BlobStore, jobs: int 
 
     def one(b: BlobRef) -> None:
         try:
-            remote.download(b.sha256, store)
+            remote.download(b.sha256, store, b.size)
         except CorruptBlob as exc:
             problems.append(Problem(b.sha256, "corrupt", f"{b.named()}: {exc}"))
         except StoreError as exc:

@@ -31,6 +31,8 @@ from typing import Any
 from repro.errors import StoreError
 from repro.store import CHUNK, BlobStore
 
+ONE_GET_MAX = 64 << 20   # a blob this small (size known from its pointer) is fetched in one GET
+
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 # Object stores: a PUT (single or multipart) becomes visible whole, at once, or not at all.
 _ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "oss"}
@@ -198,18 +200,22 @@ class Remote:
         except OSError as exc:
             raise self._error(f"cannot upload blob {sha256[:12]}… to", exc) from None
 
-    def chunks(self, sha256: str) -> Iterator[bytes]:
-        """The blob's bytes from the remote, in pieces (FileNotFoundError when absent)."""
+    def chunks(self, sha256: str, size: int | None = None) -> Iterator[bytes]:
+        """The blob's bytes from the remote, in pieces (FileNotFoundError when absent). A blob
+        whose size is known and small comes in one GET (opening a file costs a HEAD first)."""
+        if size is not None and size <= ONE_GET_MAX:
+            yield self.fs.cat_file(self.path(sha256))
+            return
         with self.fs.open(self.path(sha256), "rb", block_size=CHUNK) as f:
             while chunk := f.read(CHUNK):
                 yield chunk
 
-    def download(self, sha256: str, store: BlobStore) -> None:
+    def download(self, sha256: str, store: BlobStore, size: int | None = None) -> None:
         """Fetch a blob into `store`, re-hashed before it is renamed into place: StoreError
         naming it, its URL, the expected and the actual sha256 when the remote's copy is
         corrupt (nothing is kept), or when the remote lacks it."""
         try:
-            actual = store.install(sha256, self.chunks(sha256))
+            actual = store.install(sha256, self.chunks(sha256, size))
         except FileNotFoundError:
             raise StoreError(f"blob {sha256} is not at the remote {self.url(sha256)}") from None
         except OSError as exc:

@@ -17,13 +17,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import test_store  # noqa: E402
 from raycluster import Cluster  # noqa: E402
-from test_store import BUCKET  # noqa: E402
 
-from conftest import Project, sha256  # noqa: E402
-
-s3_server = test_store.s3_server   # the real S3 server (moto) the nodes' store is in
+from conftest import BUCKET, Project, sha256  # noqa: E402
 
 
 def _can_hide() -> None:
