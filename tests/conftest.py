@@ -134,8 +134,8 @@ def _repro_cache(tmp_path_factory):
         os.environ["REPRO_CACHE_DIR"] = old
 
 
-def build_project(root: Path) -> Project:
-    """tinyproj committed, data written, spec pinned to that commit (not recorded)."""
+def build_workload(root: Path) -> tuple[Project, str]:
+    """A new repository with tinyproj and its data committed (no spec); and that commit."""
     root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "main")
     p = Project(root)
@@ -143,7 +143,12 @@ def build_project(root: Path) -> Project:
     p.write("tinyproj/train.py", textwrap.dedent(TRAIN_PY))
     p.data.parent.mkdir()
     write_data(p.data)
-    commit = p.commit("tiny workload")
+    return p, p.commit("tiny workload")
+
+
+def build_project(root: Path) -> Project:
+    """tinyproj committed, data written, spec pinned to that commit (not recorded)."""
+    p, commit = build_workload(root)
     p.write("specs/tiny.yaml", SPEC.format(commit=commit, sha=sha256(p.data)))
     p.commit("spec")
     return p

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from conftest import TRAIN_PY, Project, git, write_data
+from conftest import Project, build_workload, git
 
 INIT = ("init", "--entrypoint", "tinyproj.train:train", "--data", "xy=data/xy.npz",
         "--seed", "params=0", "--config", "lr=0.05", "--config", "steps=12")
@@ -17,15 +16,7 @@ INIT = ("init", "--entrypoint", "tinyproj.train:train", "--data", "xy=data/xy.np
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> Project:
     """A new repository holding a new training function and its data: no spec, no record."""
-    root = tmp_path_factory.mktemp("init") / "proj"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    p = Project(root)
-    p.write("tinyproj/__init__.py", "")
-    p.write("tinyproj/train.py", textwrap.dedent(TRAIN_PY))
-    p.data.parent.mkdir()
-    write_data(p.data)
-    p.commit("a training function")
+    p, _ = build_workload(tmp_path_factory.mktemp("init") / "proj")
     return p
 
 
