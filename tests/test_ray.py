@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
+# one cluster for the module, even under `pytest -n N --dist loadgroup`: all its tests on one worker
+pytestmark = pytest.mark.xdist_group("ray")
 
-import test_store  # noqa: E402
 from raycluster import Cluster  # noqa: E402
-from test_store import BUCKET  # noqa: E402
 
-from conftest import Project, sha256  # noqa: E402
-
-s3_server = test_store.s3_server   # the real S3 server (moto) the nodes' store is in
+from conftest import BUCKET, Project, sha256  # noqa: E402   (s3_server: conftest's real S3 server)
 
 
 def _can_hide() -> None:
@@ -175,6 +173,31 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     # the killed try's private directory was removed by the next job on its node
     assert (cluster.cache("b") / "cluster-work").is_dir()
     assert list((cluster.cache("b") / "cluster-work").glob(f"job-{killed[0]}-*")) == []
+
+
+def test_warm_up_starts_one_worker_on_each_node_that_can_run_a_job(cluster, audited):
+    """The workers a batch's jobs reuse are started while its parcels pack: on the nodes of the
+    kinds asked for only, and on no more nodes than there are jobs."""
+    from functools import partial
+
+    from repro import pipeline
+    from repro.audit import _lost
+    from repro.discovery import discover
+    from repro.executor import SpecJob
+    from repro.rayexec import RayExecutor
+
+    jobs = [SpecJob(f.spec, pipeline.Options(), pipeline.check, partial(_lost, f.path, f.spec, "local"))
+            for f in discover([audited.root / "specs"]) if f.spec is not None]
+
+    def caches(kinds: list[str], n: int) -> list[str]:
+        pids = ray.get(RayExecutor(cluster.address, kinds)._warm_up(jobs[:n]), timeout=60)
+        env = [(Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0") for pid in pids]
+        return sorted(next(v.decode().rsplit("-", 1)[1] for v in e if v.startswith(b"REPRO_CACHE_DIR="))
+                      for e in env)
+    assert caches(["node_b"], 4) == ["b"]
+    assert caches([], 4) == ["a", "b"]
+    assert len(caches([], 1)) == 1
+    assert caches(["no_such_kind"], 4) == []
 
 
 def _ray_runners(base: Path) -> list[int]:
