@@ -6,7 +6,9 @@ Each item is a `SpecJob`; each becomes one Ray task that asks for the spec's res
 named). Nodes share no filesystem with this machine: before a task is submitted its spec's
 project is packed into the store by hash (repro/parcel.py); the task unpacks it into a private
 directory on its node and runs the job there with the same backend, and the result (a Verdict)
-comes back as the task's return value.
+comes back as the task's return value. While the parcels pack, a warm-up task (no CPU) starts a
+worker on each node that can run a job, so the jobs find an idle one; each job leases a CPU slot
+on its machine (cores no other task holds) for its run (docs/ray.md, "Speed").
 
 Two kinds of failure are kept apart, as Kubernetes Indexed Jobs do: a worker process that dies
 (killed, out of memory, its node lost) is an infrastructure failure, and Ray runs the task again
