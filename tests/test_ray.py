@@ -265,3 +265,26 @@ def test_without_a_store_the_engine_says_how_to_name_one(project, monkeypatch):
     with pytest.raises(StoreError, match=r"--engine ray ships every input through the project's "
                        r"store.*\[tool.repro\] store = .*REPRO_STORE"):
         pack(load_spec(project.spec))
+
+
+def test_tasks_on_one_machine_lease_disjoint_cpu_slots(tmp_path, monkeypatch):
+    """No cluster needed: real flock()s on real files, as tasks of two nodes of one machine take
+    them; a slot is free again when its holder ends; none left: None (pinned by pid)."""
+    import contextlib
+    import tempfile
+
+    from repro.env.fingerprint import pick_cpus
+    from repro.rayexec import cpu_slot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cores = len(os.sched_getaffinity(0))
+    with contextlib.ExitStack() as stack:
+        slots = [stack.enter_context(cpu_slot(1)) for _ in range(cores)]
+        assert slots == list(range(cores))
+        assert sorted(c for s in slots for c in pick_cpus(1, s)) == sorted(os.sched_getaffinity(0))
+        with cpu_slot(1) as none_left:
+            assert none_left is None
+    with cpu_slot(1) as again:
+        assert again == 0
+    assert sorted(p.name for p in (tmp_path / "repro-cpu-slots").iterdir()) == sorted(
+        f"core-{c}" for c in range(cores))
