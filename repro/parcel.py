@@ -166,27 +166,38 @@ def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = 
                   _inside(records_root, root, "--records") if records_root else None)
 
 
-def _fetch(remote: Remote, sha: str) -> bytes:
-    from repro.store import machine_store
+class _Fetcher:
+    """Blobs by hash through the node's own store: a blob fetched once serves every later job
+    there (re-hashed on each read). The remote is opened only when a blob is missing, so a node
+    that holds a parcel's blobs already never imports fsspec and its scheme's package."""
 
-    store = machine_store()   # the node's own cache: a blob fetched once serves every job
-    if not store.has(sha):
-        remote.download(sha, store)
-    return store.get(sha, "a shipped file")
+    def __init__(self, config: RemoteConfig):
+        from repro.store import machine_store
+
+        self.config = config
+        self.store = machine_store()
+        self._remote: Remote | None = None
+
+    def get(self, sha: str) -> bytes:
+        if not self.store.has(sha):
+            if self._remote is None:
+                self._remote = Remote(self.config)
+            self._remote.download(sha, self.store)
+        return self.store.get(sha, "a shipped file")
 
 
 def unpack(parcel: Parcel, into: Path) -> Path:
     """Rebuild the project under `into` (a fresh directory) from the store; the spec's path."""
-    remote = Remote(parcel.store)
+    fetch = _Fetcher(parcel.store)
     for f in parcel.files:
         target = into / f.rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(_fetch(remote, f.sha256))
+        target.write_bytes(fetch.get(f.sha256))
         if f.executable:
             target.chmod(0o755)
     git(["init", "-q"], into)
     with tempfile.TemporaryFile() as buf:
-        buf.write(_fetch(remote, parcel.git_pack))
+        buf.write(fetch.get(parcel.git_pack))
         buf.seek(0)
         subprocess.run(["git", "unpack-objects", "-q"], cwd=into, stdin=buf, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

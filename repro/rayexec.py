@@ -6,7 +6,9 @@ Each item is a `SpecJob`; each becomes one Ray task that asks for the spec's res
 named). Nodes share no filesystem with this machine: before a task is submitted its spec's
 project is packed into the store by hash (repro/parcel.py); the task unpacks it into a private
 directory on its node and runs the job there with the same backend, and the result (a Verdict)
-comes back as the task's return value.
+comes back as the task's return value. While the parcels pack, a warm-up task (no CPU) starts a
+worker on each node that can run a job, so the jobs find an idle one; each job leases a CPU slot
+on its machine (cores no other task holds) for its run (docs/ray.md, "Speed").
 
 Two kinds of failure are kept apart, as Kubernetes Indexed Jobs do: a worker process that dies
 (killed, out of memory, its node lost) is an infrastructure failure, and Ray runs the task again
@@ -16,10 +18,12 @@ every task not finished.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -30,10 +34,48 @@ from repro.parcel import Listings, Parcel, pack, remove, unpack, workspace
 
 R = TypeVar("R")
 RETRIES = 3          # tries after the first, for a worker that dies (never for a verdict)
+WARM_WAIT_S = 30.0   # the longest a batch waits for its warm-up tasks before it sends its jobs
 
 
 def _moved(value: str, there: str, here: str) -> str:
     return here + value[len(there):] if value.startswith(there) else value
+
+
+@contextlib.contextmanager
+def cpu_slot(n: int) -> Iterator[int | None]:
+    """A CPU slot (repro.env.fingerprint.pick_cpus) whose `n` cores no other Ray task on this
+    machine holds, kept while the job runs: Ray counts CPUs but does not say which cores, and
+    two runs pinned by their pids' parity can share a core while another idles (half the speed;
+    it was most of the bench's per-spec overhead). One lock file a core, under the temp dir (all
+    workers of a machine see it); None (pinned by pid, as before) when every slot is taken."""
+    import fcntl
+    import tempfile
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    base = os.path.join(tempfile.gettempdir(), "repro-cpu-slots")
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError:   # no shared temp dir to lease from: pinned by pid, as before
+        yield None
+        return
+    for slot in range(max(1, cores // max(1, n))):
+        held = []
+        try:
+            for core in range(slot * n, slot * n + n):
+                fd = os.open(os.path.join(base, f"core-{core}"), os.O_RDWR | os.O_CREAT, 0o666)
+                held.append(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            for fd in held:
+                os.close(fd)
+            continue
+        try:
+            yield slot
+        finally:
+            for fd in held:
+                os.close(fd)   # closing releases the lock
+        return
+    yield None
 
 
 def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
@@ -51,7 +93,8 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
         spec = load_spec(unpack(parcel, where))
         records = where / parcel.records_rel if parcel.records_rel is not None else None
         options = replace(job.options, records_root=records, cpu_slot=None, echo=False)
-        result = job.run(spec, options)
+        with cpu_slot(spec.environment.cpus) as slot:
+            result = job.run(spec, replace(options, cpu_slot=slot))
         if isinstance(result, Verdict):   # the files it names are the user's, not the copy's
             there, here = str(where), parcel.origin
             result.spec_path = _moved(result.spec_path, there, here)
@@ -66,6 +109,22 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
             os.environ.pop(STORE_ENV, None)
         else:
             os.environ[STORE_ENV] = saved
+
+
+def warm_up() -> int:
+    """A task that does nothing but start a worker process of this driver's job on its node
+    and import what a job needs there (repro's spec, pipeline and verdict modules): sent to the
+    nodes while the parcels are packed, so the jobs sent next reuse a ready worker instead of
+    each starting one (docs/ray.md, "Bench")."""
+    import repro.pipeline  # noqa: F401
+    import repro.verdict  # noqa: F401
+    return os.getpid()
+
+
+def _fits(resources: dict[str, float], job: SpecJob[Any], kinds: Sequence[str]) -> bool:
+    env = job.spec.environment
+    return (resources.get("CPU", 0) >= env.cpus and all(resources.get(k, 0) >= 1 for k in kinds)
+            and (env.platform != "gpu" or resources.get("GPU", 0) >= 1))
 
 
 class RayExecutor:
@@ -92,6 +151,19 @@ class RayExecutor:
         self.retries = retries
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(run_parcel)
+        self._warm = ray.remote(warm_up)
+
+    def _warm_up(self, jobs: Sequence[SpecJob[Any]]) -> list[Any]:
+        """One warm-up task on each node that can run one of `jobs` (at most one node a job):
+        it holds no CPU, so it never delays a job; a job scheduled elsewhere starts its worker
+        as it would have anyway."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive")
+                 and any(_fits(n.get("Resources", {}), j, self.node_kinds) for j in jobs)]
+        return [self._warm.options(num_cpus=0, max_retries=0, name="repro:warm-up",
+                                   scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+                                   ).remote() for node in nodes[:len(jobs)]]
 
     def _options(self, job: SpecJob[Any]) -> dict[str, Any]:
         env = job.spec.environment
@@ -112,7 +184,20 @@ class RayExecutor:
         listings = Listings()
         lock = threading.Lock()
 
-        def submit(index: int) -> None:
+        warm: list[Any] = []
+        warmed = threading.Event()
+        stopping = threading.Event()
+
+        def wait_warm() -> None:   # the first job packed waits for the warm-ups; the rest see it
+            with warm_lock:
+                deadline = time.monotonic() + WARM_WAIT_S
+                while warm and not warmed.is_set() and not stopping.is_set() \
+                        and time.monotonic() < deadline:
+                    if not self.ray.wait(warm, num_returns=len(warm), timeout=0.5)[1]:
+                        break
+                warmed.set()
+
+        def ship(index: int) -> None:
             job = jobs[index]
             try:   # packed side by side; a blob two parcels share may be sent twice (same bytes)
                 parcel = pack(job.spec, job.options.records_root, job.commits, listings)
@@ -121,17 +206,21 @@ class RayExecutor:
                 with lock:
                     batch.results[index] = result
                 return
-            ref = self._task.options(**self._options(job)).remote(parcel, job)
+            wait_warm()
             with lock:
-                refs[ref] = index
+                if stopping.is_set():
+                    return
+                refs[self._task.options(**self._options(job)).remote(parcel, job)] = index
             if on_start:
                 on_start(index)
 
         reported: set[int] = set()
+        warm_lock = threading.Lock()
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="repro-ship")
         try:
-            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="repro-ship") as pool:
-                for f in [pool.submit(submit, i) for i in range(len(jobs))]:
-                    f.result()
+            warm.extend(self._warm_up(jobs) if jobs else [])   # workers start while parcels pack
+            for f in [pool.submit(ship, i) for i in range(len(jobs))]:
+                f.result()
             pending = list(refs)
             while True:
                 for index in sorted(set(batch.results) - reported):
@@ -145,10 +234,14 @@ class RayExecutor:
                     batch.results[refs[ref]] = self._get(ref, jobs[refs[ref]])
         except KeyboardInterrupt:
             batch.complete = False
-            running = [r for r, i in refs.items() if i not in batch.results]
-            for ref in running:
+            with lock:
+                stopping.set()
+                running = [r for r, i in refs.items() if i not in batch.results]
+            for ref in running + warm:
                 self.ray.cancel(ref, force=True)
             batch.interrupted_running = {refs[r] for r in running}
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return batch
 
     def _get(self, ref: Any, job: SpecJob[R]) -> R:

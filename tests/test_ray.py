@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
+# one cluster for the module, even under `pytest -n N --dist loadgroup`: all its tests on one worker
+pytestmark = pytest.mark.xdist_group("ray")
 
 from raycluster import Cluster  # noqa: E402
 
-from conftest import BUCKET, Project, sha256  # noqa: E402
+from conftest import BUCKET, Project, sha256  # noqa: E402   (s3_server: conftest's real S3 server)
 
 
 def _can_hide() -> None:
@@ -173,6 +175,31 @@ def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     assert list((cluster.cache("b") / "cluster-work").glob(f"job-{killed[0]}-*")) == []
 
 
+def test_warm_up_starts_one_worker_on_each_node_that_can_run_a_job(cluster, audited):
+    """The workers a batch's jobs reuse are started while its parcels pack: on the nodes of the
+    kinds asked for only, and on no more nodes than there are jobs."""
+    from functools import partial
+
+    from repro import pipeline
+    from repro.audit import _lost
+    from repro.discovery import discover
+    from repro.executor import SpecJob
+    from repro.rayexec import RayExecutor
+
+    jobs = [SpecJob(f.spec, pipeline.Options(), pipeline.check, partial(_lost, f.path, f.spec, "local"))
+            for f in discover([audited.root / "specs"]) if f.spec is not None]
+
+    def caches(kinds: list[str], n: int) -> list[str]:
+        pids = ray.get(RayExecutor(cluster.address, kinds)._warm_up(jobs[:n]), timeout=60)
+        env = [(Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0") for pid in pids]
+        return sorted(next(v.decode().rsplit("-", 1)[1] for v in e if v.startswith(b"REPRO_CACHE_DIR="))
+                      for e in env)
+    assert caches(["node_b"], 4) == ["b"]
+    assert caches([], 4) == ["a", "b"]
+    assert len(caches([], 1)) == 1
+    assert caches(["no_such_kind"], 4) == []
+
+
 def _ray_runners(base: Path) -> list[int]:
     out: dict[int, tuple[int, str]] = {}
     _sweep(base, out)
@@ -238,3 +265,26 @@ def test_without_a_store_the_engine_says_how_to_name_one(project, monkeypatch):
     with pytest.raises(StoreError, match=r"--engine ray ships every input through the project's "
                        r"store.*\[tool.repro\] store = .*REPRO_STORE"):
         pack(load_spec(project.spec))
+
+
+def test_tasks_on_one_machine_lease_disjoint_cpu_slots(tmp_path, monkeypatch):
+    """No cluster needed: real flock()s on real files, as tasks of two nodes of one machine take
+    them; a slot is free again when its holder ends; none left: None (pinned by pid)."""
+    import contextlib
+    import tempfile
+
+    from repro.env.fingerprint import pick_cpus
+    from repro.rayexec import cpu_slot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cores = len(os.sched_getaffinity(0))
+    with contextlib.ExitStack() as stack:
+        slots = [stack.enter_context(cpu_slot(1)) for _ in range(cores)]
+        assert slots == list(range(cores))
+        assert sorted(c for s in slots for c in pick_cpus(1, s)) == sorted(os.sched_getaffinity(0))
+        with cpu_slot(1) as none_left:
+            assert none_left is None
+    with cpu_slot(1) as again:
+        assert again == 0
+    assert sorted(p.name for p in (tmp_path / "repro-cpu-slots").iterdir()) == sorted(
+        f"core-{c}" for c in range(cores))
