@@ -103,9 +103,14 @@ class NoCheckpoints(SpecError):
     """The record kept no state after step 0, so it has no segments."""
 
 
-def segments_of(meta: RecordMeta, spec_name: str) -> list[Segment]:
-    """The record's segments; NoCheckpoints when it kept no state after step 0."""
+def segments_of(meta: RecordMeta, spec_name: str, script: bool = False) -> list[Segment]:
+    """The record's segments; NoCheckpoints when it kept no state after step 0 (`script`: the
+    spec runs an unmodified script, which cannot keep states)."""
     if meta.checkpoints is None or not [s for s in meta.checkpoints.steps if s > 0]:
+        if script:
+            raise NoCheckpoints(f"{spec_name} runs an unmodified script (code.command), which "
+                                "keeps no checkpoint, so its record has no segments; only a "
+                                "training function (ctx.checkpoint) can be replayed in parts")
         raise NoCheckpoints(f"the record of {spec_name} keeps no checkpoint, so it has no "
                             "segments: add `record.checkpoints: {every: K}` to the spec, call "
                             "ctx.restore and ctx.checkpoint in the training function "
@@ -226,7 +231,7 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
         spec = pipeline.as_spec(spec_ref)
         loaded = load(spec, options)
         try:
-            all_segments = segments_of(loaded.meta, spec.name or "")
+            all_segments = segments_of(loaded.meta, spec.name or "", spec.code.command is not None)
         except NoCheckpoints as exc:
             v = pipeline.verify(spec, dataclasses.replace(options, segments=None))
             v.notes.append(f"verified in full, not by segments: {exc}")

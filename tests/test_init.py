@@ -88,6 +88,8 @@ def test_init_from_a_command_records_an_unmodified_script(fresh):
     assert "grads" not in text.split("record:")[1]
     verify = fresh.repro("verify", "specs/fit.yaml", "--no-stream", check_rc=0).stdout
     assert "PASS fit" in verify and "bitwise identical" in verify
+    whole = fresh.repro("verify", "specs/fit.yaml", "--no-stream", "--segments", "all", check_rc=0).stdout
+    assert "runs an unmodified script (code.command), which keeps no checkpoint" in whole, whole
     fresh.write("fit.py", SCRIPT + "# edited\n")
     dirty = fresh.repro("init", "--command", "python fit.py", "--name", "fit2", "--metrics",
                         "out/metrics.jsonl:jsonl", check_rc=2)
