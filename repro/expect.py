@@ -66,6 +66,7 @@ class ArrayExpectation:
         self._steps = {"grad": set(grad_steps), "state": set(state_steps)}
         self._tol = {k: (float(v[0]), float(v[1])) for k, v in tolerance.items()}
         self._file: Any = None
+        self._index: dict[tuple[str, int], dict[str, str]] = {}   # (kind, step) -> leaf path -> member
         self.seconds = 0.0   # spent loading and comparing (the runner adds it to failfast_s)
 
     def expects(self, kind: str, step: int) -> bool:
@@ -81,11 +82,14 @@ class ArrayExpectation:
 
         t0 = time.perf_counter()
         try:
-            if self._file is None:
+            if self._file is None:   # opened once; its members indexed by (kind, step) once
                 self._file = np.load(self._path, allow_pickle=False)
-            prefix = f"{'grads' if kind == 'grad' else 'checkpoints'}/{step}"
-            recorded = {k[len(prefix) + 1:] if k != prefix else "": k for k in self._file.files
-                        if k == prefix or k.startswith(prefix + "/")}
+                for key in self._file.files:
+                    top, _, rest = key.partition("/")
+                    at, _, path = rest.partition("/")
+                    if top in ("grads", "checkpoints") and at.isdigit():
+                        self._index.setdefault((top, int(at)), {})[path] = key
+            recorded = self._index.get(("grads" if kind == "grad" else "checkpoints", step), {})
             label = "grad" if kind == "grad" else "state"
             for path in [*leaves, *(p for p in recorded if p not in leaves)]:
                 name = f"{label} {path or '(root)'}"

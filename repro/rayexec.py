@@ -185,6 +185,7 @@ class RayExecutor:
         lock = threading.Lock()
 
         warm: list[Any] = []
+        warm_lock = threading.Lock()
         warmed = threading.Event()
         stopping = threading.Event()
 
@@ -215,7 +216,6 @@ class RayExecutor:
                 on_start(index)
 
         reported: set[int] = set()
-        warm_lock = threading.Lock()
         pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="repro-ship")
         try:
             warm.extend(self._warm_up(jobs) if jobs else [])   # workers start while parcels pack
