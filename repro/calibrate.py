@@ -47,13 +47,14 @@ from repro.variation import BASELINE, Variation
 from repro.verdict import QuantityKind, QuantityResult
 from repro.yamlio import load_with_lines, set_value
 
-KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing")
+KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing", "gpu-ops")
 # The kinds whose deviations the proposed tolerances absorb: rounding that differs between
 # environments a verify can meet (another host's ISA, a cold or warm cache, another core count
 # once environment.cpus is changed: a numeric fingerprint field, so compared within tolerance). The
 # others change *what* is computed, not how it is rounded: code that depends on them is named,
 # and is to be fixed, not tolerated. PYTHONHASHSEED is 0 in every repro run, so a verify never
-# meets another one; a listing order that matters means data read in another order.
+# meets another one; a listing order that matters means data read in another order; repro's GPU
+# runs always set --xla_gpu_deterministic_ops=true, so a verify never meets it off (gpu-ops).
 TOLERATED = ("isa", "cpus", "compile-cache")
 HASH_SEEDS = ("1", "2")      # the baseline runs under PYTHONHASHSEED=0 (repro's default)
 MARGIN = 1.5                 # every observed deviation passes at this multiple of itself
@@ -118,6 +119,8 @@ def variation_kind(variation: Variation) -> str:
         return "hash-seed"
     if variation.listing_order != BASELINE.listing_order:
         return "listing"
+    if variation.deterministic_ops is not None:
+        return "gpu-ops"
     return "baseline"
 
 
@@ -157,6 +160,8 @@ def variations_for(spec: Spec, host: Host) -> list[Variation]:
             Variation("compile-cache=warm", compile_cache=True)]
     out += [Variation(f"PYTHONHASHSEED={s}", hash_seed=s) for s in HASH_SEEDS]
     out.append(Variation("listing=reversed", listing_order="reversed"))
+    if spec.environment.platform == "gpu":
+        out.append(Variation("deterministic-ops=off", deterministic_ops=False))
     return out
 
 
@@ -166,6 +171,9 @@ def unavailable(spec: Spec, host: Host) -> list[str]:
     out = [why] if why else []
     if host.cores == 1:
         out.append("cpus: this host lets runs use one core only")
+    if spec.environment.platform != "gpu":
+        out.append("gpu-ops: environment.platform is not gpu; XLA's GPU deterministic ops do "
+                   "not apply")
     return out
 
 
@@ -625,12 +633,19 @@ def _notes(cal: Calibration) -> list[str]:
     named = {"hash-seed": "the training depends on PYTHONHASHSEED (hash() of a str or bytes, "
                           "set iteration order); repro runs always use 0, other runners do not",
              "listing": "the training depends on the order directory listings come back in, "
-                        "which differs between filesystems: sort what it lists"}
+                        "which differs between filesystems: sort what it lists",
+             "gpu-ops": "XLA's non-deterministic GPU ops (atomic reductions, scatter) change "
+                        "this training's bits; repro runs always set "
+                        "--xla_gpu_deterministic_ops=true, runs outside repro must too"}
     for kind, why in named.items():
         broken = [r.name for r in cal.breaking if r.kind == kind]
         if broken:
-            notes.append(f"{', '.join(broken)}: {why}. Not absorbed into the tolerances: fix "
-                         "the code")
+            fix = "keep the flag" if kind == "gpu-ops" else "fix the code"
+            notes.append(f"{', '.join(broken)}: {why}. Not absorbed into the tolerances: {fix}")
+    ops = [r for r in cal.runs if r.kind == "gpu-ops" and r.bitwise]
+    if ops:
+        notes.append(f"{ops[0].name} changed no bit: this training's ops are deterministic on "
+                     "this GPU even without --xla_gpu_deterministic_ops")
     if any(r.kind in TOLERATED for r in cal.failed):
         notes.append(f"{len(cal.failed)} variation(s) failed; the proposed tolerances cover the "
                      f"{cal.proposal.variations} of kinds {', '.join(TOLERATED)} that finished")

@@ -40,6 +40,12 @@ class DataPinError(PinError):
     """A data file or directory is missing, leaves the repo, or does not match its sha256."""
 
 
+class NeedsDevice(ReproError):
+    """The spec needs a device this host does not have (a GPU): its verdict is SKIPPED, as a
+    pytest item that cannot run here is skipped, so `repro verify specs/` on a CPU host checks the
+    CPU specs and says which it left out."""
+
+
 class RecordError(ReproError):
     """A recorded version is missing, unreadable or corrupted."""
 

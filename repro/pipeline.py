@@ -79,6 +79,7 @@ def as_spec(spec: SpecRef) -> Spec:
 def prepare(spec: SpecRef, options: Options) -> Prepared:
     """Check every pin before anything runs: spec, code commit, data hashes (or data by URL)."""
     spec = as_spec(spec)
+    options.backend_impl().check_host(spec)   # a GPU spec on a host without one: SKIPPED
     root = repo_root(spec.path or Path.cwd())
     code = resolve_code(spec, root, options.code)
     data = resolve_data(spec.data, root)   # data by URL fetched by sha256 (pins/fetch.py)
@@ -92,7 +93,7 @@ def make_job(prep: Prepared, options: Options) -> Job:
     cache = options.compile_cache if var.compile_cache is None else var.compile_cache
     return checkpoint_job(Job(spec=spec.name or "spec", **spec.code.job_fields(), tree=str(prep.code.tree),
                data={k: str(v) for k, v in prep.data.items()}, seeds=dict(spec.seeds),
-               config=dict(spec.config), settings=determinism_settings(environment),
+               config=dict(spec.config), settings=var.settings(determinism_settings(environment)),
                cpus=environment.cpus, cpu_slot=options.cpu_slot, grads_every=grads.every if grads else None,
                grads_steps=tuple(grads.steps) if grads else (), weights=spec.record.weights,
                trace_steps=tuple(spec.record.trace.steps) if spec.record.trace else None,
@@ -127,8 +128,7 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
 
 
 def timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:
-    """Stamp the verdict with the wall time of the whole call. A bug in repro itself becomes an
-    error verdict too (exit 2, with the traceback): never a "mismatch", never a lost audit."""
+    """Stamp the call's wall time; a bug in repro becomes an error verdict (exit 2), never a mismatch."""
     @functools.wraps(func)
     def wrapper(spec_ref: SpecRef, options: Options | None = None, **kw: Any) -> Verdict:
         t0 = time.perf_counter()

@@ -135,9 +135,12 @@ class SpecFile(pytest.File):
             return
         item = SpecItem.from_parent(self, name=spec.name, spec=spec, load_error=None)
         item.add_marker("repro")
+        backend = self.config.getoption("--repro-backend") or self.config.getini("repro_backend")
         if spec.environment.platform == "gpu":
             item.add_marker("gpu")
-        backend = self.config.getoption("--repro-backend") or self.config.getini("repro_backend")
+            from repro.env.devices import NO_GPU, gpu_visible
+            if backend != "docker" and not gpu_visible():   # docker says so itself (device_requests)
+                item.add_marker(pytest.mark.skip(reason=f"{spec.name} needs a GPU: {NO_GPU}"))
         if backend == "docker" and not spec.environment.image:
             # `repro verify --backend docker` calls this an error; a test session over a whole
             # specs/ folder runs the image-pinned specs and reports the others as skipped
@@ -192,6 +195,8 @@ class SpecItem(pytest.Item):
         self.config.stash[_VERDICTS].append(verdict)
         if verdict.status == Status.ERROR:
             raise ReproFailure(verdict)
+        if verdict.status == Status.SKIPPED:
+            pytest.skip(verdict.error)
 
     def runtest(self) -> None:
         from repro.verdict import RECORDED

@@ -2,7 +2,8 @@
 
 `repro calibrate` runs a spec under each variation this host can do (ISA ceilings, core counts,
 compile cache off/warm, PYTHONHASHSEED, the order directory listings come back in) to measure
-how far the numbers move when only the environment moves. The pipeline applies a variation in
+how far the numbers move when only the environment moves (on a GPU also XLA's deterministic
+ops off, which repro's own runs never are). The pipeline applies a variation in
 `make_job`; the default variation is the plain run.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Variation:
     compile_cache: bool | None = None       # False: compile everything afresh
     hash_seed: str = "0"                    # PYTHONHASHSEED of the child
     listing_order: ListingOrder = "native"  # reversed: os.listdir/os.scandir come back reversed
+    deterministic_ops: bool | None = None   # False: --xla_gpu_deterministic_ops=false
 
     def environment(self, env: EnvironmentSpec) -> EnvironmentSpec:
         """The spec's environment block as this variation runs it."""
@@ -34,6 +36,15 @@ class Variation:
         if self.cpus is not None:
             changes["cpus"] = self.cpus
         return env.model_copy(update=changes) if changes else env
+
+    def settings(self, settings: dict[str, str]) -> dict[str, str]:
+        """The child's determinism settings (env/settings.py) as this variation runs them."""
+        if self.deterministic_ops is None:
+            return settings
+        on, off = "--xla_gpu_deterministic_ops=true", "--xla_gpu_deterministic_ops=false"
+        want = on if self.deterministic_ops else off
+        flags = [f for f in settings.get("XLA_FLAGS", "").split() if f not in (on, off)]
+        return {**settings, "XLA_FLAGS": " ".join([*flags, want])}
 
 
 BASELINE = Variation()

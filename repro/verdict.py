@@ -52,14 +52,16 @@ class QuantityResult:
 
 
 class Status(StrEnum):
-    """A verdict's outcome. Exit codes: 0 pass/recorded/ran, 1 fail (a verified mismatch, and
-    nothing else), 2 error (anything that kept the comparison from being made)."""
+    """A verdict's outcome. Exit codes: 0 pass/recorded/ran/skipped (the spec needs a device this
+    host lacks), 1 fail (a verified mismatch, and nothing else), 2 error (anything else that kept
+    the comparison from being made)."""
 
     PASS = "pass"
     FAIL = "fail"
     ERROR = "error"
     RECORDED = "recorded"
     RAN = "ran"
+    SKIPPED = "skipped"
 
     @property
     def exit_code(self) -> int:
@@ -282,7 +284,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.status in (PASS, RECORDED, RAN)
+        return self.status in (PASS, RECORDED, RAN, Status.SKIPPED)
 
     @property
     def failures(self) -> list[QuantityResult]:
@@ -313,11 +315,13 @@ def error_verdict(spec_ref: Spec | Path | str, error: BaseException | str, *,
     """The verdict for a spec that could not be compared: a bad spec, a broken pin, a crash, a
     killed run, a duplicate name, an interrupted audit. The one constructor every front end
     uses, so an error reads the same wherever it is shown."""
+    from repro.errors import NeedsDevice
     from repro.spec import Spec as _Spec
 
     spec = spec if spec is not None else (spec_ref if isinstance(spec_ref, _Spec) else None)
+    status = Status.SKIPPED if isinstance(error, NeedsDevice) else Status.ERROR
     if spec is not None:
-        v = spec_verdict(spec, Status.ERROR, backend)
+        v = spec_verdict(spec, status, backend)
     else:
         v = Verdict(name=Path(str(spec_ref)).stem, status=Status.ERROR,
                     spec_path=str(spec_ref), backend=backend)

@@ -30,6 +30,7 @@ from repro.calibrate import (
 from repro.compare import compare_arrays
 from repro.env.fingerprint import cpu_isa
 from repro.env.isa import PORTABLE, XLA_ISAS, host_best, is_x86
+from repro.env.settings import determinism_settings
 from repro.errors import ReproError, SpecError
 from repro.spec import load_spec, parse_spec
 from repro.variation import Variation
@@ -52,7 +53,8 @@ def test_variations_follow_the_host_and_leave_out_the_specs_own_settings():
     assert names(variations_for(spec, avx2)) == [
         "isa=SSE4_2", "isa=AVX", "cpus=2", "compile-cache=off", "compile-cache=warm",
         "PYTHONHASHSEED=1", "PYTHONHASHSEED=2", "listing=reversed"]
-    assert unavailable(spec, avx2) == []
+    assert unavailable(spec, avx2) == ["gpu-ops: environment.platform is not gpu; XLA's GPU "
+                                       "deterministic ops do not apply"]
     # AVX-512: native (no ceiling) now differs from portable (AVX2); 1, 2 and all cores
     wide = variations_for(spec, Host("x86_64", AVX512, 16))
     assert names(wide)[:5] == ["isa=SSE4_2", "isa=AVX", "isa=native (AVX512)", "cpus=2",
@@ -65,12 +67,28 @@ def test_variations_follow_the_host_and_leave_out_the_specs_own_settings():
     # no ISA variations: off x86-64, on gpu, or when the spec's own XLA flag sets the cap
     arm = Host("aarch64", ("asimd",), 4)
     assert not [v for v in variations_for(spec, arm) if v.isa]
-    assert unavailable(spec, arm) == ["isa: aarch64 is not x86-64; XLA has no ISA ceiling there"]
+    assert unavailable(spec, arm)[0] == "isa: aarch64 is not x86-64; XLA has no ISA ceiling there"
     flagged = parse_spec({**BASE, "environment": {"xla_flags": ["--xla_cpu_max_isa=AVX"]}},
                          file="t.yaml")
     assert not [v for v in variations_for(flagged, avx2) if v.isa]
     assert "xla_flags" in unavailable(flagged, avx2)[0]
     assert not [v for v in variations_for(spec, Host("x86_64", AVX2, 1)) if v.cpus]
+
+
+def test_a_gpu_spec_varies_the_deterministic_ops_flag_and_nothing_of_the_cpu_isa():
+    gpu = parse_spec({**BASE, "environment": {"platform": "gpu"}}, file="t.yaml")
+    varied = variations_for(gpu, Host("x86_64", AVX2, 2))
+    assert not [v for v in varied if v.isa] and names(varied)[-1] == "deterministic-ops=off"
+    assert unavailable(gpu, Host("x86_64", AVX2, 2)) == [
+        "isa: environment.platform is gpu; the CPU ISA ceiling does not apply"]
+    off = varied[-1]
+    # what the child gets: the flag turned off in place, the other flags kept
+    settings = determinism_settings(gpu.environment)
+    assert "--xla_gpu_deterministic_ops=true" in settings["XLA_FLAGS"]
+    assert settings["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"   # runs side by side on one GPU
+    flags = off.settings(settings)["XLA_FLAGS"].split()
+    assert flags == [f for f in settings["XLA_FLAGS"].split() if "deterministic_ops" not in f] + [
+        "--xla_gpu_deterministic_ops=false"]
 
 
 # -- the tolerance rule -----------------------------------------------------------------------------

@@ -130,6 +130,11 @@ class Backend(Protocol[E]):
         (so a verify finds — and checks — its record before any training)."""
         ...
 
+    def check_host(self, spec: Spec) -> None:
+        """NeedsDevice when this host cannot run `spec` at all (a GPU spec, no GPU): checked
+        with the pins, before a record is read, so the verdict is SKIPPED, not an error."""
+        ...
+
     def prepare(self, spec: Spec, repo_root: Path, recorded: RecordMeta | None,
                 say: Callable[[str], None] | None = None) -> E: ...
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import repro
 from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
+from repro.env.devices import check_gpu
 from repro.env.settings import child_environment, compile_cache_env
 from repro.job import Job
 from repro.proctree import kill_descendants
@@ -49,6 +50,9 @@ class LocalBackend:
     def expected_platform(self, spec: Spec) -> str | None:
         platform = spec.environment.platform
         return None if platform == "any" else platform   # any: whatever jax finds here
+
+    def check_host(self, spec: Spec) -> None:
+        check_gpu(spec)
 
     def prepare(self, spec: Spec, repo_root: Path, recorded: RecordMeta | None,
                 say: Callable[[str], None] | None = None) -> LocalEnvironment:

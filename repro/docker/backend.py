@@ -49,6 +49,7 @@ from repro.docker.sandbox import (
     make_writable_by_sandbox,
     sandbox_config,
 )
+from repro.env.devices import check_gpu
 from repro.env.settings import child_environment, compile_cache_env
 from repro.job import Job
 from repro.record import RecordMeta
@@ -79,6 +80,9 @@ class DockerBackend:
     def expected_platform(self, spec: Spec) -> str | None:
         # a container gets a GPU only when the spec asks for one: `any` runs on the CPU
         return "gpu" if spec.environment.platform == "gpu" else "cpu"
+
+    def check_host(self, spec: Spec) -> None:
+        check_gpu(spec)   # no GPU on the host: none for a container either
 
     def prepare(self, spec: Spec, repo_root: Path, recorded: RecordMeta | None,
                 say: Callable[[str], None] | None = None) -> DockerEnvironment:

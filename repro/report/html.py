@@ -13,7 +13,7 @@ from html import escape
 from repro.report.svg import finite, hbar_chart, line_chart, num
 
 COLORS = {"pass": "#2f9e6e", "fail": "#d64545", "error": "#c26a00", "recorded": "#3b6fb6",
-          "ran": "#3b6fb6"}
+          "ran": "#3b6fb6", "skipped": "#7a8794"}
 ORDER = {"fail": 0, "error": 1}
 RECORDED_C, RUN_C, ERR_C, TOL_C = "#4c78a8", "#f58518", "#b83280", "#7a8794"
 MAX_BARS, MAX_ROWS = 30, 25

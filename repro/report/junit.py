@@ -30,7 +30,8 @@ def junit_xml(audit: Audit) -> str:
     """JUnit XML: one test case per spec, the verdict table as the failure message."""
     counts = audit.counts()
     suite = ET.Element("testsuite", name="repro audit", tests=str(len(audit.verdicts)),
-                       failures=str(counts["fail"]), errors=str(counts["error"]), skipped="0",
+                       failures=str(counts["fail"]), errors=str(counts["error"]),
+                       skipped=str(counts.get("skipped", 0)),
                        time=f"{audit.duration_s:.3f}", timestamp=audit.started,
                        hostname=socket.gethostname())
     for v in audit.verdicts:
@@ -43,6 +44,8 @@ def junit_xml(audit: Audit) -> str:
             tag = "failure" if v.status == Status.FAIL else "error"
             el = ET.SubElement(case, tag, message=summary_line(v), type=f"repro.{v.status}")
             el.text = render(v)
+        elif v.status == Status.SKIPPED:
+            ET.SubElement(case, "skipped", message=v.error)
     root = ET.Element("testsuites")
     root.append(suite)
     ET.indent(root)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, QuantityResult, Verdict
+from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, QuantityResult, Status, Verdict
 
 if TYPE_CHECKING:
     from repro.audit import Audit
@@ -32,7 +32,8 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def summary_line(v: Verdict) -> str:
-    word = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", RECORDED: "RECORDED", RAN: "RAN"}[v.status]
+    word = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", RECORDED: "RECORDED", RAN: "RAN",
+            Status.SKIPPED: "SKIP"}[v.status]
     parts = [f"{word} {v.name}"]
     if v.platform:
         parts.append(f"[{v.platform}]")
@@ -52,7 +53,7 @@ def summary_line(v: Verdict) -> str:
             parts.append(f"— first: {first.label}{where}")
     elif v.status == RECORDED:
         parts.append(f"-> {v.record_path}")
-    elif v.status == ERROR:
+    elif v.status in (ERROR, Status.SKIPPED):
         parts.append("— " + v.error.splitlines()[0] if v.error else "")
     return " ".join(p for p in parts if p)
 
@@ -194,6 +195,8 @@ def audit_summary(audit: Audit) -> str:
     rows = [[v.name, v.status, f"{v.duration_s:.1f} s", _detail(v)] for v in audit.verdicts]
     counts = audit.counts()
     head = (f"repro audit of {audit.directory}: {counts['pass']} pass, {counts['fail']} fail, "
-            f"{counts['error']} error in {audit.duration_s:.1f} s (-j {audit.jobs})"
+            f"{counts['error']} error"
+            f"{f', {n} skipped' if (n := counts.get('skipped', 0)) else ''}"
+            f" in {audit.duration_s:.1f} s (-j {audit.jobs})"
             + ("" if audit.complete else "  [INCOMPLETE: interrupted]"))
     return head + "\n\n" + table(rows, ["spec", "status", "time", "detail"]) + "\n"
