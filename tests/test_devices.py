@@ -58,3 +58,24 @@ def test_pytest_skips_a_gpu_spec_at_collection(gpu_project, pytester, monkeypatc
     out = res.stdout.str()
     res.assert_outcomes(passed=1, skipped=1)
     assert "tiny-gpu needs a GPU: this host shows no GPU" in out
+
+
+@pytest.mark.parametrize("name", ["digits-mlp-gpu", "digits-cnn-gpu"])
+def test_the_committed_gpu_records_are_whole_and_were_made_with_deterministic_ops(name):
+    """The project's GPU records (made on an H200, docs/gpu.md) read back whole on any host,
+    belong to their spec as it is now, and were made on a GPU with repro's GPU settings."""
+    from pathlib import Path
+
+    from repro.record import check_record, read_record
+    from repro.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "specs" / f"{name}.yaml")
+    directory, meta = check_record(root / "fixtures" / "records" / name / "gpu")
+    rec = read_record(directory)
+    assert meta.spec.hash == spec.hash and meta.platform == "gpu"
+    fp = rec.fingerprint
+    assert fp["backend"] == "gpu" and fp["device_kind"].startswith("NVIDIA")
+    assert "--xla_gpu_deterministic_ops=true" in fp["settings"]["XLA_FLAGS"]
+    assert meta.noise is not None and meta.noise.runs == 2 and not meta.noise.spread
+    assert rec.metrics["loss"]["values"] and any(k.startswith("weights/") for k in rec.arrays)
