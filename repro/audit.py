@@ -108,8 +108,9 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
     return audit
 
 
-def _lost(path: Path, spec: Any, backend: str, message: str) -> Verdict:
-    """A spec whose job could not finish (a cluster worker died on every try): an error."""
+def _lost(path: Path, spec: Any, backend: str, message: str | ReproError) -> Verdict:
+    """A spec whose job could not finish (a cluster worker died on every try): an error; or
+    skipped (NeedsDevice: no node of the cluster has the GPU it needs)."""
     return error_verdict(path, message, spec=spec, backend=backend)
 
 

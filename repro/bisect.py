@@ -259,7 +259,7 @@ def _verify_at(commit: str, spec: Spec, options: pipeline.Options) -> Verdict:
     return pipeline.verify(at, options)
 
 
-def _lost(spec: Spec, backend: str, message: str) -> Verdict:
+def _lost(spec: Spec, backend: str, message: str | ReproError) -> Verdict:
     """A probe whose job could not finish (a cluster worker died on every try): an error."""
     return error_verdict(spec.path or spec.name or "spec", message, spec=spec, backend=backend)
 

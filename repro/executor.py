@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from repro.errors import ReproError
     from repro.pipeline import Options
     from repro.spec import Spec
 
@@ -39,13 +40,14 @@ class SpecJob(Generic[R]):
     """One job about one spec: the unit an executor without a shared filesystem can ship
     (repro/parcel.py). `run(spec, options)` must be a module-level function or a partial of one
     (a cluster pickles it); there it gets the spec and options as the worker sees them.
-    `failed(message)` is the result when no run could finish (the worker died on every try, the
+    `failed(message)` is the result when no run could finish (a NeedsDevice: the cluster has no
+    GPU for a GPU spec, a SKIPPED verdict) (the worker died on every try, the
     project could not be shipped). `commits`: more commits the run checks out (bisect)."""
 
     spec: Spec
     options: Options
     run: Callable[[Spec, Options], R]
-    failed: Callable[[str], R]
+    failed: Callable[[str | ReproError], R]
     commits: tuple[str, ...] = ()
 
 

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from repro.errors import ReproError
+from repro.errors import NeedsDevice, ReproError
 from repro.executor import Batch, SpecJob, Work, run_spec_job
 from repro.parcel import Listings, Parcel, pack, remove, unpack, workspace
 
@@ -198,8 +198,19 @@ class RayExecutor:
                         break
                 warmed.set()
 
+        gpu_nodes = any(n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1
+                        for n in self.ray.nodes())
+
         def ship(index: int) -> None:
             job = jobs[index]
+            if job.spec.environment.platform == "gpu" and not gpu_nodes:   # it would wait forever
+                result = job.failed(NeedsDevice(
+                    f"spec {job.spec.name!r} needs a GPU (environment.platform: gpu), but no live "
+                    "node of the Ray cluster has one (an autoscaler's GPU group scaled to zero "
+                    "counts as none: start a GPU node first)"))
+                with lock:
+                    batch.results[index] = result
+                return
             try:   # packed side by side; a blob two parcels share may be sent twice (same bytes)
                 parcel = pack(job.spec, job.options.records_root, job.commits, listings)
             except ReproError as exc:
