@@ -7,10 +7,18 @@ steps: metrics logged in [start, end), kept gradients there, the states it keeps
 and (last segment) the final weights. Segments run side by side on an `Executor` (`-j N`), so a
 verdict costs the longest segment, not the run; `sample:K` replays K segments chosen with a
 reported seed (the spot check for pull-request CI); `A-B` those that overlap steps [A, B).
+
+With more segments than slots, consecutive segments share one run (`plan_units`): it starts from
+the recorded state at the first one's start and goes on through the others. A segment after the
+first counts from that run only where the run's state at its start is bitwise the record's —
+the same computation a restore from the record would start — and is replayed again on its own
+otherwise. Each extra process would cost a start, a compile and a restore.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata as metadata
+import platform
 import random
 import secrets
 import time
@@ -18,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from repro import pipeline
 from repro.changes import changes_since_record
@@ -219,6 +229,100 @@ def window(metrics: Mapping[str, Any], arrays: Mapping[str, Any], seg: Segment
     return out_m, out_a
 
 
+def plan_units(chosen: Sequence[Segment], slots: int, last_step: int) -> list[list[int]]:
+    """Which of the chosen segments run together (indexes, in step order): one run a segment
+    when the slots allow, else consecutive segments share runs, cut where the runs come out
+    most even in steps, as many runs as there are slots (or gaps between chosen segments)."""
+    if slots >= len(chosen):
+        return [[i] for i in range(len(chosen))]
+
+    def steps(unit: list[int]) -> int:
+        return sum((s.end if s.end is not None else max(last_step + 1, s.start + 1)) - s.start
+                   for s in (chosen[i] for i in unit))
+    units: list[list[int]] = []
+    for i, seg in enumerate(chosen):
+        if units and chosen[units[-1][-1]].end == seg.start:
+            units[-1].append(i)
+        else:
+            units.append([i])
+    while len(units) < slots and any(len(u) > 1 for u in units):
+        at, unit = max(((k, u) for k, u in enumerate(units) if len(u) > 1), key=lambda x: steps(x[1]))
+        cut = min(range(1, len(unit)), key=lambda k: max(steps(unit[:k]), steps(unit[k:])))
+        units[at:at + 1] = [unit[:cut], unit[cut:]]
+    return units
+
+
+def same_numbers_likely(fingerprint: Mapping[str, Any], spec: Any, backend: str) -> bool:
+    """Whether a run here will likely compute the record's bits, so that one run may go on from
+    segment to segment: the record's machine and effective ISA, and for the local backend its
+    python, jax, jaxlib and numpy (a docker image pins those). A wrong guess costs time, never
+    a verdict: a continued segment counts only from a start state bitwise the record's."""
+    from repro.env.fingerprint import cpu_isa, effective_isa
+    from repro.env.settings import determinism_settings
+
+    here = {"machine": platform.machine(),
+            "effective_isa": effective_isa(determinism_settings(spec.environment)["XLA_FLAGS"], cpu_isa())}
+    if backend == "local":
+        here["python"] = platform.python_version()
+        for package in ("jax", "jaxlib", "numpy"):
+            try:
+                here[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                return False
+    return all(fingerprint.get(key, value) == value for key, value in here.items())
+
+
+def starts_as_recorded(result: RunResult, recorded: Mapping[str, Any], step: int) -> bool:
+    """Whether the run kept the state at `step` and it is bitwise the record's (every leaf, its
+    dtype and shape too)."""
+    def state(arrays: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in arrays.items() if k == f"{CHECKPOINTS}{step}"
+                or k.startswith(f"{CHECKPOINTS}{step}/")}
+    rec, run = state(recorded), state(result.arrays)
+    if not rec or rec.keys() != run.keys():
+        return False
+    for key, value in rec.items():
+        a, b = np.asarray(value), np.asarray(run[key])
+        if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+            return False
+    return True
+
+
+def replay_units(loaded: Loaded, options: pipeline.Options, chosen: Sequence[Segment],
+                 recorded: Mapping[str, Any], executor: Executor, progress: Progress | None = None
+                 ) -> tuple[list[RunResult | ReproError | None], set[int]]:
+    """Each chosen segment's run (None: interrupted) and which of them went on from the run
+    of the segment before them. Runs that share segments go first; a later segment whose start
+    state did not come out bitwise the record's (or was never reached: a stop, a crash) is
+    replayed again from the recorded state."""
+    spec = loaded.prep.spec
+    if same_numbers_likely(loaded.meta.fingerprint, spec, options.backend):
+        logged = [st for series in loaded.meta.metrics.values() for st in series["steps"]]
+        units = plan_units(chosen, executor.slots, max(logged + list(loaded.meta.grad_steps), default=0))
+    else:
+        units = [[i] for i in range(len(chosen))]
+    replays = [replay_of(loaded, chosen[u[0]].start, chosen[u[-1]].stop_at, [chosen[i].start for i in u[1:]])
+               for u in units]
+    runs = run_replays(loaded, options, replays, executor, progress)
+    results: list[RunResult | ReproError | None] = [None] * len(chosen)
+    continued: set[int] = set()
+    again: list[int] = []
+    for unit, run in zip(units, runs):
+        results[unit[0]] = run
+        for i in unit[1:]:
+            if isinstance(run, RunResult) and starts_as_recorded(run, recorded, chosen[i].start):
+                results[i] = run
+                continued.add(i)
+            else:
+                again.append(i)
+    if again and all(r is not None for r in runs):   # not after an interrupt
+        reruns = run_replays(loaded, options, [replay_of(loaded, chosen[i].start, chosen[i].stop_at)
+                                               for i in again], executor, progress)
+        for i, run in zip(again, reruns):
+            results[i] = run
+    return results, continued
+
+
 @pipeline.timed
 def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = None, *,
                     executor: Executor | None = None, progress: Progress | None = None) -> Verdict:
@@ -237,7 +341,6 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
             v.notes.append(f"verified in full, not by segments: {exc}")
             return v
         chosen, seed = choose(all_segments, sel)
-        replays = [replay_of(loaded, s.start, s.stop_at) for s in chosen]
         states = {s for seg in chosen for s in (loaded.meta.checkpoints.steps if loaded.meta.checkpoints
                                                 else []) if seg.keeps_state(s)}
         recorded = dict(loaded.record.arrays)
@@ -248,18 +351,18 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
         return error_verdict(spec_ref, exc, spec=spec, backend=(options or pipeline.Options()).backend)
     executor = executor or LocalExecutor(options.jobs)
     t0 = time.perf_counter()
-    results = run_replays(loaded, options, replays, executor, progress)
+    results, continued = replay_units(loaded, options, chosen, recorded, executor, progress)
     report = Segments(selection=sel.text, total=len(all_segments), seed=seed)
-    return _judge(loaded, options, chosen, results, recorded, report, time.perf_counter() - t0)
+    return _judge(loaded, options, chosen, results, recorded, report, time.perf_counter() - t0, continued)
 
 
 def _judge(loaded: Loaded, options: pipeline.Options, chosen: list[Segment],
            results: list[RunResult | ReproError | None], recorded: dict[str, Any],
-           report: Segments, elapsed: float) -> Verdict:
+           report: Segments, elapsed: float, continued: set[int] | None = None) -> Verdict:
     spec, rec = loaded.prep.spec, loaded.record
     rows, errors, bitwise, reason = [], [], True, ""
     ran = [r for r in results if isinstance(r, RunResult)]
-    for seg, result in zip(chosen, results):
+    for index, (seg, result) in enumerate(zip(chosen, results)):
         if not isinstance(result, RunResult):
             why = "interrupted before it finished" if result is None else str(result).splitlines()[0]
             errors.append(f"segment {seg.label}: {why}")
@@ -278,10 +381,12 @@ def _judge(loaded: Loaded, options: pipeline.Options, chosen: list[Segment],
         first = first_difference(cmp)
         text = "" if first is None else first.label.replace(f" in {seg.label}", "") + (
             f" at step {first.first_step}" if first.first_step is not None else "")
+        stop = result.stopped.step if result.stopped and not cmp.ok else None   # its own stop
         report.outcomes.append(SegmentOutcome(
             seg.start, seg.end, Status.PASS if cmp.ok else Status.FAIL,
             duration_s=result.timings.get("total_s", 0.0), first=text,
-            stopped_at=result.stopped.step if result.stopped else None))
+            stopped_at=stop if stop is not None and (seg.has_step(stop) or seg.keeps_state(stop)) else None,
+            continued=index in (continued or set())))
     if not ran:
         v = error_verdict(spec, "; ".join(errors) or "no segment ran", spec=spec, backend=options.backend)
         v.segments = report

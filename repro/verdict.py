@@ -183,6 +183,7 @@ class SegmentOutcome:
     duration_s: float = 0.0
     first: str = ""                 # fail: the first diverging quantity and step; error: why
     stopped_at: int | None = None   # fail-fast stopped it at this step
+    continued: bool = False         # ran on in the run of the segment before it (repro/segments.py)
 
     @property
     def label(self) -> str:

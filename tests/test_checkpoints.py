@@ -134,6 +134,11 @@ def test_segment_replay_passes_bitwise_on_two_workers(ck_recorded):
     assert "PASS tiny [cpu] bitwise identical" in out and "4 of 4 segments" in out, out
     for label in ("[0, 100) pass", "[100, 200) pass", "[200, 300) pass", "[300, 400) pass"):
         assert label in out
+    # four segments on two workers: two runs, each going on from its first segment into the
+    # next, whose start state came out bitwise the record's
+    assert "[100, 200) pass (continued from the segment before, in its run)" in out
+    assert "[300, 400) pass (continued from the segment before, in its run)" in out
+    assert "[200, 300) pass (continued" not in out
     v = audited(ck_recorded, "--segments", "all", rc=0)
     assert [(o["label"], o["status"]) for o in v["segments"]["replayed"]] == [
         ("[0, 100)", "pass"), ("[100, 200)", "pass"), ("[200, 300)", "pass"), ("[300, 400)", "pass")]
@@ -179,6 +184,14 @@ def test_a_state_out_of_tolerance_stops_the_run_when_it_is_kept(ck_recorded, tmp
     seg = p.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "250-260", "-v",
                   check_rc=1).stdout
     assert "[200, 300) fail: " in seg and "stopped at step 300 (fail-fast)" in seg, seg
+    # one worker for two segments: one run from 200 stops at the state kept at 300, so
+    # [300, 400) is replayed again from the recorded state at 300, not continued
+    two = p.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "250-350", "-j", "1",
+                  "-v", check_rc=1).stdout
+    assert "[200, 300) fail: " in two and "[300, 400) " in two and "(continued" not in two, two
+    replayed = audited(p, "--segments", "250-350", rc=1)["segments"]["replayed"]
+    assert [(o["label"], o["continued"]) for o in replayed] == [("[200, 300)", False), ("[300, 400)", False)]
+    assert replayed[1]["stopped_at"] != 300
 
 
 def test_a_sample_is_seeded_and_reported_and_a_range_picks_its_segments(ck_recorded):

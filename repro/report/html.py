@@ -160,7 +160,8 @@ def _segments(r: dict) -> str:
             f'<tr><td>{e(o["label"])}</td><td style="color:{COLORS.get(o["status"], "#7a8794")}">'
             f'{e(o["status"])}</td><td>{e(o.get("first") or "")}'
             + (f' (stopped at step {e(o["stopped_at"])}, fail-fast)' if o.get("stopped_at") is not None else "")
-            + f'</td><td>{e(o.get("duration_s"))} s</td></tr>' for o in seg.get("replayed") or [])
+            + "</td><td>" + ("in the run of the segment before" if o.get("continued")
+                             else f'{e(o.get("duration_s"))} s') + "</td></tr>" for o in seg.get("replayed") or [])
         out += (f'<h4>Segments</h4><p>{e(seg.get("text"))}</p><table><tr><th>steps</th><th>status</th>'
                 f"<th>first difference</th><th>time</th></tr>{rows}</table>")
     restart = r.get("restart")

@@ -69,7 +69,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
             "selection": v.segments.selection, "seed": v.segments.seed, "total": v.segments.total,
             "text": v.segments.text(),
             "replayed": [{"start": o.start, "end": o.end, "label": o.label, "status": str(o.status),
-                          "first": o.first or None, "stopped_at": o.stopped_at,
+                          "first": o.first or None, "stopped_at": o.stopped_at, "continued": o.continued,
                           "duration_s": round(o.duration_s, 3)} for o in v.segments.outcomes]},
         "restart": None if v.restart is None else {**asdict(v.restart), "text": v.restart.text()},
         "pins": v.pins, "fingerprint": v.fingerprint, "curves": v.curves,

@@ -79,7 +79,8 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
     if v.segments is not None:
         out.append(f"  {v.segments.text()}")
         if verbose:
-            out += [f"    {o.text()} ({o.duration_s:.1f} s)" for o in v.segments.outcomes]
+            out += [f"    {o.text()} " + ("(continued from the segment before, in its run)" if o.continued
+                                           else f"({o.duration_s:.1f} s)") for o in v.segments.outcomes]
     if v.restart is not None:
         out += ["  " + line for line in v.restart.text().splitlines()]
     if v.rows and (v.status != PASS or verbose):
