@@ -322,3 +322,19 @@ def test_segments_replay_in_docker_containers_too(tmp_path, cpu_image):
                   "all", "-j", "2", "-v", check_rc=0).stdout
     assert "PASS" in out and "2 of 2 segments" in out and "[100, 200) pass" in out, out
     assert not repro_containers(name)
+
+
+def test_consecutive_segments_share_runs_as_even_as_the_slots_allow():
+    from repro.segments import Segment, plan_units
+
+    four = [Segment(0, 750), Segment(750, 1500), Segment(1500, 2250), Segment(2250, 3000, final=True)]
+    assert plan_units(four, 2, 2999) == [[0, 1], [2, 3]]
+    assert plan_units(four, 1, 2999) == [[0, 1, 2, 3]]
+    assert plan_units(four, 4, 2999) == [[0], [1], [2], [3]]
+    assert plan_units(four, 3, 2999) == [[0], [1], [2, 3]] or plan_units(four, 3, 2999) == [[0, 1], [2], [3]]
+    # only neighbours share a run: a gap between chosen segments always cuts
+    gap = [four[0], four[2], four[3]]
+    assert plan_units(gap, 1, 2999) == [[0], [1, 2]]
+    # uneven segments: the cut balances steps, a final segment without an end counts to the last step
+    uneven = [Segment(0, 100), Segment(100, 200), Segment(200, 300), Segment(300, None, final=True)]
+    assert plan_units(uneven, 2, 1099) == [[0, 1, 2], [3]]
