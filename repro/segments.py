@@ -186,10 +186,10 @@ def replay_of(loaded: Loaded, start: int, stop_at: int | None, keep: Sequence[in
 
 
 def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Replay],
-                executor: Executor, progress: Progress | None = None
-                ) -> list[RunResult | ReproError | None]:
+                executor: Executor, progress: Progress | None = None,
+                labels: Sequence[str] | None = None) -> list[RunResult | ReproError | None]:
     """Each replay as one job on `executor` (None: not finished, the batch was interrupted);
-    `progress` sees each queued, started and finished."""
+    `progress` sees each queued, started and finished, under `labels` (default: its steps)."""
     quiet = dataclasses.replace(options, echo=options.echo if executor.slots == 1 else False)
 
     def work(replay: Replay, slot: int) -> RunResult | ReproError:
@@ -200,8 +200,9 @@ def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Rep
                                     loaded.meta, loaded.directory).result
         except ReproError as exc:
             return exc
-    first = progress.add([f"segment [{r.start}, {'end]' if r.stop_at is None else f'{r.stop_at})'}"
-                          for r in replays]) if progress else 0
+    names = labels or [f"segment [{r.start}, {'end]' if r.stop_at is None else f'{r.stop_at})'}"
+                       for r in replays]
+    first = progress.add(list(names)) if progress else 0
     batch = executor.map(work, list(replays),
                          on_start=(lambda i: progress.start(first + i)) if progress else None,
                          on_done=(lambda i, r: progress.done(first + i, r)) if progress else None)
@@ -303,7 +304,8 @@ def replay_units(loaded: Loaded, options: pipeline.Options, chosen: Sequence[Seg
         units = [[i] for i in range(len(chosen))]
     replays = [replay_of(loaded, chosen[u[0]].start, chosen[u[-1]].stop_at, [chosen[i].start for i in u[1:]])
                for u in units]
-    runs = run_replays(loaded, options, replays, executor, progress)
+    labels = [("segments " if len(u) > 1 else "segment ") + " ".join(chosen[i].label for i in u) for u in units]
+    runs = run_replays(loaded, options, replays, executor, progress, labels)
     results: list[RunResult | ReproError | None] = [None] * len(chosen)
     continued: set[int] = set()
     again: list[int] = []
