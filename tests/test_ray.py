@@ -329,3 +329,25 @@ def test_tasks_on_one_machine_lease_disjoint_cpu_slots(tmp_path, monkeypatch):
         assert again == 0
     assert sorted(p.name for p in (tmp_path / "repro-cpu-slots").iterdir()) == sorted(
         f"core-{c}" for c in range(cores))
+
+
+def test_a_segments_run_or_error_comes_back_naming_the_users_files(tmp_path):
+    """No cluster needed: what a segment's task returns (a RunResult or a ReproError) names the
+    user's files, not the worker's copy; a SpecError comes back with its message intact (its
+    own constructor would add `<spec>: ` again when unpickled)."""
+    import pickle
+
+    from repro.backends.base import ChildOutcome
+    from repro.errors import SpecError
+    from repro.rayexec import _back
+    from repro.result import RunResult
+
+    there, here = str(tmp_path / "cluster-work" / "job-1-x"), "/home/user/proj"
+    err = _back(SpecError("no such key", file=f"{there}/specs/a.yaml", key_path="code.commit"), there, here)
+    assert str(pickle.loads(pickle.dumps(err))) == f"{here}/specs/a.yaml: code.commit: no such key"
+    run = RunResult("cpu", {}, {}, {}, {}, [], ChildOutcome(0, log_tail=[f"File {there}/tinyproj/train.py"],
+                    notes=[f"read {there}/data/xy.npz"]), notes=[f"kept in {there}/out"])
+    back = pickle.loads(pickle.dumps(_back(run, there, here)))
+    assert back.notes == [f"kept in {here}/out"]
+    assert back.outcome.log_tail == [f"File {here}/tinyproj/train.py"]
+    assert back.outcome.notes == [f"read {here}/data/xy.npz"]
