@@ -49,10 +49,10 @@ def _executor(ns: argparse.Namespace, jobs: int) -> Any:
     return make_executor(engine, jobs, getattr(ns, "address", None), getattr(ns, "node_kind", None) or ())
 
 
-def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict]) -> int:
+def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict], ship: bool = True) -> int:
     """Every spec named (directories expanded, duplicate names refused before anything runs),
     one verdict each; the exit code of the worst. With `--engine ray` each spec is one task on
-    the cluster, all submitted at once."""
+    the cluster, all submitted at once (`ship`: False when `action` sends its own tasks)."""
     from repro.discovery import discover
     from repro.report import render
     from repro.verdict import error_verdict
@@ -61,7 +61,7 @@ def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict]) -> int:
     options = _options(ns)
     found = discover(Path(p) for p in ns.specs)
     remote: dict[int, Verdict] = {}
-    if getattr(ns, "engine", "local") == "ray":
+    if ship and getattr(ns, "engine", "local") == "ray":
         from repro.audit import _lost
         from repro.executor import SpecJob, run_spec_job
 
@@ -105,16 +105,18 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         from repro.resume import check_restart
         at = None if ns.resume_check == "first" else ns.resume_check
         return _run_each(ns, functools.partial(check_restart, at=at, jobs=ns.jobs or 2))
-    if ns.segments is None or ns.engine == "ray":   # on a cluster: a spec's segments are one task
+    if ns.segments is None:
         return _run_each(ns, pipeline.check)
     from repro.report.progress import describe_replay, progress_display
     from repro.segments import replay_segments
 
+    executor = _executor(ns, ns.jobs or 1)   # -j segments at a time here; on Ray each a task
+
     def by_segments(spec: Any, options: Options) -> Verdict:  # pipeline.check, with a display
         with progress_display(describe_replay, title=f"segments of {spec.name}",
                               plain=ns.no_progress) as progress:
-            return replay_segments(spec, options, progress=progress)
-    return _run_each(ns, by_segments)
+            return replay_segments(spec, options, executor=executor, progress=progress)
+    return _run_each(ns, by_segments, ship=False)
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:

@@ -58,6 +58,9 @@ def run_spec_job(job: SpecJob[R], slot: int) -> R:
 
 class Executor(Protocol):
     slots: int
+    # True: the jobs run where this machine's files are not (a cluster); `map` takes SpecJobs
+    # with `run_spec_job` only, so each job says which spec's project to ship with it
+    ships_jobs: bool
 
     def map(self, work: Work[T, R], items: Sequence[T],
             on_done: Callable[[int, R], None] | None = None,
@@ -71,6 +74,8 @@ class Executor(Protocol):
 class LocalExecutor:
     """Up to `slots` items at a time, in threads of this process, each holding a CPU slot: the
     jobs themselves are child processes or containers pinned to their slot's cores."""
+
+    ships_jobs = False
 
     def __init__(self, slots: int = 1):
         self.slots = max(1, slots)

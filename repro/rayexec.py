@@ -83,7 +83,6 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
     verdict's paths back to the origin's (so a report names the files the user has)."""
     from repro.remote import STORE_ENV
     from repro.spec import load_spec
-    from repro.verdict import Verdict
 
     saved = os.environ.get(STORE_ENV)   # a store named by $REPRO_STORE here is named so there
     if parcel.store.source == f"${STORE_ENV}":
@@ -95,20 +94,37 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
         options = replace(job.options, records_root=records, cpu_slot=None, echo=False)
         with cpu_slot(spec.environment.cpus) as slot:
             result = job.run(spec, replace(options, cpu_slot=slot))
-        if isinstance(result, Verdict):   # the files it names are the user's, not the copy's
-            there, here = str(where), parcel.origin
-            result.spec_path = _moved(result.spec_path, there, here)
-            result.record_path = _moved(result.record_path, there, here)
-            result.error = result.error.replace(there, here)
-            result.error_detail = result.error_detail.replace(there, here)
-            result.notes = [n.replace(there, here) for n in result.notes]
-        return result
+        return _back(result, str(where), parcel.origin)
     finally:
         remove(where)
         if saved is None:
             os.environ.pop(STORE_ENV, None)
         else:
             os.environ[STORE_ENV] = saved
+
+
+def _back(result: Any, there: str, here: str) -> Any:
+    """A job's result with the paths of the worker's copy (`there`) as the user's (`here`), so
+    a report names the files the user has: a Verdict, a RunResult (a segment's run) or a
+    ReproError (as a plain ReproError: a subclass's constructor need not survive pickling)."""
+    from repro.result import RunResult
+    from repro.verdict import Verdict
+
+    if isinstance(result, Verdict):
+        result.spec_path = _moved(result.spec_path, there, here)
+        result.record_path = _moved(result.record_path, there, here)
+        result.error = result.error.replace(there, here)
+        result.error_detail = result.error_detail.replace(there, here)
+        result.notes = [n.replace(there, here) for n in result.notes]
+    elif isinstance(result, RunResult):
+        out = result.outcome
+        result.notes = [n.replace(there, here) for n in result.notes]
+        out.notes = [n.replace(there, here) for n in out.notes]
+        out.log_tail = [n.replace(there, here) for n in out.log_tail]
+        out.killed_reason = out.killed_reason.replace(there, here)
+    elif isinstance(result, ReproError):
+        return ReproError(str(result).replace(there, here))
+    return result
 
 
 def warm_up() -> int:
@@ -131,6 +147,8 @@ class RayExecutor:
     """Runs SpecJobs as Ray tasks on the cluster at `address` ("auto": the one this machine
     belongs to; "ray://HOST:PORT": a Ray client). `node_kinds`: custom resources a task must
     have one unit of (the kind of node it may run on)."""
+
+    ships_jobs = True
 
     def __init__(self, address: str | None = "auto", node_kinds: Sequence[str] = (),
                  retries: int = RETRIES):
@@ -200,6 +218,19 @@ class RayExecutor:
 
         gpu_nodes = any(n.get("Alive") and n.get("Resources", {}).get("GPU", 0) >= 1
                         for n in self.ray.nodes())
+        parcels: dict[tuple[str, str, tuple[str, ...]], Parcel] = {}
+        packing: dict[tuple[str, str, tuple[str, ...]], threading.Lock] = {}
+
+        def parcel_of(job: SpecJob[Any]) -> Parcel:
+            """Packed once for the jobs of a batch that ship the same project (a spec's
+            segments): the same spec file, records and commits make the same parcel."""
+            key = (str(job.spec.path), str(job.options.records_root), job.commits)
+            with lock:
+                one = packing.setdefault(key, threading.Lock())
+            with one:
+                if key not in parcels:
+                    parcels[key] = pack(job.spec, job.options.records_root, job.commits, listings)
+                return parcels[key]
 
         def ship(index: int) -> None:
             job = jobs[index]
@@ -212,7 +243,7 @@ class RayExecutor:
                     batch.results[index] = result
                 return
             try:   # packed side by side; a blob two parcels share may be sent twice (same bytes)
-                parcel = pack(job.spec, job.options.records_root, job.commits, listings)
+                parcel = parcel_of(job)
             except ReproError as exc:
                 result = job.failed(f"cannot ship the spec's project to the cluster: {exc}")
                 with lock:

@@ -17,6 +17,7 @@ otherwise. Each extra process would cost a start, a compile and a restore.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata as metadata
 import platform
 import random
@@ -25,14 +26,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from repro import pipeline
 from repro.changes import changes_since_record
 from repro.errors import ReproError, SpecError
-from repro.executor import Executor, LocalExecutor
+from repro.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.failfast import RecordView, compare
 from repro.noise import annotate_spread, first_difference
 from repro.progress import Progress
@@ -42,6 +43,9 @@ from repro.replay import Replay
 from repro.result import RunResult
 from repro.state import LeafKind
 from repro.verdict import SegmentOutcome, Segments, Status, Verdict, error_verdict
+
+if TYPE_CHECKING:
+    from repro.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,9 @@ def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Rep
                 executor: Executor, progress: Progress | None = None,
                 labels: Sequence[str] | None = None) -> list[RunResult | ReproError | None]:
     """Each replay as one job on `executor` (None: not finished, the batch was interrupted);
-    `progress` sees each queued, started and finished, under `labels` (default: its steps)."""
+    `progress` sees each queued, started and finished, under `labels` (default: its steps). On
+    an executor that ships jobs (a cluster) each is a SpecJob of `run_unit`: its start, stop
+    and kept steps travel, and the worker reads the start state from its own copy of the record."""
     quiet = dataclasses.replace(options, echo=options.echo if executor.slots == 1 else False)
 
     def work(replay: Replay, slot: int) -> RunResult | ReproError:
@@ -203,10 +209,31 @@ def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Rep
     names = labels or [f"segment [{r.start}, {'end]' if r.stop_at is None else f'{r.stop_at})'}"
                        for r in replays]
     first = progress.add(list(names)) if progress else 0
-    batch = executor.map(work, list(replays),
-                         on_start=(lambda i: progress.start(first + i)) if progress else None,
-                         on_done=(lambda i, r: progress.done(first + i, r)) if progress else None)
+    on_start = (lambda i: progress.start(first + i)) if progress else None
+    on_done = (lambda i, r: progress.done(first + i, r)) if progress else None
+    if executor.ships_jobs:   # a cluster: each unit its own task, only its steps travel
+        shipped = dataclasses.replace(options, echo=False, segments=None, jobs=1, replay=None)
+        jobs: list[SpecJob[RunResult | ReproError]] = [
+            SpecJob(loaded.prep.spec, shipped, functools.partial(run_unit, r.start, r.stop_at, r.keep),
+                    ReproError) for r in replays]
+        batch = executor.map(run_spec_job, jobs, on_start=on_start, on_done=on_done)
+    else:
+        batch = executor.map(work, list(replays), on_start=on_start, on_done=on_done)
     return [batch.results.get(i) for i in range(len(replays))]
+
+
+def run_unit(start: int, stop_at: int | None, keep: tuple[int, ...], spec: Spec,
+             options: pipeline.Options) -> RunResult | ReproError:
+    """One replay unit (a `Replay`'s start, stop and kept steps) where the spec's project is,
+    e.g. a cluster worker's copy: the Replay is rebuilt from the record there (its start state
+    read there, so only these ints travel) and run as `run_replays` runs it here."""
+    try:
+        loaded = load(spec, options)
+        replay = replay_of(loaded, start, stop_at, keep)
+        return pipeline.execute(loaded.prep, dataclasses.replace(options, replay=replay),
+                                loaded.meta, loaded.directory).result
+    except ReproError as exc:
+        return exc
 
 
 def window(metrics: Mapping[str, Any], arrays: Mapping[str, Any], seg: Segment
@@ -339,7 +366,7 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
         try:
             all_segments = segments_of(loaded.meta, spec.name or "", spec.code.command is not None)
         except NoCheckpoints as exc:
-            v = pipeline.verify(spec, dataclasses.replace(options, segments=None))
+            v = _whole(spec_ref, spec, dataclasses.replace(options, segments=None), executor)
             v.notes.append(f"verified in full, not by segments: {exc}")
             return v
         chosen, seed = choose(all_segments, sel)
@@ -356,6 +383,18 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
     results, continued = replay_units(loaded, options, chosen, recorded, executor, progress)
     report = Segments(selection=sel.text, total=len(all_segments), seed=seed)
     return _judge(loaded, options, chosen, results, recorded, report, time.perf_counter() - t0, continued)
+
+
+def _whole(spec_ref: pipeline.SpecRef, spec: Spec, options: pipeline.Options,
+           executor: Executor | None) -> Verdict:
+    """A spec verified in full: here, or as one task on a cluster executor."""
+    if executor is None or not executor.ships_jobs:
+        return pipeline.verify(spec, options)
+    lost = functools.partial(error_verdict, spec_ref, spec=spec, backend=options.backend)
+    batch = executor.map(run_spec_job, [SpecJob(spec, options, pipeline.verify, lost)])
+    if 0 not in batch.results:
+        raise KeyboardInterrupt
+    return batch.results[0]
 
 
 def _judge(loaded: Loaded, options: pipeline.Options, chosen: list[Segment],

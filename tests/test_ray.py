@@ -235,6 +235,47 @@ def test_verify_with_engine_ray(cluster, audited):
     assert "PASS" in proc.stdout and str(audited.root / "specs" / "tiny.yaml") in proc.stdout
 
 
+def _segment_lines(out: str) -> list[str]:
+    """The verdict's per-segment lines (`-v`), durations left out."""
+    return [re.sub(r"\s*\([\d.]+ s\)", "", line).strip() for line in out.splitlines()
+            if re.match(r"\s*(diverges in )?\[\d+, (\d+\)|end\])", line)]
+
+
+def test_verify_segments_on_ray_sends_each_segment_as_its_own_task(cluster, tmp_path):
+    """Three segments, three tasks: on a cluster of two one-CPU nodes they run on both (each
+    node exports the pinned code into its own cache), and the verdicts are the local ones."""
+    from test_checkpoints import make_ck
+
+    from conftest import edit_train
+
+    p = make_ck(tmp_path / "ck")
+    p.edit_spec("steps: 400", "steps: 300")
+    p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray-segments"\n')
+    p.commit("300 steps: three segments; the store")
+    p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    p.commit("record")
+    commit = json.loads((p.record_dir / "record.json").read_text())["code"]["commit"]
+    on_ray = ("--engine", "ray", "--address", cluster.address)
+    out = p.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "all", "-v", *on_ray,
+                  check_rc=0).stdout
+    assert "PASS tiny [cpu] bitwise identical" in out and "3 of 3 segments" in out, out
+    assert _segment_lines(out) == ["[0, 100) pass", "[100, 200) pass", "[200, 300) pass"], out
+    assert (cluster.cache("a") / "trees" / commit).is_dir() and (cluster.cache("b") / "trees" / commit).is_dir()
+
+    edit_train(p, "params, opt_state, loss, g = update(params, opt_state, x[idx], y[idx], 1.0)",
+               "params, opt_state, loss, g = update(params, opt_state, x[idx], y[idx], "
+               "1.0 + 1e-3 * (step > 200))", "lr up by 0.1% after step 200")
+    remote = p.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "all", "-v", *on_ray,
+                     check_rc=1).stdout
+    local = p.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "all", "-v", "-j", "2",
+                    check_rc=1).stdout
+    assert "first: metric loss in [200, 300) at step 202" in remote, remote
+    assert "code.commit" in remote
+    assert _segment_lines(remote) == _segment_lines(local), remote + local
+    assert [line.split(":")[0] for line in _segment_lines(remote) if line.startswith("[")] == [
+        "[0, 100) pass", "[100, 200) pass", "[200, 300) fail"], remote
+
+
 def test_bisect_with_engine_ray_names_the_commit_that_changed_the_lr(cluster, audited, tmp_path):
     """Last in the module: it adds commits to the project (specs and records stay as they are)."""
     good = json.loads((audited.record_dir / "record.json").read_text())["code"]["commit"]
@@ -288,3 +329,25 @@ def test_tasks_on_one_machine_lease_disjoint_cpu_slots(tmp_path, monkeypatch):
         assert again == 0
     assert sorted(p.name for p in (tmp_path / "repro-cpu-slots").iterdir()) == sorted(
         f"core-{c}" for c in range(cores))
+
+
+def test_a_segments_run_or_error_comes_back_naming_the_users_files(tmp_path):
+    """No cluster needed: what a segment's task returns (a RunResult or a ReproError) names the
+    user's files, not the worker's copy; a SpecError comes back with its message intact (its
+    own constructor would add `<spec>: ` again when unpickled)."""
+    import pickle
+
+    from repro.backends.base import ChildOutcome
+    from repro.errors import SpecError
+    from repro.rayexec import _back
+    from repro.result import RunResult
+
+    there, here = str(tmp_path / "cluster-work" / "job-1-x"), "/home/user/proj"
+    err = _back(SpecError("no such key", file=f"{there}/specs/a.yaml", key_path="code.commit"), there, here)
+    assert str(pickle.loads(pickle.dumps(err))) == f"{here}/specs/a.yaml: code.commit: no such key"
+    run = RunResult("cpu", {}, {}, {}, {}, [], ChildOutcome(0, log_tail=[f"File {there}/tinyproj/train.py"],
+                    notes=[f"read {there}/data/xy.npz"]), notes=[f"kept in {there}/out"])
+    back = pickle.loads(pickle.dumps(_back(run, there, here)))
+    assert back.notes == [f"kept in {here}/out"]
+    assert back.outcome.log_tail == [f"File {here}/tinyproj/train.py"]
+    assert back.outcome.notes == [f"read {here}/data/xy.npz"]
