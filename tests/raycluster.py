@@ -42,7 +42,7 @@ def _start(cmd: list[str], base: Path, node: str) -> subprocess.Popen[bytes]:
 
 
 def _node(node: str, base: Path) -> list[str]:
-    return ["--block", "--num-cpus=1", f"--resources={json.dumps({f'node_{node}': 1})}",
+    return ["--block", "--num-cpus=1", "--num-gpus=0", f"--resources={json.dumps({f'node_{node}': 1})}",
             f"--temp-dir={base / ('ray-' + node)}", "--object-store-memory=80000000",
             "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
 

@@ -237,13 +237,15 @@ def test_verify_with_engine_ray(cluster, audited):
 
 def _segment_lines(out: str) -> list[str]:
     """The verdict's per-segment lines (`-v`), durations left out."""
-    return [re.sub(r"\s*\([\d.]+ s\)", "", line).strip() for line in out.splitlines()
+    return [re.sub(r"\s*\(([\d.]+ s|continued from the segment before, in its run)\)", "", line).strip()
+            for line in out.splitlines()
             if re.match(r"\s*(diverges in )?\[\d+, (\d+\)|end\])", line)]
 
 
 def test_verify_segments_on_ray_sends_each_segment_as_its_own_task(cluster, tmp_path):
-    """Three segments, three tasks: on a cluster of two one-CPU nodes they run on both (each
-    node exports the pinned code into its own cache), and the verdicts are the local ones."""
+    """Three segments on a cluster of two one-CPU nodes: two tasks ([0, 100), then [100, 200)
+    going on into [200, 300), docs/segments.md), one on each node (each exports the pinned
+    code into its own cache), and the verdicts are the local ones."""
     from test_checkpoints import make_ck
 
     from conftest import edit_train
@@ -260,6 +262,7 @@ def test_verify_segments_on_ray_sends_each_segment_as_its_own_task(cluster, tmp_
                   check_rc=0).stdout
     assert "PASS tiny [cpu] bitwise identical" in out and "3 of 3 segments" in out, out
     assert _segment_lines(out) == ["[0, 100) pass", "[100, 200) pass", "[200, 300) pass"], out
+    assert "[200, 300) pass (continued from the segment before, in its run)" in out   # its task ran on
     assert (cluster.cache("a") / "trees" / commit).is_dir() and (cluster.cache("b") / "trees" / commit).is_dir()
 
     edit_train(p, "params, opt_state, loss, g = update(params, opt_state, x[idx], y[idx], 1.0)",
@@ -351,3 +354,17 @@ def test_a_segments_run_or_error_comes_back_naming_the_users_files(tmp_path):
     assert back.notes == [f"kept in {here}/out"]
     assert back.outcome.log_tail == [f"File {here}/tinyproj/train.py"]
     assert back.outcome.notes == [f"read {here}/data/xy.npz"]
+
+
+def test_a_gpu_spec_on_a_cluster_without_a_gpu_node_is_skipped_not_left_waiting(cluster, tmp_path):
+    """The cluster's nodes have no GPU (`--num-gpus=0`): Ray would hold a task asking for one
+    forever; repro says SKIP at once, as it does on a host without a GPU."""
+    from conftest import build_project
+    p = build_project(tmp_path / "proj")
+    p.write("specs/tiny-gpu.yaml", p.spec.read_text().replace("name: tiny\n", "name: tiny-gpu\n")
+            + "environment: {platform: gpu}\n")
+    p.commit("a GPU spec")
+    out = p.repro("verify", "specs/tiny-gpu.yaml", "--engine", "ray", "--address", cluster.address,
+                  check_rc=0).stdout
+    assert "SKIP tiny-gpu — spec 'tiny-gpu' needs a GPU (environment.platform: gpu), but no live " \
+           "node of the Ray cluster has one" in out, out
