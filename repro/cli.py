@@ -457,7 +457,7 @@ def _count(text: str) -> int:
 
 
 def _selection(text: str) -> str:
-    from repro.segments import parse_selection
+    from repro.segmentplan import parse_selection
     try:
         return parse_selection(text).text
     except ValueError as exc:

@@ -63,7 +63,7 @@ def pytest_addoption(parser):
 def _selection(text: str) -> str:
     import argparse
 
-    from repro.segments import parse_selection
+    from repro.segmentplan import parse_selection
     try:
         return parse_selection(text).text
     except ValueError as exc:

@@ -25,7 +25,8 @@ from repro.failfast import RecordView
 from repro.record import read_state
 from repro.recordblobs import CHECKPOINTS
 from repro.result import RunResult
-from repro.segments import Loaded, Segment, load, replay_of, run_replays, window
+from repro.segmentplan import Segment
+from repro.segments import Loaded, load, replay_of, run_replays, window
 from repro.verdict import Restart, Status, Verdict, error_verdict
 
 

@@ -325,7 +325,7 @@ def test_segments_replay_in_docker_containers_too(tmp_path, cpu_image):
 
 
 def test_consecutive_segments_share_runs_as_even_as_the_slots_allow():
-    from repro.segments import Segment, plan_units
+    from repro.segmentplan import Segment, plan_units
 
     four = [Segment(0, 750), Segment(750, 1500), Segment(1500, 2250), Segment(2250, 3000, final=True)]
     assert plan_units(four, 2, 2999) == [[0, 1], [2, 3]]
