@@ -246,11 +246,32 @@ def test_a_killed_repro_process_stops_its_container(dproject):
     subprocess.run(["docker", "rm", "-f", *repro_containers(dproject.name)], capture_output=True)
 
 
-def test_gpu_spec_without_gpu_says_what_is_missing(dproject):
+def test_gpu_spec_without_gpu_says_what_is_missing(dproject, cpu_image):
+    """No GPU on the host: the spec is skipped, saying so. A GPU that Docker cannot hand to a
+    container (no NVIDIA container toolkit) is an error naming the toolkit: the engine's own
+    refusal of a GPU request, asked for here for real, reads so."""
+    import docker
+
+    from repro.docker.backend import _start_error
+    from repro.env.devices import gpu_visible
+
     dproject.edit_spec("  image: ", "  platform: gpu\n  image: ")
     v = pipeline.run(dproject.spec, DOCKER)
     if v.status == "ran":  # pragma: no cover - a machine with a GPU and the toolkit
         pytest.skip("this machine gives containers a GPU")
-    assert v.status == "error"
-    assert f"spec '{dproject.name}' needs a GPU (environment.platform: gpu)" in v.error
-    assert "NVIDIA container toolkit" in v.error
+    if not gpu_visible():
+        assert v.status == "skipped" and v.exit_code == 0
+        assert f"spec '{dproject.name}' needs a GPU (environment.platform: gpu)" in v.error
+    client = docker.from_env()
+    box = client.containers.create(cpu_image, ["true"], device_requests=[
+        docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
+    try:
+        box.start()
+    except docker.errors.APIError as exc:
+        err = _start_error(exc, dproject.name, True, "img")
+    else:  # pragma: no cover - the engine gives containers a GPU
+        pytest.skip("this Docker engine gives containers a GPU")
+    finally:
+        box.remove(force=True)
+    assert f"spec '{dproject.name}' needs a GPU (environment.platform: gpu)" in str(err)
+    assert "NVIDIA container toolkit" in str(err)
