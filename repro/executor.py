@@ -40,9 +40,9 @@ class SpecJob(Generic[R]):
     """One job about one spec: the unit an executor without a shared filesystem can ship
     (repro/parcel.py). `run(spec, options)` must be a module-level function or a partial of one
     (a cluster pickles it); there it gets the spec and options as the worker sees them.
-    `failed(message)` is the result when no run could finish (a NeedsDevice: the cluster has no
-    GPU for a GPU spec, a SKIPPED verdict) (the worker died on every try, the
-    project could not be shipped). `commits`: more commits the run checks out (bisect)."""
+    `failed(message)` is the result when no run could finish (the worker died on every try, the
+    project could not be shipped; a NeedsDevice when no node has the GPU a GPU spec needs: a
+    SKIPPED verdict). `commits`: more commits the run checks out (bisect)."""
 
     spec: Spec
     options: Options

@@ -197,7 +197,11 @@ def replay_units(loaded: Loaded, options: pipeline.Options, chosen: Sequence[Seg
         units = plan_units(chosen, executor.slots, max(logged + list(loaded.meta.grad_steps), default=0))
     else:
         units = [[i] for i in range(len(chosen))]
-    replays = [replay_of(loaded, chosen[u[0]].start, chosen[u[-1]].stop_at, [chosen[i].start for i in u[1:]])
+    def replay(start: int, stop_at: int | None, keep: Sequence[int] = ()) -> Replay:
+        if executor.ships_jobs:   # only the steps travel: the worker reads the start state
+            return Replay(start=start, stop_at=stop_at, keep=tuple(keep))
+        return replay_of(loaded, start, stop_at, keep)
+    replays = [replay(chosen[u[0]].start, chosen[u[-1]].stop_at, [chosen[i].start for i in u[1:]])
                for u in units]
     labels = [("segments " if len(u) > 1 else "segment ") + " ".join(chosen[i].label for i in u) for u in units]
     runs = run_replays(loaded, options, replays, executor, progress, labels)
@@ -213,8 +217,8 @@ def replay_units(loaded: Loaded, options: pipeline.Options, chosen: Sequence[Seg
             else:
                 again.append(i)
     if again and all(r is not None for r in runs):   # not after an interrupt
-        reruns = run_replays(loaded, options, [replay_of(loaded, chosen[i].start, chosen[i].stop_at)
-                                               for i in again], executor, progress)
+        reruns = run_replays(loaded, options, [replay(chosen[i].start, chosen[i].stop_at) for i in again],
+                             executor, progress)
         for i, run in zip(again, reruns):
             results[i] = run
     return results, continued
@@ -248,7 +252,10 @@ def replay_segments(spec_ref: pipeline.SpecRef, options: pipeline.Options | None
         return error_verdict(spec_ref, exc, spec=spec, backend=(options or pipeline.Options()).backend)
     executor = executor or LocalExecutor(options.jobs)
     t0 = time.perf_counter()
-    results, continued = replay_units(loaded, options, chosen, recorded, executor, progress)
+    try:   # a start state the record cannot give (a missing or damaged blob) is an error verdict
+        results, continued = replay_units(loaded, options, chosen, recorded, executor, progress)
+    except ReproError as exc:
+        return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
     report = Segments(selection=sel.text, total=len(all_segments), seed=seed)
     return _judge(loaded, options, chosen, results, recorded, report, time.perf_counter() - t0, continued)
 

@@ -50,14 +50,14 @@ def test_no_gpu_is_skipped_with_the_reason_by_the_library_cli_and_audit(gpu_proj
     assert "needs a GPU" in (case.find("skipped").get("message") or "")
 
 
-def test_pytest_skips_a_gpu_spec_at_collection(gpu_project, pytester, monkeypatch):
+def test_pytest_skips_a_gpu_spec_and_says_why(gpu_project, pytester, monkeypatch):
     gpu_project.repro("record", "specs/tiny.yaml", check_rc=0)
     monkeypatch.chdir(gpu_project.root)
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark",
                                         "-p", "no:hypothesispytest", "specs/", "-rs", timeout=300)
     out = res.stdout.str()
     res.assert_outcomes(passed=1, skipped=1)
-    assert "tiny-gpu needs a GPU: this host shows no GPU" in out
+    assert "spec 'tiny-gpu' needs a GPU (environment.platform: gpu), but this host shows no GPU" in out
 
 
 @pytest.mark.parametrize("name", ["digits-mlp-gpu", "digits-cnn-gpu"])
