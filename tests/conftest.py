@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -259,43 +257,28 @@ def lr_times(project, factor: str, setup: str = "", message: str = "change the l
     project.repro("pin", str(project.spec), check_rc=0)
 
 
-# --- the store's remote: a real S3 server (moto) on 127.0.0.1 (test_store, test_datastore) ---
+# --- the store's remote: a real S3 server (rclone's) on 127.0.0.1 (test_store, test_datastore,
+# test_ray) ---
 
 BUCKET = "repro-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def s3_server():
-    """moto's S3 server in its own process on 127.0.0.1; the standard AWS variables point
-    botocore (and so s3fs, and the `repro` subprocesses) at it."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+def s3_server(tmp_path_factory):
+    """`rclone serve s3` in its own process on 127.0.0.1, on a free port, serving a directory of
+    its own (tests/s3server.py); the standard AWS variables point botocore (and so s3fs, and the
+    `repro` subprocesses) at it. Yields its endpoint URL."""
+    from s3server import ACCESS_KEY, SECRET_KEY, serve
+
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                             "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.1)
-        s3().mkdir(BUCKET)
-        yield endpoint
+        with serve("rclone", tmp_path_factory.mktemp("s3")) as server:
+            os.environ.update(AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY,
+                              AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
+            s3().mkdir(BUCKET)
+            yield server.endpoint
     finally:
-        proc.terminate()
-        proc.wait(10)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

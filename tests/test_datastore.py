@@ -1,7 +1,7 @@
 """Record arrays over 1 MiB as blobs in the store, and data fetched by URL by its sha256
 (docs/store.md, docs/data-pins.md): real runs of the tiny regression returning a 1.2 MB array,
-its data served by moto's S3 server (its own process on 127.0.0.1, through s3fs) and by a real
-HTTP server in this process that fails its first requests.
+its data served by a real S3 server (`rclone serve s3`, its own process on 127.0.0.1, through
+s3fs: tests/s3server.py) and by a real HTTP server in this process that fails its first requests.
 """
 from __future__ import annotations
 

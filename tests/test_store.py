@@ -1,10 +1,11 @@
 """The store's remote (docs/store.md): push, pull, `store verify` and the fetch a verify does,
-against a real S3-compatible server on 127.0.0.1 (moto's server, in its own process) through
-s3fs, and a file:// remote. Real runs of the checkpointing workload of test_checkpoints.py with
-a 1.2 MB frozen leaf, so its state has a blob too large for git.
+against a real S3-compatible server on 127.0.0.1 (`rclone serve s3`, in its own process,
+tests/s3server.py) through s3fs, and a file:// remote. Real runs of the checkpointing workload
+of test_checkpoints.py with a 1.2 MB frozen leaf, so its state has a blob too large for git.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -210,10 +211,19 @@ def test_store_options_reach_s3fs_without_the_aws_endpoint_variable(s3_server, m
 
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     remote = Remote(RemoteConfig(f"s3://{BUCKET}/opts", {"endpoint_url": s3_server,
-                                                         "skip_instance_cache": True}))
+                                                         "skip_instance_cache": True,
+                                                         "config_kwargs": {"read_timeout": 30}}))
+    # the project's botocore settings are kept; repro adds only what it checks itself (a read is
+    # re-hashed with sha256, so botocore's CRC32 of the same bytes is not asked for)
+    assert remote.fs.config_kwargs == {"read_timeout": 30,
+                                       "response_checksum_validation": "when_required"}
     data = b"a blob named by its hash"
     sha = hashlib.sha256(data).hexdigest()
     assert remote.size(sha) is None
     remote.upload(sha, data)
     assert remote.size(sha) == len(data) and remote.listing() == {sha: len(data)}
     assert remote.url(sha) == f"s3://{BUCKET}/opts/{sha[:2]}/{sha[2:]}"
+    # the PUT carried the blob's name as its SHA-256 checksum, for S3 to refuse other bytes
+    head = remote.fs.call_s3("head_object", Bucket=BUCKET, Key=f"opts/{sha[:2]}/{sha[2:]}",
+                             ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(sha)).decode(), head
