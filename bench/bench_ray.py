@@ -1,6 +1,6 @@
 """`repro audit --engine ray` vs `--engine local -j 2`: the overhead per spec of running each
 spec as a Ray task on a two-node cluster of this machine (tests/raycluster.py: 1 CPU a node, so
-2 at a time on both sides), its inputs shipped through a real S3 server (moto) by hash.
+2 at a time on both sides), its inputs shipped through a real S3 server (rclone's, tests/s3server.py) by hash.
 
 4 small specs (the tests' tiny workload with 4 seeds), recorded once; one warm-up audit each
 side (node caches: exported trees, compile cache), then runs alternate so machine noise hits
@@ -11,11 +11,10 @@ both sides alike. The issue's bar: overhead <= 0.5 s per spec.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from tests.conftest import build_project  # noqa: E402
-from tests.raycluster import free_port, two_nodes  # noqa: E402
+from tests.raycluster import two_nodes  # noqa: E402
+from tests.s3server import ACCESS_KEY, SECRET_KEY, serve  # noqa: E402
 
 SPECS = 4
 
@@ -35,21 +35,12 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=3)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="repro-bench-ray-"))
-    port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+    stack = contextlib.ExitStack()
+    server = stack.enter_context(serve("rclone"))
+    os.environ.update(AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY,
+                      AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1",
                       REPRO_CACHE_DIR=str(work / "cache"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.1)
         import s3fs
         s3fs.S3FileSystem().mkdir("bench")
         p = build_project(work / "projects" / "proj")
@@ -107,8 +98,7 @@ def main() -> None:
         print(f"  overhead per spec: {(m['ray-lib'] - m['local-lib']) / SPECS:.2f} s")
         print(f"verdicts identical in every audit: {len(verdicts) == 1} {sorted(verdicts)[0]}")
     finally:
-        moto.terminate()
-        moto.wait(10)
+        stack.close()
         import shutil
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """`--engine ray` on a real two-node Ray cluster on this machine (tests/raycluster.py;
 docs/ray.md). Node B cannot see pytest's temporary directory, where every test project lives:
-whatever a task there runs, it rebuilt from the store (a real S3 server, moto's, on 127.0.0.1).
+whatever a task there runs, it rebuilt from the store (a real S3 server, rclone's, on 127.0.0.1: tests/s3server.py).
 """
 from __future__ import annotations
 
