@@ -21,6 +21,7 @@ from pathlib import Path
 from repro.errors import StoreError
 from repro.recordblobs import BlobRef, blob_refs
 from repro.remote import CorruptBlob, Remote, RemoteConfig, find_remote_config, remote_config
+from repro.remoteindex import RemoteIndex
 from repro.store import BlobStore, hash_file, machine_store
 
 JOBS = 8   # transfers at a time: the network waits, it does not take a core
@@ -163,6 +164,10 @@ def push(proj: Project, jobs: int = JOBS, limit: int | None = None) -> Transfer:
         out.count(len(data))
 
     _pool(send, todo, jobs)
+    failed = {x.sha256 for x in out.problems}
+    index = RemoteIndex(remote.config)   # what a cluster executor ships next need not be listed
+    index.replace(there)
+    index.learn({b.sha256: b.size for b in todo if b.sha256 not in failed})
     out.seconds = time.perf_counter() - t0
     return out
 

@@ -70,6 +70,11 @@ class Executor(Protocol):
         thread). On KeyboardInterrupt: stop everything started, return what finished."""
         ...
 
+    def close(self) -> None:
+        """Let go of what the executor opened (a cluster connection); once a front end is done
+        with it. Nothing may be mapped after."""
+        ...
+
 
 class LocalExecutor:
     """Up to `slots` items at a time, in threads of this process, each holding a CPU slot: the
@@ -79,6 +84,9 @@ class LocalExecutor:
 
     def __init__(self, slots: int = 1):
         self.slots = max(1, slots)
+
+    def close(self) -> None:
+        """Nothing to let go of: each map's threads end with it."""
 
     def map(self, work: Work[T, R], items: Sequence[T],
             on_done: Callable[[int, R], None] | None = None,

@@ -51,6 +51,7 @@ class Parcel:
     git_pack: str                     # sha256 of a git pack with the commits below (no history)
     commits: tuple[str, ...]
     records_rel: str | None = None    # --records DIR, relative to the root (None: default)
+    stored: tuple[str, ...] = ()      # the records' blobs that live in a machine store
 
 
 def store_for(root: Path) -> RemoteConfig:
@@ -97,29 +98,65 @@ def _record_commits(records: Path) -> set[str]:
     return out
 
 
-def _upload(remote: Remote, data: bytes, known: dict[str, int]) -> str:
-    sha = hashlib.sha256(data).hexdigest()
-    if known.get(sha) != len(data):
-        remote.upload(sha, data)
-        known[sha] = len(data)
-    return sha
+class Shipping:
+    """One store remote as the parcels of a batch see it: what this machine's index
+    (repro/remoteindex.py) says it holds, and the remote itself, opened and listed only when a
+    parcel has a blob the index does not know (an upload adds to the index)."""
+
+    def __init__(self, config: RemoteConfig):
+        from repro.remoteindex import RemoteIndex
+
+        self.config = config
+        self.index = RemoteIndex(config)
+        self._lock = threading.Lock()
+        self._remote: Remote | None = None
+
+    def remote(self) -> Remote:
+        with self._lock:
+            if self._remote is None:
+                remote = Remote(self.config)
+                self.index.replace(remote.listing())
+                self._remote = remote
+            return self._remote
+
+    def put(self, data: bytes) -> str:
+        """The blob's name, once the remote holds it (sent unless known to be there)."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not self.index.has(sha, len(data)):
+            remote = self.remote()
+            if not self.index.has(sha, len(data)):
+                remote.upload(sha, data)
+                self.index.learn({sha: len(data)})
+        return sha
+
+    def forget(self) -> None:
+        """The index was wrong (a worker missed a blob it claimed): list the remote again."""
+        with self._lock:
+            self.index.forget()
+            self._remote = None
 
 
 class Listings:
-    """What each store remote holds (sha256 -> size), listed once for a batch of parcels packed
-    side by side; an upload adds to it. A blob two parcels share may be sent twice at once:
-    the same bytes under the same name."""
+    """The remotes of a batch of parcels packed side by side, each a `Shipping`. A blob two
+    parcels share may be sent twice at once: the same bytes under the same name."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by: dict[tuple[str, str], dict[str, int]] = {}
+        self._by: dict[tuple[str, str], Shipping] = {}
 
-    def of(self, remote: Remote) -> dict[str, int]:
+    def of(self, config: RemoteConfig) -> Shipping:
         with self._lock:
-            key = remote.config.key()
-            if key not in self._by:
-                self._by[key] = remote.listing()
-            return self._by[key]
+            if config.key() not in self._by:
+                self._by[config.key()] = Shipping(config)
+            return self._by[config.key()]
+
+
+@dataclass(frozen=True)
+class StaleParcel:
+    """A worker's answer when a blob its parcel names is not at the remote though the driver's
+    index said it was: the driver lists the remote and ships the job again (repro/rayexec.py)."""
+
+    message: str
 
 
 def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = (),
@@ -134,8 +171,7 @@ def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = 
         raise ReproError("a spec without a file cannot be shipped to a cluster")
     root = repo_root(spec.path)
     config = store_for(root)
-    remote = Remote(config)
-    known = (listings or Listings()).of(remote)
+    target = (listings or Listings()).of(config)
     records = record_dir(root, spec.name or "", "any", records_root).parent
     paths = [Path(spec.path)] + [p for p in [root / "pyproject.toml"] if p.is_file()]
     for entry in spec.data.values():
@@ -144,13 +180,19 @@ def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = 
     files = []
     for path in paths:
         data = path.read_bytes()
-        files.append(Shipped(_inside(path, root, "file"), _upload(remote, data, known),
+        files.append(Shipped(_inside(path, root, "file"), target.put(data),
                              os.access(path, os.X_OK)))
-    proj = [p for p in projects([Path(spec.path)], records_root) if p.blobs]
-    for p in proj:   # the records' large blobs, as `repro push` sends them
-        sent = push(p)
+    stored: dict[str, int] = {}   # the records' large blobs in the machine store
+    for p in projects([Path(spec.path)], records_root):
+        mine = {b.sha256: b.size for b in p.blobs}
+        stored.update({b.sha256: b.size for b in p.blobs if b.place == "store"})
+        if all(target.index.has(sha, size) for sha, size in mine.items()):
+            continue
+        target.remote()   # listed: the index knows what is there
+        sent = push(p)    # as `repro push` sends them
         if sent.problems:
             raise StoreError("; ".join(x.message for x in sent.problems))
+        target.index.learn(mine)
     repo = code_repo(root, spec.code.repo)
     if repo != root:
         raise ReproError(f"code.repo {spec.code.repo!r}: --engine ray ships the spec's own "
@@ -162,8 +204,9 @@ def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = 
     packed = subprocess.run(["git", "pack-objects", "--stdout", "-q"], cwd=root, input=objects.encode(),
                             capture_output=True, check=True).stdout
     return Parcel(config, str(root), _inside(Path(spec.path), root, "spec"), tuple(files),
-                  _upload(remote, packed, known), tuple(present),
-                  _inside(records_root, root, "--records") if records_root else None)
+                  target.put(packed), tuple(present),
+                  _inside(records_root, root, "--records") if records_root else None,
+                  tuple(sorted(stored)))
 
 
 class _Fetcher:
@@ -178,17 +221,25 @@ class _Fetcher:
         self.store = machine_store()
         self._remote: Remote | None = None
 
-    def get(self, sha: str) -> bytes:
+    def ensure(self, sha: str) -> None:
+        """The blob in this node's store (BlobMissing when the remote lacks it)."""
         if not self.store.has(sha):
             if self._remote is None:
                 self._remote = Remote(self.config)
             self._remote.download(sha, self.store)
+
+    def get(self, sha: str) -> bytes:
+        self.ensure(sha)
         return self.store.get(sha, "a shipped file")
 
 
 def unpack(parcel: Parcel, into: Path) -> Path:
-    """Rebuild the project under `into` (a fresh directory) from the store; the spec's path."""
+    """Rebuild the project under `into` (a fresh directory) from the store; the spec's path.
+    The records' large blobs are fetched into this node's store first, so a blob the remote
+    lacks is a BlobMissing here, before anything runs."""
     fetch = _Fetcher(parcel.store)
+    for sha in parcel.stored:
+        fetch.ensure(sha)
     for f in parcel.files:
         target = into / f.rel
         target.parent.mkdir(parents=True, exist_ok=True)

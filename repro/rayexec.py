@@ -30,11 +30,12 @@ from typing import Any, TypeVar
 
 from repro.errors import NeedsDevice, ReproError
 from repro.executor import Batch, SpecJob, Work, run_spec_job
-from repro.parcel import Listings, Parcel, pack, remove, unpack, workspace
+from repro.parcel import Listings, Parcel, StaleParcel, pack, remove, unpack, workspace
 
 R = TypeVar("R")
 RETRIES = 3          # tries after the first, for a worker that dies (never for a verdict)
 WARM_WAIT_S = 30.0   # the longest a batch waits for its warm-up tasks before it sends its jobs
+WARM_EARLY_NODES = 8   # nodes warmed as a new connection is made, before the jobs are known
 
 
 def _moved(value: str, there: str, here: str) -> str:
@@ -81,7 +82,7 @@ def cpu_slot(n: int) -> Iterator[int | None]:
 def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
     """The task, on a worker: rebuild the project from the store, run the job there, map the
     verdict's paths back to the origin's (so a report names the files the user has)."""
-    from repro.remote import STORE_ENV
+    from repro.remote import STORE_ENV, BlobMissing
     from repro.spec import load_spec
 
     saved = os.environ.get(STORE_ENV)   # a store named by $REPRO_STORE here is named so there
@@ -89,7 +90,11 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
         os.environ[STORE_ENV] = parcel.store.url
     where = workspace()
     try:
-        spec = load_spec(unpack(parcel, where))
+        try:
+            spec_file = unpack(parcel, where)
+        except BlobMissing as exc:   # the driver's index was wrong: it lists and ships again
+            return StaleParcel(str(exc))
+        spec = load_spec(spec_file)
         records = where / parcel.records_rel if parcel.records_rel is not None else None
         options = replace(job.options, records_root=records, cpu_slot=None, echo=False)
         with cpu_slot(spec.environment.cpus) as slot:
@@ -157,7 +162,8 @@ class RayExecutor:
         except ImportError:
             raise ReproError("--engine ray needs ray: pip install 'repro[ray]'") from None
         self.ray: Any = ray
-        if not ray.is_initialized():
+        self._connected_here = not ray.is_initialized()
+        if self._connected_here:
             try:
                 ray.init(address=address or "auto", logging_level=logging.ERROR, log_to_driver=False,
                          configure_logging=False)
@@ -170,18 +176,38 @@ class RayExecutor:
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(run_parcel)
         self._warm = ray.remote(warm_up)
+        # A new connection is a new Ray job, whose workers no node has started yet: start them
+        # now, while the front end imports and loads the specs (their first map sends no more
+        # to these nodes). A connection the caller made may have its workers already.
+        self._early: dict[str, Any] = self._send_warm_ups(self._nodes(None, WARM_EARLY_NODES)) \
+            if self._connected_here else {}
 
-    def _warm_up(self, jobs: Sequence[SpecJob[Any]]) -> list[Any]:
-        """One warm-up task on each node that can run one of `jobs` (at most one node a job):
-        it holds no CPU, so it never delays a job; a job scheduled elsewhere starts its worker
-        as it would have anyway."""
+    def _nodes(self, jobs: Sequence[SpecJob[Any]] | None, most: int) -> list[str]:
+        """Up to `most` live nodes that can run one of `jobs` (None: any job of one CPU) and
+        have the node kinds asked for."""
+        def fits(resources: dict[str, float]) -> bool:
+            if jobs is None:
+                return resources.get("CPU", 0) >= 1 and all(resources.get(k, 0) >= 1
+                                                             for k in self.node_kinds)
+            return any(_fits(resources, j, self.node_kinds) for j in jobs)
+        return [n["NodeID"] for n in self.ray.nodes()
+                if n.get("Alive") and fits(n.get("Resources", {}))][:most]
+
+    def _send_warm_ups(self, nodes: Sequence[str]) -> dict[str, Any]:
+        """One warm-up task on each node: it holds no CPU, so it never delays a job; a job
+        scheduled elsewhere starts its worker as it would have anyway."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        nodes = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive")
-                 and any(_fits(n.get("Resources", {}), j, self.node_kinds) for j in jobs)]
-        return [self._warm.options(num_cpus=0, max_retries=0, name="repro:warm-up",
-                                   scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
-                                   ).remote() for node in nodes[:len(jobs)]]
+        return {node: self._warm.options(num_cpus=0, max_retries=0, name="repro:warm-up",
+                                         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+                                         ).remote() for node in nodes}
+
+    def _warm_up(self, jobs: Sequence[SpecJob[Any]]) -> list[Any]:
+        """Workers for a batch: one on each node that can run one of `jobs` (at most one node
+        a job), less the nodes warmed when this executor connected (their refs are included)."""
+        early, self._early = self._early, {}
+        fresh = self._send_warm_ups([n for n in self._nodes(jobs, len(jobs)) if n not in early])
+        return [*early.values(), *fresh.values()]
 
     def _options(self, job: SpecJob[Any]) -> dict[str, Any]:
         env = job.spec.environment
@@ -221,10 +247,13 @@ class RayExecutor:
         parcels: dict[tuple[str, str, tuple[str, ...]], Parcel] = {}
         packing: dict[tuple[str, str, tuple[str, ...]], threading.Lock] = {}
 
+        def key_of(job: SpecJob[Any]) -> tuple[str, str, tuple[str, ...]]:
+            return str(job.spec.path), str(job.options.records_root), job.commits
+
         def parcel_of(job: SpecJob[Any]) -> Parcel:
             """Packed once for the jobs of a batch that ship the same project (a spec's
             segments): the same spec file, records and commits make the same parcel."""
-            key = (str(job.spec.path), str(job.options.records_root), job.commits)
+            key = key_of(job)
             with lock:
                 one = packing.setdefault(key, threading.Lock())
             with one:
@@ -232,7 +261,7 @@ class RayExecutor:
                     parcels[key] = pack(job.spec, job.options.records_root, job.commits, listings)
                 return parcels[key]
 
-        def ship(index: int) -> None:
+        def ship(index: int, again: bool = False) -> None:
             job = jobs[index]
             if job.spec.environment.platform == "gpu" and not gpu_nodes:   # it would wait forever
                 result = job.failed(NeedsDevice(
@@ -254,8 +283,24 @@ class RayExecutor:
                 if stopping.is_set():
                     return
                 refs[self._task.options(**self._options(job)).remote(parcel, job)] = index
-            if on_start:
+            if on_start and not again:
                 on_start(index)
+
+        shipped_again: set[int] = set()
+
+        def ship_again(index: int) -> bool:
+            """A worker missed a blob the index said the remote holds: forget the index, list
+            the remote, pack and send the job once more (False: it was sent again already)."""
+            job = jobs[index]
+            if index in shipped_again:
+                return False
+            shipped_again.add(index)
+            with lock:
+                stale_parcel = parcels.pop(key_of(job), None)
+            if stale_parcel is not None:
+                listings.of(stale_parcel.store).forget()
+            ship(index, again=True)
+            return True
 
         reported: set[int] = set()
         pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="repro-ship")
@@ -273,7 +318,15 @@ class RayExecutor:
                     break
                 done, pending = self.ray.wait(pending, num_returns=1, timeout=1.0)
                 for ref in done:
-                    batch.results[refs[ref]] = self._get(ref, jobs[refs[ref]])
+                    index = refs[ref]
+                    result = self._get(ref, jobs[index])
+                    if isinstance(result, StaleParcel):
+                        if ship_again(index):
+                            pending.extend(r for r, i in refs.items() if i == index and r != ref)
+                            continue
+                        result = jobs[index].failed(f"cannot ship the spec's project to the "
+                                                    f"cluster: {result.message}")
+                    batch.results[index] = result
         except KeyboardInterrupt:
             batch.complete = False
             with lock:
@@ -285,6 +338,14 @@ class RayExecutor:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return batch
+
+    def close(self) -> None:
+        """Disconnect, if this executor connected: done here rather than by ray's own exit
+        handler, which first sleeps 0.5 s for log lines this driver does not print
+        (`log_to_driver=False`); a connection the caller made is the caller's."""
+        if self._connected_here and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._connected_here = False
 
     def _get(self, ref: Any, job: SpecJob[R]) -> R:
         """A task's result; `job.failed` when no try could finish (its worker died every time,

@@ -248,7 +248,7 @@ class Remote:
         try:
             actual = store.install(sha256, self.chunks(sha256, size))
         except FileNotFoundError:
-            raise StoreError(f"blob {sha256} is not at the remote {self.url(sha256)}") from None
+            raise BlobMissing(sha256, self.url(sha256)) from None
         except OSError as exc:
             raise self._error(f"cannot download blob {sha256[:12]}… from", exc) from None
         if actual != sha256:
@@ -276,3 +276,11 @@ class CorruptBlob(StoreError):
         super().__init__(f"blob {sha256} at {url} is corrupt: expected sha256 {sha256}, actual "
                          f"{actual}; it was not used. Push it again from a machine that has it "
                          "(`repro push`), or record again")
+
+
+class BlobMissing(StoreError):
+    """A blob the remote does not hold."""
+
+    def __init__(self, sha256: str, url: str):
+        super().__init__(f"blob {sha256} is not at the remote {url}")
+        self.sha256 = sha256

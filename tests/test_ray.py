@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -368,3 +369,52 @@ def test_a_gpu_spec_on_a_cluster_without_a_gpu_node_is_skipped_not_left_waiting(
                   check_rc=0).stdout
     assert "SKIP tiny-gpu — spec 'tiny-gpu' needs a GPU (environment.platform: gpu), but no live " \
            "node of the Ray cluster has one" in out, out
+
+
+def test_a_parcel_whose_blobs_the_index_knows_is_packed_without_opening_the_remote(audited):
+    """Once this machine's index (repro/remoteindex.py) knows every blob of a parcel, packing it
+    opens no connection: here the remote's endpoint is a port nothing listens on. Without the
+    index the same pack has to reach the remote, and says it cannot."""
+    from repro.parcel import pack
+    from repro.remote import remote_config
+    from repro.remoteindex import RemoteIndex
+    from repro.spec import load_spec
+
+    pack(load_spec(audited.spec))   # the index learns the remote's listing and what was sent
+    script = ("import sys; from repro.parcel import pack; from repro.spec import load_spec; "
+              "p = pack(load_spec(sys.argv[1])); print(len(p.files), p.git_pack)")
+    dead = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    known = subprocess.run([sys.executable, "-c", script, str(audited.spec)], env=dead,
+                           capture_output=True, text=True, timeout=120)
+    assert known.returncode == 0, known.stderr
+    assert int(known.stdout.split()[0]) >= 3             # spec, pyproject.toml, data, records
+    RemoteIndex(remote_config(audited.root)).forget()
+    unknown = subprocess.run([sys.executable, "-c", script, str(audited.spec)], env=dead,
+                             capture_output=True, text=True, timeout=300)
+    assert unknown.returncode != 0 and "127.0.0.1:9" in unknown.stderr, unknown.stderr
+
+
+def test_a_blob_the_index_wrongly_says_the_remote_holds_is_listed_and_shipped_again(cluster, audited):
+    """A remote can lose a blob behind this machine's index (a lifecycle rule, a manual delete):
+    the worker that misses it says so, and the driver forgets the index, lists the remote and
+    ships the job again; the verdict is the one a correct index gives."""
+    from repro.remote import remote_config
+    from repro.remoteindex import RemoteIndex, index_path
+
+    copy = audited.root / "extra" / "tiny.yaml"   # bytes no node and no remote has seen
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_text("# a copy of specs/tiny.yaml\n" + audited.spec.read_text())
+    sha = sha256(copy)
+    key = f"{BUCKET}/ray/{sha[:2]}/{sha[2:]}"
+    from conftest import s3
+    assert not s3().exists(key)
+    RemoteIndex(remote_config(audited.root)).learn({sha: copy.stat().st_size})   # wrongly
+    try:
+        proc = audited.repro("verify", str(copy), "--engine", "ray", "--address", cluster.address)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "PASS" in proc.stdout and str(copy) in proc.stdout
+        assert s3().exists(key)                                   # shipped the second time
+        listed = index_path(remote_config(audited.root)).read_text().split()
+        assert sha in listed and len(listed) > 2                  # the index is the listing now
+    finally:
+        copy.unlink()
