@@ -227,3 +227,31 @@ def test_store_options_reach_s3fs_without_the_aws_endpoint_variable(s3_server, m
     head = remote.fs.call_s3("head_object", Bucket=BUCKET, Key=f"opts/{sha[:2]}/{sha[2:]}",
                              ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(sha)).decode(), head
+
+
+def test_a_checksummed_put_is_not_payload_signed_unless_the_project_says_so(s3_server):
+    """A PUT that carries the blob's sha256 as its checksum is signed without hashing its body
+    over plain http (as botocore does over https): what the real server received says which.
+    A project's own `payload_signing_enabled` wins."""
+    import s3fs
+
+    from repro.remote import Remote, RemoteConfig
+
+    def sent_with(options: dict) -> str:
+        s3fs.S3FileSystem.clear_instance_cache()   # each remote its own client (and hooks)
+        remote = Remote(RemoteConfig(f"s3://{BUCKET}/signing", options))
+        data = os.urandom(4096)
+        sha = hashlib.sha256(data).hexdigest()
+        seen: list[str] = []
+        remote.fs.connect()
+        remote.fs.s3.meta.events.register(
+            "before-send.s3.PutObject",
+            lambda request, **_: seen.append(request.headers["x-amz-content-sha256"].decode()))
+        remote.upload(sha, data)
+        assert remote.listing()[sha] == len(data)                 # the server took it whole
+        assert len(seen) == 1
+        return seen[0]
+
+    assert sent_with({}) == "UNSIGNED-PAYLOAD"
+    signed = sent_with({"config_kwargs": {"s3": {"payload_signing_enabled": True}}})
+    assert len(signed) == 64 and signed != "UNSIGNED-PAYLOAD"      # the body's sha256
