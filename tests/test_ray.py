@@ -418,3 +418,28 @@ def test_a_blob_the_index_wrongly_says_the_remote_holds_is_listed_and_shipped_ag
         assert sha in listed and len(listed) > 2                  # the index is the listing now
     finally:
         copy.unlink()
+
+
+def test_a_spec_pinned_to_an_image_runs_in_docker_on_its_node(cluster, cpu_image, tmp_path):
+    """`--backend docker` on a cluster: the worker runs the same backend there, a container on
+    its node's engine, from the parcel it unpacked. On node A: node B of this test cluster hides
+    its files from the one engine of this machine (a real node has its own engine)."""
+    from dockerutil import pin_image, repro_containers
+
+    from conftest import build_project
+
+    p = build_project(tmp_path / "proj")
+    p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray-docker"\n')
+    pin_image(p, f"repro-jax-cpu@{cpu_image}")
+    p.commit("a spec pinned to the envs/cpu image; a store")
+    p.repro("record", "specs", "--runs", "1", check_rc=0)   # recorded here, on the local backend
+    p.commit("record")
+    out = tmp_path / "audit.json"
+    proc = p.repro("audit", "specs", "--engine", "ray", "--address", cluster.address,
+                   "--node-kind", "node_a", "--backend", "docker", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["status"] == "pass" and result["backend"] == "docker", result
+    assert result["fingerprint"]["in_container"] is True, result["fingerprint"]
+    assert any(f"ran in container image {cpu_image}" in n for n in result["notes"]), result["notes"]
+    assert repro_containers() == []                        # removed when the run ended
