@@ -11,8 +11,8 @@ missing says so, and the driver forgets the remote's index, lists the remote and
 
 Writers append whole lines with one `write` to a file opened with O_APPEND (lines from
 concurrent audits do not interleave), each after a newline (a line cut short by a killed writer
-stays apart); a listing replaces the file by rename. A reader skips a
-line it cannot parse (a cut last line), so the worst a damaged index costs is a listing.
+stays apart); a listing replaces the file by rename. A reader skips a line it cannot parse, so
+the worst a damaged index costs is a listing.
 """
 from __future__ import annotations
 
