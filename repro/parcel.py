@@ -188,8 +188,7 @@ def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = 
         stored.update({b.sha256: b.size for b in p.blobs if b.place == "store"})
         if all(target.index.has(sha, size) for sha, size in mine.items()):
             continue
-        target.remote()   # listed: the index knows what is there
-        sent = push(p)    # as `repro push` sends them
+        sent = push(p)    # as `repro push` sends them (it lists the remote itself)
         if sent.problems:
             raise StoreError("; ".join(x.message for x in sent.problems))
         target.index.learn(mine)
