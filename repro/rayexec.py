@@ -21,16 +21,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from repro.errors import NeedsDevice, ReproError
 from repro.executor import Batch, SpecJob, Work, run_spec_job
-from repro.parcel import Listings, Parcel, StaleParcel, pack, remove, unpack, workspace
+
+if TYPE_CHECKING:   # repro.parcel (spec, store: pydantic, numpy) loads after the connect
+    from repro.parcel import Parcel
 
 R = TypeVar("R")
 RETRIES = 3          # tries after the first, for a worker that dies (never for a verdict)
@@ -82,6 +85,8 @@ def cpu_slot(n: int) -> Iterator[int | None]:
 def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
     """The task, on a worker: rebuild the project from the store, run the job there, map the
     verdict's paths back to the origin's (so a report names the files the user has)."""
+    _warmed()
+    from repro.parcel import StaleParcel, remove, unpack, workspace
     from repro.remote import STORE_ENV, BlobMissing
     from repro.spec import load_spec
 
@@ -132,14 +137,32 @@ def _back(result: Any, there: str, here: str) -> Any:
     return result
 
 
+_warming: threading.Thread | None = None   # this worker's warm-up import, while it runs
+
+
 def warm_up() -> int:
-    """A task that does nothing but start a worker process of this driver's job on its node
-    and import what a job needs there (repro's spec, pipeline and verdict modules): sent to the
-    nodes while the parcels are packed, so the jobs sent next reuse a ready worker instead of
-    each starting one (docs/ray.md, "Bench")."""
+    """A task that starts a worker process of this driver's job on its node: sent to the nodes
+    as the driver connects, so the jobs sent next reuse a ready worker instead of each starting
+    one (docs/ray.md, "Speed"). It returns as soon as the worker runs it, leaving a thread to
+    import what a job needs (repro's pipeline: ~0.4 s) while the driver sends the jobs."""
+    global _warming
+    if _warming is None and "repro.pipeline" not in sys.modules:
+        _warming = threading.Thread(target=_import_pipeline, name="repro-warm-import", daemon=True)
+        _warming.start()
+    return os.getpid()
+
+
+def _import_pipeline() -> None:
     import repro.pipeline  # noqa: F401
     import repro.verdict  # noqa: F401
-    return os.getpid()
+
+
+def _warmed() -> None:
+    """Wait for the warm-up's import before a job imports anything: two threads importing the
+    same modules at once can see a partly initialised one (CPython accepts that to break a
+    cycle); a failed warm-up import is raised again by the job's own import."""
+    if _warming is not None:
+        _warming.join()
 
 
 def _fits(resources: dict[str, float], job: SpecJob[Any], kinds: Sequence[str]) -> bool:
@@ -222,6 +245,8 @@ class RayExecutor:
         if work is not run_spec_job or not all(isinstance(j, SpecJob) for j in items):
             raise TypeError("RayExecutor runs SpecJobs with run_spec_job only: a job must say "
                             "which spec's project it needs shipped")
+        from repro.parcel import Listings, StaleParcel, pack
+
         jobs: list[SpecJob[R]] = list(items)
         batch: Batch[R] = Batch()
         refs: dict[Any, int] = {}
