@@ -39,6 +39,9 @@ R = TypeVar("R")
 RETRIES = 3          # tries after the first, for a worker that dies (never for a verdict)
 WARM_WAIT_S = 30.0   # the longest a batch waits for its warm-up tasks before it sends its jobs
 WARM_EARLY_NODES = 8   # nodes warmed as a new connection is made, before the jobs are known
+KEEP_WARM_ENV = "REPRO_RAY_KEEP_WARM_S"   # seconds a worker left for the next audit is kept
+KEEP_WARM_S = 600
+KEEP_WARM_MOST = 16    # workers left on one node at most
 
 
 def _moved(value: str, there: str, here: str) -> str:
@@ -165,6 +168,65 @@ def _warmed() -> None:
         _warming.join()
 
 
+def _cpus(job: SpecJob[Any]) -> int:
+    """The CPUs a job's task asks for: the spec's, times the segments it runs side by side."""
+    side_by_side = job.options.jobs if job.options.segments else 1   # its segments, on its node
+    return job.spec.environment.cpus * side_by_side
+
+
+def keep_warm_seconds() -> int:
+    """$REPRO_RAY_KEEP_WARM_S (default 600; 0: leave none), checked as the executor is made."""
+    raw = os.environ.get(KEEP_WARM_ENV, "").strip()
+    if not raw:
+        return KEEP_WARM_S
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ReproError(f"${KEEP_WARM_ENV} must be a whole number of seconds (0: leave no worker "
+                         f"warm), not {raw!r}")
+    return value
+
+
+def leave_warm(ray: Any, wanted: dict[str, int], keep_s: int) -> int:
+    """Ask each node in `wanted` to start that many Python workers bound to no job, kept idle
+    for at least `keep_s` seconds: the next driver's job (the next audit) takes them instead of
+    starting its own, as the first job after a node starts takes the workers Ray prestarts then
+    (docs/ray.md, "Workers left warm"). The raylet's PrestartWorkers call, over Ray's own channel
+    (TLS and token auth as configured); best effort: a node or a Ray that refuses it is skipped.
+    Returns the number of workers asked for."""
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+    except ImportError:   # a Ray without these: nothing left warm
+        return 0
+    calls = []
+    for node in ray.nodes():
+        count = min(wanted.get(node.get("NodeID", ""), 0), KEEP_WARM_MOST)
+        if not node.get("Alive") or count < 1:
+            continue
+        try:
+            channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
+            stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
+            python: Any = common_pb2.Language.PYTHON  # type: ignore[attr-defined]
+            request = node_manager_pb2.PrestartWorkersRequest(  # type: ignore[attr-defined]
+                language=python, keep_alive_duration_secs=keep_s, num_workers=count)
+            calls.append((channel, count, stub.PrestartWorkers.future(request, timeout=2.0)))
+        except Exception as exc:   # noqa: BLE001 - an optimisation: never fail the audit for it
+            logging.getLogger(__name__).debug("leaving workers warm on %s: %s", node.get("NodeID"), exc)
+    asked = 0
+    for channel, count, call in calls:
+        try:
+            call.result()
+            asked += count
+        except Exception as exc:   # noqa: BLE001
+            logging.getLogger(__name__).debug("leaving workers warm: %s", exc)
+        finally:
+            channel.close()
+    return asked
+
+
 def _fits(resources: dict[str, float], job: SpecJob[Any], kinds: Sequence[str]) -> bool:
     env = job.spec.environment
     return (resources.get("CPU", 0) >= env.cpus and all(resources.get(k, 0) >= 1 for k in kinds)
@@ -180,6 +242,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = "auto", node_kinds: Sequence[str] = (),
                  retries: int = RETRIES):
+        self.keep_warm_s = keep_warm_seconds()
         try:
             import ray
         except ImportError:
@@ -196,25 +259,25 @@ class RayExecutor:
                                  "--address HOST:PORT | ray://HOST:PORT") from None
         self.node_kinds = tuple(node_kinds)
         self.retries = retries
+        self._wanted: dict[str, int] = {}   # node: workers this executor's batches could use at once
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(run_parcel)
         self._warm = ray.remote(warm_up)
         # A new connection is a new Ray job, whose workers no node has started yet: start them
         # now, while the front end imports and loads the specs (their first map sends no more
         # to these nodes). A connection the caller made may have its workers already.
-        self._early: dict[str, Any] = self._send_warm_ups(self._nodes(None, WARM_EARLY_NODES)) \
-            if self._connected_here else {}
+        self._early: dict[str, Any] = self._send_warm_ups(
+            [n["NodeID"] for n in self._nodes(None, WARM_EARLY_NODES)]) if self._connected_here else {}
 
-    def _nodes(self, jobs: Sequence[SpecJob[Any]] | None, most: int) -> list[str]:
-        """Up to `most` live nodes that can run one of `jobs` (None: any job of one CPU) and
-        have the node kinds asked for."""
+    def _nodes(self, jobs: Sequence[SpecJob[Any]] | None, most: int) -> list[dict[str, Any]]:
+        """Up to `most` live nodes (ray.nodes() entries) that can run one of `jobs` (None: any
+        job of one CPU) and have the node kinds asked for."""
         def fits(resources: dict[str, float]) -> bool:
             if jobs is None:
                 return resources.get("CPU", 0) >= 1 and all(resources.get(k, 0) >= 1
                                                              for k in self.node_kinds)
             return any(_fits(resources, j, self.node_kinds) for j in jobs)
-        return [n["NodeID"] for n in self.ray.nodes()
-                if n.get("Alive") and fits(n.get("Resources", {}))][:most]
+        return [n for n in self.ray.nodes() if n.get("Alive") and fits(n.get("Resources", {}))][:most]
 
     def _send_warm_ups(self, nodes: Sequence[str]) -> dict[str, Any]:
         """One warm-up task on each node: it holds no CPU, so it never delays a job; a job
@@ -227,15 +290,20 @@ class RayExecutor:
 
     def _warm_up(self, jobs: Sequence[SpecJob[Any]]) -> list[Any]:
         """Workers for a batch: one on each node that can run one of `jobs` (at most one node
-        a job), less the nodes warmed when this executor connected (their refs are included)."""
+        a job), less the nodes warmed when this executor connected (their refs are included).
+        Notes how many workers each node could use at once, to leave that many warm (close)."""
         early, self._early = self._early, {}
-        fresh = self._send_warm_ups([n for n in self._nodes(jobs, len(jobs)) if n not in early])
+        nodes = self._nodes(jobs, len(jobs))
+        least = min(_cpus(j) for j in jobs)
+        for n in nodes:
+            at_once = min(len(jobs), int(n.get("Resources", {}).get("CPU", 0) // least))
+            self._wanted[n["NodeID"]] = max(self._wanted.get(n["NodeID"], 0), at_once)
+        fresh = self._send_warm_ups([n["NodeID"] for n in nodes if n["NodeID"] not in early])
         return [*early.values(), *fresh.values()]
 
     def _options(self, job: SpecJob[Any]) -> dict[str, Any]:
         env = job.spec.environment
-        side_by_side = job.options.jobs if job.options.segments else 1   # its segments, on its node
-        return {"num_cpus": env.cpus * side_by_side, "num_gpus": 1 if env.platform == "gpu" else 0,
+        return {"num_cpus": _cpus(job), "num_gpus": 1 if env.platform == "gpu" else 0,
                 "resources": {k: 1 for k in self.node_kinds}, "max_retries": self.retries,
                 "retry_exceptions": False, "name": f"repro:{job.spec.name}"}
 
@@ -369,8 +437,20 @@ class RayExecutor:
         handler, which first sleeps 0.5 s for log lines this driver does not print
         (`log_to_driver=False`); a connection the caller made is the caller's."""
         if self._connected_here and self.ray.is_initialized():
+            if self.keep_warm_s and self._wanted and self._plain_job():
+                leave_warm(self.ray, self._wanted, self.keep_warm_s)
             self.ray.shutdown()
         self._connected_here = False
+
+    def _plain_job(self) -> bool:
+        """Workers left warm are bound to no runtime env: only a driver connected directly
+        (not through Ray Client, which may not reach the raylets) whose job has none could
+        take them."""
+        try:
+            from ray.util.client import ray as client
+            return not client.is_connected() and not self.ray.get_runtime_context().runtime_env
+        except Exception:   # noqa: BLE001
+            return False
 
     def _get(self, ref: Any, job: SpecJob[R]) -> R:
         """A task's result; `job.failed` when no try could finish (its worker died every time,

@@ -443,3 +443,62 @@ def test_a_spec_pinned_to_an_image_runs_in_docker_on_its_node(cluster, cpu_image
     assert result["fingerprint"]["in_container"] is True, result["fingerprint"]
     assert any(f"ran in container image {cpu_image}" in n for n in result["notes"]), result["notes"]
     assert repro_containers() == []                        # removed when the run ended
+
+
+def _idle_workers(cluster: Cluster, node: str) -> set[int]:
+    """Ray workers of `node` bound to no job and idle (titled ray::IDLE), by their cache dir."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or not (entry / "cmdline").read_bytes().startswith(b"ray::IDLE"):
+                continue
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"REPRO_CACHE_DIR={cluster.cache(node)}".encode() in env:
+            found.add(int(entry.name))
+    return found
+
+
+def _wait_for(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
+def test_a_ray_command_leaves_a_worker_warm_that_the_next_job_takes(cluster, audited, monkeypatch):
+    """Each command's driver is a new Ray job, whose workers no node has: as it ends it asks each
+    node it used for idle workers bound to no job (docs/ray.md, "Workers left warm"), and the
+    next driver's task runs on one of them instead of starting its own."""
+    monkeypatch.delenv("REPRO_RAY_KEEP_WARM_S", raising=False)
+    before_a, before_b = _idle_workers(cluster, "a"), _idle_workers(cluster, "b")
+    proc = audited.repro("verify", "specs/tiny.yaml", "--engine", "ray", "--address", cluster.address,
+                         "--node-kind", "node_b")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    left = _wait_for(lambda: _idle_workers(cluster, "b") - before_b)
+    assert len(left) == 1, left   # node B has one CPU: one job at a time
+    assert not _idle_workers(cluster, "a") - before_a   # the job could not run on node A
+    idle_b = _idle_workers(cluster, "b")
+    next_job = ("import os, sys, ray\nray.init(address=sys.argv[1], log_to_driver=False)\n"
+                "@ray.remote(num_cpus=0, resources={'node_b': 1})\ndef pid():\n    return os.getpid()\n"
+                "print(ray.get(pid.remote()))")
+    out = subprocess.run([sys.executable, "-c", next_job, cluster.address], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) in idle_b
+
+
+def test_keep_warm_zero_leaves_no_worker_and_a_bad_value_is_refused(cluster, audited, monkeypatch):
+    monkeypatch.setenv("REPRO_RAY_KEEP_WARM_S", "0")
+    before = _idle_workers(cluster, "b")
+    proc = audited.repro("verify", "specs/tiny.yaml", "--engine", "ray", "--address", cluster.address,
+                         "--node-kind", "node_b")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    time.sleep(2)   # a worker asked for appears within ~0.1 s
+    assert not _idle_workers(cluster, "b") - before
+    monkeypatch.setenv("REPRO_RAY_KEEP_WARM_S", "ten minutes")
+    proc = audited.repro("audit", "specs", "--engine", "ray", "--address", cluster.address)
+    assert proc.returncode == 2
+    assert "REPRO_RAY_KEEP_WARM_S must be a whole number of seconds" in proc.stderr
+    assert "'ten minutes'" in proc.stderr
