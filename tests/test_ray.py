@@ -445,17 +445,23 @@ def test_a_spec_pinned_to_an_image_runs_in_docker_on_its_node(cluster, cpu_image
     assert repro_containers() == []                        # removed when the run ended
 
 
-def _idle_workers(cluster: Cluster, node: str) -> set[int]:
-    """Ray workers of `node` bound to no job and idle (titled ray::IDLE), by their cache dir."""
+def _workers(cluster: Cluster, node: str, idle: bool = False) -> set[int]:
+    """Ray worker processes of `node` (by their cache dir), starting or started; `idle`: only
+    idle ones started for no job (titled ray::IDLE, RAY_JOB_ID nil)."""
     found = set()
     for entry in Path("/proc").iterdir():
         try:
-            if not entry.name.isdigit() or not (entry / "cmdline").read_bytes().startswith(b"ray::IDLE"):
+            if not entry.name.isdigit():
+                continue
+            cmd = (entry / "cmdline").read_bytes()
+            if not (cmd.startswith(b"ray::IDLE") if idle else
+                    cmd.startswith(b"ray::") or b"default_worker.py" in cmd):
                 continue
             env = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"REPRO_CACHE_DIR={cluster.cache(node)}".encode() in env:
+        if f"REPRO_CACHE_DIR={cluster.cache(node)}".encode() in env and (
+                not idle or b"RAY_JOB_ID=ffffffff" in env):
             found.add(int(entry.name))
     return found
 
@@ -472,14 +478,15 @@ def test_a_ray_command_leaves_a_worker_warm_that_the_next_job_takes(cluster, aud
     node it used for idle workers bound to no job (docs/ray.md, "Workers left warm"), and the
     next driver's task runs on one of them instead of starting its own."""
     monkeypatch.delenv("REPRO_RAY_KEEP_WARM_S", raising=False)
-    before_a, before_b = _idle_workers(cluster, "a"), _idle_workers(cluster, "b")
+    # every worker process there now, even one still starting (an earlier test's, left warm)
+    before_a, before_b = _workers(cluster, "a"), _workers(cluster, "b")
     proc = audited.repro("verify", "specs/tiny.yaml", "--engine", "ray", "--address", cluster.address,
                          "--node-kind", "node_b")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    left = _wait_for(lambda: _idle_workers(cluster, "b") - before_b)
+    left = _wait_for(lambda: _workers(cluster, "b", idle=True) - before_b)
     assert len(left) == 1, left   # node B has one CPU: one job at a time
-    assert not _idle_workers(cluster, "a") - before_a   # the job could not run on node A
-    idle_b = _idle_workers(cluster, "b")
+    assert not _workers(cluster, "a", idle=True) - before_a   # the job could not run on node A
+    idle_b = _workers(cluster, "b", idle=True)
     next_job = ("import os, sys, ray\nray.init(address=sys.argv[1], log_to_driver=False)\n"
                 "@ray.remote(num_cpus=0, resources={'node_b': 1})\ndef pid():\n    return os.getpid()\n"
                 "print(ray.get(pid.remote()))")
@@ -491,12 +498,12 @@ def test_a_ray_command_leaves_a_worker_warm_that_the_next_job_takes(cluster, aud
 
 def test_keep_warm_zero_leaves_no_worker_and_a_bad_value_is_refused(cluster, audited, monkeypatch):
     monkeypatch.setenv("REPRO_RAY_KEEP_WARM_S", "0")
-    before = _idle_workers(cluster, "b")
+    before = _workers(cluster, "b")
     proc = audited.repro("verify", "specs/tiny.yaml", "--engine", "ray", "--address", cluster.address,
                          "--node-kind", "node_b")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    time.sleep(2)   # a worker asked for appears within ~0.1 s
-    assert not _idle_workers(cluster, "b") - before
+    time.sleep(3)   # a worker asked for is titled ray::IDLE within ~1 s
+    assert not _workers(cluster, "b", idle=True) - before
     monkeypatch.setenv("REPRO_RAY_KEEP_WARM_S", "ten minutes")
     proc = audited.repro("audit", "specs", "--engine", "ray", "--address", cluster.address)
     assert proc.returncode == 2
