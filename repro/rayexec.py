@@ -8,7 +8,9 @@ project is packed into the store by hash (repro/parcel.py); the task unpacks it 
 directory on its node and runs the job there with the same backend, and the result (a Verdict)
 comes back as the task's return value. While the parcels pack, a warm-up task (no CPU) starts a
 worker on each node that can run a job, so the jobs find an idle one; each job leases a CPU slot
-on its machine (cores no other task holds) for its run (docs/ray.md, "Speed").
+on its machine (cores no other task holds) for its run (docs/ray.md, "Speed"). As a command's
+connection closes it leaves idle workers bound to no job on the nodes it used, which the next
+command's job takes instead of starting its own (`leave_warm`; docs/ray.md, "Workers left warm").
 
 Two kinds of failure are kept apart, as Kubernetes Indexed Jobs do: a worker process that dies
 (killed, out of memory, its node lost) is an infrastructure failure, and Ray runs the task again
