@@ -293,13 +293,15 @@ class RayExecutor:
     def _warm_up(self, jobs: Sequence[SpecJob[Any]]) -> list[Any]:
         """Workers for a batch: one on each node that can run one of `jobs` (at most one node
         a job), less the nodes warmed when this executor connected (their refs are included).
-        Notes how many workers each node could use at once, to leave that many warm (close)."""
+        Notes how many workers to leave warm on each (close): as many as the batch's jobs could
+        run there at once, filling these nodes in order, no more than there are jobs in all."""
         early, self._early = self._early, {}
         nodes = self._nodes(jobs, len(jobs))
-        least = min(_cpus(j) for j in jobs)
+        least, unplaced = min(_cpus(j) for j in jobs), len(jobs)
         for n in nodes:
-            at_once = min(len(jobs), int(n.get("Resources", {}).get("CPU", 0) // least))
+            at_once = min(unplaced, int(n.get("Resources", {}).get("CPU", 0) // least))
             self._wanted[n["NodeID"]] = max(self._wanted.get(n["NodeID"], 0), at_once)
+            unplaced -= at_once
         fresh = self._send_warm_ups([n["NodeID"] for n in nodes if n["NodeID"] not in early])
         return [*early.values(), *fresh.values()]
 

@@ -190,8 +190,12 @@ def test_warm_up_starts_one_worker_on_each_node_that_can_run_a_job(cluster, audi
     jobs = [SpecJob(f.spec, pipeline.Options(), pipeline.check, partial(_lost, f.path, f.spec, "local"))
             for f in discover([audited.root / "specs"]) if f.spec is not None]
 
+    left: list[int] = []
+
     def caches(kinds: list[str], n: int) -> list[str]:
-        pids = ray.get(RayExecutor(cluster.address, kinds)._warm_up(jobs[:n]), timeout=60)
+        executor = RayExecutor(cluster.address, kinds)
+        pids = ray.get(executor._warm_up(jobs[:n]), timeout=60)
+        left.append(sum(executor._wanted.values()))   # workers it would leave warm (one CPU a node)
         env = [(Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0") for pid in pids]
         return sorted(next(v.decode().rsplit("-", 1)[1] for v in e if v.startswith(b"REPRO_CACHE_DIR="))
                       for e in env)
@@ -199,6 +203,7 @@ def test_warm_up_starts_one_worker_on_each_node_that_can_run_a_job(cluster, audi
     assert caches([], 4) == ["a", "b"]
     assert len(caches([], 1)) == 1
     assert caches(["no_such_kind"], 4) == []
+    assert left == [1, 2, 1, 0]   # one a node that can take a job, never more than the jobs
 
 
 def _ray_runners(base: Path) -> list[int]:
