@@ -29,8 +29,12 @@ EXIT_BROKEN_PIPE = 128 + 13   # the shell's status for a process killed by SIGPI
 def _options(ns: argparse.Namespace) -> Options:
     from repro.pipeline import Options
 
+    from repro.variation import BASELINE, Variation
+
     echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
+    model = getattr(ns, "emulate_cpu", None)
     return Options(backend=ns.backend, code=ns.code, platform=ns.platform,
+                   variation=Variation(f"cpu={model}", emulate_cpu=model) if model else BASELINE,
                    records_root=Path(ns.records) if ns.records else None,
                    timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache,
                    confirm=getattr(ns, "confirm", 1), fail_fast=getattr(ns, "fail_fast", False),
@@ -555,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
             "(exit 0 pass, 1 mismatch, 2 error)")
     running("audit", cmd_audit, "verify every spec under DIR and report (exit 0 all pass, "
             "1 any fail, 2 any error)", audit=True)
+    for name in ("run", "record", "verify"):
+        sub.choices[name].add_argument(
+            "--emulate-cpu", metavar="MODEL", help="run the training under `qemu-x86_64 -cpu "
+            "MODEL` (e.g. Haswell-noTSX: AVX2+FMA, no AVX-512): what a runner with that CPU would "
+            "compute; local backend, x86-64 hosts, needs qemu-user (docs/portability.md)")
     sub.choices["verify"].add_argument(
         "--fail-fast", action=argparse.BooleanOptionalAction, default=True, help="stop a run at "
         "the first step where a metric is sure to fail the comparison (default: on; docs/failfast.md)")

@@ -94,7 +94,9 @@ def numeric_fingerprint_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> tup
 
     def value(fp: Mapping[str, Any], key: str) -> Any:
         return effective_of(dict(fp)) if key == "effective_isa" else fp.get(key)
-    differ = [k for k in NUMERIC_FIELDS if value(a, k) != value(b, k)]
+    # l1d_cache: a record made before repro read its programs has no such key: not compared
+    differ = [k for k in NUMERIC_FIELDS if value(a, k) != value(b, k)
+              and (k != "l1d_cache" or (k in a and k in b))]
     return not differ, differ
 
 
@@ -106,8 +108,53 @@ def choose_bitwise(mode: str, recorded_fp: Mapping[str, Any], run_fp: Mapping[st
         return False, "tolerance.mode is close"
     same, differ = numeric_fingerprint_equal(recorded_fp, run_fp)
     if same:
-        return True, "the environment fingerprint equals the record's"
-    return False, "the environment differs from the record's (" + ", ".join(differ) + ")"
+        return True, _what_was_equal(recorded_fp, run_fp)
+    return False, "the environment differs from the record's: " + "; ".join(
+        _field_change(k, recorded_fp, run_fp) for k in differ)
+
+
+def _field_change(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    from repro.env.isa import effective_of
+
+    if key == "settings":
+        sa, sb = a.get("settings") or {}, b.get("settings") or {}
+        keys = [k for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+        return "settings " + ", ".join(keys)
+    if key == "effective_isa":
+        why = _unpinned(b) or _unpinned(a)
+        return f"effective ISA {effective_of(dict(a))} -> {effective_of(dict(b))}" + (
+            f" ({why})" if why else "")
+    if key == "l1d_cache":
+        return (f"L1 data cache {a.get(key)} -> {b.get(key)} bytes (the programs sum long "
+                "contractions in slices sized by it)")
+    return f"{key} {a.get(key)} -> {b.get(key)}"
+
+
+def _unpinned(fp: Mapping[str, Any]) -> str:
+    """The library kernels of a fingerprint that nothing pins, named."""
+    from repro.env.kernels import describe
+
+    loose = [describe(k) for k in fp.get("kernels") or [] if not k.get("pinned")]
+    return "kernels the CPU chooses: " + ", ".join(loose[:3]) if loose else ""
+
+
+def _what_was_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """What `auto` found equal, said plainly (not "the fingerprint": the hosts may differ)."""
+    from repro.env.isa import effective_of, host_best
+
+    isa = effective_of(dict(b))
+    text = (f"jax {b.get('jax')}, jaxlib {b.get('jaxlib')}, numpy {b.get('numpy')}, "
+            f"{b.get('device_kind')} ×{b.get('device_count')}, {b.get('cpus')} core(s), effective ISA "
+            f"{isa}, the determinism settings and the PRNG canary equal the record's")
+    if b.get("l1d_cache"):
+        text += f", L1 data cache {b['l1d_cache']} bytes"
+    best_a, best_b = (host_best(fp.get("cpu_isa") or []) for fp in (a, b))
+    if best_a != best_b:
+        text += f" (recorded on a {best_a} CPU, run on a {best_b} one"
+        text += ": every library kernel pinned)" if b.get("kernels") is not None else ")"
+    if a.get("kernels") is None and b.get("kernels") is not None:
+        text += "; the record does not list its library kernels (made before repro read them)"
+    return text
 
 
 def compare_arrays(kind: QuantityKind, name: str, recorded: np.ndarray, current: np.ndarray, *,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from repro.errors import ReproError
-from repro.noise import compare_runs, first_difference
+from repro.noise import compare_reached, first_difference
 from repro.verdict import Confirmation, Verdict
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def classify(v: Verdict, spec: Spec, first: RunResult, rerun: Callable[[], RunRe
         except ReproError as exc:
             v.notes.append(f"the confirmation run failed, so the failure is not classified: {exc}")
             return
-        cmp = compare_runs(first, again, spec)
+        cmp = compare_reached(first, again, spec)   # a value that differs, on steps both reached
         where = first_difference(cmp)
         if where is not None:
             step = f", step {where.first_step}" if where.first_step is not None else ""
@@ -57,35 +57,38 @@ def classify(v: Verdict, spec: Spec, first: RunResult, rerun: Callable[[], RunRe
         v.notes.append(f"{confirm} more run(s) from the same pins gave the same bits: the training "
                        "is deterministic")
         return
-    found = candidates(recorded, first.inputs)
-    found += [f"{c.key} ({c.text()}), outside the fingerprint's numeric fields"
-              for c in v.changes if not c.numeric and c.what == "environment"]
-    v.confirmation = Confirmation(runs=confirm, agree=True, candidates=found)
+    found, unknown = candidates(recorded, first.inputs)
+    v.confirmation = Confirmation(runs=confirm, agree=True, candidates=found, unknown=unknown)
 
 
-def candidates(recorded: UnpinnedInputs | None, current: UnpinnedInputs | None) -> list[str]:
-    """Unpinned inputs that differ between the recorded run and this one, strongest first:
-    files whose content changed, files read by one run only, environment values that moved."""
+def candidates(recorded: UnpinnedInputs | None, current: UnpinnedInputs | None
+               ) -> tuple[list[str], list[str]]:
+    """(candidates, not known to the record). Candidates are unpinned inputs the record kept
+    and that differ now, strongest first: files whose content changed, then environment values
+    that moved. A file the record has no hash for (read now only, or a record made before repro
+    kept its run's inputs) is not known to the record: listed apart, never a likely cause."""
     if current is None:
-        return []
+        return [], []
     if recorded is None:   # a record made before repro kept its run's inputs
-        return [f"file {p} is read by the training and is not under data: (the record does not "
-                "say what it held)" for p in sorted(current.files)]
+        return [], [f"file {p} (the record keeps no list of what its run read)"
+                    for p in sorted(current.files)]
     out = []
     for path in sorted(set(recorded.files) & set(current.files)):
         was, now = recorded.files[path], current.files[path]
         if was != now:
             out.append(f"file {path} is read by the training, is not under data:, and changed "
                        f"since the record ({_short(was)} -> {_short(now)})")
-    out += [f"file {p} is read by the training now but was not when recorded (not under data:)"
-            for p in sorted(set(current.files) - set(recorded.files))]
-    out += [f"file {p} was read when recorded but not now (not under data:)"
-            for p in sorted(set(recorded.files) - set(current.files))]
     for key in sorted(set(recorded.env) | set(current.env)):
         was_env, now_env = recorded.env.get(key), current.env.get(key)
-        if was_env != now_env:
+        if was_env != now_env and key != "hostname":
             out.append(f"environment {key}: {was_env!r} -> {now_env!r} (not in the fingerprint)")
-    return out
+    if recorded.env.get("hostname") != current.env.get("hostname"):
+        out.append(f"the host: {recorded.env.get('hostname')!r} -> {current.env.get('hostname')!r}")
+    unknown = [f"file {p} is read now, was not when recorded (not under data:)"
+               for p in sorted(set(current.files) - set(recorded.files))]
+    unknown += [f"file {p} was read when recorded, not now (not under data:)"
+                for p in sorted(set(recorded.files) - set(current.files))]
+    return out, unknown
 
 
 def _short(description: str) -> str:

@@ -56,6 +56,9 @@ class Job:
     stop_at: int | None = None               # replay: end once the state of this step is kept
     command: tuple[str, ...] | None = None   # code.command: an unmodified script, run in a copy of `tree`
     outputs: Mapping[str, Any] | None = None  # code.outputs: {metrics|weights: {path, format}}
+    isa: str = "native"                      # environment.isa, applied by the child (env/portable.py)
+    xla_flags: tuple[str, ...] = ()          # the spec's own environment.xla_flags (in settings too)
+    emulate_cpu: str | None = None           # run under qemu-x86_64 -cpu MODEL (variation.py)
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -78,6 +81,7 @@ class Job:
         doc["checkpoints_steps"] = tuple(doc.get("checkpoints_steps") or ())
         if doc.get("command") is not None:
             doc["command"] = tuple(doc["command"])
+        doc["xla_flags"] = tuple(doc.get("xla_flags") or ())
         if doc.get("trace_steps") is not None:
             doc["trace_steps"] = tuple(doc["trace_steps"])
         return cls(**doc)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from repro.compare import Comparison, compare_run
+from repro.compare import Comparison, MetricSeries, compare_run
 from repro.record import NoiseInfo, Spread
 from repro.verdict import QuantityResult
 
@@ -34,6 +34,33 @@ def compare_runs(first: RunResult, second: RunResult, spec: Spec) -> Comparison:
     return compare_run(first, second.metrics, second.arrays, tolerance={"mode": "exact"},
                        platform_key=first.platform_key, run_fingerprint=first.fingerprint,
                        metric_names=spec.record.metrics)
+
+
+def compare_reached(first: RunResult, second: RunResult, spec: Spec) -> Comparison:
+    """Two runs compared on what both reached: the steps both logged, the arrays both kept.
+    A run that fail-fast stopped earlier than the other has fewer steps, which is no evidence
+    that the training is nondeterministic; only a value that differs is."""
+    m1: dict[str, MetricSeries] = {}
+    m2: dict[str, MetricSeries] = {}
+    for name in sorted(set(first.metrics) & set(second.metrics)):
+        a, b = first.metrics[name], second.metrics[name]
+        common = set(a["steps"]) & set(b["steps"])
+        if common:
+            m1[name], m2[name] = _steps_only(a, common), _steps_only(b, common)
+    keys = set(first.arrays) & set(second.arrays)
+    a1 = {k: v for k, v in first.arrays.items() if k in keys}
+    a2 = {k: v for k, v in second.arrays.items() if k in keys}
+    both = replace(first, metrics=m1, arrays=a1)
+    return compare_run(both, m2, a2, tolerance={"mode": "exact"}, platform_key=first.platform_key,
+                       run_fingerprint=first.fingerprint, metric_names=sorted(m1))
+
+
+def _steps_only(series: MetricSeries, steps: set[int]) -> MetricSeries:
+    keep = [i for i, s in enumerate(series["steps"]) if s in steps]
+    out = dict(series)
+    out["steps"] = [series["steps"][i] for i in keep]
+    out["values"] = [series["values"][i] for i in keep]
+    return out  # type: ignore[return-value]
 
 
 @dataclass

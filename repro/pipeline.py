@@ -98,7 +98,9 @@ def make_job(prep: Prepared, options: Options) -> Job:
                grads_steps=tuple(grads.steps) if grads else (), weights=spec.record.weights,
                trace_steps=tuple(spec.record.trace.steps) if spec.record.trace else None,
                packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
-               compile_cache=str(cache_dir() / "jax-compile") if cache else None), spec, options.replay)
+               compile_cache=str(cache_dir() / "jax-compile") if cache else None,
+               isa="native" if environment.platform == "gpu" else environment.isa,
+               xla_flags=tuple(environment.xla_flags), emulate_cpu=var.emulate_cpu), spec, options.replay)
 
 
 @dataclass
@@ -113,6 +115,12 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
     """Run the training function in a fresh child on the chosen backend and collect what it wrote. `recorded`
     (verify) lets docker accept an image rebuilt from recipe; with `record_path`, fail-fast checks the run."""
     backend = options.backend_impl()
+    if options.variation.emulate_cpu:
+        if options.backend != "local":
+            raise ReproError("--emulate-cpu runs the training with the local backend only (qemu-user "
+                             "runs this interpreter); drop --backend docker")
+        from repro.env.emulate import command
+        command(options.variation.emulate_cpu)   # qemu present and the model known, before anything runs
     env = backend.prepare(prep.spec, prep.repo_root, recorded, progress_lines(options.echo))
     run_dir = RunDir.create(prep.spec.name or "spec")
     try:

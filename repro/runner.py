@@ -141,9 +141,21 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         os.sched_setaffinity(0, cpus)
 
     seeded = _seed_compile_cache(job)
+    from repro.env.portable import UnknownFlag, apply
+    try:   # environment.isa for this CPU and this jaxlib, put into os.environ before jax loads
+        settings, isa_notes = apply(job.isa, job.settings, job.xla_flags)
+    except UnknownFlag as exc:
+        raise _Failure(kind="environment", message=f"environment.xla_flags: {exc} is not a flag of "
+                       "this jaxlib (XLA would abort on it); remove it, or pin a jax that has it") from None
+    if isa_notes:
+        result.setdefault("notes", []).extend(isa_notes)
     t0 = time.perf_counter()
     import jax  # noqa: F401  (settings come from the environment)
     import numpy as np
+
+    from repro.env.kernels import ProgramWatch
+    programs = ProgramWatch()
+    programs.start()   # every program compiled or loaded from the cache: its library kernels
 
     from repro.context import Context, GradSchedule
     from repro.treepath import numeric_leaves
@@ -173,8 +185,9 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         job.expect_arrays["states"], job.expect_arrays["tolerance"])
     if (expect is not None or expect_arrays is not None) and job.command is not None:
         expect = expect_arrays = None   # a script's outputs exist only at its end
-        result["notes"] = ["fail-fast does not apply to an unmodified script (code.command): it "
-                           "ran to its end, then its outputs were compared"]
+        result.setdefault("notes", []).append(
+            "fail-fast does not apply to an unmodified script (code.command): it ran to its end, "
+            "then its outputs were compared")
     checkpoints = Checkpoints(run_dir / "checkpoints",
                               GradSchedule(job.checkpoints_every, list(job.checkpoints_steps)).keeps,
                               restore_spec(job.restore, run_dir), job.stop_at)
@@ -206,7 +219,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     result["inputs"] = watch.report()
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.
-    result["fingerprint"] = fingerprint(dict(job.settings), cpus)
+    modules = list(programs.modules)   # the training's programs, not the canary's
+    result["fingerprint"] = fingerprint(settings, cpus, modules, programs.error)
 
     arrays: dict[str, np.ndarray] = {}
     if job.weights == "final" and stopped is None and ended_at is None:

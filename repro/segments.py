@@ -153,11 +153,12 @@ def same_numbers_likely(fingerprint: Mapping[str, Any], spec: Any, backend: str)
     segment to segment: the record's machine and effective ISA, and for the local backend its
     python, jax, jaxlib and numpy (a docker image pins those). A wrong guess costs time, never
     a verdict: a continued segment counts only from a start state bitwise the record's."""
-    from repro.env.fingerprint import cpu_isa, effective_isa
-    from repro.env.settings import determinism_settings
+    from repro.env.fingerprint import cpu_isa
+    from repro.env.isa import ceiling, effective
 
+    cap = ceiling(spec.environment.isa, cpu_isa())
     here = {"machine": platform.machine(),
-            "effective_isa": effective_isa(determinism_settings(spec.environment)["XLA_FLAGS"], cpu_isa())}
+            "effective_isa": effective(f"--xla_cpu_max_isa={cap}" if cap else "", cpu_isa())}
     if backend == "local":
         here["python"] = platform.python_version()
         for package in ("jax", "jaxlib", "numpy"):

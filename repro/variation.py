@@ -27,6 +27,7 @@ class Variation:
     hash_seed: str = "0"                    # PYTHONHASHSEED of the child
     listing_order: ListingOrder = "native"  # reversed: os.listdir/os.scandir come back reversed
     deterministic_ops: bool | None = None   # False: --xla_gpu_deterministic_ops=false
+    emulate_cpu: str | None = None          # run under `qemu-x86_64 -cpu MODEL` (local backend)
 
     def environment(self, env: EnvironmentSpec) -> EnvironmentSpec:
         """The spec's environment block as this variation runs it."""

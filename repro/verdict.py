@@ -118,6 +118,7 @@ class Confirmation:
     agree: bool
     first_difference: str = ""                 # nondeterministic: quantity, step, how far
     candidates: list[str] = field(default_factory=list)   # changed: unpinned inputs that moved
+    unknown: list[str] = field(default_factory=list)      # read, but not known to the record
 
 
 @dataclass

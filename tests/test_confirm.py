@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from repro import pipeline
 from repro.record import read_record
 from repro.variation import Variation
-from tests.conftest import lr_times
+from tests.conftest import edit_train, lr_times
 
 
 def _noisy(project):
@@ -130,3 +130,53 @@ def hash_mod(text: str, seed: str) -> int:
     out = subprocess.run([sys.executable, "-c", f"print(hash({text!r}) % 7)"], text=True,
                          capture_output=True, check=True, env={"PYTHONHASHSEED": seed})
     return int(out.stdout)
+
+
+def test_a_held_out_input_stopped_early_by_fail_fast_is_changed_naming_the_file(project, tmp_path):
+    """The held-out workload (issue 23, part 6): an input no pin covers changes, `loss` is logged
+    every step and `val_loss` every 20 (at 19, 39, …), and fail-fast stops both runs at step 1,
+    before any `val_loss` step. Runs that reached the same steps with the same values are no
+    evidence of nondeterminism: the class is `changed`, the changed file is the first
+    candidate, and no module of repro itself is a candidate."""
+    scale = tmp_path / "outside" / "scale.txt"
+    scale.parent.mkdir()
+    scale.write_text("1.0\n")
+    edit_train(project, "        ctx.log(step, loss=loss)\n",
+               "        ctx.log(step, loss=loss)\n"
+               "        if step % 20 == 19:\n"
+               "            ctx.log(step, val_loss=loss * 2)\n", "an eval metric every 20 steps")
+    lr_times(project, "lr_scale", setup=f"    lr_scale = float(open({str(scale)!r}).read())",
+             message="read a scale from a file no pin covers")
+    project.edit_spec("steps: 12", "steps: 60")
+    project.edit_spec("metrics: [loss]", "metrics: [loss, val_loss]")
+    project.commit("longer, with val_loss")
+    project.repro("record", "specs/tiny.yaml", check_rc=0)
+
+    scale.write_text("1.5\n")
+    v = pipeline.verify(project.spec, pipeline.Options(fail_fast=True))
+    assert v.status == "fail" and v.stopped is not None, v.notes
+    assert v.fail_class == "changed", (v.fail_class, v.confirmation)
+    assert v.confirmation is not None and v.confirmation.agree
+    assert v.confirmation.candidates[0].startswith(f"file {scale.resolve()} is read by the training")
+    assert not [c for c in v.confirmation.candidates + v.confirmation.unknown
+                if "/repro/" in c or ".pyc" in c], v.confirmation
+
+
+def test_a_record_without_inputs_names_no_file_as_a_likely_cause():
+    """Files the record has no hash for are 'not known to the record', never candidates; with
+    nothing found the verdict says so."""
+    from repro.confirm import candidates
+    from repro.record import UnpinnedInputs
+    from repro.report.text import render
+    from repro.verdict import Confirmation, Status, Verdict
+
+    now = UnpinnedInputs(files={"/srv/a.txt": "sha256:" + "1" * 64}, env={"hostname": "h"})
+    found, unknown = candidates(None, now)
+    assert found == [] and unknown == ["file /srv/a.txt (the record keeps no list of what its run read)"]
+    was = UnpinnedInputs(files={}, env={"hostname": "h"})
+    found, unknown = candidates(was, now)
+    assert found == [] and unknown[0].startswith("file /srv/a.txt is read now, was not when recorded")
+    v = Verdict(name="s", status=Status.FAIL, fail_class="changed",
+                confirmation=Confirmation(runs=1, agree=True, candidates=found, unknown=unknown))
+    text = render(v)
+    assert "Candidates: none found." in text and "Not known to the record" in text, text

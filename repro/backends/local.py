@@ -70,7 +70,11 @@ class LocalBackend:
                                                hash_seed=job.hash_seed)
         child_env.update(compile_cache_env(job.compile_cache))
         job.replace(parent_pid=os.getpid()).write(run_dir.job)
-        cmd = [sys.executable, "-P", "-m", "repro.runner", str(run_dir.job), str(run_dir.out)]
+        python = [sys.executable]
+        if job.emulate_cpu:   # the same interpreter on an emulated CPU (env/emulate.py)
+            from repro.env.emulate import command
+            python = command(job.emulate_cpu)
+        cmd = [*python, "-P", "-m", "repro.runner", str(run_dir.job), str(run_dir.out)]
         proc = subprocess.Popen(cmd, cwd=job.tree, env=child_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)

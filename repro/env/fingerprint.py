@@ -16,8 +16,10 @@ from typing import Any
 # Fingerprint fields that decide the arithmetic. When all are equal, `tolerance.mode: auto`
 # demands bitwise equality; any other field (hostname, CPU model name, python patch) only informs.
 NUMERIC_FIELDS = ("jax", "jaxlib", "numpy", "backend", "device_kind", "device_count", "cpus",
-                  "effective_isa", "settings", "prng_canary", "machine")
-# (the host's raw `cpu_isa` flags only inform: what decides is the effective ISA, env/isa.py)
+                  "effective_isa", "l1d_cache", "settings", "prng_canary", "machine")
+# (the host's raw `cpu_isa` flags only inform: what decides is the effective ISA, env/isa.py;
+# `l1d_cache` is set only when the programs hold contractions summed in L1-sized slices, and
+# `kernels` says which library kernels the programs call and what pins them: env/kernels.py)
 
 def pick_cpus(n: int, slot: int | None = None) -> list[int]:
     """`n` CPUs this process may run on; error if fewer exist.
@@ -36,17 +38,32 @@ def pick_cpus(n: int, slot: int | None = None) -> list[int]:
     return sorted((allowed + allowed)[start:start + n])
 
 
-def cpu_isa() -> list[str]:
-    """Instruction-set flags that change what XLA's CPU code generator emits."""
-    keep = ("sse", "ssse3", "avx", "fma", "f16c", "amx", "bmi", "popcnt", "neon", "asimd", "sve")
+_ISA_PREFIXES = ("sse", "ssse3", "avx", "fma", "f16c", "amx", "bmi", "popcnt", "neon", "asimd", "sve")
+
+
+def proc_cpuinfo_flags() -> list[str]:
+    """Instruction-set flags as /proc/cpuinfo lists them (the host kernel's view: under
+    qemu-user still the host's CPU, not the emulated one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith(("flags", "Features")):
-                    return sorted({x for x in line.split(":", 1)[1].split() if x.startswith(keep)})
+                    return sorted({x for x in line.split(":", 1)[1].split() if x.startswith(_ISA_PREFIXES)})
     except OSError:
         pass
     return []
+
+
+def cpu_isa(cpuid: bool = False) -> list[str]:
+    """Instruction-set flags that change what XLA's code and jaxlib's kernel libraries run.
+    `cpuid`: as CPUID reports them to this process (the child: an emulated CPU counts as
+    what it is), else /proc/cpuinfo's (the parent, which never imports numpy for it)."""
+    if cpuid and _platform.machine().lower() in ("x86_64", "amd64"):
+        from repro.env.portable import cpuid_flags
+        flags = cpuid_flags()
+        if flags is not None:
+            return flags
+    return proc_cpuinfo_flags()
 
 
 def cpu_model() -> str:
@@ -133,14 +150,33 @@ def _canary_cache_key(jax: ModuleType) -> str | None:
         return None
 
 
-def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:
-    """Everything about the running environment that a result may depend on (child side)."""
+def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] | None = None,
+                programs_error: str | None = None) -> dict:
+    """Everything about the running environment that a result may depend on (child side).
+    `programs`: the optimized HLO of every program the run compiled (env/kernels.py)."""
     import importlib.metadata as md
 
     import jax
     import numpy as np
 
+    from repro.env.isa import cap_in, effective, host_best
+    from repro.env.kernels import inventory, l1d_size
+
     devices = jax.devices()
+    flags = cpu_isa(cpuid=True)
+    xla_flags = settings.get("XLA_FLAGS", "")
+    isa = effective(xla_flags, flags)
+    kernels = None
+    l1d = None
+    on_x86 = _platform.machine().lower() in ("x86_64", "amd64")
+    if programs_error is not None and on_x86:
+        isa = host_best(flags) or isa   # programs not read: what they call is not known
+    elif programs is not None and jax.default_backend() == "cpu":
+        kernels = inventory(programs, xla_flags, settings, len(cpus), cap_in(xla_flags))
+        if any(not k.pinned for k in kernels) and on_x86:
+            isa = host_best(flags) or isa   # a kernel the CPU chooses: the CPU's best counts
+        if any(k.blocked for k in kernels):
+            l1d = l1d_size() or 0
     config: Any = jax.config   # its options are attributes at run time, not in its type stubs
     try:
         jaxlib_version = md.version("jaxlib")
@@ -155,8 +191,11 @@ def fingerprint(settings: dict[str, str], cpus: list[int]) -> dict:
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "cpus": len(cpus),
-        "cpu_isa": cpu_isa(),
-        "effective_isa": effective_isa(settings.get("XLA_FLAGS", ""), cpu_isa()),
+        "cpu_isa": flags,
+        "effective_isa": isa,
+        "kernels": None if kernels is None else [k.to_json() for k in kernels],
+        "l1d_cache": l1d,
+        **({"kernels_error": programs_error} if programs_error else {}),
         "cpu_model": cpu_model(),
         "machine": _platform.machine(),
         "os": f"{_platform.system()} {_platform.release()}",
@@ -204,16 +243,15 @@ def check_packages(expected: dict[str, str]) -> list[str]:
     return problems
 
 
-def effective_isa(xla_flags: str, flags: list[str]) -> str:
-    from repro.env.isa import effective
-    return effective(xla_flags, flags)
-
-
 def fingerprint_changes(recorded: dict, current: dict) -> list[tuple[str, object, object, bool]]:
     """[(field, recorded, current, numeric?)] for every field that differs."""
     out = []
     for key in sorted(set(recorded) | set(current)):
         a, b = recorded.get(key), current.get(key)
+        if key == "kernels":
+            from repro.env.kernels import describe
+            a = [describe(k) for k in a] if isinstance(a, list) else a
+            b = [describe(k) for k in b] if isinstance(b, list) else b
         if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 if a.get(k) != b.get(k):

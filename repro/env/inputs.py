@@ -97,4 +97,7 @@ def installation_roots() -> list[str]:
     environment's business (packages, fingerprint), not an unpinned input."""
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     roots.update(p for p in sys.path if p and os.path.isdir(p))
+    # the harness itself, wherever it is installed from (an editable checkout, a mounted tree,
+    # the local backend's shim link): repro's code is pinned by repro's version
+    roots.add(os.path.dirname(os.path.realpath(__file__)).rsplit(os.sep, 1)[0])
     return sorted(roots)

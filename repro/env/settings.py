@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from repro.env.fingerprint import cpu_isa
-from repro.env.isa import ceiling
 from repro.spec import EnvironmentSpec
 
 # Deterministic XLA defaults; the spec's xla_flags are appended. Unknown flags make XLA abort,
@@ -30,14 +28,13 @@ _NOTED_PREFIXES = ("JAX_", "XLA_", "TF_XLA", "OMP_", "MKL_", "TPU_", "CUDA_", "N
 
 
 def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
-    """The environment variables that pin jax's numerics for this spec (docs/context.md)."""
+    """The environment variables that pin jax's numerics for this spec (docs/context.md).
+
+    `environment.isa` is not here: the child applies it (env/portable.py) from the CPU and the
+    jaxlib it runs with, and its fingerprint keeps the settings that were in force."""
     flags = []
     for plat in (("cpu", "gpu") if env_spec.platform == "any" else (env_spec.platform,)):
         flags += DEFAULT_XLA_FLAGS[plat]
-    cap = ceiling(env_spec.isa, cpu_isa())
-    if cap and env_spec.platform != "gpu" and not any(
-            f.startswith("--xla_cpu_max_isa") for f in env_spec.xla_flags):
-        flags.append(f"--xla_cpu_max_isa={cap}")   # environment.isa (env/isa.py)
     flags += list(env_spec.xla_flags)
     settings = {
         "XLA_FLAGS": " ".join(flags),

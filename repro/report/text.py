@@ -152,8 +152,14 @@ def class_lines(v: Verdict) -> list[str]:
         lines.append("Candidates (inputs no pin covers that differ from the recorded run's):")
         lines += [f"  {x}" for x in c.candidates]
     else:
-        lines.append("No unpinned input that repro saw differs from the recorded run's: look for "
-                     "inputs it cannot see (the network, the clock, files opened by C code).")
+        lines.append("Candidates: none found. No unpinned input the record knows differs from the "
+                     "recorded run's: look for inputs repro cannot see (the network, the clock, "
+                     "files opened by C code, a CPU the environment fingerprint does not tell apart).")
+    if c.unknown:
+        lines.append("Not known to the record (no hash kept, so not evidence):")
+        lines += [f"  {x}" for x in c.unknown[:10]]
+        if len(c.unknown) > 10:
+            lines.append(f"  … and {len(c.unknown) - 10} more")
     return lines
 
 
