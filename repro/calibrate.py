@@ -24,6 +24,7 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from repro.variation import BASELINE, Variation
 from repro.verdict import QuantityKind, QuantityResult
 from repro.yamlio import load_with_lines, set_value
 
-KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing", "gpu-ops")
+KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing", "gpu-ops", "cpu")
 # The kinds whose deviations the proposed tolerances absorb: rounding that differs between
 # environments a verify can meet (another host's ISA, a cold or warm cache, another core count
 # once environment.cpus is changed: a numeric fingerprint field, so compared within tolerance). The
@@ -55,7 +56,7 @@ KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing", "gpu-ops")
 # and is to be fixed, not tolerated. PYTHONHASHSEED is 0 in every repro run, so a verify never
 # meets another one; a listing order that matters means data read in another order; repro's GPU
 # runs always set --xla_gpu_deterministic_ops=true, so a verify never meets it off (gpu-ops).
-TOLERATED = ("isa", "cpus", "compile-cache")
+TOLERATED = ("isa", "cpus", "compile-cache", "cpu")
 HASH_SEEDS = ("1", "2")      # the baseline runs under PYTHONHASHSEED=0 (repro's default)
 MARGIN = 1.5                 # every observed deviation passes at this multiple of itself
 NEGLIGIBLE = 1e-3            # |value| below this fraction of its quantity's largest: atol's domain
@@ -109,6 +110,8 @@ def effective_isa(env: EnvironmentSpec, host: Host) -> str:
 
 def variation_kind(variation: Variation) -> str:
     """Which of KINDS a variation belongs to ('baseline' for the plain run)."""
+    if variation.emulate_cpu is not None:
+        return "cpu"
     if variation.isa is not None:
         return "isa"
     if variation.cpus is not None:
@@ -147,6 +150,19 @@ def _isa_variations(spec: Spec, host: Host) -> tuple[list[Variation], str | None
     return out, None
 
 
+def _cpu_variations(spec: Spec, host: Host) -> tuple[list[Variation], str | None]:
+    """Other CPUs, emulated (env/emulate.py): what a CI runner of that kind would compute."""
+    from repro.env.emulate import CALIBRATE_MODELS, INSTALL, QEMU
+
+    if not is_x86(host.machine):
+        return [], f"cpu: {host.machine} is not x86-64; qemu-user emulates x86-64 CPUs on x86-64 hosts"
+    if spec.environment.platform == "gpu":
+        return [], "cpu: environment.platform is gpu; an emulated CPU has no GPU"
+    if not shutil.which(QEMU):
+        return [], f"cpu: {QEMU} is not installed: {INSTALL}"
+    return [Variation(f"cpu={m}", emulate_cpu=m) for m in CALIBRATE_MODELS], None
+
+
 def variations_for(spec: Spec, host: Host) -> list[Variation]:
     """Every variation this host can run the spec under (none is the spec's own setting):
     each XLA ISA level up to the host's best other than the spec's effective one (the best as
@@ -162,6 +178,7 @@ def variations_for(spec: Spec, host: Host) -> list[Variation]:
     out.append(Variation("listing=reversed", listing_order="reversed"))
     if spec.environment.platform == "gpu":
         out.append(Variation("deterministic-ops=off", deterministic_ops=False))
+    out += _cpu_variations(spec, host)[0]
     return out
 
 
@@ -169,6 +186,8 @@ def unavailable(spec: Spec, host: Host) -> list[str]:
     """What variations_for leaves out on this host, and why."""
     _, why = _isa_variations(spec, host)
     out = [why] if why else []
+    _, why = _cpu_variations(spec, host)
+    out += [why] if why else []
     if host.cores == 1:
         out.append("cpus: this host lets runs use one core only")
     if spec.environment.platform != "gpu":
@@ -178,9 +197,10 @@ def unavailable(spec: Spec, host: Host) -> list[str]:
 
 
 def select(variations: Sequence[Variation], only: Collection[str] | None) -> list[Variation]:
-    """The variations of the kinds in `only` (all when None); unknown kinds are an error."""
+    """The variations of the kinds in `only` (when None: all but `cpu`, whose emulated runs are
+    20-50x slower and are asked for by name); unknown kinds are an error."""
     if only is None:
-        return list(variations)
+        return [v for v in variations if variation_kind(v) != "cpu"]
     unknown = sorted(set(only) - set(KINDS))
     if unknown:
         raise ReproError(f"unknown variation kind(s) {', '.join(unknown)}; choose from "
@@ -615,7 +635,9 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
         baseline=base.run, runs=runs,
         proposal=Proposal(proposed, sum(outcomes[v.name].run.error is None for v in tolerated),
                           baseline.platform_key),
-        unavailable=unavailable(spec, host))
+        unavailable=unavailable(spec, host) + (
+            ["cpu: emulated CPUs (qemu-user) are not run unless asked: --variations cpu"]
+            if only is None and _cpu_variations(spec, host)[0] else []))
     cal.notes = _notes(cal)
     if write:
         _write(cal, spec, today or _dt.datetime.now(_dt.UTC).date())

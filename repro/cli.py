@@ -603,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=_positive(int), metavar="N", help="runs at a time "
                    "(default: cores // environment.cpus)")
     p.add_argument("--variations", metavar="KINDS", help="only these kinds, comma-separated: "
-                   "isa, cpus, compile-cache, hash-seed, listing, gpu-ops (default: all)")
+                   "isa, cpus, compile-cache, hash-seed, listing, gpu-ops, cpu (default: all but cpu, "
+                   "whose runs on emulated CPUs are 20-50x slower)")
     p.add_argument("--json", metavar="F", help="write the machine-readable result")
     p.add_argument("--backend", default="local", choices=("local", "docker"))
     p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "

@@ -94,9 +94,9 @@ def numeric_fingerprint_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> tup
 
     def value(fp: Mapping[str, Any], key: str) -> Any:
         return effective_of(dict(fp)) if key == "effective_isa" else fp.get(key)
-    # l1d_cache: a record made before repro read its programs has no such key: not compared
-    differ = [k for k in NUMERIC_FIELDS if value(a, k) != value(b, k)
-              and (k != "l1d_cache" or (k in a and k in b))]
+    # l1d_cache: None where no contraction is sliced by it; a record made before repro read its
+    # programs has no such key, so a run whose programs slice by it cannot claim its bits
+    differ = [k for k in NUMERIC_FIELDS if value(a, k) != value(b, k)]
     return not differ, differ
 
 
@@ -125,8 +125,11 @@ def _field_change(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         return f"effective ISA {effective_of(dict(a))} -> {effective_of(dict(b))}" + (
             f" ({why})" if why else "")
     if key == "l1d_cache":
-        return (f"L1 data cache {a.get(key)} -> {b.get(key)} bytes (the programs sum long "
-                "contractions in slices sized by it)")
+        from repro.env.kernels import SLICE_SAFE_K
+        was = "not known to the record" if a.get(key) is None else f"{a.get(key)} bytes"
+        now = "not used" if b.get(key) is None else f"{b.get(key)} bytes"
+        return (f"L1 data cache {was} -> {now} (the programs sum contractions longer than "
+                f"{SLICE_SAFE_K} in slices sized by it)")
     return f"{key} {a.get(key)} -> {b.get(key)}"
 
 

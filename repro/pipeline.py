@@ -80,6 +80,12 @@ def prepare(spec: SpecRef, options: Options) -> Prepared:
     """Check every pin before anything runs: spec, code commit, data hashes (or data by URL)."""
     spec = as_spec(spec)
     options.backend_impl().check_host(spec)   # a GPU spec on a host without one: SKIPPED
+    if options.variation.emulate_cpu:
+        if options.backend != "local":
+            raise ReproError("--emulate-cpu runs the training with the local backend only (qemu-user "
+                             "runs this interpreter); drop --backend docker")
+        from repro.env.emulate import command
+        command(options.variation.emulate_cpu)   # qemu present and the model known, before anything runs
     root = repo_root(spec.path or Path.cwd())
     code = resolve_code(spec, root, options.code)
     data = resolve_data(spec.data, root)   # data by URL fetched by sha256 (pins/fetch.py)
@@ -115,12 +121,6 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
     """Run the training function in a fresh child on the chosen backend and collect what it wrote. `recorded`
     (verify) lets docker accept an image rebuilt from recipe; with `record_path`, fail-fast checks the run."""
     backend = options.backend_impl()
-    if options.variation.emulate_cpu:
-        if options.backend != "local":
-            raise ReproError("--emulate-cpu runs the training with the local backend only (qemu-user "
-                             "runs this interpreter); drop --backend docker")
-        from repro.env.emulate import command
-        command(options.variation.emulate_cpu)   # qemu present and the model known, before anything runs
     env = backend.prepare(prep.spec, prep.repo_root, recorded, progress_lines(options.echo))
     run_dir = RunDir.create(prep.spec.name or "spec")
     try:
