@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Machine set-up for the test suite on a fresh Debian machine (root): a Docker Engine, the
 # project's images built offline (the base image from Debian with debootstrap, then envs/cpu
-# from its locked wheels), and Chromium for the audit report's screenshot test.
+# from its locked wheels), Chromium for the audit report's screenshot test, and qemu-user for
+# the emulated-CPU tests (qemu-x86_64 -cpu MODEL: docs/portability.md).
 #   bash envs/setup.sh            # engine + images
 #   bash envs/setup.sh --engine   # engine only
 # Idempotent: an installed engine, a running daemon and existing images are kept.
@@ -13,10 +14,10 @@ if [ "$(id -u)" != "0" ]; then
   exit 1
 fi
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
-    || ! command -v chromium >/dev/null; then
-  echo "setup: installing docker.io, debootstrap and chromium"
+    || ! command -v chromium >/dev/null || ! command -v qemu-x86_64 >/dev/null; then
+  echo "setup: installing docker.io, debootstrap, chromium and qemu-user"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap chromium qemu-user >/dev/null
 fi
 if ! docker version >/dev/null 2>&1; then
   # a daemon killed without cleanup (the end of a session) leaves pid files that stop the next

@@ -28,7 +28,6 @@ EXIT_BROKEN_PIPE = 128 + 13   # the shell's status for a process killed by SIGPI
 
 def _options(ns: argparse.Namespace) -> Options:
     from repro.pipeline import Options
-
     from repro.variation import BASELINE, Variation
 
     echo = ns.stream if ns.stream is not None else sys.stderr.isatty()

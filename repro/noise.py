@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from repro.compare import Comparison, MetricSeries, compare_run
-from repro.record import NoiseInfo, Spread
+from repro.compare import Comparison, compare_run
+from repro.record import MetricSeries, NoiseInfo, Spread
 from repro.verdict import QuantityResult
 
 if TYPE_CHECKING:

@@ -51,6 +51,7 @@ def test_the_runner_needs_no_pydantic_or_yaml():
     """The child imports the harness inside any image: only numpy and jax are its dependencies
     there. Importing everything the runner imports must not pull pydantic or PyYAML."""
     code = ("import sys, repro.runner, repro.env.fingerprint, repro.env.isa, repro.env.inputs, repro.context, "
+            "repro.env.portable, repro.env.kernels, "
             "repro.job, repro.treepath, repro.proctree, repro.traced, repro.expect, repro.command, "
             "repro.outputs; "
             "print(sorted(m for m in ('pydantic', 'yaml', 'docker') if m in sys.modules))")

@@ -35,7 +35,7 @@ def qemu() -> str:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def models() -> tuple[str, ...]:
     """The CPU models this qemu emulates (`qemu-x86_64 -cpu help`)."""
     out = subprocess.run([qemu(), "-cpu", "help"], capture_output=True, text=True, timeout=30).stdout

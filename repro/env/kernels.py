@@ -7,7 +7,7 @@ lists those ops:
 
 | library | in the optimized HLO | pinned by |
 | --- | --- | --- |
-| YNNPACK | a fusion with `"kind":"__ynn_fusion"` | consistent arithmetic (`--xla_cpu_enable_platform_dependent_math=false`) |
+| YNNPACK | a fusion with `"kind":"__ynn_fusion"` | consistent arithmetic (platform-dependent math off) |
 | XNNPACK | a fusion with `"kind":"__xnn_fusion"` | nothing (its consistent flag is ignored by the shim) |
 | oneDNN | `custom_call_target="__onednn$…"` | `ONEDNN_MAX_CPU_ISA` at the ceiling |
 | Eigen (oneDNN sgemm) | a `dot` or `convolution` outside any fusion | `ONEDNN_MAX_CPU_ISA` at the ceiling, one thread |
@@ -124,9 +124,9 @@ def parse(hlo_text: str) -> list[_Call]:
             current.append(line)
     fused: dict[str, str] = {}      # computation -> the fusion library that runs it
     calls: list[_Call] = []
-    parsed: dict[str, list[tuple[str, str, str, list[str]]]] = {}
+    parsed: dict[str, list[tuple[str, str, str, list[str], str]]] = {}
     for comp, lines in comps.items():
-        rows = []
+        rows: list[tuple[str, str, str, list[str], str]] = []
         for line in lines:
             m = _INSTR.match(line)
             if not m:
@@ -150,11 +150,11 @@ def parse(hlo_text: str) -> list[_Call]:
                 if callee:
                     fused[callee.group(1)] = {"__ynn_fusion": "YNNPACK", "__xnn_fusion": "XNNPACK"}.get(
                         kind.group(1) if kind else "", "XLA")
-        parsed[comp] = rows  # type: ignore[assignment]
+        parsed[comp] = rows
     for comp, rows in parsed.items():
         shapes = {r[0]: r[1] for r in rows}
         library = fused.get(comp)
-        for name, _shape, op, operands, rest in rows:  # type: ignore[misc]
+        for _name, _shape, op, operands, rest in rows:
             if op == "custom-call":
                 target = re.search(r'custom_call_target="([^"]+)"', rest)
                 t = target.group(1) if target else "?"

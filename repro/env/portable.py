@@ -47,12 +47,16 @@ def cpuid_flags() -> list[str] | None:
     dispatch reads CPUID and the OS's XSAVE support), in /proc/cpuinfo's names. Under qemu-user
     this is the emulated CPU, where /proc/cpuinfo still shows the host's. AMX is not reported by
     numpy: its flags come from /proc/cpuinfo, only when CPUID shows AVX-512. None: no numpy."""
-    try:
+    import importlib
+    features: dict[str, bool] | None = None
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy 2, 1
         try:
-            from numpy._core._multiarray_umath import __cpu_features__ as features
+            features = getattr(importlib.import_module(module), "__cpu_features__", None)
         except ImportError:
-            from numpy.core._multiarray_umath import __cpu_features__ as features  # numpy 1.x
-    except ImportError:
+            continue
+        if features is not None:
+            break
+    if features is None:
         return None
     flags = {name for key, name in _NUMPY_FLAGS.items() if features.get(key)}
     if "avx512f" in flags:
