@@ -113,6 +113,32 @@ def working_copy(tree: str, workdir: Path) -> Path:
     return workdir
 
 
+def clear_outputs(workdir: Path, outputs: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Remove every declared output (code.outputs) that the pinned tree already holds from the
+    working copy, before the script runs: a committed metrics or weights file must never stand
+    in for what this run writes (a script that writes elsewhere, or nothing, would otherwise
+    pass). A link is removed as a link, never followed; a TensorBoard directory goes whole, so
+    every event file read afterwards is this run's. Returns the paths removed."""
+    removed = []
+    root = os.path.realpath(workdir)
+    for kind in ("metrics", "weights"):
+        out = outputs.get(kind)
+        if not out:
+            continue
+        path = workdir / out["path"]
+        parent = os.path.realpath(path.parent)
+        if parent != root and not parent.startswith(root + os.sep):
+            continue   # resolve() refuses it after the run, naming it
+        if os.path.islink(path) or path.is_file():
+            os.unlink(path)
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(out["path"])
+    return removed
+
+
 @dataclass(frozen=True)
 class ScriptRun:
     args: list[str]

@@ -200,7 +200,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     stopped: dict[str, Any] | None = None
     ended_at: int | None = None
     try:
-        params = train(ctx) if train is not None else _run_script(job, tree, run_dir, ctx)
+        params = train(ctx) if train is not None else _run_script(
+            job, tree, run_dir, ctx, result.setdefault("notes", []))
         params = jax.block_until_ready(params)
     except _Failure:
         raise
@@ -277,21 +278,27 @@ def _load_entrypoint(job: Job, tree: str) -> Any:
                        traceback=_user_traceback(exc, tree)) from None
 
 
-def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any) -> Any:
+def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any, notes: list[str]) -> Any:
     """code.command (docs/scripts.md): run the unmodified script in a writable copy of the tree,
     then log the metrics it wrote into `ctx` and return the weights it wrote, as if a
     train(ctx) had: everything after this is the same for both."""
-    from repro.command import ScriptError, run_script, script_environment, substitute, working_copy
+    from repro.command import (ScriptError, clear_outputs, run_script, script_environment, substitute,
+                               working_copy)
     from repro.outputs import OutputError, read_metrics, read_weights, resolve
 
     assert job.command is not None
     workdir = working_copy(tree, run_dir / "script")
+    outputs = job.outputs or {}
+    stale = clear_outputs(workdir, outputs)
+    if stale:
+        notes.append(f"code.outputs: {', '.join(stale)} {'is' if len(stale) == 1 else 'are'} in the "
+                     "pinned tree; removed from the run's copy before the script ran, so only what "
+                     "this run wrote is read")
     args = substitute(job.command, job.seeds, job.config, job.data)
     try:
         run = run_script(args, workdir, script_environment(os.environ, job.seeds, job.config, job.data))
     except ScriptError as exc:
         raise _Failure(kind="script", type="ScriptError", message=str(exc), traceback=exc.detail) from None
-    outputs = job.outputs or {}
     wanted = [(k, outputs[k]) for k in ("metrics", "weights") if outputs.get(k)
               and (k == "metrics" or job.weights == "final")]
     found: dict[str, Any] = {}
@@ -300,9 +307,10 @@ def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any) -> Any:
             path = resolve(workdir, out["path"])
             if not path.exists():
                 raise _Failure(kind="outputs", type="FileNotFoundError", traceback="\n".join(run.tail),
-                               message=f"code.outputs.{kind}: {out['path']} does not exist after "
-                                       f"{run.describe()} (its last lines are below); does the "
-                                       "script write it there, relative to the code tree's root?")
+                               message=f"code.outputs.{kind}: {out['path']} was not written by the "
+                                       f"script: it does not exist after {run.describe()} (its last "
+                                       "lines are below); does the script write it there, relative "
+                                       "to the code tree's root?")
             if kind == "metrics":
                 for where, step, values in read_metrics(path, out["format"], out["path"]):
                     try:

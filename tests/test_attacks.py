@@ -560,3 +560,61 @@ def test_unseeded_randomness_is_refused_at_record_time(recorded_template, tmp_pa
     p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
     p.edit_spec("record:\n", "tolerance: {mode: close}\nrecord:\n")
     p.repro("record", "specs/tiny.yaml", check_rc=0)
+
+
+# -- issue 25, item 1: stale outputs that pass ----------------------------------------------------
+STALE_SCRIPT = '''\
+import json, os, sys
+import numpy as np
+where = sys.argv[1]
+w = np.arange(6, dtype=np.float32).reshape(3, 2) * float(sys.argv[2])
+if where != "nowhere":
+    os.makedirs(where, exist_ok=True)
+    with open(os.path.join(where, "metrics.jsonl"), "w") as f:
+        for step in range(3):
+            f.write(json.dumps({"step": step, "loss": float((w ** 2).sum()) / (step + 1)}) + "\\n")
+    np.savez(os.path.join(where, "w.npz"), w=w)
+'''
+
+STALE_SPEC = '''\
+repro: 1
+code:
+  commit: {commit}
+  command: [python, fit.py, {where}, "{{config.scale}}"]
+  outputs:
+    metrics: {{path: out/metrics.jsonl, format: jsonl}}
+    weights: {{path: out/w.npz, format: npz}}
+config: {{scale: 0.5}}
+'''
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "nowhere"])
+def test_outputs_committed_in_the_tree_never_stand_in_for_the_run(tmp_path, where):
+    """A command-form spec whose declared outputs are committed in the pinned tree: the run
+    that wrote them elsewhere, or nothing at all, is an error naming the output, never a PASS
+    from the committed files. The removal is said in the notes of a run that did write them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import Project, git
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    p = Project(root)
+    p.spec = root / "specs" / "stale.yaml"
+    p.write("fit.py", STALE_SCRIPT)
+    subprocess.run([sys.executable, "fit.py", "out", "0.5"], cwd=root, check=True)  # outputs committed
+    commit = p.commit("script and its outputs")
+    p.write("specs/stale.yaml", STALE_SPEC.format(commit=commit, where="out"))
+    p.commit("spec")
+    recorded = pipeline.record(p.spec, pipeline.Options(runs=1))
+    assert recorded.status == "recorded", recorded.error
+
+    p.write("specs/stale.yaml", STALE_SPEC.format(commit=commit, where=where))
+    p.commit("the script writes elsewhere now (its committed outputs stay)")
+    v = pipeline.verify(p.spec)
+    assert v.status == "error", (v.status, v.mode_reason)   # was: PASS, bitwise, from the tree's files
+    assert "code.outputs.metrics: out/metrics.jsonl was not written by the script" in v.error, v.error
+    assert any("removed from the run's copy before the script ran" in n for n in recorded.notes), \
+        recorded.notes

@@ -195,7 +195,7 @@ def test_placeholders_environment_and_output_errors(tmp_path, monkeypatch):
     p.edit_spec("out/metrics.jsonl", "out/metrics.json")
     v = run(p.spec, Options())
     assert v.status == Status.ERROR
-    assert "out/metrics.json does not exist" in v.error and "exited with status 0" in v.error
+    assert "out/metrics.json was not written by the script" in v.error and "exited with status 0" in v.error
 
     p.edit_spec("config: {lr: 0.25}", "config: {lr: 0.25, crash: true}")
     v = run(p.spec, Options())
