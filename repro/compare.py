@@ -116,8 +116,8 @@ def choose_bitwise(mode: str, recorded_fp: Mapping[str, Any], run_fp: Mapping[st
 def _field_change(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     from repro.env.isa import effective_of
 
-    if key == "settings":
-        sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    if key == "settings" and isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+        sa, sb = a[key], b[key]
         keys = [k for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
         return "settings " + ", ".join(keys)
     if key == "effective_isa":

@@ -17,7 +17,7 @@ from repro.backends import Backend, RunDir, get_backend
 from repro.backends.base import progress_lines
 from repro.changes import changes_since_record
 from repro.confirm import classify
-from repro.env.settings import determinism_settings
+from repro.env.settings import child_isa, determinism_settings
 from repro.errors import ReproError
 from repro.failfast import compare, expecting, stopped_at
 from repro.job import Job
@@ -80,12 +80,7 @@ def prepare(spec: SpecRef, options: Options) -> Prepared:
     """Check every pin before anything runs: spec, code commit, data hashes (or data by URL)."""
     spec = as_spec(spec)
     options.backend_impl().check_host(spec)   # a GPU spec on a host without one: SKIPPED
-    if options.variation.emulate_cpu:
-        if options.backend != "local":
-            raise ReproError("--emulate-cpu runs the training with the local backend only (qemu-user "
-                             "runs this interpreter); drop --backend docker")
-        from repro.env.emulate import command
-        command(options.variation.emulate_cpu)   # qemu present and the model known, before anything runs
+    options.variation.check(options.backend)   # an emulated CPU: qemu-user here, the model known
     root = repo_root(spec.path or Path.cwd())
     code = resolve_code(spec, root, options.code)
     data = resolve_data(spec.data, root)   # data by URL fetched by sha256 (pins/fetch.py)
@@ -104,9 +99,8 @@ def make_job(prep: Prepared, options: Options) -> Job:
                grads_steps=tuple(grads.steps) if grads else (), weights=spec.record.weights,
                trace_steps=tuple(spec.record.trace.steps) if spec.record.trace else None,
                packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
-               compile_cache=str(cache_dir() / "jax-compile") if cache else None,
-               isa="native" if environment.platform == "gpu" else environment.isa,
-               xla_flags=tuple(environment.xla_flags), emulate_cpu=var.emulate_cpu), spec, options.replay)
+               compile_cache=str(cache_dir() / "jax-compile") if cache else None, emulate_cpu=var.emulate_cpu,
+               isa=child_isa(environment), xla_flags=tuple(environment.xla_flags)), spec, options.replay)
 
 
 @dataclass
@@ -194,8 +188,7 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
             v.rows, v.bitwise, v.fail_class = floor.disagreement.failures, True, "nondeterministic"
             v.mode_reason = describe(floor.disagreement, runs)
             return v
-        directory = record_dir(prep.repo_root, spec.name or "", result.platform_key,
-                               options.records_root)
+        directory = record_dir(prep.repo_root, spec.name or "", result.platform_key, options.records_root)
         write_record(directory, record_meta(prep.spec, prep.repo_root, prep.code, done.result,
                                             done.image_ref, options.backend, floor.info()),
                      result.arrays, result.checkpoints)
@@ -218,8 +211,7 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         recorded, loader, directory = None, None, None
         if key:
             # a bad record is reported before training; arrays load while the child trains
-            directory, recorded = check_record(record_dir(prep.repo_root, name, key,
-                                                          options.records_root))
+            directory, recorded = check_record(record_dir(prep.repo_root, name, key, options.records_root))
             loader = RecordLoader(directory)
         done = execute(prep, options, recorded, directory)
         rec = loader.result() if loader else read_record(

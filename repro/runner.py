@@ -282,8 +282,7 @@ def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any, notes: list[str]) 
     """code.command (docs/scripts.md): run the unmodified script in a writable copy of the tree,
     then log the metrics it wrote into `ctx` and return the weights it wrote, as if a
     train(ctx) had: everything after this is the same for both."""
-    from repro.command import (ScriptError, clear_outputs, run_script, script_environment, substitute,
-                               working_copy)
+    from repro.command import ScriptError, clear_outputs, run_script, script_environment, substitute, working_copy
     from repro.outputs import OutputError, read_metrics, read_weights, resolve
 
     assert job.command is not None

@@ -38,6 +38,12 @@ class Variation:
             changes["cpus"] = self.cpus
         return env.model_copy(update=changes) if changes else env
 
+    def check(self, backend: str) -> None:
+        """Refuse, before anything runs, a variation this machine cannot run (env/emulate.py)."""
+        if self.emulate_cpu is not None:
+            from repro.env.emulate import check
+            check(self.emulate_cpu, backend)
+
     def settings(self, settings: dict[str, str]) -> dict[str, str]:
         """The child's determinism settings (env/settings.py) as this variation runs them."""
         if self.deterministic_ops is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import textwrap
 
 import numpy as np
@@ -23,6 +24,7 @@ from repro.calibrate import (
     calibrate,
     deviations,
     propose_tolerance,
+    select,
     unavailable,
     variations_for,
     write_tolerances,
@@ -50,11 +52,16 @@ def names(variations):
 def test_variations_follow_the_host_and_leave_out_the_specs_own_settings():
     spec = parse_spec(BASE, file="t.yaml")          # isa portable, cpus 1
     avx2 = Host("x86_64", AVX2, 2)
+    emulated = ["cpu=Haswell-noTSX", "cpu=Skylake-Server-noTSX-IBRS", "cpu=SandyBridge"] \
+        if shutil.which("qemu-x86_64") else []   # the `cpu` kind: asked for by name (select)
     assert names(variations_for(spec, avx2)) == [
         "isa=SSE4_2", "isa=AVX", "cpus=2", "compile-cache=off", "compile-cache=warm",
-        "PYTHONHASHSEED=1", "PYTHONHASHSEED=2", "listing=reversed"]
-    assert unavailable(spec, avx2) == ["gpu-ops: environment.platform is not gpu; XLA's GPU "
-                                       "deterministic ops do not apply"]
+        "PYTHONHASHSEED=1", "PYTHONHASHSEED=2", "listing=reversed", *emulated]
+    assert not [v for v in select(variations_for(spec, avx2), None) if v.emulate_cpu]
+    assert [v.emulate_cpu for v in select(variations_for(spec, avx2), ["cpu"])] == [
+        n.split("=", 1)[1] for n in emulated]
+    assert [u for u in unavailable(spec, avx2) if not u.startswith("cpu:")] == [
+        "gpu-ops: environment.platform is not gpu; XLA's GPU deterministic ops do not apply"]
     # AVX-512: native (no ceiling) now differs from portable (AVX2); 1, 2 and all cores
     wide = variations_for(spec, Host("x86_64", AVX512, 16))
     assert names(wide)[:5] == ["isa=SSE4_2", "isa=AVX", "isa=native (AVX512)", "cpus=2",
@@ -80,7 +87,8 @@ def test_a_gpu_spec_varies_the_deterministic_ops_flag_and_nothing_of_the_cpu_isa
     varied = variations_for(gpu, Host("x86_64", AVX2, 2))
     assert not [v for v in varied if v.isa] and names(varied)[-1] == "deterministic-ops=off"
     assert unavailable(gpu, Host("x86_64", AVX2, 2)) == [
-        "isa: environment.platform is gpu; the CPU ISA ceiling does not apply"]
+        "isa: environment.platform is gpu; the CPU ISA ceiling does not apply",
+        "cpu: environment.platform is gpu; an emulated CPU has no GPU"]
     off = varied[-1]
     # what the child gets: the flag turned off in place, the other flags kept
     settings = determinism_settings(gpu.environment)

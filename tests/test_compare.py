@@ -289,7 +289,7 @@ def test_property_n_out_matches_an_elementwise_oracle(pair, rtol, atol):
 # -- choose_bitwise ------------------------------------------------------------------------------
 FP = {"jax": "0.4.30", "jaxlib": "0.4.30", "numpy": "1.26.4", "backend": "cpu",
       "device_kind": "cpu", "device_count": 1, "cpus": 1, "cpu_isa": ["avx2"],
-      "effective_isa": "AVX2",
+      "effective_isa": "AVX2", "l1d_cache": 32768,
       "settings": {"matmul_precision": "highest"}, "prng_canary": "ab" * 32, "machine": "x86_64",
       "hostname": "ci-1", "python": "3.11.7"}
 
@@ -298,10 +298,25 @@ def test_choose_bitwise_modes():
     other = {**FP, "jax": "0.4.31"}
     assert choose_bitwise("exact", FP, other) == (True, "tolerance.mode is exact")
     assert choose_bitwise("close", FP, dict(FP)) == (False, "tolerance.mode is close")
-    assert choose_bitwise("auto", FP, dict(FP)) == (True, "the environment fingerprint equals "
-                                                         "the record's")
+    # what was equal is said plainly (issue 23: "the fingerprint" was claimed while hosts differed)
+    assert choose_bitwise("auto", FP, dict(FP)) == (True, (
+        "jax 0.4.30, jaxlib 0.4.30, numpy 1.26.4, cpu ×1, 1 core(s), effective ISA AVX2, the "
+        "determinism settings and the PRNG canary equal the record's, L1 data cache 32768 bytes"))
+    avx512 = {**FP, "cpu_isa": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq",
+                                "avx512vl"], "kernels": [], "l1d_cache": 32768}
+    bitwise, reason = choose_bitwise("auto", {**FP, "cpu_isa": ["sse4_2", "avx", "avx2", "fma"],
+                                              "kernels": []}, avx512)
+    assert bitwise and reason.endswith("(recorded on a AVX2 CPU, run on a AVX512 one: every "
+                                       "library kernel pinned)"), reason
     bitwise, reason = choose_bitwise("auto", FP, {**other, "cpus": 2})
-    assert not bitwise and reason == "the environment differs from the record's (jax, cpus)"
+    assert not bitwise and reason == ("the environment differs from the record's: jax 0.4.30 -> "
+                                      "0.4.31; cpus 1 -> 2")
+    loose = {**FP, "effective_isa": "AVX512", "kernels": [
+        {"library": "YNNPACK", "op": "dot_general", "count": 3, "pinned": False, "how": "x"}]}
+    bitwise, reason = choose_bitwise("auto", FP, loose)
+    assert not bitwise and reason == ("the environment differs from the record's: effective ISA "
+                                      "AVX2 -> AVX512 (kernels the CPU chooses: YNNPACK "
+                                      "dot_general ×3 unpinned)")
 
 
 def test_auto_ignores_informational_fields():
@@ -312,7 +327,8 @@ def test_auto_ignores_informational_fields():
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)
 def test_auto_is_close_when_any_numeric_field_differs(field):
     bitwise, reason = choose_bitwise("auto", FP, {**FP, field: "something else"})
-    assert not bitwise and f"({field})" in reason
+    said = {"effective_isa": "effective ISA", "l1d_cache": "L1 data cache"}.get(field, field)
+    assert not bitwise and said in reason and "something else" in reason, reason
     assert not choose_bitwise("auto", {k: v for k, v in FP.items() if k != field}, FP)[0]
 
 
@@ -350,7 +366,8 @@ def test_compare_run_all_equal():
               **grads({0: {"dense/w": [[1, 1], [1, 1]]}, 4: {"dense/w": [[2, 2], [2, 2]]}})}
     c = run_compare(metrics, arrays, dict(metrics), dict(arrays), mode="auto")
     assert c.ok and c.failures == [] and c.bitwise
-    assert c.reason == "the environment fingerprint equals the record's"
+    assert c.reason.endswith("the determinism settings and the PRNG canary equal the record's, "
+                             "L1 data cache 32768 bytes"), c.reason
     assert [(r.kind, r.name) for r in c.rows] == [
         ("metric", "accuracy"), ("metric", "loss"), ("grad", "dense/w"), ("weight", "dense/w"),
         ("weight", "dense/b")]

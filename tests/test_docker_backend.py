@@ -15,6 +15,8 @@ from dockerutil import pin_image, repro_containers
 from repro import pipeline
 from tests.conftest import train_does
 
+pytestmark = pytest.mark.slow   # a real Docker engine and image builds: `-m "not slow"` leaves them out
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = pipeline.Options(backend="docker")
 

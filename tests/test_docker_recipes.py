@@ -18,6 +18,8 @@ from dockerutil import cpu_image_id, engine_client, pin_image, repro_containers
 
 from repro import pipeline
 
+pytestmark = pytest.mark.slow   # a real Docker engine and image builds: `-m "not slow"` leaves them out
+
 DOCKER = pipeline.Options(backend="docker")
 FAKE_DIST = ("RUN d=/opt/venv/lib/python3.11/site-packages/fakepkg-1.0.dist-info && mkdir $d "
              "&& printf 'Metadata-Version: 2.1\\nName: fakepkg\\nVersion: 1.0\\n' > $d/METADATA")

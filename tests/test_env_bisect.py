@@ -26,6 +26,8 @@ import pytest
 from conftest import lr_times
 from repro.envbisect import apply, ddmin, lock_changes, parse_lock, split
 
+pytestmark = pytest.mark.slow   # a real Docker engine and image builds: `-m "not slow"` leaves them out
+
 
 # -- ddmin, pure --------------------------------------------------------------------------------
 def _oracle(culprits: set[int], unresolved: set[frozenset[int]] = frozenset()):  # type: ignore[assignment]

@@ -18,7 +18,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 # one cluster for the module, even under `pytest -n N --dist loadgroup`: all its tests on one worker
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.slow]   # a two-node cluster: `-m "not slow"` leaves it out
 
 from raycluster import Cluster  # noqa: E402
 

@@ -56,3 +56,12 @@ def command(model: str) -> list[str]:
                          + (f"; close ones: {', '.join(near)}" if near else "")
                          + f" (`{QEMU} -cpu help` lists them all)")
     return [binary, "-cpu", model, os.path.realpath(sys.executable)]
+
+
+def check(model: str, backend: str) -> None:
+    """Refuse, before anything runs, what cannot be emulated: another backend (qemu-user runs
+    this interpreter), a missing qemu-x86_64, an unknown model."""
+    if backend != "local":
+        raise ReproError("--emulate-cpu runs the training with the local backend only (qemu-user "
+                         f"runs this interpreter); drop --backend {backend}")
+    command(model)

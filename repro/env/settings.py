@@ -54,6 +54,11 @@ def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
     return settings
 
 
+def child_isa(env_spec: EnvironmentSpec) -> str:
+    """The `environment.isa` the child applies (env/portable.py): none on a GPU platform."""
+    return "native" if env_spec.platform == "gpu" else env_spec.isa
+
+
 # glibc malloc: keep freed memory in the process instead of returning it to the kernel (and
 # taking it back, page fault by page fault) at every step. Measured on the 2-core firecracker VMs
 # this project runs on: a fresh training process ran its first ~50 s at ~88 ms a step, then ~50
