@@ -144,6 +144,21 @@ def test_a_portable_record_verifies_bitwise_on_an_emulated_haswell(tmp_path):
 
 @pytest.mark.slow
 @needs_avx2
+def test_the_projects_cnn_record_verifies_bitwise_on_an_emulated_haswell():
+    """digits-cnn sums a convolution's kernel gradient over 4096 terms in L1-sized slices: its
+    record (made on an AVX-512 Zen 4, L1d 32 KiB) reproduces bitwise on a CPU without AVX-512
+    that has the same L1 — the emulated Haswell reports 32 KiB on every host, so this check does
+    not depend on the CPU CI lands on."""
+    _needs_qemu()
+    v = pipeline.verify(ROOT / "specs" / "digits-cnn.yaml",
+                        pipeline.Options(variation=Variation("cpu", emulate_cpu="Haswell-noTSX")))
+    assert v.status == "pass", v.error or [r for r in v.rows if not r.ok]
+    assert v.bitwise is True and all(r.max_abs == 0 for r in v.rows), v.mode_reason
+    assert v.fingerprint["l1d_cache"] == 32768 and "avx512f" not in v.fingerprint["cpu_isa"]
+
+
+@pytest.mark.slow
+@needs_avx2
 def test_a_native_record_names_its_unpinned_kernels_and_another_cpu_compares_within_tolerance(tmp_path):
     """`native` pins no library: the fingerprint names YNNPACK's kernels as the CPU's choice,
     counts them at the CPU's best ISA, and an emulated Haswell compares within tolerance and
