@@ -277,36 +277,43 @@ def test_a_closed_pipe_is_not_a_mismatch(recorded_template, tmp_path):
 
 
 # -- 14.8: nothing a run started survives it ----------------------------------------------------
+# Each test's sleepers sleep for its own number of seconds, so a test beside it (pytest -n 2)
+# that spawns sleepers too is never mistaken for a leak (issue 25, item 11).
 SPAWNS = '''
     import subprocess as _sp, os as _o
-    _sp.Popen(["sleep", "300"])                              # a plain child
-    _sp.Popen(["sleep", "301"], start_new_session=True)      # a daemon in a session of its own
+    _sp.Popen(["sleep", "{0}"])                              # a plain child
+    _sp.Popen(["sleep", "{1}"], start_new_session=True)      # a daemon in a session of its own
     if _o.fork() == 0:                                       # a double fork, re-parented
         _o.setsid()
-        _sp.Popen(["sleep", "302"])
+        _sp.Popen(["sleep", "{2}"])
         _o._exit(0)
 '''
 
 
-def _sleepers() -> list[int]:
+def _spawns(base: int) -> str:
+    return SPAWNS.format(base, base + 1, base + 2)
+
+
+def _sleepers(base: int) -> list[int]:
     from repro.proctree import _parents
     out = []
+    mine = [[str(base + i).encode()] for i in range(3)]
     for pid in _parents():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmd[:1] == [b"sleep"] and cmd[1:2] in ([b"300"], [b"301"], [b"302"]):
+        if cmd[:1] == [b"sleep"] and cmd[1:2] in mine:
             out.append(pid)
     return out
 
 
 def test_processes_the_training_starts_do_not_outlive_a_successful_run(project):
-    assert not _sleepers(), "sleepers left by another test"
-    train_does(project, SPAWNS)
+    assert not _sleepers(300), "sleepers of this test left by an earlier run of it"
+    train_does(project, _spawns(300))
     v = pipeline.run(project.spec)
     assert v.status == "ran", v.error
-    assert not _sleepers()
+    assert not _sleepers(300)
     assert any("the training left 3 process(es) running; repro killed them" in n
                for n in v.notes), v.notes
 
@@ -318,21 +325,21 @@ def test_sigterm_to_repro_verify_leaves_no_process_and_no_run_dir(project, tmp_p
     import time
 
     from tests.conftest import runner_children
-    train_does(project, SPAWNS + "    import time as _t\n    _t.sleep(60)\n")
+    train_does(project, _spawns(310) + "    import time as _t\n    _t.sleep(60)\n")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "run", "specs/tiny.yaml"],
                             cwd=project.root, env={**os.environ, "TMPDIR": str(tmp)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and len(_sleepers()) < 3:
+    while time.time() < deadline and len(_sleepers(310)) < 3:
         time.sleep(0.1)
-    assert len(_sleepers()) == 3 and runner_children(proc.pid)
+    assert len(_sleepers(310)) == 3 and runner_children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     time.sleep(0.3)
-    assert not _sleepers() and not runner_children(proc.pid)
+    assert not _sleepers(310) and not runner_children(proc.pid)
     assert not list(tmp.iterdir()), "the run directory was left behind"
 
 

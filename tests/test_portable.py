@@ -59,13 +59,14 @@ def _fixture_spec(directory: Path, portable: bool = True):
     return spec
 
 
-FIXTURES = [AVX512_HOST / n for n in ("digits-mlp", "digits-cnn", "flax-digits-mlp", "tiny-lm")] + \
-    [ROOT / "fixtures" / "cross-host" / "avx512-l1d32k" / n
-     for n in ("digits-mlp", "digits-cnn", "flax-digits-mlp", "tiny-lm")]
+FIXTURES = [pytest.param(root / n, id=f"{root.name}/{n}",
+                         marks=[pytest.mark.slow] if n == "tiny-lm" else [])   # 300 LM steps: ~30 s
+            for root in (AVX512_HOST, ROOT / "fixtures" / "cross-host" / "avx512-l1d32k")
+            for n in ("digits-mlp", "digits-cnn", "flax-digits-mlp", "tiny-lm")]
 
 
 @needs_avx2
-@pytest.mark.parametrize("directory", FIXTURES, ids=lambda d: f"{d.parent.name}/{d.name}")
+@pytest.mark.parametrize("directory", FIXTURES)
 def test_records_from_an_avx512_host_reproduce_bitwise_here_under_portable(directory, tmp_path):
     """Made on AVX-512 EPYCs with the recipe (../shared/fixtures/cross-host/README.md and
     fixtures/cross-host/avx512-l1d32k/README.md): under `portable` this host computes the same
