@@ -51,7 +51,43 @@ def _relative_path(value: str, what: str) -> str:
         raise ValueError(f"{what} {value!r} is absolute; give it relative to the repository root")
     if ".." in p.parts:
         raise ValueError(f"{what} {value!r} leaves the repository ('..'); data must live inside it")
+    if any(part.lower() == ".git" for part in p.parts):
+        raise ValueError(f"{what} {value!r} is inside .git: git's own files (its config, hooks, "
+                         "credentials) are never data or outputs; git refuses such paths too")
     return str(p)
+
+
+# Programs whose first non-option argument is the script they run: a path that must be the
+# pinned tree's (code.command, docs/scripts.md).
+_INTERPRETERS = re.compile(r"^(python[0-9.]*|bash|sh|zsh|dash|perl|ruby|node|Rscript)$")
+
+
+def command_path_problem(command: list[str]) -> str | None:
+    """Why a command would run code outside the pinned tree, or None: an absolute or '..' path
+    in its program position, or in its script position after an interpreter."""
+    def outside(arg: str) -> bool:
+        path = PurePosixPath(arg)
+        return path.is_absolute() or ".." in path.parts or arg.startswith("~")
+    if not command:
+        return None
+    program = command[0]
+    if outside(program):
+        return (f"the program {program!r} is outside the pinned tree (absolute or '..'); run "
+                "a program by name from PATH (`python`) or a script of the tree by a relative path")
+    if _INTERPRETERS.match(PurePosixPath(program).name):
+        args = iter(command[1:])
+        for arg in args:
+            if arg[:2] in ("-m", "-c"):
+                return None   # a module or inline code: no script path
+            if arg in ("-W", "-X"):
+                next(args, None)   # an option's value, not the script
+            if arg.startswith("-"):
+                continue
+            if outside(arg):
+                return (f"the script {arg!r} is outside the pinned tree (absolute or '..'), so "
+                        "the commit would not pin it; give a path relative to the tree's root")
+            return None
+    return None
 
 
 class OutputFile(_Model):
@@ -125,6 +161,9 @@ class CodeSpec(_Model):
             raise ValueError("give either code.entrypoint (module:function) or code.command "
                              "(an unmodified script), not " + ("both" if self.command else "neither"))
         if self.command is not None:
+            problem = command_path_problem(self.command)
+            if problem:
+                raise ValueError(f"code.command: {problem}")
             if self.outputs is None or (self.outputs.metrics is None and self.outputs.weights is None):
                 raise ValueError("code.command needs code.outputs: the metrics and/or weights "
                                  "files the script writes (docs/scripts.md)")

@@ -625,3 +625,33 @@ def test_outputs_committed_in_the_tree_never_stand_in_for_the_run(tmp_path, wher
     assert "code.outputs.metrics: out/metrics.jsonl was not written by the script" in v.error, v.error
     assert any("removed from the run's copy before the script ran" in n for n in recorded.notes), \
         recorded.notes
+
+
+# -- issue 25, items 4 and 6: data pins into .git/, commands that run code outside the pin -------
+def test_a_data_path_inside_git_is_refused_at_spec_load():
+    from repro.errors import SpecError
+    from repro.spec import parse_spec
+
+    base = {"repro": 1, "code": {"commit": "a" * 40, "entrypoint": "m:f"}}
+    for path in (".git/config", "sub/.git/hooks/pre-commit", ".GIT/config"):
+        with pytest.raises(SpecError, match=r"is inside \.git: git's own files"):
+            parse_spec({**base, "data": {"cfg": {"path": path, "sha256": "0" * 64}}}, file="t.yaml")
+
+
+def test_a_command_whose_script_is_outside_the_tree_is_refused_in_the_spec_and_by_init(project, tmp_path):
+    from repro.errors import SpecError
+    from repro.spec import parse_spec
+
+    outside = tmp_path / "outside.py"
+    outside.write_text("print('not pinned')\n")
+    base = {"repro": 1, "record": {"weights": "none"},
+            "code": {"commit": "a" * 40, "outputs": {"metrics": {"path": "m.jsonl", "format": "jsonl"}}}}
+    for command in (["python", str(outside)], ["python", "-u", "../x.py"], ["/usr/bin/python3", "t.py"]):
+        with pytest.raises(SpecError, match="outside the pinned tree"):
+            parse_spec({**base, "code": {**base["code"], "command": command}}, file="t.yaml")
+    ok = parse_spec({**base, "code": {**base["code"], "command": ["python", "-m", "pkg.train"]}}, file="t.yaml")
+    assert ok.code.command == ["python", "-m", "pkg.train"]
+    proc = project.repro("init", "--command", f"python {outside}", "--metrics", "m.jsonl:jsonl")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "outside the pinned tree" in proc.stderr + proc.stdout
+    assert not list((project.root / "specs").glob("outside*.yaml"))
