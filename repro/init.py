@@ -81,7 +81,8 @@ def default_name(entrypoint: str | None, command: Sequence[str] | None = None) -
     parts = [p for p in module.split(".") if p]
     if func not in ("train", "main", parts[-1] if parts else ""):
         parts.append(func)
-    return re.sub(r"[^A-Za-z0-9._-]", "-", "-".join(parts))
+    # a spec name starts with a letter or digit: `_x.train:train` -> `x-train`
+    return re.sub(r"[^A-Za-z0-9._-]", "-", "-".join(parts)).lstrip(".-_") or "spec"
 
 
 def init(request: InitRequest, options: Any = None) -> InitResult:
@@ -105,6 +106,9 @@ def init(request: InitRequest, options: Any = None) -> InitResult:
     what = request.entrypoint or " ".join(request.command or ())
     spec_path = (root / request.spec_path) if request.spec_path else root / "specs" / f"{name}.yaml"
     spec_path = spec_path.resolve()
+    if not spec_path.is_relative_to(root.resolve()):   # refused before any probe runs
+        raise InitError(f"--spec {request.spec_path} is outside the repository {root}: a spec lives "
+                        "in the repository whose code it pins (e.g. specs/NAME.yaml)")
     _refuse_existing(spec_path, root, name, options)
     commit = head_commit(root)
     reason = (_commit_reason(root, commit, request.entrypoint) if request.entrypoint is not None

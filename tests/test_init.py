@@ -94,3 +94,22 @@ def test_init_from_a_command_records_an_unmodified_script(fresh):
     dirty = fresh.repro("init", "--command", "python fit.py", "--name", "fit2", "--metrics",
                         "out/metrics.jsonl:jsonl", check_rc=2)
     assert "fit.py has uncommitted changes" in dirty.stderr
+
+
+def test_init_derives_a_valid_name_and_refuses_a_spec_outside_before_probing(tmp_path):
+    """Issue 25, item 10: `_x.train:train` gives the spec name `x-train` (a name starts with a
+    letter or digit), and `--spec` outside the repository is refused before the probe runs."""
+    p, _ = build_workload(tmp_path / "proj")
+    p.write("_x/__init__.py", "")
+    p.write("_x/train.py", (p.root / "tinyproj" / "train.py").read_text())
+    p.commit("a module whose name starts with _")
+    out = p.repro("init", "--entrypoint", "_x.train:train", "--data", "xy=data/xy.npz", "--seed",
+                  "params=0", "--config", "lr=0.05", "--config", "steps=3", "--no-stream", check_rc=0).stdout
+    assert "RECORDED x-train" in out and (p.root / "specs" / "x-train.yaml").is_file(), out
+    marker = tmp_path / "probed"
+    p.write("tinyproj/train.py", (p.root / "tinyproj" / "train.py").read_text().replace(
+        "def train(ctx):\n", f"def train(ctx):\n    open({str(marker)!r}, 'w').close()\n"))
+    p.commit("a training that leaves a mark when it runs")
+    bad = p.repro("init", *INIT[1:], "--spec", str(tmp_path / "elsewhere" / "s.yaml"), check_rc=2)
+    assert "is outside the repository" in bad.stderr, bad.stderr
+    assert not marker.exists(), "the probe ran before the refusal"
