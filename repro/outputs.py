@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ def resolve(workdir: Path, rel: str) -> Path:
     real, root = os.path.realpath(path), os.path.realpath(workdir)
     if real != root and not real.startswith(root + os.sep):
         raise OutputError(f"{rel}: resolves to {real}, outside the script's working directory")
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        raise OutputError(f"{rel}: not a regular file or directory (a FIFO, socket or device would "
+                          "block or lie); the script must write its outputs as files")
     return path
 
 
@@ -118,9 +122,15 @@ def _event_files(path: Path, shown: str) -> list[tuple[str, Path]]:
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
         rel = os.path.relpath(dirpath, path)
+        for name in sorted(dirnames + filenames):
+            entry = Path(dirpath, name)
+            if entry.is_symlink():   # never followed: a link may point anywhere on the host
+                raise OutputError(f"{shown}/{entry.relative_to(path)}: a link in a TensorBoard "
+                                  "directory is refused; its event files must be the run's own")
         for name in sorted(filenames):
-            if "tfevents" in name:
-                found.append(("" if rel == "." else rel.replace(os.sep, "/") + "/", Path(dirpath, name)))
+            entry = Path(dirpath, name)
+            if "tfevents" in name and stat.S_ISREG(os.lstat(entry).st_mode):   # a FIFO would block
+                found.append(("" if rel == "." else rel.replace(os.sep, "/") + "/", entry))
     if not found:
         raise OutputError(f"{shown}: no TensorBoard event file (events.out.tfevents.*) in it")
     return found
@@ -190,7 +200,12 @@ def read_weights(path: Path, fmt: str, shown: str) -> Any:
         if fmt == "safetensors":
             from safetensors.numpy import load_file
 
-            return load_file(str(path))
+            tensors = load_file(str(path))
+            bad = [k for k in tensors if k.startswith(("/", "..")) or ".." in k.split("/")]
+            if bad:
+                raise OutputError(f"{shown}: tensor name {bad[0]!r} is refused (a leading '/' or a "
+                                  "'..' segment would make a weights path that climbs)")
+            return tensors
         if fmt == "orbax":
             return _orbax(path, shown)
     except OutputError:

@@ -655,3 +655,31 @@ def test_a_command_whose_script_is_outside_the_tree_is_refused_in_the_spec_and_b
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "outside the pinned tree" in proc.stderr + proc.stdout
     assert not list((project.root / "specs").glob("outside*.yaml"))
+
+
+# -- issue 25, item 9: output directories ---------------------------------------------------------
+def test_output_readers_refuse_fifos_links_and_climbing_tensor_names(tmp_path):
+    """Real files: a FIFO among a TensorBoard directory's event files is not read (it would block
+    the run until its timeout), a link there is refused, a FIFO as the declared output is refused,
+    and a safetensors tensor whose name climbs ('../../x') is refused."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tensorboardX import SummaryWriter
+
+    from repro.outputs import OutputError, read_metrics, read_weights, resolve
+
+    logs = tmp_path / "work" / "logs"
+    with SummaryWriter(str(logs)) as w:
+        w.add_scalar("loss", 0.5, 0)
+    os.mkfifo(logs / "events.out.tfevents.0.fifo")
+    rows = read_metrics(logs, "tensorboard", "logs")   # returns: the FIFO was never opened
+    assert [r[1:] for r in rows] == [(0, {"loss": 0.5})]
+    (logs / "events.out.tfevents.1.link").symlink_to("/etc/passwd")
+    with pytest.raises(OutputError, match="a link in a TensorBoard directory is refused"):
+        read_metrics(logs, "tensorboard", "logs")
+    os.mkfifo(tmp_path / "work" / "metrics.jsonl")
+    with pytest.raises(OutputError, match="not a regular file or directory"):
+        resolve(tmp_path / "work", "metrics.jsonl")
+    save_file({"../../x": np.zeros(2, np.float32)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(OutputError, match="tensor name '../../x' is refused"):
+        read_weights(tmp_path / "w.safetensors", "safetensors", "w.safetensors")
