@@ -53,7 +53,11 @@ def _number(value: Any, where: str, key: str) -> float:
     if not isinstance(value, (int, float)):   # booleans too: 0 or 1, as ctx.log takes them
         raise OutputError(f"{where}: {key!r} is {type(value).__name__} {value!r:.60}, not a number "
                           f"(every key but {STEP!r} is a metric, and metrics are numbers)")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:   # an integer of hundreds of digits
+        raise OutputError(f"{where}: {key!r} is an integer of {len(str(value))} digits, too large "
+                          "for a float") from None
 
 
 def _step(value: Any, where: str) -> int:
@@ -64,13 +68,20 @@ def _step(value: Any, where: str) -> int:
 
 
 def _jsonl(path: Path, shown: str) -> Iterator[Row]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             where = f"{shown}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise OutputError(f"{where}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 4]!r})") \
+                    from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
+            except RecursionError:
+                raise OutputError(f"{where}: JSON nested too deeply to be a metrics line") from None
             except ValueError as exc:
                 raise OutputError(f"{where}: not a JSON object ({exc}): {line.strip()[:80]!r}") from None
             if not isinstance(obj, dict):
@@ -174,6 +185,7 @@ def _check_records(file: Path, where: str) -> None:
     ended wrote all it will; a damaged file is an error naming its first bad record."""
     from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
 
+    _check_lengths(file, where)
     reader = pywrap_tensorflow.PyRecordReader_New(str(file), 0, None)
     n = 0
     while True:
@@ -185,6 +197,22 @@ def _check_records(file: Path, where: str) -> None:
             raise OutputError(f"{where}: damaged TensorBoard event file at record {n + 1} "
                               f"({str(exc).replace(str(file), '').strip()})") from None
         n += 1
+
+
+def _check_lengths(file: Path, where: str) -> None:
+    """Each record's claimed length fits in what the file holds, before any reader allocates
+    it: a record claiming 2**62 bytes is damage, not a request for memory."""
+    import struct
+
+    size, pos, n = file.stat().st_size, 0, 0
+    with open(file, "rb") as f:
+        while pos + 12 <= size:
+            (length,) = struct.unpack("<Q", f.read(12)[:8])
+            if length > size:   # a cut record (shorter) is the loader's to name
+                raise OutputError(f"{where}: damaged TensorBoard event file at record {n + 1} (it "
+                                  f"claims {length} bytes; the whole file holds {size})")
+            f.seek(length + 4, os.SEEK_CUR)
+            pos, n = pos + 16 + length, n + 1
 
 
 # -- weights ---------------------------------------------------------------------------------------

@@ -683,3 +683,31 @@ def test_output_readers_refuse_fifos_links_and_climbing_tensor_names(tmp_path):
     save_file({"../../x": np.zeros(2, np.float32)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(OutputError, match="tensor name '../../x' is refused"):
         read_weights(tmp_path / "w.safetensors", "safetensors", "w.safetensors")
+
+
+# -- issue 25, item 8 (its last part): hostile output files are named with file and line ----------
+def test_hostile_metrics_files_are_named_with_file_and_line(tmp_path):
+    """A 400-digit integer, 100,000-deep nesting, bad UTF-8 and a TensorBoard record claiming
+    2**62 bytes: each an OutputError naming the file (and line), never a bare Python error."""
+    import struct
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from repro.outputs import OutputError, read_metrics
+
+    cases = {"big.jsonl": ('{"step": 0, "loss": ' + "9" * 400 + "}\n").encode(),
+             "deep.jsonl": b'{"step": 0}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+             "utf8.jsonl": b'{"step": 0, "loss": 1.0}\n{"step": 1, "lo\xffss": 2.0}\n'}
+    expected = {"big.jsonl": r"big.jsonl:1: 'loss' is an integer of 400 digits",
+                "deep.jsonl": r"deep.jsonl:2: JSON nested too deeply",
+                "utf8.jsonl": r"utf8.jsonl:2: not UTF-8 text"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(OutputError, match=expected[name]):
+            read_metrics(tmp_path / name, "jsonl", name)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    head = struct.pack("<Q", 2 ** 62)
+    (logs / "events.out.tfevents.0.vm").write_bytes(head + struct.pack("<I", masked_crc32c(head)) + b"x" * 16)
+    with pytest.raises(OutputError, match=r"record 1 \(it claims 4611686018427387904 bytes"):
+        read_metrics(logs, "tensorboard", "logs")
