@@ -173,11 +173,15 @@ def push(proj: Project, jobs: int = JOBS, limit: int | None = None) -> Transfer:
 
 
 def pull(proj: Project, jobs: int = JOBS) -> Transfer:
-    """Fetch the large blobs of the project's records this machine's store lacks."""
+    """Fetch the large blobs of the project's records this machine's store lacks, or holds
+    damaged (every local blob is re-hashed: "already there" means intact; a damaged one or a
+    link is replaced)."""
     t0 = time.perf_counter()
     blobs = _unique(b for b in proj.blobs if b.place == "store")
     store = machine_store()
-    todo = [b for b in blobs if not store.has(b.sha256)]
+    intact: dict[str, bool] = {}
+    _pool(lambda b: intact.__setitem__(b.sha256, store.intact(b.sha256)), blobs, jobs)
+    todo = [b for b in blobs if not intact[b.sha256]]
     out = Transfer("pull", blobs=len(blobs), skipped=len(blobs) - len(todo),
                    where=proj.remote.url if proj.remote else "")
     if todo:

@@ -181,10 +181,12 @@ def check_blobs(directory: Path, checkpoints: CheckpointsInfo | None,
     """Every blob the record points to is where record.json says (its hash is checked when
     read): a missing one is named before any training time is spent. Store blobs missing here
     are fetched first from the remote the repository names (repro/blobsync.py; fsspec is
-    imported only then), each re-hashed before it is renamed into place."""
+    imported only then), each re-hashed before it is renamed into place; so are store blobs
+    here that fail their hash."""
     absent = []
     for ref in blob_refs(directory, checkpoints, index):
-        if ref.local().has(ref.sha256):
+        # a store blob is re-hashed here: a damaged one (or a link) is fetched again, replacing it
+        if ref.local().intact(ref.sha256) if ref.place == "store" else ref.local().has(ref.sha256):
             continue
         if ref.place == "store":
             absent.append(ref)

@@ -33,7 +33,7 @@ GIT_BLOB_MAX = 1 << 20   # blobs up to 1 MiB stay with the record (in git); larg
 
 def machine_store() -> BlobStore:
     """The machine's store (`$REPRO_CACHE_DIR/store`, else `~/.cache/repro/store`)."""
-    return BlobStore(cache_dir() / "store")
+    return BlobStore(cache_dir() / "store", repair="delete it and run `repro pull` (or record again)")
 
 
 def array_bytes(arr: np.ndarray) -> bytes:
@@ -50,8 +50,9 @@ def bytes_array(data: bytes) -> np.ndarray:
 class BlobStore:
     """Blobs under `root`, named by sha256."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, repair: str = "restore it from git or record again"):
         self.root = Path(root)
+        self.repair = repair   # what a user does about a damaged blob here
 
     def path(self, sha256: str) -> Path:
         if not _SHA.match(sha256):
@@ -59,13 +60,20 @@ class BlobStore:
         return self.root / sha256[:2] / sha256[2:]
 
     def has(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        """A blob of that name is here: a regular file (a link is not a blob)."""
+        path = self.path(sha256)
+        return path.is_file() and not path.is_symlink()
+
+    def intact(self, sha256: str) -> bool:
+        """A blob of that name is here and its bytes hash to it."""
+        return self.has(sha256) and hash_file(self.path(sha256)) == sha256
 
     def put(self, data: bytes) -> str:
-        """Store `data` (once) and return its sha256."""
+        """Store `data` (once) and return its sha256. A file already there is kept only when
+        its bytes hash to its name; a damaged one, or a link, is replaced."""
         sha = hashlib.sha256(data).hexdigest()
         target = self.path(sha)
-        if target.is_file() and target.stat().st_size == len(data):
+        if self.has(sha) and target.stat().st_size == len(data) and hash_file(target) == sha:
             return sha
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -95,8 +103,7 @@ class BlobStore:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             raise RecordError(f"{what}: blob {target} is damaged (its sha256 is {actual[:12]}…, "
-                              f"its name says {sha256[:12]}…); it is not used. Restore it from "
-                              "git or record again")
+                              f"its name says {sha256[:12]}…); it is not used: {self.repair}")
         return data
 
     def shas(self) -> Iterator[str]:

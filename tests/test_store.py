@@ -255,3 +255,51 @@ def test_a_checksummed_put_is_not_payload_signed_unless_the_project_says_so(s3_s
     assert sent_with({}) == "UNSIGNED-PAYLOAD"
     signed = sent_with({"config_kwargs": {"s3": {"payload_signing_enabled": True}}})
     assert len(signed) == 64 and signed != "UNSIGNED-PAYLOAD"      # the body's sha256
+
+
+def test_damaged_or_linked_local_blobs_are_repaired_by_pull_and_verify_and_never_recorded(
+        big, s3_server, tmp_path, monkeypatch):
+    """Issue 25, item 3: a local store blob of the right name and size but damaged bytes, or a
+    link in its place, is no blob: `repro pull` fetches it again (it used to say "already there;
+    ok"), a verify's fetch replaces it before training, and `put` (what `repro record` calls)
+    rewrites it instead of recording against it. The advice for one is `repro pull`."""
+    from repro.store import BlobStore
+
+    set_store(big, f"s3://{BUCKET}/repair")
+    big.repro("push", check_rc=0)
+    sha = frozen_sha(big)
+    cache = fresh_cache(monkeypatch, tmp_path)
+    big.repro("pull", check_rc=0)
+    blob = cache / "store" / sha[:2] / sha[2:]
+    good = blob.read_bytes()
+
+    def damage() -> None:
+        blob.chmod(0o644)
+        blob.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))   # same name, same size
+
+    damage()
+    out = big.repro("pull", check_rc=0).stdout
+    assert "fetched 1 of 1 blobs" in out, out
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha
+
+    damage()
+    out = big.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
+    assert "PASS tiny" in out, out
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(good)
+    blob.unlink()
+    blob.symlink_to(elsewhere)                 # a link, even to the right bytes, is not a blob
+    out = big.repro("pull", check_rc=0).stdout
+    assert "fetched 1 of 1 blobs" in out and not blob.is_symlink(), out
+
+    damage()
+    store = BlobStore(cache / "store")
+    assert store.put(good) == sha and hashlib.sha256(blob.read_bytes()).hexdigest() == sha
+
+    from repro.errors import RecordError
+    from repro.store import machine_store
+    damage()
+    with pytest.raises(RecordError, match="delete it and run `repro pull`"):
+        machine_store().get(sha, "the frozen leaf")
