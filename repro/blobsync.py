@@ -55,6 +55,7 @@ class Transfer:
     seconds: float = 0.0
     seed: int | None = None
     where: str = ""
+    swept: int = 0            # verify: temporaries of killed writers removed from the store
     problems: list[Problem] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -80,6 +81,8 @@ class Transfer:
         line += f", {self.rate()}"
         if self.seed is not None:
             line += f"; sample seed {self.seed}"
+        if self.swept:
+            line += f"; removed {self.swept} temporary file(s) left by killed writers"
         missing = sum(p.what == "missing" for p in self.problems)
         corrupt = sum(p.what == "corrupt" for p in self.problems)
         return line + (f"; {missing} missing, {corrupt} corrupt" if self.problems else "; ok")
@@ -278,6 +281,7 @@ def verify(projs: Sequence[Project], sample: float | None = None, seed: int | No
             out.blobs += len(there)
     else:
         store = machine_store()
+        out.swept = len(store.sweep())
         files = {sha: store.path(sha) for sha in store.shas()}
         for b in refs:
             if b.place == "record":

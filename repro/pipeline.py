@@ -83,7 +83,7 @@ def prepare(spec: SpecRef, options: Options) -> Prepared:
     options.variation.check(options.backend)   # an emulated CPU: qemu-user here, the model known
     root = repo_root(spec.path or Path.cwd())
     code = resolve_code(spec, root, options.code)
-    data = resolve_data(spec.data, root)   # data by URL fetched by sha256 (pins/fetch.py)
+    data = resolve_data(spec.data, root, options.timeout or spec.timeout)   # by URL: pins/fetch.py
     return Prepared(spec, root, code, data)
 
 

@@ -269,12 +269,20 @@ class Remote:
 
     def chunks(self, sha256: str, size: int | None = None) -> Iterator[bytes]:
         """The blob's bytes from the remote, in pieces (FileNotFoundError when absent). A blob
-        whose size is known and small comes in one GET (opening a file costs a HEAD first)."""
+        whose size is known and small comes in one GET (opening a file costs a HEAD first).
+        With a known size at most size + 1 bytes are read: a longer blob (a remote that streams
+        without end) is corrupt, and its hash says so, without filling memory or disk."""
         if size is not None and size <= ONE_GET_MAX:
-            yield self.fs.cat_file(self.path(sha256))
+            yield self.fs.cat_file(self.path(sha256), start=0, end=size + 1)[: size + 1]
             return
+        left = None if size is None else size + 1
         with self.fs.open(self.path(sha256), "rb", block_size=CHUNK) as f:
-            while chunk := f.read(CHUNK):
+            while left is None or left > 0:
+                chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def download(self, sha256: str, store: BlobStore, size: int | None = None) -> None:

@@ -200,6 +200,11 @@ class DataEntry(_Model):
                             description="fsspec URL (s3://, gs://, https://, file://) of the file, "
                                         "fetched by its sha256 into the machine's cache when "
                                         "`path` is absent; single files only")
+    # The fetched file's size in bytes: a longer body is refused as it arrives (without it, a
+    # machine-wide limit applies: $REPRO_DATA_MAX_BYTES, default 4 GiB). Like the URL it is not
+    # part of the hash: the sha256 already pins the content.
+    size: int | None = Field(None, ge=0, exclude=True, description="with `url`: the file's size "
+                             "in bytes; a longer body is refused as it arrives")
 
     @field_validator("url")
     @classmethod

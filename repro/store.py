@@ -27,6 +27,21 @@ from repro.errors import RecordError
 from repro.paths import cache_dir
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+_TMP = re.compile(r"^\.tmp-(\d+)-")   # a writer's temporary: `.tmp-<pid>-…`
+
+
+def _tmp_prefix() -> str:
+    return f".tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # another user's live process
+    return True
 CHUNK = 1 << 22                # 4 MiB: reads and writes of blobs are streamed in pieces this size
 GIT_BLOB_MAX = 1 << 20   # blobs up to 1 MiB stay with the record (in git); larger ones go to the store
 
@@ -76,7 +91,7 @@ class BlobStore:
         if self.has(sha) and target.stat().st_size == len(data) and hash_file(target) == sha:
             return sha
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_tmp_prefix())
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -117,14 +132,37 @@ class BlobStore:
                 if _SHA.match(sub.name + f.name) and f.is_file():
                     yield sub.name + f.name
 
+    def sweep(self, directory: Path | None = None) -> list[Path]:
+        """Remove the temporaries of writers that are gone (a process killed mid-write leaves
+        `.tmp-<pid>-…`), in one blob directory or the whole store; returns what was removed.
+        A live writer's temporary is never touched."""
+        dirs = [directory] if directory is not None else (
+            [d for d in self.root.iterdir() if d.is_dir() and len(d.name) == 2] if self.root.is_dir() else [])
+        removed = []
+        for d in dirs:
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            for name in names:
+                m = _TMP.match(name)
+                if m and not _alive(int(m.group(1))):
+                    try:
+                        os.unlink(d / name)
+                        removed.append(d / name)
+                    except OSError:
+                        pass
+        return removed
+
     def install(self, sha256: str, chunks: Iterable[bytes]) -> str:
         """Write the bytes of `chunks` as blob `sha256`, hashing them on the way: renamed into
         place only when their sha256 is the name, else nothing is kept. Returns the sha256 of
         the bytes received (the caller compares it with `sha256`)."""
         target = self.path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self.sweep(target.parent)   # what a writer killed here (kill -9 mid-download) left
         digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_tmp_prefix())
         try:
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:

@@ -233,3 +233,64 @@ def test_a_url_that_names_a_directory_is_refused(tmp_path, monkeypatch):
         fetch_data("images", "data/images", "0" * 64, (tmp_path / "images").as_uri(), tmp_path)
     with pytest.raises(DataPinError, match="needs its sha256"):
         fetch_data("images", "data/images", None, (tmp_path / "images").as_uri(), tmp_path)
+
+
+class Endless(http.server.BaseHTTPRequestHandler):
+    """A hostile data URL: its body never ends (`pace` seconds between 64 KiB pieces; bounded at
+    60 s and 4 GiB, so the server stops by itself)."""
+
+    pace = 0.0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        import time as _time
+        self.send_response(200)
+        self.end_headers()
+        piece, t0 = b"\0" * 65536, _time.monotonic()
+        try:
+            for _ in range(65536):
+                if _time.monotonic() - t0 > 60:
+                    break
+                self.wfile.write(piece)
+                if self.pace:
+                    _time.sleep(self.pace)
+        except OSError:
+            pass   # the client hung up: what the test wants
+
+
+@pytest.mark.parametrize("case", ["size", "limit", "timeout"])
+def test_an_endless_or_slow_data_url_is_cut_off_naming_the_entry(tmp_path, monkeypatch, case):
+    """Issue 25, item 2: a data URL whose body never ends is refused once it passes the entry's
+    pinned `size`, or without one $REPRO_DATA_MAX_BYTES; one that trickles is cut at the spec's
+    timeout. Nothing is kept."""
+    import time as _time
+
+    from repro.errors import DataPinError
+    from repro.pins.fetch import fetch_data
+
+    cache = fresh_cache(monkeypatch, tmp_path)
+    handler = type("E", (Endless,), {"pace": 0.2 if case == "timeout" else 0.0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
+    monkeypatch.setenv("REPRO_DATA_MAX_BYTES", "1000000")
+    size = 100_000 if case == "size" else None
+    deadline, timeout = (_time.monotonic() + 1.0, 1.0) if case == "timeout" else (None, None)
+    expected = {"size": r"longer than its pinned size \(100000 bytes\)",
+                "limit": r"past \$REPRO_DATA_MAX_BYTES \(1000000 bytes\)",
+                "timeout": r"ran past the spec's timeout \(1 s"}[case]
+    t0 = _time.monotonic()
+    try:
+        with pytest.raises(DataPinError, match=expected) as err:
+            fetch_data("big", "data/big.bin", "0" * 64, url, tmp_path, size, deadline, timeout)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "data 'big'" in str(err.value) and _time.monotonic() - t0 < 20
+    assert not [f for f in (cache / "store").rglob("*") if f.is_file()]   # nothing kept

@@ -303,3 +303,59 @@ def test_damaged_or_linked_local_blobs_are_repaired_by_pull_and_verify_and_never
     damage()
     with pytest.raises(RecordError, match="delete it and run `repro pull`"):
         machine_store().get(sha, "the frozen leaf")
+
+
+@pytest.mark.parametrize("size", [1000, 80 << 20])   # one GET; streamed in pieces
+def test_a_remote_blob_that_never_ends_is_read_to_its_size_and_found_corrupt(tmp_path, size):
+    """Issue 25, item 2: a blob of known size is read to at most size + 1 bytes. A remote whose
+    blob is an endless stream (here /dev/zero in a file:// remote's place) is corrupt, named,
+    and nothing is kept: memory and disk stay bounded."""
+    from repro.remote import CorruptBlob, Remote, RemoteConfig
+    from repro.store import BlobStore
+
+    sha = "ab" * 32
+    remote = tmp_path / "remote"
+    (remote / sha[:2]).mkdir(parents=True)
+    (remote / sha[:2] / sha[2:]).symlink_to("/dev/zero")
+    store = BlobStore(tmp_path / "store")
+    with pytest.raises(CorruptBlob, match=f"blob {sha}"):
+        Remote(RemoteConfig(remote.as_uri())).download(sha, store, size)
+    assert not store.has(sha) and not [f for f in store.root.rglob("*") if f.is_file()]
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from repro.store import BlobStore
+
+def chunks():
+    yield b"x" * 1000
+    time.sleep(60)   # killed here, mid-write
+    yield b""
+
+BlobStore(Path(sys.argv[1])).install("cd" * 32, chunks())
+"""
+
+
+def test_a_writer_killed_mid_download_leaves_nothing_for_good(tmp_path):
+    """Issue 25, item 2: `kill -9` mid-download used to leave a `.tmp-*` file for good. The
+    temporary carries its writer's pid; the next writer in that directory, and `store verify`,
+    remove those of writers that are gone, never a live one's."""
+    import signal as _signal
+
+    from repro.store import BlobStore
+
+    root = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)])
+    deadline = time.time() + 30
+    while time.time() < deadline and not list(root.glob("cd/.tmp-*")):
+        time.sleep(0.05)
+    (left,) = list(root.glob("cd/.tmp-*"))
+    assert left.name.startswith(f".tmp-{proc.pid}-")
+    live = root / "cd" / f".tmp-{os.getpid()}-mine"   # this process is alive: kept
+    live.write_bytes(b"y")
+    proc.send_signal(_signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert left.exists()                       # what kill -9 leaves
+    store = BlobStore(root)
+    assert store.sweep() == [left] and not left.exists() and live.exists()

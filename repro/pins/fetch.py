@@ -43,13 +43,29 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _FINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
-def resolve_data(entries: Mapping[str, DataEntry], repo_root: Path) -> dict[str, Path]:
+DEFAULT_MAX_BYTES = 4 << 30   # a data URL's body without a pinned `size`: $REPRO_DATA_MAX_BYTES
+
+
+def max_bytes() -> int:
+    """The machine-wide cap on a fetched data file without a pinned size (bytes)."""
+    raw = os.environ.get("REPRO_DATA_MAX_BYTES", "")
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    if not raw.isdigit():
+        raise DataPinError(f"$REPRO_DATA_MAX_BYTES is {raw!r}; give a whole number of bytes")
+    return int(raw)
+
+
+def resolve_data(entries: Mapping[str, DataEntry], repo_root: Path, timeout: float | None = None
+                 ) -> dict[str, Path]:
     """Every data entry's file or directory for the training, by name (spec order): fetched by
     URL when the entry has one and its path is absent from the repository, else its path in the
-    repository, verified (pins/data.py: every entry that does not hold is named)."""
+    repository, verified (pins/data.py: every entry that does not hold is named). `timeout`
+    (the spec's): fetching that runs past it is an error naming the entry."""
     root = Path(os.path.realpath(repo_root))
-    fetched = {n: fetch_data(n, e.path, e.sha256, e.url, root) for n, e in entries.items()
-               if e.url is not None and not os.path.lexists(root / e.path)}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    fetched = {n: fetch_data(n, e.path, e.sha256, e.url, root, e.size, deadline, timeout)
+               for n, e in entries.items() if e.url is not None and not os.path.lexists(root / e.path)}
     here = verify_data({n: (e.path, e.sha256) for n, e in entries.items() if n not in fetched}, root)
     return {n: fetched[n] if n in fetched else here[n] for n in entries}
 
@@ -59,7 +75,9 @@ def data_view(sha256: str, path: str) -> Path:
     return cache_dir() / "data" / sha256 / PurePosixPath(path).name
 
 
-def fetch_data(name: str, path: str, sha256: str | None, url: str, repo_root: Path) -> Path:
+def fetch_data(name: str, path: str, sha256: str | None, url: str, repo_root: Path,
+               size: int | None = None, deadline: float | None = None, timeout: float | None = None
+               ) -> Path:
     """The cached copy of data entry `name` (absent at `path` in the repository), fetched from
     `url` by its sha256 when this machine lacks it. DataPinError naming the entry, the URL and
     what to do when it cannot be fetched or its content is not the pinned one."""
@@ -77,7 +95,8 @@ def fetch_data(name: str, path: str, sha256: str | None, url: str, repo_root: Pa
                 return view
             view.unlink()                      # a damaged cached copy: dropped, fetched again
             store.path(sha256).unlink(missing_ok=True)
-    actual = _download(where, url, sha256, repo_root)
+    limit = _Limit(where, size, deadline, timeout)
+    actual = _download(where, url, sha256, repo_root, limit)
     if actual != sha256:
         raise DataPinError(f"data {name!r}: the file at {url} is not the pinned one: expected "
                            f"sha256 {sha256}, actual sha256 {actual}; nothing was kept. Put the "
@@ -87,7 +106,28 @@ def fetch_data(name: str, path: str, sha256: str | None, url: str, repo_root: Pa
     return view
 
 
-def _download(where: str, url: str, sha256: str, repo_root: Path) -> str:
+class _Limit:
+    """How much a data URL may send, and until when: a body longer than the entry's `size` (or,
+    without one, than $REPRO_DATA_MAX_BYTES), or one still arriving at the spec's timeout, is
+    refused as it arrives, naming the entry (nothing is kept)."""
+
+    def __init__(self, where: str, size: int | None, deadline: float | None, timeout: float | None):
+        self.where, self.size, self.deadline, self.timeout = where, size, deadline, timeout
+        self.cap = size if size is not None else max_bytes()
+
+    def check(self, received: int) -> None:
+        if received > self.cap:
+            why = (f"longer than its pinned size ({self.size} bytes)" if self.size is not None else
+                   f"past $REPRO_DATA_MAX_BYTES ({self.cap} bytes); pin the entry's `size`, or raise "
+                   "the limit")
+            raise DataPinError(f"{self.where}: the body is {why}; nothing was kept")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DataPinError(f"{self.where}: fetching ran past the spec's timeout ({self.timeout:g} s; "
+                               f"{received} bytes had arrived); nothing was kept. Raise `timeout:` or "
+                               "--timeout, or fetch from a faster place")
+
+
+def _download(where: str, url: str, sha256: str, repo_root: Path, limit: _Limit | None = None) -> str:
     """Stream `url` into the machine's store as blob `sha256` (renamed into place only when the
     hash matches); the sha256 of the bytes received. Transient failures are retried."""
     from repro.remote import url_fs, url_options
@@ -104,7 +144,7 @@ def _download(where: str, url: str, sha256: str, repo_root: Path) -> str:
                 raise DataPinError(f"{where}: the URL names a {info.get('type')}, not a file; "
                                    "only single files can be fetched by URL (a directory pinned "
                                    "by its tree hash must be in the repository)")
-            return machine_store().install(sha256, _chunks(fs, target, url))
+            return machine_store().install(sha256, _chunks(fs, target, url, limit))
         except DataPinError:
             raise
         except Exception as exc:   # fsspec's backends raise OSError and their own client errors
@@ -121,11 +161,15 @@ def _download(where: str, url: str, sha256: str, repo_root: Path) -> str:
                        f"{_describe(last)}); check the network and the URL, then run again")
 
 
-def _chunks(fs: Any, target: str, url: str) -> Iterator[bytes]:
+def _chunks(fs: Any, target: str, url: str, limit: _Limit | None = None) -> Iterator[bytes]:
     # http(s): one streamed GET (block_size 0); ranged reads need a server that honours Range
     block = 0 if url.startswith(("http://", "https://")) else CHUNK
+    received = 0
     with fs.open(target, "rb", block_size=block) as f:
         while chunk := f.read(CHUNK):
+            received += len(chunk)
+            if limit is not None:
+                limit.check(received)
             yield chunk
 
 
