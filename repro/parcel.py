@@ -232,20 +232,43 @@ class _Fetcher:
         return self.store.get(sha, "a shipped file")
 
 
+def inside(into: Path, rel: str, what: str) -> Path:
+    """`into / rel` for a name that came in a parcel, refused unless it is relative, has no
+    '..' and no .git component, and resolves under `into` (a parcel is data from the shared
+    store: it must not write, or point, anywhere else, nor set git's config or hooks)."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or any(p.lower() == ".git" for p in parts):
+        raise ReproError(f"the parcel names {what} {rel!r}: not a relative path inside the project "
+                         "(absolute, '..' or .git); it was not unpacked")
+    target = into / rel
+    root = os.path.realpath(into)
+    real = os.path.realpath(target)
+    if not real.startswith(root + os.sep):
+        raise ReproError(f"the parcel names {what} {rel!r}, which resolves to {real}, outside the "
+                         "job directory; it was not unpacked")
+    return target
+
+
 def unpack(parcel: Parcel, into: Path) -> Path:
     """Rebuild the project under `into` (a fresh directory) from the store; the spec's path.
     The records' large blobs are fetched into this node's store first, so a blob the remote
-    lacks is a BlobMissing here, before anything runs."""
+    lacks is a BlobMissing here, before anything runs. Every name is checked (`inside`), and
+    the repository is made before any file is written: a parcel never writes git's own files."""
+    spec = inside(into, parcel.spec_rel, "the spec")
+    if parcel.records_rel is not None:
+        inside(into, parcel.records_rel, "the records directory")
+    for f in parcel.files:
+        inside(into, f.rel, "a file")
     fetch = _Fetcher(parcel.store)
     for sha in parcel.stored:
         fetch.ensure(sha)
+    git(["init", "-q"], into)
     for f in parcel.files:
-        target = into / f.rel
+        target = inside(into, f.rel, "a file")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(fetch.get(f.sha256))
         if f.executable:
             target.chmod(0o755)
-    git(["init", "-q"], into)
     with tempfile.TemporaryFile() as buf:
         buf.write(fetch.get(parcel.git_pack))
         buf.seek(0)
@@ -253,7 +276,7 @@ def unpack(parcel: Parcel, into: Path) -> Path:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # a shallow repository: the packed commits are complete; their parents are not here
     (into / ".git" / "shallow").write_text("".join(f"{c}\n" for c in parcel.commits))
-    return into / parcel.spec_rel
+    return spec
 
 
 def workspace() -> Path:

@@ -25,6 +25,7 @@ import numpy as np
 
 from repro.errors import RecordError
 from repro.paths import cache_dir
+from repro.proctree import alive
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _TMP = re.compile(r"^\.tmp-(\d+)-")   # a writer's temporary: `.tmp-<pid>-…`
@@ -33,15 +34,6 @@ _TMP = re.compile(r"^\.tmp-(\d+)-")   # a writer's temporary: `.tmp-<pid>-…`
 def _tmp_prefix() -> str:
     return f".tmp-{os.getpid()}-"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # another user's live process
-    return True
 CHUNK = 1 << 22                # 4 MiB: reads and writes of blobs are streamed in pieces this size
 GIT_BLOB_MAX = 1 << 20   # blobs up to 1 MiB stay with the record (in git); larger ones go to the store
 
@@ -146,7 +138,7 @@ class BlobStore:
                 continue
             for name in names:
                 m = _TMP.match(name)
-                if m and not _alive(int(m.group(1))):
+                if m and not alive(int(m.group(1))):
                     try:
                         os.unlink(d / name)
                         removed.append(d / name)

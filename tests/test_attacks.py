@@ -711,3 +711,28 @@ def test_hostile_metrics_files_are_named_with_file_and_line(tmp_path):
     (logs / "events.out.tfevents.0.vm").write_bytes(head + struct.pack("<I", masked_crc32c(head)) + b"x" * 16)
     with pytest.raises(OutputError, match=r"record 1 \(it claims 4611686018427387904 bytes"):
         read_metrics(logs, "tensorboard", "logs")
+
+
+# -- issue 25, item 5: parcels trust their names ---------------------------------------------------
+@pytest.mark.parametrize("field,name", [
+    ("file", "../x"), ("file", "/abs/x"), ("file", "a/../../../x"), ("file", ".git/config"),
+    ("file", "sub/.GIT/hooks/post-checkout"), ("spec", "/etc/passwd"), ("spec", "../s.yaml"),
+    ("records", "../records")])
+def test_a_parcel_with_a_hostile_name_unpacks_nothing(tmp_path, field, name):
+    """A parcel comes from the shared store: every name is checked before anything is fetched
+    or written — relative, no '..', no .git component — so it can neither write outside the job
+    directory nor install a git config whose `core.fsmonitor` would run on the next git status."""
+    from repro.errors import ReproError
+    from repro.parcel import Parcel, Shipped, unpack
+    from repro.remote import RemoteConfig
+
+    job = tmp_path / "job"
+    job.mkdir()
+    files = (Shipped("specs/s.yaml", "ab" * 32), *([Shipped(name, "cd" * 32)] if field == "file" else []))
+    parcel = Parcel(store=RemoteConfig((tmp_path / "no-store").as_uri()), origin="/origin",
+                    spec_rel=name if field == "spec" else "specs/s.yaml", files=files,
+                    git_pack="ef" * 32, commits=("0" * 40,),
+                    records_rel=name if field == "records" else None)
+    with pytest.raises(ReproError, match=r"it was not unpacked"):
+        unpack(parcel, job)
+    assert not list(job.iterdir()) and not (tmp_path / "x").exists()
