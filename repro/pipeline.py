@@ -121,7 +121,8 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
         write_restore(run_dir.out, options.replay)
         timeout, job = options.timeout or prep.spec.timeout, make_job(prep, options)
         job = expecting(job, prep.spec, recorded, options.fail_fast, options.replay, record_path, run_dir.out)
-        outcome = backend.run(job, run_dir, env, timeout=timeout, echo=options.echo)
+        with prep.code.in_use():   # no other process replaces the exported tree during the run
+            outcome = backend.run(job, run_dir, env, timeout=timeout, echo=options.echo)
         result = collect(run_dir.out, outcome, timeout=timeout, platform=options.platform)
         result.notes[:0] = env.notes
         return Execution(result, env.image_ref)
@@ -206,16 +207,15 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
     try:
         spec = as_spec(spec_ref)
         prep = prepare(spec, options)
-        name = spec.name or ""
         key = options.platform or options.backend_impl().expected_platform(spec)
         recorded, loader, directory = None, None, None
         if key:
             # a bad record is reported before training; arrays load while the child trains
-            directory, recorded = check_record(record_dir(prep.repo_root, name, key, options.records_root))
+            directory, recorded = check_record(record_dir(prep.repo_root, spec.name or "", key, options.records_root))
             loader = RecordLoader(directory)
         done = execute(prep, options, recorded, directory)
         rec = loader.result() if loader else read_record(
-            record_dir(prep.repo_root, name, done.result.platform_key, options.records_root))
+            record_dir(prep.repo_root, spec.name or "", done.result.platform_key, options.records_root))
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
     v = judge(prep, rec, done.result, options)

@@ -736,3 +736,81 @@ def test_a_parcel_with_a_hostile_name_unpacks_nothing(tmp_path, field, name):
     with pytest.raises(ReproError, match=r"it was not unpacked"):
         unpack(parcel, job)
     assert not list(job.iterdir()) and not (tmp_path / "x").exists()
+
+
+# -- issue 25, item 7: a shared cache that races ---------------------------------------------------
+@pytest.mark.slow
+def test_eight_verifies_of_one_commit_while_one_finds_the_tree_altered(project, tmp_path):
+    """Eight `repro verify` processes of one commit share one cache; while seven run, the
+    exported tree is altered and the eighth finds it so. It waits until no run uses the tree
+    (their shared locks), then exports it again: every process passes, none meets a tree that
+    vanished under it (`FileNotFoundError … trees/<commit>`, an internal error before)."""
+    import subprocess
+    import sys
+    import time
+
+    train_does(project, "    import time as _t\n    _t.sleep(3)\n")
+    project.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    env = {**os.environ, "REPRO_CACHE_DIR": str(tmp_path / "shared-cache")}
+    cmd = [sys.executable, "-m", "repro.cli", "verify", "specs/tiny.yaml", "--no-stream", "--confirm", "0"]
+    first = subprocess.run(cmd, cwd=project.root, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr          # exports the tree
+    (tree,) = [p for p in (tmp_path / "shared-cache" / "trees").iterdir() if p.is_dir()
+               and not p.name.startswith(".")]
+    running = [subprocess.Popen(cmd, cwd=project.root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(7)]
+    time.sleep(2.5)                                                    # their runs are under way
+    train = tree / "tinyproj" / "train.py"
+    train.chmod(0o644)
+    train.write_text(train.read_text() + "\n# altered in the cache\n")
+    last = subprocess.Popen(cmd, cwd=project.root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    outs = [p.communicate(timeout=300)[0] for p in [*running, last]]
+    for p, out in zip([*running, last], outs):
+        assert p.returncode == 0 and "internal error" not in out, out
+    assert "exported again from git" in outs[-1], outs[-1]
+    assert "altered in the cache" not in train.read_text()
+
+
+HOLDER = """
+import os, sys, time
+from pathlib import Path
+from repro.pins.code import CodePin
+tree = Path(sys.argv[2])
+with CodePin("pinned", sys.argv[1], tree, ".").in_use():
+    print("holding", flush=True)
+    t0, missing = time.time(), 0
+    while time.time() - t0 < 2.0:
+        missing += not (tree / "tinyproj" / "train.py").exists()
+        time.sleep(0.005)
+print("missing", missing, flush=True)
+"""
+
+
+def test_an_altered_export_is_replaced_only_when_no_run_holds_it(project, tmp_path, monkeypatch):
+    """The rule behind the test above, made deterministic: while another process holds a run's
+    shared lock on the exported tree, replacing the altered export waits for it, and the tree
+    never disappears under the holder."""
+    import subprocess
+    import sys
+    import time
+
+    from repro.pins.code import export_commit
+
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
+    commit = project.spec.read_text().split("commit: ")[1].split()[0]
+    tree = export_commit(project.root, commit)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, commit, str(tree)], env=dict(os.environ),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    train = tree / "tinyproj" / "train.py"
+    train.chmod(0o644)
+    train.write_text(train.read_text() + "\n# altered\n")
+    t0 = time.time()
+    notes: list[str] = []
+    assert export_commit(project.root, commit, notes) == tree
+    waited = time.time() - t0
+    out = holder.communicate(timeout=30)[0]
+    assert "missing 0" in out, out                      # the holder never lost its tree
+    assert waited > 1.0, waited                         # the replacement waited for the holder
+    assert notes and "exported again from git" in notes[0] and "# altered" not in train.read_text()

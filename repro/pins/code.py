@@ -2,10 +2,14 @@
 tree at that commit once into a read-only cache (or use the working tree, and say if it is dirty).
 
 Exports are keyed by commit id alone: a commit names its tree's content, whichever clone it
-came from. Writers race safely (export to a temp dir, then rename).
+came from. Writers race safely (export to a temp dir, then rename). A tree in use is never
+removed: each run holds a shared lock on its commit's export (`CodePin.in_use`), and replacing an
+altered export takes the exclusive lock, so it waits until no run of that tree is going on.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -13,6 +17,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +38,16 @@ class CodePin:
     repo: str                    # the repository the commit was found in
     dirty: list[str] = field(default_factory=list)  # worktree only: changed/untracked paths
     notes: list[str] = field(default_factory=list)  # e.g. an altered export was replaced
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """While a run uses the exported tree: a shared lock, so that no other process replaces
+        it meanwhile (a worktree run uses the checkout: nothing to hold)."""
+        if self.mode != "pinned":
+            yield
+            return
+        with _tree_lock(self.commit, fcntl.LOCK_SH):
+            yield
 
     def describe(self) -> str:
         if self.mode == "pinned":
@@ -136,6 +151,20 @@ def check_commit(repo: Path, commit: str) -> None:
     raise CodePinError(f"pinned commit {commit} does not exist in {repo}.{hint}")
 
 
+@contextlib.contextmanager
+def _tree_lock(commit: str, how: int) -> Iterator[None]:
+    """flock on `<cache>/trees/<commit>.lock`: shared while a run uses the export, exclusive
+    while an altered one is replaced."""
+    path = cache_dir() / "trees" / f"{commit}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, how)
+        yield
+    finally:
+        os.close(fd)   # closing releases the lock
+
+
 def export_commit(repo: Path, commit: str, notes: list[str] | None = None) -> Path:
     """The tree at `commit`, exported once into `<cache>/trees/<commit>` and made read-only.
 
@@ -146,15 +175,29 @@ def export_commit(repo: Path, commit: str, notes: list[str] | None = None) -> Pa
     check_commit(repo, commit)
     target = cache_dir() / "trees" / commit
     if (target / _COMPLETE).exists():
-        altered = tree_changes(target)
-        if altered == []:
-            return target
-        if altered and notes is not None:  # None: no manifest (an older export): just redo it
-            notes.append(f"the exported tree of commit {commit[:12]} had been changed since it "
-                         f"was exported ({', '.join(altered[:5])}"
-                         f"{' …' if len(altered) > 5 else ''}); it was exported again from git")
-        _make_writable(target)
-        shutil.rmtree(target, ignore_errors=True)
+        try:
+            if tree_changes(target) == []:
+                return target
+        except OSError:
+            pass   # being replaced by another process: decided again under the lock
+        # replaced only when no run of it is going on (CodePin.in_use): never under a live run
+        with _tree_lock(commit, fcntl.LOCK_EX):
+            altered = tree_changes(target) if (target / _COMPLETE).exists() else None
+            if altered == []:   # another process replaced it while this one waited
+                return target
+            if altered and notes is not None:  # None: no manifest (an older export): just redo it
+                notes.append(f"the exported tree of commit {commit[:12]} had been changed since it "
+                             f"was exported ({', '.join(altered[:5])}"
+                             f"{' …' if len(altered) > 5 else ''}); it was exported again from git")
+            _make_writable(target)
+            shutil.rmtree(target, ignore_errors=True)
+            return _export(repo, commit, target)
+    return _export(repo, commit, target)
+
+
+def _export(repo: Path, commit: str, target: Path) -> Path:
+    """`git archive` of `commit` into a temporary directory renamed to `target` (read-only,
+    with its manifest); a process that loses the race to another uses the winner's."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{commit[:12]}-"))
     try:
