@@ -200,7 +200,9 @@ class Remote:
             info = self.fs.info(self.path(sha256))
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except Exception as exc:   # the filesystem's client: OSError, botocore's, a bad option
+            if not remote_failure(exc):
+                raise
             raise self._error("cannot reach", exc) from None
         size = info.get("size")
         return int(size) if size is not None and info.get("type", "file") == "file" else None
@@ -211,7 +213,9 @@ class Remote:
             found = self.fs.find(self.root, detail=True)
         except FileNotFoundError:
             return {}
-        except OSError as exc:
+        except Exception as exc:   # the filesystem's client: OSError, botocore's, a bad option
+            if not remote_failure(exc):
+                raise
             raise self._error("cannot list", exc) from None
         out: dict[str, int] = {}
         for path, info in found.items():
@@ -239,6 +243,9 @@ class Remote:
                 return
             parent = target.rsplit("/", 1)[0]
             self.fs.makedirs(parent, exist_ok=True)
+            if self.fs.isdir(target):   # a move onto it would put the blob inside it, "sent"
+                raise StoreError(f"the store remote {self.config.url}: a directory stands at blob "
+                                 f"{sha256[:12]}…'s name ({self.url(sha256)}); remove it and push again")
             tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
             try:
                 self.fs.pipe_file(tmp, data)
@@ -246,7 +253,9 @@ class Remote:
             finally:
                 if self.fs.exists(tmp):
                     self.fs.rm_file(tmp)
-        except OSError as exc:
+        except Exception as exc:   # the filesystem's client: OSError, botocore's, a bad option
+            if not remote_failure(exc):
+                raise
             raise self._error(f"cannot upload blob {sha256[:12]}… to", exc) from None
 
     def _checksum_vouches(self) -> None:
@@ -293,7 +302,9 @@ class Remote:
             actual = store.install(sha256, self.chunks(sha256, size))
         except FileNotFoundError:
             raise BlobMissing(sha256, self.url(sha256)) from None
-        except OSError as exc:
+        except Exception as exc:   # the filesystem's client: OSError, botocore's, a bad option
+            if not remote_failure(exc):
+                raise
             raise self._error(f"cannot download blob {sha256[:12]}… from", exc) from None
         if actual != sha256:
             raise CorruptBlob(sha256, self.url(sha256), actual)
@@ -303,13 +314,34 @@ class Remote:
         import hashlib
 
         digest = hashlib.sha256()
-        for chunk in self.chunks(sha256):
-            digest.update(chunk)
+        try:
+            for chunk in self.chunks(sha256):
+                digest.update(chunk)
+        except Exception as exc:
+            if not remote_failure(exc) or isinstance(exc, FileNotFoundError):
+                raise
+            raise self._error(f"cannot read blob {sha256[:12]}… from", exc) from None
         return digest.hexdigest()
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
+        hint = ""
+        if isinstance(exc, TypeError):
+            hint = " (an option in `store_options` that this filesystem does not take?)"
+        elif type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"):
+            hint = " (is the endpoint up, and its URL right?)"
         return StoreError(f"{what} the store remote {self.config.url} ({self.config.source}): "
-                          f"{exc}")
+                          f"{type(exc).__name__}: {exc}{hint}")
+
+
+def remote_failure(exc: BaseException) -> bool:
+    """An error of the remote or of its client library (an unreachable endpoint, refused
+    credentials, an option the filesystem does not take), not a bug of repro's own."""
+    if isinstance(exc, OSError):
+        return True
+    if isinstance(exc, TypeError):
+        return "unexpected keyword argument" in str(exc)
+    return type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs",
+                                                 "gcsfs", "adlfs", "fsspec", "google")
 
 
 class CorruptBlob(StoreError):

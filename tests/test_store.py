@@ -359,3 +359,57 @@ def test_a_writer_killed_mid_download_leaves_nothing_for_good(tmp_path):
     assert left.exists()                       # what kill -9 leaves
     store = BlobStore(root)
     assert store.sweep() == [left] and not left.exists() and live.exists()
+
+
+def test_remote_errors_name_the_remote_not_a_bug_in_repro(big, tmp_path, monkeypatch):
+    """Issue 25, item 8: an unreachable S3 endpoint, an option s3fs does not take, and a file://
+    remote with a directory at a blob's name are clear errors naming the remote (exit 2), never
+    "internal error (a bug in repro)" with a botocore traceback, nor a push that says "ok"."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    set_store(big, f"s3://{BUCKET}/nowhere", '{endpoint_url = "http://127.0.0.1:9", config_kwargs = '
+              '{connect_timeout = 1, retries = {max_attempts = 1}}}')
+    proc = big.repro("push", check_rc=2)
+    assert f"the store remote s3://{BUCKET}/nowhere" in proc.stderr and "EndpointConnectionError" in \
+        proc.stderr and "is the endpoint up" in proc.stderr, proc.stderr
+    assert "internal error" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+    set_store(big, f"s3://{BUCKET}/bogus", "{bogus_key = 1}")
+    proc = big.repro("push", check_rc=2)
+    assert "does not take?" in proc.stderr and "bogus_key" in proc.stderr, proc.stderr
+    remote = tmp_path / "remote"
+    set_store(big, remote.as_uri())
+    sha = frozen_sha(big)
+    (remote / sha[:2] / sha[2:] / "inner").mkdir(parents=True)   # a directory at the blob's name
+    proc = big.repro("push", check_rc=2)
+    assert "a directory stands at blob" in proc.stderr, proc.stdout + proc.stderr
+    assert not [f for f in (remote / sha[:2] / sha[2:]).rglob("*") if f.is_file()]
+
+
+def test_a_redirect_loop_is_named_as_one(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from repro.errors import DataPinError
+    from repro.pins.fetch import fetch_data
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+    fresh_cache(monkeypatch, tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DataPinError, match="redirects without end"):
+            fetch_data("x", "data/x.bin", "0" * 64, f"http://127.0.0.1:{server.server_address[1]}/x",
+                       tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -149,7 +149,11 @@ def _download(where: str, url: str, sha256: str, repo_root: Path, limit: _Limit 
             raise
         except Exception as exc:   # fsspec's backends raise OSError and their own client errors
             if not _transient(exc):
-                missing = any(isinstance(e, FileNotFoundError) for e in _chain(exc))
+                chain = _chain(exc)
+                if any(type(e).__name__ == "TooManyRedirects" for e in chain):
+                    raise DataPinError(f"{where}: the URL redirects without end (a redirect loop "
+                                       "at the server); fix the URL or the server's redirects") from None
+                missing = any(isinstance(e, FileNotFoundError) for e in chain)
                 raise DataPinError(f"{where}: " + ("there is no file at that URL" if missing else
                                    f"cannot fetch it ({_describe(exc)})") + "; put the pinned "
                                    "file there, or the file at the path in the repository") from None
