@@ -768,7 +768,9 @@ def test_eight_verifies_of_one_commit_while_one_finds_the_tree_altered(project, 
     outs = [p.communicate(timeout=300)[0] for p in [*running, last]]
     for p, out in zip([*running, last], outs):
         assert p.returncode == 0 and "internal error" not in out, out
-    assert "exported again from git" in outs[-1], outs[-1]
+    # whichever process prepared after the change replaced the tree (under load, one of the
+    # seven may start its run only then): exactly one did, the others used a whole tree
+    assert sum("exported again from git" in out for out in outs) == 1, outs
     assert "altered in the cache" not in train.read_text()
 
 
