@@ -294,6 +294,10 @@ def _spawns(base: int) -> str:
     return SPAWNS.format(base, base + 1, base + 2)
 
 
+# per test process: sleepers an earlier, killed run of the suite left can never match
+_BASE = 300_000 + (os.getpid() % 10_000) * 10
+
+
 def _sleepers(base: int) -> list[int]:
     from repro.proctree import _parents
     out = []
@@ -309,11 +313,11 @@ def _sleepers(base: int) -> list[int]:
 
 
 def test_processes_the_training_starts_do_not_outlive_a_successful_run(project):
-    assert not _sleepers(300), "sleepers of this test left by an earlier run of it"
-    train_does(project, _spawns(300))
+    assert not _sleepers(_BASE), "sleepers of this test left by an earlier run of it"
+    train_does(project, _spawns(_BASE))
     v = pipeline.run(project.spec)
     assert v.status == "ran", v.error
-    assert not _sleepers(300)
+    assert not _sleepers(_BASE)
     assert any("the training left 3 process(es) running; repro killed them" in n
                for n in v.notes), v.notes
 
@@ -325,21 +329,21 @@ def test_sigterm_to_repro_verify_leaves_no_process_and_no_run_dir(project, tmp_p
     import time
 
     from tests.conftest import runner_children
-    train_does(project, _spawns(310) + "    import time as _t\n    _t.sleep(60)\n")
+    train_does(project, _spawns(_BASE + 5) + "    import time as _t\n    _t.sleep(60)\n")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "run", "specs/tiny.yaml"],
                             cwd=project.root, env={**os.environ, "TMPDIR": str(tmp)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and len(_sleepers(310)) < 3:
+    while time.time() < deadline and len(_sleepers(_BASE + 5)) < 3:
         time.sleep(0.1)
-    assert len(_sleepers(310)) == 3 and runner_children(proc.pid)
+    assert len(_sleepers(_BASE + 5)) == 3 and runner_children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     time.sleep(0.3)
-    assert not _sleepers(310) and not runner_children(proc.pid)
+    assert not _sleepers(_BASE + 5) and not runner_children(proc.pid)
     assert not list(tmp.iterdir()), "the run directory was left behind"
 
 
