@@ -153,7 +153,7 @@ def _what_was_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         text += f", L1 data cache {b['l1d_cache']} bytes"
     best_a, best_b = (host_best(fp.get("cpu_isa") or []) for fp in (a, b))
     if best_a != best_b:
-        text += f" (recorded on a {best_a} CPU, run on a {best_b} one"
+        text += f" (recorded where the CPU's best ISA is {best_a}, run where it is {best_b}"
         text += ": every library kernel pinned)" if b.get("kernels") is not None else ")"
     if a.get("kernels") is None and b.get("kernels") is not None:
         text += "; the record does not list its library kernels (made before repro read them)"

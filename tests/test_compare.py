@@ -306,8 +306,8 @@ def test_choose_bitwise_modes():
                                 "avx512vl"], "kernels": [], "l1d_cache": 32768}
     bitwise, reason = choose_bitwise("auto", {**FP, "cpu_isa": ["sse4_2", "avx", "avx2", "fma"],
                                               "kernels": []}, avx512)
-    assert bitwise and reason.endswith("(recorded on a AVX2 CPU, run on a AVX512 one: every "
-                                       "library kernel pinned)"), reason
+    assert bitwise and reason.endswith("(recorded where the CPU's best ISA is AVX2, run where it is "
+                                       "AVX512: every library kernel pinned)"), reason
     bitwise, reason = choose_bitwise("auto", FP, {**other, "cpus": 2})
     assert not bitwise and reason == ("the environment differs from the record's: jax 0.4.30 -> "
                                       "0.4.31; cpus 1 -> 2")

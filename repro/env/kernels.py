@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 SLICE_SAFE_K = 256
-_CONSISTENT = "--xla_cpu_enable_platform_dependent_math=false"
 
 _HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
@@ -169,17 +168,17 @@ def parse(hlo_text: str) -> list[_Call]:
     return calls
 
 
-def pinning(library: str, k: int, xla_flags: str, env: Mapping[str, str], cpus: int,
+def pinning(library: str, xla_flags: str, env: Mapping[str, str], cpus: int,
             ceiling: str | None) -> tuple[bool, str]:
     """Whether what a call computes is pinned across CPUs here, and what pins it (or why not)."""
-    from repro.env.portable import ONEDNN_ISA, ONEDNN_VAR
+    from repro.env.portable import CONSISTENT, ONEDNN_ISA, ONEDNN_VAR
 
     onednn = env.get(ONEDNN_VAR)
     capped = ceiling is not None and onednn is not None and onednn == ONEDNN_ISA.get(ceiling)
     if library == "YNNPACK":
         flags = xla_flags.split()
-        consistent = _CONSISTENT in flags and "--xla_cpu_enable_platform_dependent_math=true" not in \
-            flags[flags.index(_CONSISTENT) + 1:]
+        consistent = CONSISTENT in flags and "--xla_cpu_enable_platform_dependent_math=true" not in \
+            flags[flags.index(CONSISTENT) + 1:]
         return (True, "consistent arithmetic (--xla_cpu_enable_platform_dependent_math=false)") if consistent \
             else (False, "YNNPACK chooses its kernels from the CPU (platform-dependent math is on)")
     if library == "XNNPACK":
@@ -202,7 +201,7 @@ def inventory(modules: Iterable[str], xla_flags: str, env: Mapping[str, str], cp
     groups: dict[tuple[str, str, bool, str, bool], list[int]] = {}
     for text in modules:
         for call in parse(text):
-            pinned, how = pinning(call.library, call.k, xla_flags, env, cpus, ceiling)
+            pinned, how = pinning(call.library, xla_flags, env, cpus, ceiling)
             blocked = call.k > SLICE_SAFE_K
             groups.setdefault((call.library, call.op, pinned, how, blocked), []).append(call.k)
     return [Kernel(lib, op, len(ks), pinned, how, max(ks), blocked)

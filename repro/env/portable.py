@@ -118,8 +118,9 @@ def apply(isa: str, settings: Mapping[str, str], spec_flags: Iterable[str] = ())
     settings = dict(settings)
     spec_flags = list(spec_flags)
     names = [f[2:].split("=", 1)[0] for f in spec_flags if f.startswith("--xla_")]
-    known = known_flags(names) if names else {}
-    unknown = [n for n in names if not known.get(n, True)]
+    recipe_flags = [] if isa == "native" else ["xla_cpu_max_isa", "xla_cpu_enable_platform_dependent_math"]
+    known = known_flags([*names, *recipe_flags]) if names or recipe_flags else {}   # one look-up
+    unknown = [n for n in names if not known[n]]
     if unknown:
         raise UnknownFlag(unknown)
     flags = cpuid_flags()
@@ -127,7 +128,7 @@ def apply(isa: str, settings: Mapping[str, str], spec_flags: Iterable[str] = ())
         from repro.env.fingerprint import proc_cpuinfo_flags
         flags = proc_cpuinfo_flags()
     recipe = resolve(isa, settings.get("XLA_FLAGS", ""), flags, platform.machine(),
-                     lambda name: known_flags([name]).get(name, False))
+                     lambda name: known.get(name, False))
     if recipe.xla_flags:
         base = settings.get("XLA_FLAGS", "").split()
         own = [f for f in base if f in spec_flags]
