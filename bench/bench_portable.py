@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repro import pipeline  # noqa: E402
-from repro.env.fingerprint import cpu_isa, cpu_model  # noqa: E402
+from repro.env.cpu import cpu_isa, cpu_model  # noqa: E402
 from repro.env.isa import host_best  # noqa: E402
 
 

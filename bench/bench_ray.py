@@ -100,9 +100,9 @@ def main() -> None:
             # each spec costs, without the per-audit start (import ray, connect, the new job's
             # workers)
             from repro import pipeline
-            from repro.audit import run_audit
-            from repro.executor import LocalExecutor
-            from repro.rayexec import RayExecutor
+            from repro.commands.audit import run_audit
+            from repro.engines.executor import LocalExecutor
+            from repro.engines.rayexec import RayExecutor
             connected = RayExecutor(cluster.address)
             run_audit(p.root / "specs", pipeline.Options(), executor=connected)
             for _ in range(args.n):

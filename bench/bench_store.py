@@ -50,9 +50,9 @@ def transfers(kind: str, tmp: Path, args: argparse.Namespace) -> dict[str, float
     MB/s of each."""
     import s3fs
 
-    from repro.blobsync import BlobRef, Project, pull, push
-    from repro.remote import RemoteConfig
-    from repro.store import machine_store
+    from repro.store.blobs import machine_store
+    from repro.store.remote import RemoteConfig
+    from repro.store.sync import BlobRef, Project, pull, push
 
     out: dict[str, float] = {}
     with serve(kind) as server:
@@ -115,8 +115,8 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
     try:
-        from repro.blobsync import verify
-        from repro.store import machine_store
+        from repro.store.blobs import machine_store
+        from repro.store.sync import verify
 
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):

@@ -14,6 +14,6 @@ __all__ = ["Context", "SpecError", "ReproError", "PinError", "CodePinError", "Da
 def __getattr__(name):
     # Context imports numpy; keep `import repro` cheap for the parent and the CLI.
     if name == "Context":
-        from repro.context import Context
+        from repro.child.context import Context
         return Context
     raise AttributeError(f"module 'repro' has no attribute {name!r}")

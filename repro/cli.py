@@ -43,8 +43,8 @@ def _options(ns: argparse.Namespace) -> Options:
 
 def _executor(ns: argparse.Namespace, jobs: int) -> Any:
     """The Executor `--engine`, `--address` and `--node-kind` ask for (every command that has
-    them): `jobs` at a time here, or a Ray cluster (repro/rayexec.py)."""
-    from repro.executor import make_executor
+    them): `jobs` at a time here, or a Ray cluster (repro/engines/rayexec.py)."""
+    from repro.engines.factory import make_executor
 
     engine = getattr(ns, "engine", "local")
     if engine == "ray" and getattr(ns, "code", "pinned") == "worktree":
@@ -73,11 +73,11 @@ def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict], ship: bool
     found = discover(Path(p) for p in ns.specs)
     remote: dict[int, Verdict] = {}
     if executor is not None:
-        from repro.audit import _lost
-        from repro.executor import SpecJob, run_spec_job
+        from repro.commands.audit import lost_verdict
+        from repro.engines.executor import SpecJob, run_spec_job
 
         runnable = [i for i, f in enumerate(found) if f.problem is None and f.spec is not None]
-        jobs = [SpecJob(f.spec, options, action, functools.partial(_lost, f.path, f.spec, options.backend))
+        jobs = [SpecJob(f.spec, options, action, functools.partial(lost_verdict, f.path, f.spec, options.backend))
                 for i in runnable if (f := found[i]).spec is not None]
         batch = executor.map(run_spec_job, jobs)
         if not batch.complete:
@@ -109,21 +109,21 @@ def cmd_record(ns: argparse.Namespace) -> int:
 
 
 def cmd_verify(ns: argparse.Namespace) -> int:
-    from repro import pipeline
     if ns.resume_check is not None:
         if ns.engine != "local":
             raise ReproError("--resume-check runs on this machine only (no --engine ray yet)")
-        from repro.resume import check_restart
+        from repro.commands.resume import check_restart
         at = None if ns.resume_check == "first" else ns.resume_check
         return _run_each(ns, functools.partial(check_restart, at=at, jobs=ns.jobs or 2))
     if ns.segments is None:
-        return _run_each(ns, pipeline.check)
+        from repro.commands.check import check
+        return _run_each(ns, check)
+    from repro.commands.segments import replay_segments
     from repro.report.progress import describe_replay, progress_display
-    from repro.segments import replay_segments
 
     executor = _executor(ns, ns.jobs or 1)   # -j segments at a time here; on Ray each a task
 
-    def by_segments(spec: Any, options: Options) -> Verdict:  # pipeline.check, with a display
+    def by_segments(spec: Any, options: Options) -> Verdict:  # commands.check, with a display
         with progress_display(describe_replay, title=f"segments of {spec.name}",
                               plain=ns.no_progress) as progress:
             return replay_segments(spec, options, executor=executor, progress=progress)
@@ -138,7 +138,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
 
     import json
 
-    from repro.audit import load_history, run_audit, save_history
+    from repro.commands.audit import load_history, run_audit, save_history
     from repro.ioutil import atomic_write_text
     from repro.report import audit_summary
     from repro.report.json import audit_json
@@ -185,7 +185,7 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
         return _env_bisect(ns)
     executor = _executor(ns, ns.jobs)   # first: a cluster's workers start while the rest loads
 
-    from repro.bisect import bisect
+    from repro.commands.bisect import bisect
     from repro.report.bisect import bisection_json, render_bisection, round_line
     from repro.report.progress import describe_verdict, progress_display
 
@@ -226,7 +226,7 @@ def _result(text: str, json_path: str | None, doc: Callable[[], Any], exit_code:
 
 
 def _env_bisect(ns: argparse.Namespace) -> int:
-    from repro.envbisect import env_bisect
+    from repro.commands.envbisect import env_bisect
     from repro.report.bisect import env_bisection_json, env_probe_line, render_env_bisection
 
     if ns.jobs != 1:
@@ -249,8 +249,8 @@ def cmd_hash(ns: argparse.Namespace) -> int:
 
 
 def cmd_pin(ns: argparse.Namespace) -> int:
+    from repro.commands.repin import pin_spec
     from repro.discovery import expand
-    from repro.repin import pin_spec
 
     for path in expand(Path(p) for p in ns.specs):
         changes, warnings = pin_spec(path, commit=ns.commit)
@@ -275,7 +275,7 @@ def cmd_diff(ns: argparse.Namespace) -> int:
 def cmd_calibrate(ns: argparse.Namespace) -> int:
     import json
 
-    from repro.calibrate import calibrate
+    from repro.commands.calibrate import calibrate
     from repro.errors import RunError
     from repro.ioutil import atomic_write_text
     from repro.pipeline import Options
@@ -320,7 +320,8 @@ def _print_transfer(t: Any) -> int:
 
 
 def cmd_push(ns: argparse.Namespace) -> int:
-    from repro.blobsync import projects, push
+    from repro.discovery import projects
+    from repro.store.sync import push
 
     code = EXIT_OK
     for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
@@ -329,7 +330,8 @@ def cmd_push(ns: argparse.Namespace) -> int:
 
 
 def cmd_pull(ns: argparse.Namespace) -> int:
-    from repro.blobsync import projects, pull
+    from repro.discovery import projects
+    from repro.store.sync import pull
 
     code = EXIT_OK
     for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
@@ -338,7 +340,8 @@ def cmd_pull(ns: argparse.Namespace) -> int:
 
 
 def cmd_store_verify(ns: argparse.Namespace) -> int:
-    from repro.blobsync import projects, verify
+    from repro.discovery import projects
+    from repro.store.sync import verify
 
     specs = [Path(p) for p in ns.specs] or ([Path("specs")] if Path("specs").is_dir() else [])
     projs = projects(specs, Path(ns.records) if ns.records else None) if specs else []
@@ -390,7 +393,7 @@ def _store_parsers(sub: Any) -> None:
 def cmd_init(ns: argparse.Namespace) -> int:
     import yaml
 
-    from repro.init import InitRequest, init
+    from repro.commands.init import InitRequest, init
     from repro.pipeline import Options
     from repro.report import render
 
@@ -472,7 +475,7 @@ def _count(text: str) -> int:
 
 
 def _selection(text: str) -> str:
-    from repro.segmentplan import parse_selection
+    from repro.commands.segmentplan import parse_selection
     try:
         return parse_selection(text).text
     except ValueError as exc:

@@ -125,7 +125,7 @@ def _field_change(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         return f"effective ISA {effective_of(dict(a))} -> {effective_of(dict(b))}" + (
             f" ({why})" if why else "")
     if key == "l1d_cache":
-        from repro.env.kernels import SLICE_SAFE_K
+        from repro.env.fingerprint import SLICE_SAFE_K
         was = "not known to the record" if a.get(key) is None else f"{a.get(key)} bytes"
         now = "not used" if b.get(key) is None else f"{b.get(key)} bytes"
         return (f"L1 data cache {was} -> {now} (the programs sum contractions longer than "
@@ -135,7 +135,7 @@ def _field_change(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 
 def _unpinned(fp: Mapping[str, Any]) -> str:
     """The library kernels of a fingerprint that nothing pins, named."""
-    from repro.env.kernels import describe
+    from repro.env.fingerprint import describe_kernel as describe
 
     loose = [describe(k) for k in fp.get("kernels") or [] if not k.get("pinned")]
     return "kernels the CPU chooses: " + ", ".join(loose[:3]) if loose else ""

@@ -8,9 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from repro.errors import ReproError, SpecError
+from repro.errors import ReproError, SpecError, StoreError
 from repro.spec import Spec, find_specs, load_spec
+
+if TYPE_CHECKING:
+    from repro.store.sync import Project
 
 
 class DuplicateNameError(ReproError):
@@ -66,3 +70,32 @@ def discover(paths: Iterable[Path]) -> list[FoundSpec]:
     dups = duplicate_name_problems([(f.path, f.spec.name) for f in loaded
                                     if f.spec is not None and f.spec.name])
     return [FoundSpec(f.path, f.spec, dups.get(f.path, f.problem)) for f in loaded]
+
+
+def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Project]:
+    """The specs' records and the store blobs they point to, grouped by the repository (and so
+    by the remote): what `repro push`, `pull` and `store verify` move and check."""
+    from repro.pins.code import repo_root
+    from repro.record import check_record, record_dir
+    from repro.store.recordblobs import blob_refs
+    from repro.store.remote import remote_config
+    from repro.store.sync import Project
+
+    by_root: dict[Path, Project] = {}
+    for found in discover(specs):
+        if found.problem is not None or found.spec is None:
+            raise found.problem or StoreError(f"{found.path}: not a spec")
+        root = repo_root(found.spec.path or found.path)
+        proj = by_root.get(root)
+        if proj is None:
+            proj = by_root[root] = Project(remote_config(root), [], root)
+        spec_records = record_dir(root, found.spec.name or "", "any", records_root).parent
+        if not spec_records.is_dir():
+            continue
+        for d in sorted(spec_records.iterdir()):
+            if d.name.startswith(".") or not (d / "record.json").is_file():
+                continue
+            directory, meta = check_record(d, blobs=False)
+            assert meta.arrays is not None   # check_record made sure
+            proj.blobs += blob_refs(directory, meta.checkpoints, meta.arrays.index)
+    return list(by_root.values())

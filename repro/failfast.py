@@ -2,7 +2,7 @@
 comparison of a run that stopped early.
 
 `expecting` gives a verify's `Job` the recorded metric trajectories and, per metric, the
-tolerance a value must meet; `repro.expect` (child side) stops the run at the first value out of
+tolerance a value must meet; `repro.child.expect` (child side) stops the run at the first value out of
 it. Only a sure failure stops a run: a value out of `atol + rtol * |recorded|` (any difference in
 `tolerance.mode: exact`). Under `auto` the final comparison may be bitwise (equal environments),
 so a difference within tolerance does not stop the run but still fails it at the end: fail-fast
@@ -81,7 +81,7 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
 
     from repro.compare import resolve_tolerance
     from repro.record import ARRAYS_FILE
-    from repro.recordblobs import BlobRef
+    from repro.store.recordblobs import BlobRef
 
     # step -> [(member name, size, read)] for each kind
     wanted: dict[tuple[int, str], list[tuple[str, int, Any]]] = {}

@@ -26,10 +26,20 @@ from repro.noise import annotate_spread, describe, noise_floor
 from repro.paths import cache_dir
 from repro.pins.code import CodePin, repo_root, resolve_code
 from repro.pins.fetch import resolve_data
-from repro.record import Record, RecordLoader, RecordMeta, check_record, read_record, record_dir, write_record
+from repro.record import (
+    BlobsAbsent,
+    Record,
+    RecordLoader,
+    RecordMeta,
+    check_record,
+    read_record,
+    record_dir,
+    write_record,
+)
 from repro.replay import Replay, checkpoint_job, write_restore
 from repro.result import RunResult, check_recordable, collect, record_meta
 from repro.spec import Spec, load_spec
+from repro.store.sync import fetch_missing
 from repro.variation import BASELINE, Variation
 from repro.verdict import Status, Verdict, error_verdict, spec_verdict
 
@@ -56,7 +66,7 @@ class Options:
     varied: tuple[str, ...] = ()         # spec keys varied on purpose (bisect: code.commit): not evidence
     fail_fast: bool = False              # verify: stop at the first sure failure (repro/failfast.py)
     replay: Replay | None = None         # start from a checkpoint / end at one (repro/replay.py)
-    segments: str | None = None          # verify by replaying these segments (repro/segments.py)
+    segments: str | None = None          # verify by replaying these segments (repro/commands/segments.py)
     jobs: int = 1                        # segments replayed at a time
 
     def backend_impl(self) -> Backend[Any]:
@@ -211,11 +221,15 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         recorded, loader, directory = None, None, None
         if key:
             # a bad record is reported before training; arrays load while the child trains
-            directory, recorded = check_record(record_dir(prep.repo_root, spec.name or "", key, options.records_root))
-            loader = RecordLoader(directory)
+            directory, recorded = open_record(record_dir(prep.repo_root, spec.name or "", key,
+                                                         options.records_root))
+            loader = RecordLoader(directory, warm=_warm_comparison)
         done = execute(prep, options, recorded, directory)
-        rec = loader.result() if loader else read_record(
-            record_dir(prep.repo_root, spec.name or "", done.result.platform_key, options.records_root))
+        if loader is not None:
+            rec = loader.result()
+        else:
+            rec = read_record(open_record(record_dir(prep.repo_root, spec.name or "",
+                                                     done.result.platform_key, options.records_root))[0])
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)
     v = judge(prep, rec, done.result, options)
@@ -225,12 +239,18 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
     return v
 
 
-def check(spec_ref: SpecRef, options: Options | None = None, *, record_it: bool = False) -> Verdict:
-    """What the front ends call: record, verify, or verify by segments (`options.segments`)."""
-    if record_it or not (options and options.segments):
-        return record(spec_ref, options) if record_it else verify(spec_ref, options)
-    from repro.segments import replay_segments
-    return replay_segments(spec_ref, options)
+def open_record(directory: Path) -> tuple[Path, RecordMeta]:
+    """`check_record`, first fetching the store blobs it points to that this machine lacks
+    from the repository's remote (re-hashed; repro/store/sync.py): before any training."""
+    try:
+        return check_record(directory)
+    except BlobsAbsent as absent:
+        fetch_missing(absent.directory, absent.refs)
+        return check_record(directory)
+
+
+def _warm_comparison() -> None:
+    import repro.compare  # noqa: F401  (numpy and the comparison load while the child trains)
 
 
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:

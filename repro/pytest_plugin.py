@@ -63,7 +63,7 @@ def pytest_addoption(parser):
 def _selection(text: str) -> str:
     import argparse
 
-    from repro.segmentplan import parse_selection
+    from repro.commands.segmentplan import parse_selection
     try:
         return parse_selection(text).text
     except ValueError as exc:
@@ -178,15 +178,15 @@ class SpecItem(pytest.Item):
         """The spec runs here, so that pytest reports an *error* for anything that kept the
         comparison from being made (bad spec, broken pin, crash, killed run) and a *failure*
         only for a verified mismatch — as the CLI's exit codes 2 and 1 do."""
-        from repro import pipeline
+        from repro.commands.check import check
         from repro.report.junit import junit_properties
         from repro.verdict import Status, error_verdict
 
         if self.load_error is not None or self.spec is None:
             verdict = error_verdict(self.path, self.load_error or "no spec", spec=self.spec)
         else:
-            verdict = pipeline.check(self.spec, options_from_config(self.config),
-                                     record_it=self.config.getoption("--repro-record"))
+            verdict = check(self.spec, options_from_config(self.config),
+                            record_it=self.config.getoption("--repro-record"))
         self._verdict = verdict
         self.user_properties.extend(junit_properties(verdict))
         self.config.stash[_VERDICTS].append(verdict)
@@ -247,15 +247,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def repro_verify(request):
     """`repro_verify(spec_path, **options)`: retrain a spec and compare it with its record from
     a Python test; fails the test with the verdict table, returns the Verdict on a pass."""
-    from repro import pipeline
+    from repro.commands.check import check as check_spec
     from repro.report import render
 
     base = options_from_config(request.config)
 
     def check(spec: str | Path | Spec, **overrides: Any) -> Verdict:
         options = dataclasses.replace(base, **overrides)
-        verdict = pipeline.check(spec, options,
-                                 record_it=request.config.getoption("--repro-record"))
+        verdict = check_spec(spec, options,
+                            record_it=request.config.getoption("--repro-record"))
         if not verdict.ok:
             pytest.fail(render(verdict), pytrace=False)
         return verdict

@@ -1,5 +1,5 @@
 """Recorded versions: `fixtures/records/<spec name>/<platform key>/{record.json, arrays.npz}`
-(+ `blobs/`; kept states and arrays over 1 MiB are sha256 pointers: repro/recordblobs.py).
+(+ `blobs/`; kept states and arrays over 1 MiB are sha256 pointers: repro/store/recordblobs.py).
 
 A record is written as a whole directory next to its final place and swapped in with one atomic
 `renameat2(RENAME_EXCHANGE)` (Linux), so a reader — or a writer killed at any instant — sees the
@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,11 +31,12 @@ from typing_extensions import TypedDict
 from repro.errors import RecordError
 from repro.ioutil import fsync_dir, open_regular, read_npz, write_json_atomic, write_npz_atomic
 from repro.pins.data import sha256_file
-from repro.recordblobs import (
+from repro.store.recordblobs import (
     CHECKPOINTS,
     ArrayEntry,
+    BlobRef,
     CheckpointsInfo,
-    check_blobs,
+    absent_blobs,
     read_large_arrays,
     read_leaves,
     store_large_arrays,
@@ -43,7 +44,7 @@ from repro.recordblobs import (
 )
 
 if TYPE_CHECKING:
-    from repro.state import LeafKind
+    from repro.child.state import LeafKind
 
 RECORD_FORMAT = 1
 RECORDS_DIR = Path("fixtures") / "records"
@@ -106,7 +107,7 @@ class ArraysIndex(_Part):
 
 
 class UnpinnedInputs(_Part):
-    """What a run read and saw that no pin covers (repro/env/inputs.py): files read outside its
+    """What a run read and saw that no pin covers (repro/child/inputs.py): files read outside its
     code tree and data (path -> "sha256:<hex>", "size:<n>" or "gone") and environment facts."""
 
     files: dict[str, str] = Field(default_factory=dict)
@@ -317,11 +318,25 @@ def _clean_leftovers(directory: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+class BlobsAbsent(RecordError):
+    """Store blobs the record points to are not on this machine (`refs`): a verify fetches them
+    from the repository's remote before training (`pipeline.open_record`); elsewhere they are
+    named with what to do."""
+
+    def __init__(self, directory: Path, refs: list[BlobRef]):
+        self.directory, self.refs = directory, refs
+        b = refs[0]
+        more = f" (and {len(refs) - 1} more)" if len(refs) > 1 else ""
+        super().__init__(f"{directory}: {b.what} (blob {b.sha256[:12]}…, {b.size:,} bytes){more} is "
+                         "missing from this machine's store (blobs over 1 MiB stay out of git): "
+                         "run `repro pull` to fetch it from the project's store remote")
+
+
 def check_record(directory: Path, blobs: bool = True) -> tuple[Path, RecordMeta]:
     """Find a record and check it without loading arrays (no numpy): record.json parses, is of
     this format and shape, and the arrays file has the sha256 it names; with `blobs`, every
-    blob it points to (kept states, large arrays) is here (missing store blobs fetched from the
-    remote: recordblobs.check_blobs)."""
+    blob it points to (kept states, large arrays) is here: `BlobsAbsent` names the store blobs
+    this machine lacks (the pipeline fetches them: `pipeline.open_record`)."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -364,7 +379,9 @@ def check_record(directory: Path, blobs: bool = True) -> tuple[Path, RecordMeta]
                           f"record.json expects {meta.arrays.sha256}; restore it from git "
                           "(`git checkout -- <path>`) or record again")
     if blobs:
-        check_blobs(directory, meta.checkpoints, meta.arrays.index)
+        absent = absent_blobs(directory, meta.checkpoints, meta.arrays.index)
+        if absent:
+            raise BlobsAbsent(directory, absent)
     return directory, meta
 
 
@@ -393,15 +410,16 @@ def read_record(directory: Path, states: bool = True) -> Record:
 
 class RecordLoader:
     """Read a record in a background thread (`result()` returns it or raises its error): the
-    arrays — and numpy, and the comparison code — load while the child trains."""
+    arrays — and numpy, and whatever `warm` imports — load while the child trains."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, warm: Callable[[], object] | None = None):
         self._value: Record | None = None
         self._error: BaseException | None = None
 
         def work() -> None:
             try:
-                import repro.compare  # noqa: F401  (warm the import while the child runs)
+                if warm is not None:
+                    warm()
                 self._value = read_record(directory)
             except BaseException as exc:  # handed to the caller in result()
                 self._error = exc

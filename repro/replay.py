@@ -2,8 +2,8 @@
 
 A `Replay` says where a run starts (the state `ctx.restore` returns: a recorded checkpoint) and
 where it ends (`ctx.checkpoint(stop_at)` keeps that state and ends the run), and which extra
-states to keep on the way. Segment replay (`repro.segments`) and the restart check
-(`repro.resume`) build one per run; `pipeline.make_job` applies it to the job and
+states to keep on the way. Segment replay (`repro.commands.segments`) and the restart check
+(`repro.commands.resume`) build one per run; `pipeline.make_job` applies it to the job and
 `pipeline.execute` writes the restored state next to it.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from repro.child.state import LeafKind
 from repro.errors import SpecError
-from repro.state import LeafKind
 
 if TYPE_CHECKING:
     from repro.job import Job

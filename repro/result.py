@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import repro
 from repro.backends.base import ChildOutcome
+from repro.child.state import LeafKind
 from repro.env.fingerprint import packages_digest
 from repro.errors import RunError
 from repro.ioutil import open_regular, read_npz
@@ -34,7 +35,6 @@ from repro.record import (
     UnpinnedInputs,
 )
 from repro.spec import Spec
-from repro.state import LeafKind
 
 PLATFORM_KEYS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
@@ -63,7 +63,7 @@ class RunResult:
     packages: list[str] | None = None    # docker: the image's package list, taken inside it
     inputs: UnpinnedInputs | None = None  # what the training read that no pin covers
     traced: TraceInfo | None = None       # ctx.traced: fingerprints and op traces
-    stopped: StoppedAt | None = None      # fail-fast stopped the run here (repro/expect.py)
+    stopped: StoppedAt | None = None      # fail-fast stopped the run here (repro/child/expect.py)
     # ctx.checkpoint: the kept states' leaf kinds by step (their arrays are in `arrays` as
     # checkpoints/<step>/<leaf path>), where a replay started and where it ended
     checkpoints: dict[int, list[LeafKind]] = field(default_factory=dict)
@@ -190,7 +190,7 @@ class StoppedAt(BaseModel):
 
 
 class _RunFile(BaseModel):
-    """The shape of a successful run.json (repro.runner writes it)."""
+    """The shape of a successful run.json (repro.child.runner writes it)."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -33,7 +33,7 @@ from repro.yamlio import load_with_lines
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _IMAGE = re.compile(r"^([a-z0-9]+([._/:-][a-z0-9]+)*@)?sha256:[0-9a-f]{64}$")
-_ENTRYPOINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -41,7 +41,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _relative_path(value: str, what: str) -> str:
+def relative_path(value: str, what: str) -> str:
     if not value:
         raise ValueError(f"{what} is empty")
     if "\\" in value:
@@ -101,7 +101,7 @@ class OutputFile(_Model):
                              "working directory (the root of the code tree)")
         if ".." in PurePosixPath(v).parts:
             raise ValueError(f"output path {v!r} leaves the script's working directory ('..')")
-        return _relative_path(v, "output path")
+        return relative_path(v, "output path")
 
 
 class MetricsOutput(OutputFile):
@@ -184,7 +184,7 @@ class CodeSpec(_Model):
     @field_validator("entrypoint")
     @classmethod
     def _entrypoint(cls, v: str | None) -> str | None:
-        if v is not None and not _ENTRYPOINT.match(v):
+        if v is not None and not ENTRYPOINT_PATTERN.match(v):
             raise ValueError(f"{v!r} is not 'package.module:function'")
         return v
 
@@ -217,7 +217,7 @@ class DataEntry(_Model):
     @field_validator("path")
     @classmethod
     def _inside(cls, v: str) -> str:
-        return _relative_path(v, "data path")
+        return relative_path(v, "data path")
 
     @field_validator("sha256")
     @classmethod
@@ -263,7 +263,7 @@ class EnvironmentSpec(_Model):
     @field_validator("recipe")
     @classmethod
     def _recipe(cls, v: str | None) -> str | None:
-        return v if v is None else _relative_path(v, "recipe")
+        return v if v is None else relative_path(v, "recipe")
 
     @field_validator("isa")
     @classmethod
@@ -378,7 +378,7 @@ class Spec(_Model):
         """A command's placeholders name keys the spec has; what only ctx offers is refused."""
         if self.code.command is None:
             return self
-        from repro.command import unknown_placeholders
+        from repro.child.command import unknown_placeholders
 
         unknown = unknown_placeholders(self.code.command, self.seeds, self.config, self.data)
         if unknown:
@@ -499,13 +499,13 @@ def load_spec(path: str | Path, *, require_pins: bool = True) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read the spec: {exc}", file=str(path)) from None
     data, lines = load_with_lines(text, str(path))
-    spec = parse_spec(data, file=str(path), lines=lines, default_name=_default_name(path),
+    spec = parse_spec(data, file=str(path), lines=lines, default_name=default_name(path),
                       require_pins=require_pins)
     spec._path = path.resolve()
     return spec
 
 
-def _default_name(path: Path) -> str:
+def default_name(path: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip(".-_") or "spec"
     return stem
 

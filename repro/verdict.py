@@ -184,7 +184,7 @@ class SegmentOutcome:
     duration_s: float = 0.0
     first: str = ""                 # fail: the first diverging quantity and step; error: why
     stopped_at: int | None = None   # fail-fast stopped it at this step
-    continued: bool = False         # ran on in the run of the segment before it (repro/segments.py)
+    continued: bool = False         # ran on in the run of the segment before it (repro/commands/segments.py)
 
     @property
     def label(self) -> str:
@@ -277,8 +277,8 @@ class Verdict:
     localisation: Localisation | None = None     # fail: the first diverging op (ctx.traced)
     programs_unchanged: bool | None = None       # ctx.traced: every program's jaxpr and HLO as recorded
     stopped: Stop | None = None                  # fail: fail-fast stopped the run (repro/failfast.py)
-    segments: Segments | None = None             # --segments: what was replayed (repro/segments.py)
-    restart: Restart | None = None               # --resume-check (repro/resume.py)
+    segments: Segments | None = None             # --segments: what was replayed (repro/commands/segments.py)
+    restart: Restart | None = None               # --resume-check (repro/commands/resume.py)
 
     @property
     def exit_code(self) -> int:

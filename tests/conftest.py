@@ -169,7 +169,7 @@ def recorded_template(tmp_path_factory) -> Project:
 
 
 def runner_children(parent: int) -> list[int]:
-    """Live `repro.runner` processes whose parent is `parent` (read from /proc)."""
+    """Live `repro.child.runner` processes whose parent is `parent` (read from /proc)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -178,7 +178,7 @@ def runner_children(parent: int) -> list[int]:
                 status = (entry / "status").read_text()
             except OSError:
                 continue
-            if b"repro.runner" in cmd and f"PPid:\t{parent}\n" in status \
+            if b"repro.child.runner" in cmd and f"PPid:\t{parent}\n" in status \
                     and "State:\tZ" not in status:
                 pids.append(int(entry.name))
     return pids

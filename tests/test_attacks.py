@@ -526,7 +526,7 @@ def test_repro_pin_refuses_a_commit_that_does_not_exist(project):
 def test_two_audits_saving_history_at_one_instant_keep_both(tmp_path):
     import threading
 
-    from repro.audit import save_history
+    from repro.commands.audit import save_history
     doc = {"started": "2026-11-28T04:12:13+00:00", "results": []}
     paths: list[Path] = []
     threads = [threading.Thread(target=lambda i=i: paths.append(save_history(
@@ -670,7 +670,7 @@ def test_output_readers_refuse_fifos_links_and_climbing_tensor_names(tmp_path):
     from safetensors.numpy import save_file
     from tensorboardX import SummaryWriter
 
-    from repro.outputs import OutputError, read_metrics, read_weights, resolve
+    from repro.child.outputs import OutputError, read_metrics, read_weights, resolve
 
     logs = tmp_path / "work" / "logs"
     with SummaryWriter(str(logs)) as w:
@@ -697,7 +697,7 @@ def test_hostile_metrics_files_are_named_with_file_and_line(tmp_path):
 
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
-    from repro.outputs import OutputError, read_metrics
+    from repro.child.outputs import OutputError, read_metrics
 
     cases = {"big.jsonl": ('{"step": 0, "loss": ' + "9" * 400 + "}\n").encode(),
              "deep.jsonl": b'{"step": 0}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n",
@@ -726,9 +726,9 @@ def test_a_parcel_with_a_hostile_name_unpacks_nothing(tmp_path, field, name):
     """A parcel comes from the shared store: every name is checked before anything is fetched
     or written — relative, no '..', no .git component — so it can neither write outside the job
     directory nor install a git config whose `core.fsmonitor` would run on the next git status."""
+    from repro.engines.parcel import Parcel, Shipped, unpack
     from repro.errors import ReproError
-    from repro.parcel import Parcel, Shipped, unpack
-    from repro.remote import RemoteConfig
+    from repro.store.remote import RemoteConfig
 
     job = tmp_path / "job"
     job.mkdir()

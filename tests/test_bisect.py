@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from repro import pipeline
-from repro.bisect import Search, bisect, commit_range, rounds_bound
-from repro.executor import LocalExecutor
+from repro.commands.bisect import Search, bisect, commit_range, rounds_bound
+from repro.engines.executor import LocalExecutor
 from tests.conftest import build_project, git
 
 N = 30          # commits in good..bad, bad included

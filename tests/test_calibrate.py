@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from repro import pipeline
-from repro.calibrate import (
+from repro.commands.calibrate import (
     FLOOR,
     Host,
     Proposal,
@@ -30,7 +30,7 @@ from repro.calibrate import (
     write_tolerances,
 )
 from repro.compare import compare_arrays
-from repro.env.fingerprint import cpu_isa
+from repro.env.cpu import cpu_isa
 from repro.env.isa import PORTABLE, XLA_ISAS, host_best, is_x86
 from repro.env.settings import determinism_settings
 from repro.errors import ReproError, SpecError

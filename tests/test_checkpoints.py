@@ -280,7 +280,7 @@ def test_state_leaves_come_back_as_they_were():
 
     import jax.numpy as jnp
 
-    from repro.state import decode_state, encode_state
+    from repro.child.state import decode_state, encode_state
 
     Pair = collections.namedtuple("Pair", "mu count")
     rng = np.random.default_rng(3)
@@ -325,7 +325,7 @@ def test_segments_replay_in_docker_containers_too(tmp_path, cpu_image):
 
 
 def test_consecutive_segments_share_runs_as_even_as_the_slots_allow():
-    from repro.segmentplan import Segment, plan_units
+    from repro.commands.segmentplan import Segment, plan_units
 
     four = [Segment(0, 750), Segment(750, 1500), Segment(1500, 2250), Segment(2250, 3000, final=True)]
     assert plan_units(four, 2, 2999) == [[0, 1], [2, 3]]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import Project, git
+from repro.child.outputs import OutputError, read_metrics, read_weights
 from repro.errors import SpecError
-from repro.outputs import OutputError, read_metrics, read_weights
 from repro.pipeline import Options, record, run, verify
 from repro.report.json import verdict_json
 from repro.spec import load_spec

@@ -76,7 +76,7 @@ def test_record_arrays_and_data_only_in_s3_verify_on_a_fresh_cache(wide, s3_serv
 def test_a_corrupt_array_blob_or_wrong_data_at_the_url_is_named_and_never_used(
         wide, s3_server, tmp_path, monkeypatch):
     sha = emb_pointer(wide)["sha256"]
-    from repro.store import machine_store
+    from repro.store.blobs import machine_store
     recorded_blob = machine_store().get(sha, "the recorded blob")   # the session's store
     set_store(wide, f"s3://{BUCKET}/bad")
     good = (wide.root.parent / "xy.npz").read_bytes()

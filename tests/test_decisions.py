@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from repro.changes import changes_since_record
-from repro.context import Context, GradSchedule
+from repro.child.context import Context, GradSchedule
+from repro.child.fingerprint import pick_cpus
 from repro.discovery import DuplicateNameError, discover, duplicate_name_problems
-from repro.env.fingerprint import fingerprint_changes, pick_cpus
+from repro.engines.executor import LocalExecutor
+from repro.env.fingerprint import fingerprint_changes
 from repro.env.settings import child_environment, determinism_settings
 from repro.errors import ReproError, RunError
-from repro.executor import LocalExecutor
 from repro.job import Job
 from repro.pins.code import CodePin
 from repro.pytest_plugin import worker_slot

@@ -165,7 +165,7 @@ def test_crash_in_user_code_shows_the_users_frames(dproject):
     assert v.status == "error"
     assert "the training function raised: ValueError: bad config: lr=0.05" in v.error
     assert "/work/code/tinyproj/train.py" in v.error_detail
-    assert "repro/runner.py" not in v.error_detail
+    assert "repro/child/runner.py" not in v.error_detail
 
 
 def test_output_streams_while_the_container_runs(dproject):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import lr_times
-from repro.envbisect import apply, ddmin, lock_changes, parse_lock, split
+from repro.commands.envbisect import apply, ddmin, lock_changes, parse_lock, split
 
 pytestmark = pytest.mark.slow   # a real Docker engine and image builds: `-m "not slow"` leaves them out
 

@@ -78,8 +78,8 @@ def test_audit_runs_to_the_end_by_default_and_stops_with_fail_fast(diverged, tmp
 
 
 def test_the_child_stops_only_on_a_sure_failure():
-    from repro.context import Context, GradSchedule
-    from repro.expect import Expectation, Stopped
+    from repro.child.context import Context, GradSchedule
+    from repro.child.expect import Expectation, Stopped
 
     rec = {"loss": {"steps": [0, 1, 2], "values": [1.0, 0.5, 0.25]}}
 
@@ -114,7 +114,7 @@ def test_a_gradient_out_of_tolerance_stops_the_run_when_it_is_kept(diverged, tmp
 
 
 def test_the_child_checks_kept_arrays_only_on_a_sure_failure(tmp_path):
-    from repro.expect import ArrayExpectation
+    from repro.child.expect import ArrayExpectation
 
     path = tmp_path / "expected.npz"
     w = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)

@@ -23,9 +23,9 @@ from flax import linen as nn
 from flax import nnx, struct
 from flax.core import freeze
 
-from repro.checkpoint import Checkpoints
-from repro.state import LeafKind
-from repro.treepath import flatten_with_paths, numeric_leaves
+from repro.child.checkpoint import Checkpoints
+from repro.child.state import LeafKind
+from repro.child.treepath import flatten_with_paths, numeric_leaves
 from zoo import nnx_mlp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from conftest import git, sha256, write_data
+from repro.commands.repin import pin_spec
 from repro.errors import SpecError
-from repro.repin import pin_spec
 from repro.spec import load_spec
 
 SPEC = "specs/tiny.yaml"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from repro import pipeline
-from repro.env.fingerprint import cpu_isa
+from repro.env.cpu import cpu_isa
 from repro.env.isa import PORTABLE, XLA_ISAS, ceiling, effective, effective_of, host_best, is_x86
 from repro.spec import parse_spec
 from repro.variation import Variation
@@ -236,7 +236,7 @@ def test_ceilings_and_effective_isa():
 
 def test_the_recipe_follows_the_cpu_and_the_jaxlib():
     """`environment.isa` as the child resolves it (env/portable.py), for CPUs this host is not."""
-    from repro.env.portable import CONSISTENT, known_flags, resolve
+    from repro.child.portable import CONSISTENT, known_flags, resolve
 
     knows_all = lambda name: True
     avx512 = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"]
@@ -275,7 +275,7 @@ def test_the_kernel_inventory_reads_real_compiled_programs():
     import jax
     import jax.numpy as jnp
 
-    from repro.env.kernels import ProgramWatch, inventory
+    from repro.child.kernels import ProgramWatch, inventory
 
     watch = ProgramWatch()
     watch.start()

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from conftest import Project, build_project
-from repro.audit import run_audit
+from repro.commands.audit import run_audit
 from repro.report.progress import LiveProgress, PlainProgress, describe_replay, describe_verdict
 from repro.verdict import error_verdict
 
@@ -147,8 +147,8 @@ def test_segment_replay_prints_a_plain_line_per_segment(tmp_path):
 def test_calibrate_and_bisect_tell_the_display_of_every_run(tmp_path):
     from conftest import lr_times
     from repro import pipeline
-    from repro.bisect import bisect
-    from repro.calibrate import calibrate
+    from repro.commands.bisect import bisect
+    from repro.commands.calibrate import calibrate
     from repro.report.progress import describe_variation, variation_line
 
     p = build_project(tmp_path / "proj")

@@ -122,7 +122,7 @@ def _sweep(base: Path, seen: dict[int, tuple[int, str]], kill_first: str | None 
             continue
         try:
             cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-            if "repro.runner" not in cmd:
+            if "repro.child.runner" not in cmd:
                 continue
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             parent = (Path("/proc") / str(ppid) / "cmdline").read_bytes().decode(errors="replace")
@@ -146,8 +146,8 @@ def _runners(base: Path, seen: dict[int, tuple[int, str]], stop: threading.Event
 
 def test_a_killed_worker_is_retried_and_a_failing_spec_is_not(cluster, audited):
     from repro import pipeline
-    from repro.audit import run_audit
-    from repro.rayexec import RayExecutor
+    from repro.commands.audit import run_audit
+    from repro.engines.rayexec import RayExecutor
 
     seen: dict[int, tuple[int, str]] = {}
     stop, killed = threading.Event(), []
@@ -182,12 +182,13 @@ def test_warm_up_starts_one_worker_on_each_node_that_can_run_a_job(cluster, audi
     from functools import partial
 
     from repro import pipeline
-    from repro.audit import _lost
+    from repro.commands.audit import lost_verdict
+    from repro.commands.check import check
     from repro.discovery import discover
-    from repro.executor import SpecJob
-    from repro.rayexec import RayExecutor
+    from repro.engines.executor import SpecJob
+    from repro.engines.rayexec import RayExecutor
 
-    jobs = [SpecJob(f.spec, pipeline.Options(), pipeline.check, partial(_lost, f.path, f.spec, "local"))
+    jobs = [SpecJob(f.spec, pipeline.Options(), check, partial(lost_verdict, f.path, f.spec, "local"))
             for f in discover([audited.root / "specs"]) if f.spec is not None]
 
     left: list[int] = []
@@ -214,8 +215,8 @@ def _ray_runners(base: Path) -> list[int]:
 
 def test_ctrl_c_cancels_the_tasks_and_reports_the_rest_interrupted(cluster, audited):
     from repro import pipeline
-    from repro.audit import run_audit
-    from repro.rayexec import RayExecutor
+    from repro.commands.audit import run_audit
+    from repro.engines.rayexec import RayExecutor
 
     def interrupt_when_training() -> None:
         deadline = time.monotonic() + 60
@@ -307,8 +308,8 @@ def test_bisect_with_engine_ray_names_the_commit_that_changed_the_lr(cluster, au
 
 def test_without_a_store_the_engine_says_how_to_name_one(project, monkeypatch):
     """No cluster needed: a project must name its store before anything is shipped."""
+    from repro.engines.parcel import pack
     from repro.errors import StoreError
-    from repro.parcel import pack
     from repro.spec import load_spec
 
     monkeypatch.delenv("REPRO_STORE", raising=False)
@@ -323,8 +324,8 @@ def test_tasks_on_one_machine_lease_disjoint_cpu_slots(tmp_path, monkeypatch):
     import contextlib
     import tempfile
 
-    from repro.env.fingerprint import pick_cpus
-    from repro.rayexec import cpu_slot
+    from repro.child.fingerprint import pick_cpus
+    from repro.engines.rayexec import cpu_slot
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     cores = len(os.sched_getaffinity(0))
@@ -347,8 +348,8 @@ def test_a_segments_run_or_error_comes_back_naming_the_users_files(tmp_path):
     import pickle
 
     from repro.backends.base import ChildOutcome
+    from repro.engines.rayexec import _back
     from repro.errors import SpecError
-    from repro.rayexec import _back
     from repro.result import RunResult
 
     there, here = str(tmp_path / "cluster-work" / "job-1-x"), "/home/user/proj"
@@ -377,16 +378,16 @@ def test_a_gpu_spec_on_a_cluster_without_a_gpu_node_is_skipped_not_left_waiting(
 
 
 def test_a_parcel_whose_blobs_the_index_knows_is_packed_without_opening_the_remote(audited):
-    """Once this machine's index (repro/remoteindex.py) knows every blob of a parcel, packing it
+    """Once this machine's index (repro/store/remoteindex.py) knows every blob of a parcel, packing it
     opens no connection: here the remote's endpoint is a port nothing listens on. Without the
     index the same pack has to reach the remote, and says it cannot."""
-    from repro.parcel import pack
-    from repro.remote import remote_config
-    from repro.remoteindex import RemoteIndex
+    from repro.engines.parcel import pack
     from repro.spec import load_spec
+    from repro.store.remote import remote_config
+    from repro.store.remoteindex import RemoteIndex
 
     pack(load_spec(audited.spec))   # the index learns the remote's listing and what was sent
-    script = ("import sys; from repro.parcel import pack; from repro.spec import load_spec; "
+    script = ("import sys; from repro.engines.parcel import pack; from repro.spec import load_spec; "
               "p = pack(load_spec(sys.argv[1])); print(len(p.files), p.git_pack)")
     dead = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
     known = subprocess.run([sys.executable, "-c", script, str(audited.spec)], env=dead,
@@ -403,8 +404,8 @@ def test_a_blob_the_index_wrongly_says_the_remote_holds_is_listed_and_shipped_ag
     """A remote can lose a blob behind this machine's index (a lifecycle rule, a manual delete):
     the worker that misses it says so, and the driver forgets the index, lists the remote and
     ships the job again; the verdict is the one a correct index gives."""
-    from repro.remote import remote_config
-    from repro.remoteindex import RemoteIndex, index_path
+    from repro.store.remote import remote_config
+    from repro.store.remoteindex import RemoteIndex, index_path
 
     copy = audited.root / "extra" / "tiny.yaml"   # bytes no node and no remote has seen
     copy.parent.mkdir(exist_ok=True)

@@ -1,11 +1,11 @@
-"""The remote index (repro/remoteindex.py): what this machine knows a store remote holds, on
+"""The remote index (repro/store/remoteindex.py): what this machine knows a store remote holds, on
 disk under the cache, read back by the next process."""
 from __future__ import annotations
 
 import hashlib
 
-from repro.remote import RemoteConfig
-from repro.remoteindex import RemoteIndex, index_path
+from repro.store.remote import RemoteConfig
+from repro.store.remoteindex import RemoteIndex, index_path
 
 
 def _sha(text: str) -> str:

@@ -3,7 +3,7 @@ and a screenshot in headless Chromium that must not be blank and must log nothin
 
 tests/data/audit-sample.json is a real audit (one pass, one fail with `seeds.params` perturbed,
 one error); tests/data/history/ holds the two audits before it (the newest is the sample itself,
-as `repro.audit.load_history` returns it after `save_history`).
+as `repro.commands.audit.load_history` returns it after `save_history`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repro.audit import load_history
+from repro.commands.audit import load_history
 from repro.report.html import render_html
 
 DATA = Path(__file__).parent / "data"

@@ -29,7 +29,7 @@ def test_exception_in_user_code_shows_the_users_frames_only(project):
     assert "the training function raised: ValueError: bad config: lr=0.05" in out
     assert "your frames only" in out
     assert "tinyproj/train.py" in out and "raise_deep" in out
-    assert "repro/runner.py" not in out  # the harness's own frames are trimmed
+    assert "repro/child/runner.py" not in out  # the harness's own frames are trimmed
 
 
 def test_nan_metric_is_named_with_its_step(project):

@@ -126,9 +126,9 @@ def test_a_file_remote_takes_the_same_layout_and_pull_rehashes(big, tmp_path, mo
 PUSHER = """
 import sys
 from pathlib import Path
-from repro.blobsync import BlobRef, Project, push
-from repro.remote import RemoteConfig
-from repro.store import machine_store
+from repro.store.sync import BlobRef, Project, push
+from repro.store.remote import RemoteConfig
+from repro.store.blobs import machine_store
 
 shas = [s for s in machine_store().shas()]
 refs = [BlobRef(s, machine_store().path(s).stat().st_size, "store", Path("."), f"leaf{i}")
@@ -139,7 +139,7 @@ print(out.done, out.skipped, out.exit_code)
 
 
 def test_a_push_killed_part_way_rerun_sends_only_the_rest(s3_server, tmp_path, monkeypatch):
-    from repro.store import machine_store
+    from repro.store.blobs import machine_store
 
     fresh_cache(monkeypatch, tmp_path, "pusher-cache")
     store = machine_store()
@@ -175,7 +175,7 @@ def test_a_push_killed_part_way_rerun_sends_only_the_rest(s3_server, tmp_path, m
 
 def test_the_remote_is_named_in_pyproject_and_fsspec_loads_lazily(tmp_path, monkeypatch):
     from repro.errors import StoreError
-    from repro.remote import find_remote_config, remote_config
+    from repro.store.remote import find_remote_config, remote_config
 
     monkeypatch.delenv("REPRO_STORE", raising=False)
     (tmp_path / "pyproject.toml").write_text('[tool.repro]\nstore = "s3://b/p"\n'
@@ -198,7 +198,7 @@ def test_the_remote_is_named_in_pyproject_and_fsspec_loads_lazily(tmp_path, monk
 
 def test_an_http_remote_is_read_only(tmp_path):
     from repro.errors import StoreError
-    from repro.remote import Remote, RemoteConfig
+    from repro.store.remote import Remote, RemoteConfig
 
     remote = Remote(RemoteConfig("https://example.invalid/store"))
     with pytest.raises(StoreError, match="read-only"):
@@ -207,7 +207,7 @@ def test_an_http_remote_is_read_only(tmp_path):
 
 
 def test_store_options_reach_s3fs_without_the_aws_endpoint_variable(s3_server, monkeypatch):
-    from repro.remote import Remote, RemoteConfig
+    from repro.store.remote import Remote, RemoteConfig
 
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     remote = Remote(RemoteConfig(f"s3://{BUCKET}/opts", {"endpoint_url": s3_server,
@@ -235,7 +235,7 @@ def test_a_checksummed_put_is_not_payload_signed_unless_the_project_says_so(s3_s
     A project's own `payload_signing_enabled` wins."""
     import s3fs
 
-    from repro.remote import Remote, RemoteConfig
+    from repro.store.remote import Remote, RemoteConfig
 
     def sent_with(options: dict) -> str:
         s3fs.S3FileSystem.clear_instance_cache()   # each remote its own client (and hooks)
@@ -263,7 +263,7 @@ def test_damaged_or_linked_local_blobs_are_repaired_by_pull_and_verify_and_never
     link in its place, is no blob: `repro pull` fetches it again (it used to say "already there;
     ok"), a verify's fetch replaces it before training, and `put` (what `repro record` calls)
     rewrites it instead of recording against it. The advice for one is `repro pull`."""
-    from repro.store import BlobStore
+    from repro.store.blobs import BlobStore
 
     set_store(big, f"s3://{BUCKET}/repair")
     big.repro("push", check_rc=0)
@@ -299,7 +299,7 @@ def test_damaged_or_linked_local_blobs_are_repaired_by_pull_and_verify_and_never
     assert store.put(good) == sha and hashlib.sha256(blob.read_bytes()).hexdigest() == sha
 
     from repro.errors import RecordError
-    from repro.store import machine_store
+    from repro.store.blobs import machine_store
     damage()
     with pytest.raises(RecordError, match="delete it and run `repro pull`"):
         machine_store().get(sha, "the frozen leaf")
@@ -310,8 +310,8 @@ def test_a_remote_blob_that_never_ends_is_read_to_its_size_and_found_corrupt(tmp
     """Issue 25, item 2: a blob of known size is read to at most size + 1 bytes. A remote whose
     blob is an endless stream (here /dev/zero in a file:// remote's place) is corrupt, named,
     and nothing is kept: memory and disk stay bounded."""
-    from repro.remote import CorruptBlob, Remote, RemoteConfig
-    from repro.store import BlobStore
+    from repro.store.blobs import BlobStore
+    from repro.store.remote import CorruptBlob, Remote, RemoteConfig
 
     sha = "ab" * 32
     remote = tmp_path / "remote"
@@ -326,7 +326,7 @@ def test_a_remote_blob_that_never_ends_is_read_to_its_size_and_found_corrupt(tmp
 WRITER = """
 import sys, time
 from pathlib import Path
-from repro.store import BlobStore
+from repro.store.blobs import BlobStore
 
 def chunks():
     yield b"x" * 1000
@@ -343,7 +343,7 @@ def test_a_writer_killed_mid_download_leaves_nothing_for_good(tmp_path):
     remove those of writers that are gone, never a live one's."""
     import signal as _signal
 
-    from repro.store import BlobStore
+    from repro.store.blobs import BlobStore
 
     root = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)])

@@ -13,9 +13,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from repro.child.treepath import flatten_with_paths
 from repro.record import read_record
 from repro.spec import load_spec
-from repro.treepath import flatten_with_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

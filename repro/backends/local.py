@@ -74,7 +74,7 @@ class LocalBackend:
         if job.emulate_cpu:   # the same interpreter on an emulated CPU (env/emulate.py)
             from repro.env.emulate import command
             python = command(job.emulate_cpu)
-        cmd = [*python, "-P", "-m", "repro.runner", str(run_dir.job), str(run_dir.out)]
+        cmd = [*python, "-P", "-m", "repro.child.runner", str(run_dir.job), str(run_dir.out)]
         proc = subprocess.Popen(cmd, cwd=job.tree, env=child_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)

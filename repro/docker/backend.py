@@ -140,7 +140,7 @@ class DockerBackend:
                     # detach=False + stdin_open: the SDK sets StdinOnce, so the container's
                     # stdin closes when this process's attach socket does (exit, or killed)
                     container = client.containers.create(
-                        image, ["python3", "-P", "-m", "repro.runner", JOB_MOUNT, RUN_MOUNT],
+                        image, ["python3", "-P", "-m", "repro.child.runner", JOB_MOUNT, RUN_MOUNT],
                         name=cname, environment=child_env, mounts=mounts, stdin_open=True,
                         tty=False, labels=_labels(job.spec), detach=False,
                         **{**sandbox_config(env.memory, env.pids), "working_dir": CODE_MOUNT},

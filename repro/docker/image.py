@@ -7,7 +7,7 @@ is that digest (what `repro env build` prints) or whose RepoDigests hold `NAME@d
 registry gives). A tag never matches: a spec pins content, not a name.
 
 The package fingerprint of an image is the sorted `name==version` list of every distribution
-its Python sees (`repro.env.fingerprint.installed_packages`, run inside the image), and its sha256.
+its Python sees (`repro.child.fingerprint.installed_packages`, run inside the image), and its sha256.
 Image Ids are content addresses, so the list is cached per Id under `<cache>/image-packages/`.
 """
 from __future__ import annotations
@@ -210,7 +210,7 @@ def _rebuild(client: Any, spec: Spec, pinned: str, name: str, digest: str, recip
         f"packages, sha256 {rec.sha256[:12]}…)"])
 
 
-PROBE = ("import json; from repro.env.fingerprint import installed_packages; "
+PROBE = ("import json; from repro.child.fingerprint import installed_packages; "
          "print('REPRO-PACKAGES ' + json.dumps(installed_packages()))")
 
 

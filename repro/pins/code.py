@@ -189,7 +189,7 @@ def export_commit(repo: Path, commit: str, notes: list[str] | None = None) -> Pa
                 notes.append(f"the exported tree of commit {commit[:12]} had been changed since it "
                              f"was exported ({', '.join(altered[:5])}"
                              f"{' …' if len(altered) > 5 else ''}); it was exported again from git")
-            _make_writable(target)
+            make_writable(target)
             shutil.rmtree(target, ignore_errors=True)
             return _export(repo, commit, target)
     return _export(repo, commit, target)
@@ -211,7 +211,7 @@ def _export(repo: Path, commit: str, target: Path) -> Path:
         _make_read_only(tmp)
         manifest = _take_manifest(tmp)
         if target.exists():  # an incomplete export left by a killed process
-            _make_writable(target)
+            make_writable(target)
             shutil.rmtree(target, ignore_errors=True)
         try:
             os.rename(tmp, target)
@@ -221,7 +221,7 @@ def _export(repo: Path, commit: str, target: Path) -> Path:
                 raise
     finally:
         if tmp.exists():
-            _make_writable(tmp)
+            make_writable(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
@@ -316,7 +316,7 @@ def _make_read_only(root: Path) -> None:
         os.chmod(dirpath, 0o555)
 
 
-def _make_writable(root: Path) -> None:
+def make_writable(root: Path) -> None:
     for dirpath, dirnames, _filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in dirnames:

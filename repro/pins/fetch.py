@@ -4,7 +4,7 @@ repository is fetched by its sha256 into the machine's cache, and the training r
     data:
       corpus: {path: data/corpus.txt, sha256: 6b1e..., url: "s3://bucket/corpus.txt"}
 
-- The bytes go into the machine's store (`<cache>/store/<2 hex>/<62 hex>`, repro/store.py),
+- The bytes go into the machine's store (`<cache>/store/<2 hex>/<62 hex>`, repro/store/blobs.py),
   hashed as they arrive and renamed into place only when their sha256 is the pinned one: a
   partial or wrong download is never visible, never used. A wrong hash at the URL is an error
   naming the entry, the URL, the expected and the actual sha256 (not retried: it is not
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from repro.errors import DataPinError, StoreError
 from repro.paths import cache_dir
 from repro.pins.data import hash_path, verify_data
-from repro.store import CHUNK, machine_store
+from repro.store.blobs import CHUNK, machine_store
 
 if TYPE_CHECKING:
     from repro.spec import DataEntry
@@ -130,7 +130,7 @@ class _Limit:
 def _download(where: str, url: str, sha256: str, repo_root: Path, limit: _Limit | None = None) -> str:
     """Stream `url` into the machine's store as blob `sha256` (renamed into place only when the
     hash matches); the sha256 of the bytes received. Transient failures are retried."""
-    from repro.remote import url_fs, url_options
+    from repro.store.remote import url_fs, url_options
 
     try:
         fs, target = url_fs(url, url_options(url, repo_root), where)

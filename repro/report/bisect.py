@@ -1,15 +1,15 @@
-"""Rendering a bisection (repro/bisect.py): one progress line per round, the result for people,
+"""Rendering a bisection (repro/commands/bisect.py): one progress line per round, the result for people,
 and its JSON. Rendering only; every commit, outcome and number comes from the `Bisection`."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from repro.report.json import verdict_json
-from repro.report.text import _num, summary_line
+from repro.report.text import short_number, summary_line
 
 if TYPE_CHECKING:
-    from repro.bisect import Bisection, Probe, Round
-    from repro.envbisect import EnvBisection, EnvProbe
+    from repro.commands.bisect import Bisection, Probe, Round
+    from repro.commands.envbisect import EnvBisection, EnvProbe
     from repro.verdict import Verdict
 
 JSON_FORMAT = 1
@@ -83,10 +83,10 @@ def _verdict_lines(lead: str, v: Verdict, verbose: bool) -> list[str]:
     first = v.first_divergence
     if first is not None:
         step = f" at step {first.first_step}" if first.first_step is not None else ""
-        out.append(f"  first divergence: {first.label}{step} (max abs err {_num(first.max_abs)}, "
-                   f"max rel err {_num(first.max_rel)}, {first.tolerance_text})")
+        out.append(f"  first divergence: {first.label}{step} (max abs err {short_number(first.max_abs)}, "
+                   f"max rel err {short_number(first.max_rel)}, {first.tolerance_text})")
     if verbose:
-        out += [f"    {r.label}: first step {r.first_step}, max abs err {_num(r.max_abs)}"
+        out += [f"    {r.label}: first step {r.first_step}, max abs err {short_number(r.max_abs)}"
                 for r in v.failures]
     numeric = [c for c in v.changes if c.numeric]
     if numeric:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from repro.report.text import _num, table
+from repro.report.text import short_number, table
 
 if TYPE_CHECKING:
-    from repro.calibrate import Bounds, Calibration, VariationRun
+    from repro.commands.calibrate import Bounds, Calibration, VariationRun
 
 CALIBRATION_FORMAT = 1
 
@@ -56,7 +56,7 @@ def render_calibration(cal: Calibration, *, verbose: bool = False) -> str:
         for i, r in enumerate(shown):
             rows.append([run.name if i == 0 and run.differing else "",
                          r.label, f"{r.n_out}/{r.n_total}" if not r.note else r.note,
-                         _num(r.max_abs), _num(r.max_rel)])
+                         short_number(r.max_abs), short_number(r.max_rel)])
         if run.differing and not verbose and len(run.rows) > len(run.differing):
             rows.append(["", f"({len(run.rows) - len(run.differing)} other quantities bitwise)",
                          "", "", ""])
@@ -85,7 +85,7 @@ def render_calibration(cal: Calibration, *, verbose: bool = False) -> str:
         for t in cal.proposal.tolerances:
             proposed = "not proposed" if t.problem else _bounds_of(t.rtol, t.atol) + (
                 "  (floor)" if t.at_floor else "")
-            body.append([t.label, proposed, _num(t.max_abs), _num(t.max_rel),
+            body.append([t.label, proposed, short_number(t.max_abs), short_number(t.max_rel),
                          _bounds(t.current) + (f"  {t.problem}" if t.problem else "")])
         out.append(_indent(table(body, ["tolerance", "proposed", "largest abs dev",
                                         "largest rel dev", "now"])))

@@ -1,5 +1,5 @@
 """The audit's HTML report: one self-contained file (inline CSS, hand-written inline SVG, a few
-lines of script to expand/collapse) rendered from the audit JSON (`repro.audit.audit_json`) and
+lines of script to expand/collapse) rendered from the audit JSON (`repro.commands.audit.audit_json`) and
 the earlier audits kept with `--history`. Format documented in docs/audit.md.
 
 Every string that comes from the JSON is user data (spec names, errors, tracebacks): it goes
@@ -50,7 +50,7 @@ def _first_line(text: str, limit: int = 160) -> str:
 
 def render_html(doc: dict, history: list[dict]) -> str:
     """The report for one audit `doc`; `history` holds earlier audit documents, oldest first
-    (it may end with `doc` itself, as `repro.audit.load_history` returns it after saving)."""
+    (it may end with `doc` itself, as `repro.commands.audit.load_history` returns it after saving)."""
     results = list(doc.get("results") or [])
     order = sorted(range(len(results)), key=lambda i: (ORDER.get(results[i].get("status"), 2), i))
     timeline = [h for h in (history or []) if isinstance(h, dict) and not _same(h, doc)] + [doc]

@@ -12,7 +12,7 @@ import repro
 from repro.verdict import QuantityResult, Verdict
 
 if TYPE_CHECKING:
-    from repro.audit import Audit
+    from repro.commands.audit import Audit
 
 JSON_FORMAT = 1
 

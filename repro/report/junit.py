@@ -12,7 +12,7 @@ from repro.report.text import render, summary_line
 from repro.verdict import Status, Verdict
 
 if TYPE_CHECKING:
-    from repro.audit import Audit
+    from repro.commands.audit import Audit
 
 
 def junit_properties(v: Verdict) -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """The progress display of long commands (audit, segment replay, calibrate, bisect): a live
 table from `rich` on a terminal — each job queued, running, pass, fail or error, its time, the
 count, the elapsed time and an ETA — or plain lines, one per finished job, when the output is a
-file or a CI log (or `--no-progress`). Both implement `repro.progress.Progress`; the library
+file or a CI log (or `--no-progress`). Both implement `repro.commands.progress.Progress`; the library
 calls them, this module only renders.
 
 The ETA: the median time of the jobs finished so far × the jobs left (queued, running and those
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Self, cast
 
 from repro.errors import ReproError
-from repro.report.text import _detail, progress_line
+from repro.report.text import progress_line, verdict_detail
 from repro.verdict import Verdict
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
 
-    from repro.calibrate import VariationRun
+    from repro.commands.calibrate import VariationRun
 
 QUEUED, RUNNING = "queued", "running"
 STYLE = {QUEUED: "dim", RUNNING: "cyan", "pass": "green", "bitwise": "green", "done": "green",
@@ -55,7 +55,7 @@ Describe = Callable[[object], tuple[str, str]]
 def describe_verdict(result: object) -> tuple[str, str]:
     """An audited spec or a bisect probe: its verdict's status and the audit's detail."""
     assert isinstance(result, Verdict)
-    return str(result.status), _detail(result)
+    return str(result.status), verdict_detail(result)
 
 
 def describe_variation(result: object) -> tuple[str, str]:

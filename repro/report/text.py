@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from repro.verdict import ERROR, FAIL, PASS, RAN, RECORDED, QuantityResult, Status, Verdict
 
 if TYPE_CHECKING:
-    from repro.audit import Audit
+    from repro.commands.audit import Audit
 
 MAX_ROWS = 15
 
 
-def _num(x: float) -> str:
+def short_number(x: float) -> str:
     if x == 0:
         return "0"
     if x != x or x in (float("inf"), float("-inf")):
@@ -87,8 +87,8 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
         out.append(f"  compared {'bitwise' if v.bitwise else 'within tolerance'}: {v.mode_reason}")
         rows = v.failures if (v.status == FAIL and not verbose) else v.rows
         spread = any(r.spread is not None for r in rows)
-        body = [[r.label, "-" if r.first_step is None else str(r.first_step), _num(r.max_abs),
-                 _num(r.max_rel)] + ([_multiple(r)] if spread else []) +
+        body = [[r.label, "-" if r.first_step is None else str(r.first_step), short_number(r.max_abs),
+                 short_number(r.max_rel)] + ([_multiple(r)] if spread else []) +
                 [r.tolerance_text, f"{r.n_out}/{r.n_total}" + (f"  {r.note}" if r.note else "")]
                 for r in rows[:MAX_ROWS]]
         out.append("")
@@ -168,20 +168,20 @@ def _multiple(r: QuantityResult) -> str:
     m = r.spread_multiple
     if m is None:
         return "-"
-    return f"{_num(m)}x (spread {_num(r.spread or 0.0)})"
+    return f"{short_number(m)}x (spread {short_number(r.spread or 0.0)})"
 
 
 def _fmt_metric(x: object) -> str:
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
-def _detail(v: Verdict) -> str:
+def verdict_detail(v: Verdict) -> str:
     if v.status == FAIL and v.first_divergence is not None:
         r = v.first_divergence
         where = f" at step {r.first_step}" if r.first_step is not None else ""
         cls = f"{v.fail_class}: " if v.fail_class else ""
         stop = f" (stopped at step {v.stopped.step} of {v.stopped.of})" if v.stopped else ""
-        return f"{cls}{r.label}{where}, max rel err {_num(r.max_rel)}{stop}"
+        return f"{cls}{r.label}{where}, max rel err {short_number(r.max_rel)}{stop}"
     if v.status == ERROR:
         return (v.error.splitlines() or [""])[0][:100]
     if v.status == PASS:
@@ -194,12 +194,12 @@ def progress_line(v: Verdict, done: int, total: int, width: int = 20) -> str:
     filled = round(width * done / total)
     bar = "#" * filled + "-" * (width - filled)
     word = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR"}.get(v.status, v.status.upper())
-    return f"[{bar}] {done}/{total} {word:<5} {v.name} ({v.duration_s:.1f} s) {_detail(v)}"
+    return f"[{bar}] {done}/{total} {word:<5} {v.name} ({v.duration_s:.1f} s) {verdict_detail(v)}"
 
 
 def audit_summary(audit: Audit) -> str:
     """The table printed at the end of an audit."""
-    rows = [[v.name, v.status, f"{v.duration_s:.1f} s", _detail(v)] for v in audit.verdicts]
+    rows = [[v.name, v.status, f"{v.duration_s:.1f} s", verdict_detail(v)] for v in audit.verdicts]
     counts = audit.counts()
     head = (f"repro audit of {audit.directory}: {counts['pass']} pass, {counts['fail']} fail, "
             f"{counts['error']} error"

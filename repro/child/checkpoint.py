@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repro.state import LeafKind, decode_state, encode_state
+from repro.child.state import LeafKind, decode_state, encode_state
 
 if TYPE_CHECKING:
-    from repro.expect import ArrayExpectation
+    from repro.child.expect import ArrayExpectation
 
 
 class SegmentEnd(BaseException):
@@ -104,7 +104,7 @@ class Checkpoints:
         if self.expect is not None:   # kept (the parent compares it), then checked
             stop = self.expect.check("state", step, {k.path: a for k, a in encoded})
             if stop is not None:
-                from repro.expect import Stopped
+                from repro.child.expect import Stopped
                 raise Stopped(stop)
         if end:
             raise SegmentEnd(step)

@@ -88,12 +88,12 @@ def default_name(entrypoint: str | None, command: Sequence[str] | None = None) -
 def init(request: InitRequest, options: Any = None) -> InitResult:
     """Pin, probe, write and record a spec for `request.entrypoint` (docs/init.md)."""
     from repro import pipeline
-    from repro.spec import _ENTRYPOINT
+    from repro.spec import ENTRYPOINT_PATTERN
 
     if (request.entrypoint is None) == (request.command is None):
         raise InitError("give --entrypoint MODULE:FUNCTION or --command 'python train.py ...' "
                         "(one of them)")
-    if request.entrypoint is not None and not _ENTRYPOINT.match(request.entrypoint):
+    if request.entrypoint is not None and not ENTRYPOINT_PATTERN.match(request.entrypoint):
         raise InitError(f"--entrypoint {request.entrypoint!r} is not 'package.module:function'")
     if request.command is not None and not request.outputs:
         raise InitError("--command needs --metrics PATH:FORMAT and/or --weights PATH:FORMAT: the "
@@ -223,12 +223,12 @@ def _command_reason(root: Path, commit: str, command: Sequence[str]) -> str:
 
 def _hash_data(root: Path, entries: Mapping[str, str], choices: list[Choice]) -> dict[str, dict[str, str]]:
     from repro.pins.data import hash_path, resolve_data_path
-    from repro.spec import _relative_path
+    from repro.spec import relative_path
 
     out = {}
     for data_name, raw in entries.items():
         try:
-            rel = _relative_path(raw, f"--data {data_name}")
+            rel = relative_path(raw, f"--data {data_name}")
         except ValueError as exc:
             raise InitError(str(exc)) from None
         path = resolve_data_path(root, rel)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.errors import StoreError
-from repro.store import CHUNK, BlobStore
+from repro.store.blobs import CHUNK, BlobStore
 
 ONE_GET_MAX = 64 << 20   # a blob this small (size known from its pointer) is fetched in one GET
 S3_PART = 50 << 20       # s3fs's multipart part size, passed explicitly: a blob under two parts

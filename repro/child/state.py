@@ -16,7 +16,7 @@ becomes one numpy array plus a *kind* that says how to give it back exactly:
                 uint32 key data, given back with `jax.random.wrap_key_data(data, impl=<impl>)`
 
 Flax state needs nothing more: nnx.State, nnx.Variable (Param, RngCount, RngKey, ...), Linen's
-FrozenDict and flax.struct dataclasses are pytree nodes, named by `repro.treepath` and rebuilt
+FrozenDict and flax.struct dataclasses are pytree nodes, named by `repro.child.treepath` and rebuilt
 from the template like any other node.
 
 Restoring takes its structure from the state the training function passes to `ctx.restore`
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from repro.treepath import flatten_with_paths, named_leaves, prng_key_data
+from repro.child.treepath import flatten_with_paths, named_leaves, prng_key_data
 
 KINDS = ("jax", "numpy", "numpy-scalar", "int", "bigint", "float", "complex", "bool", "str")
 KEY_KIND = "key:"   # + the PRNG implementation's name (threefry2x32, rbg, unsafe_rbg, ...)

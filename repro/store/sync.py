@@ -2,7 +2,7 @@
 `repro pull`, `repro store verify`, and the fetch a verify does before anything trains.
 
 The blobs of a spec are the ones its records point to (record.json's checkpoint leaves and its
-arrays over 1 MiB, repro/recordblobs.py): small ones live in the record's `blobs/` (git), large
+arrays over 1 MiB, repro/store/recordblobs.py): small ones live in the record's `blobs/` (git), large
 ones in the machine's store. A push sends every
 one the remote lacks (by name and size: a push killed part-way, re-run, sends only the rest); a
 pull fetches the large ones this machine lacks, each re-hashed before it is renamed into place.
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repro.errors import StoreError
-from repro.recordblobs import BlobRef, blob_refs
-from repro.remote import CorruptBlob, Remote, RemoteConfig, find_remote_config, remote_config
-from repro.remoteindex import RemoteIndex
-from repro.store import BlobStore, hash_file, machine_store
+from repro.store.blobs import BlobStore, hash_file, machine_store
+from repro.store.recordblobs import BlobRef
+from repro.store.remote import CorruptBlob, Remote, RemoteConfig, find_remote_config
+from repro.store.remoteindex import RemoteIndex
 
 JOBS = 8   # transfers at a time: the network waits, it does not take a core
 
@@ -86,32 +86,6 @@ class Transfer:
         missing = sum(p.what == "missing" for p in self.problems)
         corrupt = sum(p.what == "corrupt" for p in self.problems)
         return line + (f"; {missing} missing, {corrupt} corrupt" if self.problems else "; ok")
-
-
-def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Project]:
-    """The specs' records and their blobs, grouped by the repository (and so the remote)."""
-    from repro.discovery import discover
-    from repro.pins.code import repo_root
-    from repro.record import check_record, record_dir
-
-    by_root: dict[Path, Project] = {}
-    for found in discover(specs):
-        if found.problem is not None or found.spec is None:
-            raise found.problem or StoreError(f"{found.path}: not a spec")
-        root = repo_root(found.spec.path or found.path)
-        proj = by_root.get(root)
-        if proj is None:
-            proj = by_root[root] = Project(remote_config(root), [], root)
-        spec_records = record_dir(root, found.spec.name or "", "any", records_root).parent
-        if not spec_records.is_dir():
-            continue
-        for d in sorted(spec_records.iterdir()):
-            if d.name.startswith(".") or not (d / "record.json").is_file():
-                continue
-            directory, meta = check_record(d, blobs=False)
-            assert meta.arrays is not None   # check_record made sure
-            proj.blobs += blob_refs(directory, meta.checkpoints, meta.arrays.index)
-    return list(by_root.values())
 
 
 def _unique(blobs: Iterable[BlobRef]) -> list[BlobRef]:

@@ -23,6 +23,7 @@ import platform
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from repro.env.cpu import cpuid_flags, proc_cpuinfo_flags
 from repro.env.isa import PORTABLE, XLA_ISAS, cap_in, host_best, is_x86
 
 CONSISTENT = "--xla_cpu_enable_platform_dependent_math=false"   # YNNPACK's consistent kernels
@@ -31,40 +32,6 @@ ONEDNN_VAR = "ONEDNN_MAX_CPU_ISA"
 ONEDNN_ISA = {"SSE4_2": "SSE41", "AVX": "AVX", "AVX2": "AVX2", "AVX512": "AVX512_CORE",
               "AVX512_VNNI": "AVX512_CORE_VNNI", "AVX512_BF16": "AVX512_CORE_BF16",
               "AMX": "AVX512_CORE_AMX", "AMX_FP16": "AVX512_CORE_AMX_FP16"}
-# numpy's CPUID feature names -> /proc/cpuinfo's flag names (the fingerprint's vocabulary)
-_NUMPY_FLAGS = {"SSE": "sse", "SSE2": "sse2", "SSE3": "sse3", "SSSE3": "ssse3", "SSE41": "sse4_1",
-                "SSE42": "sse4_2", "POPCNT": "popcnt", "AVX": "avx", "F16C": "f16c", "FMA3": "fma",
-                "AVX2": "avx2", "BMI": "bmi1", "BMI2": "bmi2", "AVX512F": "avx512f",
-                "AVX512CD": "avx512cd", "AVX512BW": "avx512bw", "AVX512DQ": "avx512dq",
-                "AVX512VL": "avx512vl", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16",
-                "AVX512IFMA": "avx512ifma", "AVX512VBMI": "avx512vbmi",
-                "AVX512VBMI2": "avx512_vbmi2", "AVX512BITALG": "avx512_bitalg",
-                "AVX512VPOPCNTDQ": "avx512_vpopcntdq", "AVX512FP16": "avx512_fp16"}
-
-
-def cpuid_flags() -> list[str] | None:
-    """The CPU's instruction-set flags as CPUID reports them to this process (numpy's runtime
-    dispatch reads CPUID and the OS's XSAVE support), in /proc/cpuinfo's names. Under qemu-user
-    this is the emulated CPU, where /proc/cpuinfo still shows the host's. AMX is not reported by
-    numpy: its flags come from /proc/cpuinfo, only when CPUID shows AVX-512. None: no numpy."""
-    import importlib
-    features: dict[str, bool] | None = None
-    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy 2, 1
-        try:
-            features = getattr(importlib.import_module(module), "__cpu_features__", None)
-        except ImportError:
-            continue
-        if features is not None:
-            break
-    if features is None:
-        return None
-    flags = {name for key, name in _NUMPY_FLAGS.items() if features.get(key)}
-    if "avx512f" in flags:
-        from repro.env.fingerprint import proc_cpuinfo_flags
-        flags.update(f for f in proc_cpuinfo_flags() if f.startswith("amx"))
-    return sorted(flags)
-
-
 @dataclass(frozen=True)
 class Recipe:
     """What `environment.isa` asks of one process on one CPU with one jaxlib."""
@@ -125,7 +92,6 @@ def apply(isa: str, settings: Mapping[str, str], spec_flags: Iterable[str] = ())
         raise UnknownFlag(unknown)
     flags = cpuid_flags()
     if flags is None:
-        from repro.env.fingerprint import proc_cpuinfo_flags
         flags = proc_cpuinfo_flags()
     recipe = resolve(isa, settings.get("XLA_FLAGS", ""), flags, platform.machine(),
                      lambda name: known.get(name, False))

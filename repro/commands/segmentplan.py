@@ -2,7 +2,7 @@
 
 Pure planning, no runs: the selection syntax (`all`, `sample:K[:SEED]`, `A-B`), the record's
 segments between its checkpoints, the seeded choice, and `plan_units`, which groups consecutive
-chosen segments into as many runs as there are slots. repro/segments.py runs and judges them.
+chosen segments into as many runs as there are slots. repro/commands/segments.py runs and judges them.
 """
 from __future__ import annotations
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from repro import pipeline
 from repro.backends import KilledBy
+from repro.commands.check import check
+from repro.commands.progress import Progress
 from repro.discovery import discover
+from repro.engines.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.errors import ReproError
-from repro.executor import Executor, LocalExecutor, SpecJob, run_spec_job
-from repro.progress import Progress
 from repro.verdict import Status, Verdict, error_verdict
 
 
@@ -56,7 +57,7 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
     """Verify every spec under `directory`, `jobs` at a time (or on `executor`).
 
     `on_done(verdict, finished_count, total)` is called as each spec finishes (the progress
-    lines); `progress` (repro/progress.py) is told of every spec as it is queued, starts and
+    lines); `progress` (repro/commands/progress.py) is told of every spec as it is queued, starts and
     finishes (a spec that cannot load finishes at once, as an error). On KeyboardInterrupt
     every child is killed, specs not finished are reported as errors 'interrupted', and the
     audit is returned with `complete=False`.
@@ -86,7 +87,7 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
         if progress:
             progress.done(first + runnable[index], verdict)
 
-    tasks = [SpecJob(s, options, pipeline.check, partial(_lost, found[i].path, s, options.backend))
+    tasks = [SpecJob(s, options, check, partial(lost_verdict, found[i].path, s, options.backend))
              for i in runnable if (s := found[i].spec) is not None]   # runnable: loaded
     batch = executor.map(run_spec_job, tasks, on_done=done,
                          on_start=(lambda k: progress.start(first + runnable[k])) if progress else None)
@@ -108,7 +109,7 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
     return audit
 
 
-def _lost(path: Path, spec: Any, backend: str, message: str | ReproError) -> Verdict:
+def lost_verdict(path: Path, spec: Any, backend: str, message: str | ReproError) -> Verdict:
     """A spec whose job could not finish (a cluster worker died on every try): an error; or
     skipped (NeedsDevice: no node of the cluster has the GPU it needs)."""
     return error_verdict(path, message, spec=spec, backend=backend)

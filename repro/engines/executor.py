@@ -38,7 +38,7 @@ class Batch(Generic[R]):
 @dataclass(frozen=True)
 class SpecJob(Generic[R]):
     """One job about one spec: the unit an executor without a shared filesystem can ship
-    (repro/parcel.py). `run(spec, options)` must be a module-level function or a partial of one
+    (repro/engines/parcel.py). `run(spec, options)` must be a module-level function or a partial of one
     (a cluster pickles it); there it gets the spec and options as the worker sees them.
     `failed(message)` is the result when no run could finish (the worker died on every try, the
     project could not be shipped; a NeedsDevice when no node has the GPU a GPU spec needs: a
@@ -137,15 +137,3 @@ class LocalExecutor:
         finally:
             pool.shutdown(wait=True)
         return batch
-
-
-def make_executor(engine: str = "local", jobs: int = 1, address: str | None = None,
-                  node_kinds: Sequence[str] = ()) -> Executor:
-    """The executor a front end asked for (`--engine`, `-j`, `--address`, `--node-kind`):
-    `LocalExecutor(jobs)`, or a `RayExecutor` (repro/rayexec.py, which imports ray)."""
-    if engine == "ray":
-        from repro.rayexec import RayExecutor
-        return RayExecutor(address, node_kinds)
-    if engine != "local":
-        raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
-    return LocalExecutor(jobs)

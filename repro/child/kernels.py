@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SLICE_SAFE_K = 256
+from repro.env.fingerprint import SLICE_SAFE_K  # (shared with the comparison)
 
 _HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
@@ -171,7 +171,7 @@ def parse(hlo_text: str) -> list[_Call]:
 def pinning(library: str, xla_flags: str, env: Mapping[str, str], cpus: int,
             ceiling: str | None) -> tuple[bool, str]:
     """Whether what a call computes is pinned across CPUs here, and what pins it (or why not)."""
-    from repro.env.portable import CONSISTENT, ONEDNN_ISA, ONEDNN_VAR
+    from repro.child.portable import CONSISTENT, ONEDNN_ISA, ONEDNN_VAR
 
     onednn = env.get(ONEDNN_VAR)
     capped = ceiling is not None and onednn is not None and onednn == ONEDNN_ISA.get(ceiling)
@@ -206,13 +206,6 @@ def inventory(modules: Iterable[str], xla_flags: str, env: Mapping[str, str], cp
             groups.setdefault((call.library, call.op, pinned, how, blocked), []).append(call.k)
     return [Kernel(lib, op, len(ks), pinned, how, max(ks), blocked)
             for (lib, op, pinned, how, blocked), ks in sorted(groups.items())]
-
-
-def describe(kernel: Mapping[str, Any]) -> str:
-    """One kernel entry of a fingerprint, short: `YNNPACK dot_general ×7 pinned`."""
-    k = f", contractions up to {kernel['longest_k']}" if kernel.get("blocked") else ""
-    state = "pinned" if kernel.get("pinned") else "unpinned"
-    return f"{kernel.get('library')} {kernel.get('op')} ×{kernel.get('count')} {state}{k}"
 
 
 def l1d_size() -> int | None:

@@ -30,17 +30,17 @@ import numpy as np
 
 from repro import pipeline
 from repro.changes import changes_since_record
+from repro.child.state import LeafKind
+from repro.commands.progress import Progress
+from repro.commands.segmentplan import NoCheckpoints, Segment, choose, parse_selection, plan_units, segments_of
+from repro.engines.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.errors import ReproError, SpecError
-from repro.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.failfast import RecordView, compare
 from repro.noise import annotate_spread, first_difference
-from repro.progress import Progress
-from repro.record import Record, RecordMeta, check_record, read_record, read_state, record_dir
-from repro.recordblobs import CHECKPOINTS
+from repro.record import Record, RecordMeta, read_record, read_state, record_dir
 from repro.replay import Replay
 from repro.result import RunResult
-from repro.segmentplan import NoCheckpoints, Segment, choose, parse_selection, plan_units, segments_of
-from repro.state import LeafKind
+from repro.store.recordblobs import CHECKPOINTS
 from repro.verdict import SegmentOutcome, Segments, Status, Verdict, error_verdict
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ def load(spec_ref: pipeline.SpecRef, options: pipeline.Options) -> Loaded:
     if not key:
         raise SpecError(f"{spec.name}: the record's platform is not known before the run "
                         "(environment.platform: any); pass --platform KEY")
-    directory, meta = check_record(record_dir(prep.repo_root, spec.name or "", key,
-                                              options.records_root))
+    directory, meta = pipeline.open_record(record_dir(prep.repo_root, spec.name or "", key,
+                                                      options.records_root))
     return Loaded(prep, directory, meta, read_record(directory, states=False))
 
 
@@ -153,7 +153,7 @@ def same_numbers_likely(fingerprint: Mapping[str, Any], spec: Any, backend: str)
     segment to segment: the record's machine and effective ISA, and for the local backend its
     python, jax, jaxlib and numpy (a docker image pins those). A wrong guess costs time, never
     a verdict: a continued segment counts only from a start state bitwise the record's."""
-    from repro.env.fingerprint import cpu_isa
+    from repro.env.cpu import cpu_isa
     from repro.env.isa import ceiling, effective
 
     cap = ceiling(spec.environment.isa, cpu_isa())

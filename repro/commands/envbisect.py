@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from repro import pipeline
-from repro.bisect import BisectError, why
+from repro.commands.bisect import BisectError, why
 from repro.docker.build import RecipeError, build, load_recipe
 from repro.pins.code import repo_root
 from repro.spec import Spec

@@ -1,4 +1,4 @@
-"""The child side of a run: `python -P -m repro.runner JOB_JSON OUT_DIR`.
+"""The child side of a run: `python -P -m repro.child.runner JOB_JSON OUT_DIR`.
 
 Runs in a fresh process (or container) whose environment the parent built explicitly. It pins the
 CPU affinity, imports jax (the determinism settings are already in the environment), takes the
@@ -127,7 +127,7 @@ def _reverse_listings() -> None:
 
 
 def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
-    from repro.env.fingerprint import check_packages, fingerprint, pick_cpus
+    from repro.child.fingerprint import check_packages, fingerprint, pick_cpus
 
     _die_with_parent(job.parent_pid)
     if job.watch_stdin:
@@ -141,7 +141,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         os.sched_setaffinity(0, cpus)
 
     seeded = _seed_compile_cache(job)
-    from repro.env.portable import UnknownFlag, apply
+    from repro.child.portable import UnknownFlag, apply
     try:   # environment.isa for this CPU and this jaxlib, put into os.environ before jax loads
         settings, isa_notes = apply(job.isa, job.settings, job.xla_flags)
     except UnknownFlag as exc:
@@ -153,16 +153,16 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     import jax  # noqa: F401  (settings come from the environment)
     import numpy as np
 
-    from repro.env.kernels import ProgramWatch
+    from repro.child.kernels import ProgramWatch
     programs = ProgramWatch()
     programs.start()   # every program compiled or loaded from the cache: its library kernels
 
-    from repro.context import Context, GradSchedule
-    from repro.treepath import numeric_leaves
+    from repro.child.context import Context, GradSchedule
+    from repro.child.treepath import numeric_leaves
     result["timings"]["import_jax_s"] = time.perf_counter() - t0
 
     if job.list_packages:  # docker: the image's package fingerprint, from inside it
-        from repro.env.fingerprint import installed_packages
+        from repro.child.fingerprint import installed_packages
         result["packages"] = installed_packages()
     problems = check_packages(dict(job.packages))
     if problems:
@@ -171,14 +171,14 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     tree = str(Path(job.tree).resolve())
     if job.listing_order == "reversed":
         _reverse_listings()
-    from repro.env.inputs import InputWatch, installation_roots
+    from repro.child.inputs import InputWatch, installation_roots
     watch = InputWatch([tree, str(run_dir), os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
                         *job.data.values(), *installation_roots()])
-    watch.start()   # files the training reads that no pin covers (repro/env/inputs.py)
+    watch.start()   # files the training reads that no pin covers (repro/child/inputs.py)
     train = None if job.command is not None else _load_entrypoint(job, tree)
 
-    from repro.checkpoint import Checkpoints, SegmentEnd, restore_spec
-    from repro.expect import ArrayExpectation, Expectation, Stopped
+    from repro.child.checkpoint import Checkpoints, SegmentEnd, restore_spec
+    from repro.child.expect import ArrayExpectation, Expectation, Stopped
     expect = None if job.expect is None else Expectation(job.expect, job.expect_tolerance)
     expect_arrays = None if job.expect_arrays is None else ArrayExpectation(
         str(run_dir / Path(str(job.expect_arrays["file"])).name), job.expect_arrays["grads"],
@@ -282,8 +282,8 @@ def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any, notes: list[str]) 
     """code.command (docs/scripts.md): run the unmodified script in a writable copy of the tree,
     then log the metrics it wrote into `ctx` and return the weights it wrote, as if a
     train(ctx) had: everything after this is the same for both."""
-    from repro.command import ScriptError, clear_outputs, run_script, script_environment, substitute, working_copy
-    from repro.outputs import OutputError, read_metrics, read_weights, resolve
+    from repro.child.command import ScriptError, clear_outputs, run_script, script_environment, substitute, working_copy
+    from repro.child.outputs import OutputError, read_metrics, read_weights, resolve
 
     assert job.command is not None
     workdir = working_copy(tree, run_dir / "script")

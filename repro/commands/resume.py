@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 
 from repro import pipeline
+from repro.commands.segmentplan import Segment
+from repro.commands.segments import Loaded, load, replay_of, run_replays, window
 from repro.compare import compare_run
+from repro.engines.executor import Executor, LocalExecutor
 from repro.errors import ReproError, SpecError
-from repro.executor import Executor, LocalExecutor
 from repro.failfast import RecordView
 from repro.record import read_state
-from repro.recordblobs import CHECKPOINTS
 from repro.result import RunResult
-from repro.segmentplan import Segment
-from repro.segments import Loaded, load, replay_of, run_replays, window
+from repro.store.recordblobs import CHECKPOINTS
 from repro.verdict import Restart, Status, Verdict, error_verdict
 
 

@@ -2,7 +2,7 @@
 and running the command in the child, under the run's pins and determinism settings.
 
 Standard library only: the spec checks placeholders with it in the parent; the runner runs the
-script with it inside any image. What the script writes is read by `repro.outputs`.
+script with it inside any image. What the script writes is read by `repro.child.outputs`.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ that imports ray, and only when one is made.
 Each item is a `SpecJob`; each becomes one Ray task that asks for the spec's resources
 (`num_cpus` = environment.cpus, `num_gpus` = 1 for a GPU spec, one unit of each node kind
 named). Nodes share no filesystem with this machine: before a task is submitted its spec's
-project is packed into the store by hash (repro/parcel.py); the task unpacks it into a private
+project is packed into the store by hash (repro/engines/parcel.py); the task unpacks it into a private
 directory on its node and runs the job there with the same backend, and the result (a Verdict)
 comes back as the task's return value. While the parcels pack, a warm-up task (no CPU) starts a
 worker on each node that can run a job, so the jobs find an idle one; each job leases a CPU slot
@@ -31,11 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from repro.engines.executor import Batch, SpecJob, Work, run_spec_job
 from repro.errors import NeedsDevice, ReproError
-from repro.executor import Batch, SpecJob, Work, run_spec_job
 
-if TYPE_CHECKING:   # repro.parcel (spec, store: pydantic, numpy) loads after the connect
-    from repro.parcel import Parcel
+if TYPE_CHECKING:   # repro.engines.parcel (spec, store: pydantic, numpy) loads after the connect
+    from repro.engines.parcel import Parcel
 
 R = TypeVar("R")
 RETRIES = 3          # tries after the first, for a worker that dies (never for a verdict)
@@ -52,7 +52,7 @@ def _moved(value: str, there: str, here: str) -> str:
 
 @contextlib.contextmanager
 def cpu_slot(n: int) -> Iterator[int | None]:
-    """A CPU slot (repro.env.fingerprint.pick_cpus) whose `n` cores no other Ray task on this
+    """A CPU slot (repro.child.fingerprint.pick_cpus) whose `n` cores no other Ray task on this
     machine holds, kept while the job runs: Ray counts CPUs but does not say which cores, and
     two runs pinned by their pids' parity can share a core while another idles (half the speed;
     it was most of the bench's per-spec overhead). One lock file a core, under the temp dir (all
@@ -91,9 +91,9 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
     """The task, on a worker: rebuild the project from the store, run the job there, map the
     verdict's paths back to the origin's (so a report names the files the user has)."""
     _warmed()
-    from repro.parcel import StaleParcel, remove, unpack, workspace
-    from repro.remote import STORE_ENV, BlobMissing
+    from repro.engines.parcel import StaleParcel, remove, unpack, workspace
     from repro.spec import load_spec
+    from repro.store.remote import STORE_ENV, BlobMissing
 
     saved = os.environ.get(STORE_ENV)   # a store named by $REPRO_STORE here is named so there
     if parcel.store.source == f"${STORE_ENV}":
@@ -317,7 +317,7 @@ class RayExecutor:
         if work is not run_spec_job or not all(isinstance(j, SpecJob) for j in items):
             raise TypeError("RayExecutor runs SpecJobs with run_spec_job only: a job must say "
                             "which spec's project it needs shipped")
-        from repro.parcel import Listings, StaleParcel, pack
+        from repro.engines.parcel import Listings, StaleParcel, pack
 
         jobs: list[SpecJob[R]] = list(items)
         batch: Batch[R] = Batch()

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Literal
 
 from repro import pipeline
+from repro.commands.progress import Progress
+from repro.engines.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.errors import ReproError
-from repro.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.pins.code import code_repo, git, repo_root
-from repro.progress import Progress
 from repro.spec import Spec
 from repro.verdict import Status, Verdict, error_verdict
 

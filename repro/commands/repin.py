@@ -15,7 +15,7 @@ from repro.errors import SpecError
 from repro.ioutil import atomic_write_text
 from repro.pins.code import check_commit, code_repo, dirty_paths, head_commit, repo_root
 from repro.pins.data import hash_paths, resolve_data_path
-from repro.spec import _default_name, load_spec, parse_spec
+from repro.spec import default_name, load_spec, parse_spec
 from repro.yamlio import load_with_lines, set_value
 
 
@@ -37,7 +37,7 @@ def pin_spec(path: str | Path, *, commit: str | None = None
         assert isinstance(data, dict) and isinstance(data.get("code"), dict)  # it named code.commit
         data = {**data, "code": {**data["code"], "commit": None}}
         spec = parse_spec(data, file=str(path), lines=lines, require_pins=False,
-                          default_name=_default_name(path))
+                          default_name=default_name(path))
     root = repo_root(path)
     repo = code_repo(root, spec.code.repo)
     warnings = []

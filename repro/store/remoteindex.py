@@ -1,13 +1,13 @@
 """What this machine knows a store remote holds: sha256 -> size of each blob it saw listed
 there or sent there, kept under the cache (`<cache>/remote-index/`), one file a remote.
 
-A cluster job ships its project through the store (repro/parcel.py). With every blob of a parcel
+A cluster job ships its project through the store (repro/engines/parcel.py). With every blob of a parcel
 known here, packing it opens no connection at all: no fsspec and s3fs imports (~0.6 s of CPU on
 the driver, while the cluster's workers start on the same cores) and no listing of a remote that
 grows with every record. The index is a cache, never the truth: a remote can lose a blob behind
 it (a lifecycle rule, a manual delete, another machine's clean-up), so a worker that finds one
 missing says so, and the driver forgets the remote's index, lists the remote and ships again
-(repro/rayexec.py). As DVC's remote index did, it trades one listing per run for that retry.
+(repro/engines/rayexec.py). As DVC's remote index did, it trades one listing per run for that retry.
 
 Writers append whole lines with one `write` to a file opened with O_APPEND (lines from
 concurrent audits do not interleave), each after a newline (a line cut short by a killed writer
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from repro.ioutil import atomic_write_text
 from repro.paths import cache_dir
-from repro.remote import RemoteConfig
+from repro.store.remote import RemoteConfig
 
 _LINE = re.compile(r"^([0-9a-f]{64}) (\d+)$")
 

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from repro.treepath import numeric_leaves
+from repro.child.treepath import numeric_leaves
 
 if TYPE_CHECKING:
     import jax
 
-    from repro.checkpoint import Checkpoints
-    from repro.expect import ArrayExpectation, Expectation
-    from repro.traced import Tracer
+    from repro.child.checkpoint import Checkpoints
+    from repro.child.expect import ArrayExpectation, Expectation
+    from repro.child.traced import Tracer
 
 
 class Context:
@@ -48,7 +48,7 @@ class Context:
         self._trace_steps = trace_steps if trace_steps is not None else grad_steps
         self._tree = tree
         self.tracer: Tracer | None = None   # made by the first ctx.traced call
-        self._expect = expect               # fail-fast: the record's trajectories (repro/expect.py)
+        self._expect = expect               # fail-fast: the record's trajectories (repro/child/expect.py)
         self._expect_arrays = expect_arrays  # ... and its kept gradients and states
         self._checkpoints = checkpoints     # record.checkpoints and segment replay (checkpoint.py)
         if checkpoints is not None:
@@ -98,12 +98,12 @@ class Context:
                 self.nonfinite.append((name, step, fvalue))
             series["steps"].append(step)
             series["values"].append(fvalue)
-            if self._expect is not None and stop is None:   # fail-fast (repro/expect.py)
+            if self._expect is not None and stop is None:   # fail-fast (repro/child/expect.py)
                 t0 = perf_counter()
                 stop = self._expect.check(name, step, fvalue)
                 self._expect.seconds += perf_counter() - t0
         if stop is not None:   # raised once the whole call is logged
-            from repro.expect import Stopped
+            from repro.child.expect import Stopped
             raise Stopped(stop)
 
     def log_grads(self, step: int, grads: object) -> None:
@@ -117,7 +117,7 @@ class Context:
         if self._expect_arrays is not None:   # fail-fast: kept, then checked against the record
             stop = self._expect_arrays.check("grad", step, self.grads[step])
             if stop is not None:
-                from repro.expect import Stopped
+                from repro.child.expect import Stopped
                 raise Stopped(stop)
 
 
@@ -149,7 +149,7 @@ class Context:
         if not callable(fn):
             raise TypeError(f"ctx.traced expects a function, got {type(fn).__name__}")
         if self.tracer is None:
-            from repro.traced import Tracer
+            from repro.child.traced import Tracer
 
             self.tracer = Tracer(self._tree, self._trace_steps.keeps)
             if self._checkpoints is not None and self._checkpoints.restored_at:

@@ -7,7 +7,7 @@ blobs, replaced with the record atomically) and the machine's store under repro'
 directory (`<cache>/store`: blobs too large for git). Writers are safe under concurrency: a blob
 is written to a temporary file in its final directory and renamed into place, so no partial blob
 is ever visible, and two writers of one blob write the same bytes. Reads re-hash: a damaged blob
-is an error, never used. A blob that arrives from elsewhere (a remote, repro/remote.py) is
+is an error, never used. A blob that arrives from elsewhere (a remote, repro/store/remote.py) is
 hashed as it is written to its temporary file and renamed into place only when the hash matches
 its name (`install`).
 """

@@ -3,8 +3,8 @@ instead of holding it — kept training states (one blob per leaf) and the array
 git (weights, kept gradients or op traces whose data exceed 1 MiB).
 
 Small state leaves live in the record's own `blobs/` (in git); large blobs of either kind live
-in the machine's store (`<cache>/store`, repro/store.py), are shared through the project's
-remote (repro/blobsync.py) and are fetched from it by a verify before anything trains. Every
+in the machine's store (`<cache>/store`, repro/store/blobs.py), are shared through the project's
+remote (repro/store/sync.py) and are fetched from it by a verify before anything trains. Every
 blob is re-hashed when read: a damaged one is an error naming it, never used.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from repro.errors import RecordError
-from repro.store import GIT_BLOB_MAX, BlobStore, machine_store
+from repro.store.blobs import GIT_BLOB_MAX, BlobStore, machine_store
 
 if TYPE_CHECKING:
-    from repro.state import LeafKind
+    from repro.child.state import LeafKind
 
 BLOBS_DIR = "blobs"             # the record's own content-addressed blobs (checkpoints, in git)
 CHECKPOINTS = "checkpoints/"    # array keys of kept states: checkpoints/<step>/<leaf path>
@@ -105,7 +105,7 @@ def blob_refs(directory: Path, checkpoints: CheckpointsInfo | None,
 def store_large_arrays(arrays: Mapping[str, Any]) -> dict[str, ArrayEntry]:
     """The index of `arrays`; each whose data exceed GIT_BLOB_MAX is put in the machine's store
     (as .npy bytes, named by sha256) and indexed with that pointer: it stays out of arrays.npz."""
-    from repro.store import array_bytes
+    from repro.store.blobs import array_bytes
 
     index = {}
     for key, arr in sorted(arrays.items()):
@@ -120,7 +120,7 @@ def store_large_arrays(arrays: Mapping[str, Any]) -> dict[str, ArrayEntry]:
 def read_large_arrays(directory: Path, index: Mapping[str, ArrayEntry]) -> dict[str, Any]:
     """The arrays of a record that live in the machine's store, each blob re-hashed and its
     dtype and shape checked against the index (RecordError naming the array otherwise)."""
-    from repro.store import bytes_array
+    from repro.store.blobs import bytes_array
 
     out = {}
     for key, e in index.items():
@@ -139,7 +139,7 @@ def write_state_blobs(staging: Path, states: Mapping[str, Any],
                       checkpoints: Mapping[int, list[LeafKind]]) -> CheckpointsInfo:
     """Each kept leaf as a blob: in the record's blobs/ (git) up to GIT_BLOB_MAX, else in the
     machine's store. Equal leaves (a frozen layer, the runs of a noise floor) are one blob."""
-    from repro.store import array_bytes
+    from repro.store.blobs import array_bytes
 
     own = BlobStore(staging / BLOBS_DIR)
     out: dict[str, list[CheckpointLeaf]] = {}
@@ -166,7 +166,7 @@ def write_state_blobs(staging: Path, states: Mapping[str, Any],
 def read_leaves(directory: Path, checkpoints: CheckpointsInfo, step: int) -> dict[str, Any]:
     """The state kept at `step`, leaf path -> array, every blob re-hashed (RecordError naming
     the step and leaf of a missing or damaged one)."""
-    from repro.store import bytes_array
+    from repro.store.blobs import bytes_array
 
     out = {}
     for leaf in checkpoints.leaves(step):
@@ -176,16 +176,14 @@ def read_leaves(directory: Path, checkpoints: CheckpointsInfo, step: int) -> dic
     return out
 
 
-def check_blobs(directory: Path, checkpoints: CheckpointsInfo | None,
-                index: Mapping[str, ArrayEntry]) -> None:
-    """Every blob the record points to is where record.json says (its hash is checked when
-    read): a missing one is named before any training time is spent. Store blobs missing here
-    are fetched first from the remote the repository names (repro/blobsync.py; fsspec is
-    imported only then), each re-hashed before it is renamed into place; so are store blobs
-    here that fail their hash."""
+def absent_blobs(directory: Path, checkpoints: CheckpointsInfo | None,
+                 index: Mapping[str, ArrayEntry]) -> list[BlobRef]:
+    """The store blobs the record points to that this machine lacks (or holds damaged, or as a
+    link: a store blob is re-hashed here), for the caller to fetch (repro/store/sync.py). A
+    missing blob of the record's own `blobs/` is an error naming it: it comes from git, not a
+    remote. Nothing is fetched here."""
     absent = []
     for ref in blob_refs(directory, checkpoints, index):
-        # a store blob is re-hashed here: a damaged one (or a link) is fetched again, replacing it
         if ref.local().intact(ref.sha256) if ref.place == "store" else ref.local().has(ref.sha256):
             continue
         if ref.place == "store":
@@ -193,6 +191,4 @@ def check_blobs(directory: Path, checkpoints: CheckpointsInfo | None,
             continue
         raise RecordError(f"{directory}: {ref.what} (blob {ref.sha256[:12]}…, {ref.size:,} bytes) "
                           "is missing from the record's blobs/ directory: restore it from git")
-    if absent:
-        from repro.blobsync import fetch_missing
-        fetch_missing(directory, absent)
+    return absent

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from repro.errors import ReproError, StoreError
 from repro.pins.code import code_repo, git, repo_root
-from repro.remote import Remote, RemoteConfig, remote_config
 from repro.spec import Spec
+from repro.store.remote import Remote, RemoteConfig, remote_config
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,11 @@ def _record_commits(records: Path) -> set[str]:
 
 class Shipping:
     """One store remote as the parcels of a batch see it: what this machine's index
-    (repro/remoteindex.py) says it holds, and the remote itself, opened and listed only when a
+    (repro/store/remoteindex.py) says it holds, and the remote itself, opened and listed only when a
     parcel has a blob the index does not know (an upload adds to the index)."""
 
     def __init__(self, config: RemoteConfig):
-        from repro.remoteindex import RemoteIndex
+        from repro.store.remoteindex import RemoteIndex
 
         self.config = config
         self.index = RemoteIndex(config)
@@ -154,7 +154,7 @@ class Listings:
 @dataclass(frozen=True)
 class StaleParcel:
     """A worker's answer when a blob its parcel names is not at the remote though the driver's
-    index said it was: the driver lists the remote and ships the job again (repro/rayexec.py)."""
+    index said it was: the driver lists the remote and ships the job again (repro/engines/rayexec.py)."""
 
     message: str
 
@@ -164,8 +164,9 @@ def pack(spec: Spec, records_root: Path | None = None, commits: Sequence[str] = 
     """Put the spec's project into its store and say where it is. `commits`: more commits the
     job checks out (a bisect probe's). `listings`: what the remote holds, shared by a batch
     (shared between the parcels of one batch, so each blob is sent once)."""
-    from repro.blobsync import projects, push
+    from repro.discovery import projects
     from repro.record import record_dir
+    from repro.store.sync import push
 
     if spec.path is None:
         raise ReproError("a spec without a file cannot be shipped to a cluster")
@@ -214,7 +215,7 @@ class _Fetcher:
     that holds a parcel's blobs already never imports fsspec and its scheme's package."""
 
     def __init__(self, config: RemoteConfig):
-        from repro.store import machine_store
+        from repro.store.blobs import machine_store
 
         self.config = config
         self.store = machine_store()
@@ -298,7 +299,7 @@ def workspace() -> Path:
 
 
 def remove(path: Path) -> None:
-    from repro.pins.code import _make_writable
+    from repro.pins.code import make_writable
 
-    _make_writable(path)
+    make_writable(path)
     shutil.rmtree(path, ignore_errors=True)

@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from repro import pipeline
+from repro.commands.progress import Progress
 from repro.compare import FALLBACK, metric_array, resolve_tolerance
-from repro.env.fingerprint import cpu_isa, cpu_model
+from repro.engines.executor import LocalExecutor
+from repro.env.cpu import cpu_isa, cpu_model
 from repro.env.isa import XLA_ISAS, cap_in, ceiling, effective, host_best, is_x86
 from repro.errors import ReproError, RunError, SpecError
-from repro.executor import LocalExecutor
 from repro.ioutil import atomic_write_text
 from repro.noise import compare_runs
-from repro.progress import Progress
 from repro.result import RunResult, check_recordable
 from repro.spec import EnvironmentSpec, Spec, load_spec, parse_spec
 from repro.variation import BASELINE, Variation
