@@ -5,7 +5,7 @@
 
 (a) push of ~256 MB of blobs (4 MB each) to an S3 server on 127.0.0.1 (its own process,
     tests/s3server.py: `rclone serve s3` and moto's server, side by side, in turn in each
-    round, a fresh server each time) through s3fs, `blobsync.push` with -j transfers at a time;
+    round, a fresh server each time) through s3fs, `store.sync.push` with -j transfers at a time;
 (b) pull of the same blobs into an empty machine store (each re-hashed before its rename);
     and the server's ceiling: the same number of bytes put and got through s3fs alone;
     medians over the rounds, and each push and pull as a fraction of its server's ceiling;
