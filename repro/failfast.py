@@ -11,7 +11,7 @@ states ctx.checkpoint keeps are checked the same way when they arrive (the recor
 the run's window are copied next to it, up to EXPECTED_MAX_BYTES; steps beyond the cap are
 compared at the end only).
 
-`compare` judges a stopped run against the record truncated to what the run reached: each metric
+`compare_to_record` judges a stopped run against the record truncated to what the run reached: each metric
 to the points the run logged, kept gradients and states to the steps it kept; final weights are
 not compared.
 """
@@ -149,7 +149,7 @@ class RecordView:
     arrays: Mapping[str, np.ndarray]
 
 
-def compare(rec: Recorded, result: RunResult, spec: Spec) -> Comparison:
+def compare_to_record(rec: Recorded, result: RunResult, spec: Spec) -> Comparison:
     """`compare_run` of the run with its record; a stopped run with the part of it reached."""
     from repro.compare import compare_run
 
