@@ -55,9 +55,9 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
         return job
     from repro.compare import resolve_tolerance
 
-    tolerance = spec.canonical["tolerance"]
+    tolerance = spec.tolerance
     names = [n for n in (spec.record.metrics or sorted(recorded.metrics)) if n in recorded.metrics]
-    exact = tolerance.get("mode", "auto") == "exact"
+    exact = tolerance.mode == "exact"
     tols = {}
     for name in names:
         t = resolve_tolerance(tolerance, "metric", name, recorded.platform)
@@ -128,8 +128,8 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
     if not steps["grad"] and not steps["state"]:
         (out / EXPECTED_FILE).unlink()
         return job
-    tolerance = spec.canonical["tolerance"]
-    exact = tolerance.get("mode", "auto") == "exact"
+    tolerance = spec.tolerance
+    exact = tolerance.mode == "exact"
     tols = {}
     kinds: tuple[Literal["grad"], Literal["state"]] = ("grad", "state")
     for kind in kinds:
@@ -170,7 +170,7 @@ def compare_to_record(rec: Recorded, result: RunResult, spec: Spec) -> Compariso
         names = [n for n in (names if names is not None else sorted(set(metrics) | set(result.metrics)))
                  if n in metrics or n in result.metrics]
     return compare_run(recorded, result.metrics, result.arrays,
-                       tolerance=spec.canonical["tolerance"], platform_key=result.platform_key,
+                       tolerance=spec.tolerance, platform_key=result.platform_key,
                        run_fingerprint=result.fingerprint, metric_names=names)
 
 

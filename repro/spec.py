@@ -339,6 +339,16 @@ class ToleranceSpec(_Model):
     weights: Tol | None = None
     platforms: dict[str, PlatformTolerance] = Field(default_factory=dict)
 
+    @classmethod
+    def from_canonical(cls, doc: Any, where: str) -> ToleranceSpec:
+        """The tolerance block of a spec as a record keeps it (canonical JSON), typed again;
+        a record without one has the defaults."""
+        try:
+            return cls.model_validate(doc or {}, strict=False)
+        except ValidationError as exc:
+            raise SpecError(f"the tolerance block recorded in {where} is not one this repro "
+                            f"reads: {exc.errors()[0]['msg']}", file=where) from None
+
 
 class Spec(_Model):
     """A loaded, validated spec. `path` is the YAML file; `hash` its canonical hash."""

@@ -26,7 +26,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -43,7 +43,7 @@ from repro.errors import ReproError, RunError, SpecError
 from repro.ioutil import atomic_write_text
 from repro.noise import compare_runs
 from repro.result import RunResult, check_recordable
-from repro.spec import EnvironmentSpec, Spec, load_spec, parse_spec
+from repro.spec import EnvironmentSpec, Spec, ToleranceSpec, load_spec, parse_spec
 from repro.variation import BASELINE, Variation
 from repro.verdict import QuantityKind, QuantityResult
 from repro.yamlio import load_with_lines, set_value
@@ -387,7 +387,7 @@ class Proposal:
     kinds: tuple[str, ...] = TOLERATED    # the variation kinds they absorb
 
 
-def _resolved(tolerance: Mapping[str, object], key: TolKey, platform_key: str) -> Bounds:
+def _resolved(tolerance: ToleranceSpec, key: TolKey, platform_key: str) -> Bounds:
     kind: QuantityKind = "metric" if key[0] == "metrics" else "grad" if key[0] == "grads" else \
         "weight"
     tol = resolve_tolerance(tolerance, kind, key[1] if len(key) > 1 else None, platform_key)
@@ -448,7 +448,7 @@ def write_tolerances(spec_path: str | Path, proposal: Proposal, when: _dt.date,
     if _without_tolerance(edited) != _without_tolerance(spec):
         raise SpecError("writing tolerances changed more than the tolerance block (a bug in "
                         "repro; the file is unchanged)", file=str(path))
-    before, after = spec.canonical["tolerance"], edited.canonical["tolerance"]
+    before, after = spec.tolerance, edited.tolerance
     changes, warnings = [], []
     for t in blocks:
         old = _resolved(before, t.key, proposal.platform)
@@ -625,7 +625,7 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
     observed = [d for v in tolerated for d in outcomes[v.name].deviations]
     order = {"metrics": 0, "grads": 1, "weights": 2}
     keys = sorted(dict.fromkeys(d.key for d in observed), key=lambda k: order[k[0]])  # stable
-    tolerance = spec.canonical["tolerance"]
+    tolerance = spec.tolerance
     proposed = tuple(dataclasses.replace(
         propose_tolerance(k, [d for d in observed if d.key == k]),
         current=_resolved(tolerance, k, baseline.platform_key)) for k in keys)
