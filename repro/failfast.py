@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from repro.job import ExpectedArrays, ExpectedSeries, Job, Limit
 from repro.verdict import Stop
 
 if TYPE_CHECKING:
     import numpy as np
 
     from repro.compare import Comparison, Recorded
-    from repro.job import Job
     from repro.record import MetricSeries, Record, RecordMeta
     from repro.replay import Replay
     from repro.result import RunResult
@@ -58,18 +58,15 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
     tolerance = spec.tolerance
     names = [n for n in (spec.record.metrics or sorted(recorded.metrics)) if n in recorded.metrics]
     exact = tolerance.mode == "exact"
-    tols = {}
-    for name in names:
-        t = resolve_tolerance(tolerance, "metric", name, recorded.platform)
-        tols[name] = [0.0, 0.0] if exact else [t["rtol"], t["atol"]]
     expect = {}
     for n in names:
+        t = resolve_tolerance(tolerance, "metric", n, recorded.platform)
+        limit = Limit(0.0, 0.0) if exact else Limit(t["rtol"], t["atol"])
         steps, values = recorded.metrics[n]["steps"], recorded.metrics[n]["values"]
         keep = [i for i, st in enumerate(steps) if st >= lo and (hi is None or st < hi)]
-        if len(keep) != len(steps):
-            steps, values = [steps[i] for i in keep], [values[i] for i in keep]
-        expect[n] = {"steps": steps, "values": values, "from": lo}
-    return job.replace(expect=expect, expect_tolerance=tols)
+        expect[n] = ExpectedSeries(tuple(steps[i] for i in keep), tuple(values[i] for i in keep),
+                                   limit, start=lo)
+    return job.replace(expect=expect)
 
 
 def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, out: Path,
@@ -130,13 +127,14 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
         return job
     tolerance = spec.tolerance
     exact = tolerance.mode == "exact"
-    tols = {}
+    limits = {}
     kinds: tuple[Literal["grad"], Literal["state"]] = ("grad", "state")
     for kind in kinds:
         t = resolve_tolerance(tolerance, kind, None, recorded.platform)
-        tols[kind] = [0.0, 0.0] if exact else [t["rtol"], t["atol"]]
-    return job.replace(expect_arrays={"file": EXPECTED_FILE, "grads": steps["grad"],
-                                      "states": steps["state"], "tolerance": tols})
+        limits[kind] = Limit(0.0, 0.0) if exact else Limit(t["rtol"], t["atol"])
+    return job.replace(expect_arrays=ExpectedArrays(EXPECTED_FILE, tuple(steps["grad"]),
+                                                    tuple(steps["state"]), limits["grad"],
+                                                    limits["state"]))
 
 
 @dataclass

@@ -152,7 +152,12 @@ class CodeSpec(_Model):
         (placeholders are replaced in the child, where the data paths are known)."""
         if self.command is None:
             return {"entrypoint": self.entrypoint or ""}
-        outputs = self.outputs.model_dump(mode="json", exclude_none=True) if self.outputs else {}
+        from repro.job import OutputFile, Outputs
+
+        def one(out: MetricsOutput | WeightsOutput | None) -> OutputFile | None:
+            return None if out is None else OutputFile(out.path, out.format)
+        outputs = Outputs(one(self.outputs.metrics), one(self.outputs.weights)) if self.outputs \
+            else Outputs()
         return {"entrypoint": "", "command": tuple(self.command), "outputs": outputs}
 
     @model_validator(mode="after")
