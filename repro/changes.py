@@ -9,7 +9,7 @@ from repro.env.fingerprint import fingerprint_changes
 from repro.errors import ReproError
 from repro.pins.code import CodePin, changed_files
 from repro.record import RecordMeta, read_record
-from repro.spec import Spec, load_spec, spec_changes
+from repro.spec import Spec, ToleranceSpec, load_spec, spec_changes
 from repro.verdict import FAIL, PASS, Change, ChangeKind, Verdict, error_verdict
 
 
@@ -82,10 +82,10 @@ def diff_records(path_a: str | Path, path_b: str | Path,
     try:
         a, b = read_record(Path(path_a)), read_record(Path(path_b))
         if spec_ref is not None:
-            tolerance, metrics = load_spec(spec_ref).canonical["tolerance"], None
+            tolerance, metrics = load_spec(spec_ref).tolerance, None
         else:
             canonical = b.meta.spec.canonical
-            tolerance = canonical.get("tolerance", {})
+            tolerance = ToleranceSpec.from_canonical(canonical.get("tolerance"), str(b.path))
             metrics = (canonical.get("record") or {}).get("metrics")
     except ReproError as exc:
         v = error_verdict(path_b, exc)

@@ -17,6 +17,7 @@ from typing_extensions import TypedDict
 
 from repro.env.fingerprint import NUMERIC_FIELDS
 from repro.record import MetricSeries
+from repro.spec import PlatformTolerance, Tol, ToleranceSpec
 from repro.verdict import QuantityKind, QuantityResult
 
 
@@ -59,31 +60,31 @@ class Comparison:
         return [r for r in self.rows if not r.ok]
 
 
-def resolve_tolerance(tol_spec: Mapping[str, Any], kind: QuantityKind, name: str | None,
+def resolve_tolerance(tol_spec: ToleranceSpec, kind: QuantityKind, name: str | None,
                       platform_key: str) -> Tolerance:
     """rtol/atol for one quantity. Later layers override earlier ones field by field:
     built-in fallback < `default` < the quantity's block (`grads`, `weights`, `metrics.<name>`)
     < `platforms.<key>` (its rtol/atol, then its default, then its quantity block)."""
     out: Tolerance = {"rtol": FALLBACK["rtol"], "atol": FALLBACK["atol"]}
 
-    def overlay(block: Mapping[str, Any] | None) -> None:
-        if block:
-            if block.get("rtol") is not None:
-                out["rtol"] = float(block["rtol"])
-            if block.get("atol") is not None:
-                out["atol"] = float(block["atol"])
+    def overlay(block: Tol | None) -> None:
+        if block is not None:
+            if block.rtol is not None:
+                out["rtol"] = float(block.rtol)
+            if block.atol is not None:
+                out["atol"] = float(block.atol)
 
-    def quantity_block(t: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    def quantity_block(t: ToleranceSpec | PlatformTolerance) -> Tol | None:
         if kind == "metric":
-            return (t.get("metrics") or {}).get(name)
-        return t.get({"grad": "grads", "weight": "weights", "state": "weights"}[kind])
+            return t.metrics.get(name) if name is not None else None
+        return t.grads if kind == "grad" else t.weights   # a state's tolerance is the weights'
 
-    overlay(tol_spec.get("default"))
+    overlay(tol_spec.default)
     overlay(quantity_block(tol_spec))
-    plat = (tol_spec.get("platforms") or {}).get(platform_key)
-    if plat:
+    plat = tol_spec.platforms.get(platform_key)
+    if plat is not None:
         overlay(plat)
-        overlay(plat.get("default"))
+        overlay(plat.default)
         overlay(quantity_block(plat))
     return out
 
@@ -216,12 +217,12 @@ def metric_array(series: MetricSeries) -> np.ndarray:
 
 
 def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
-                run_arrays: Mapping[str, np.ndarray], *, tolerance: dict[str, Any],
+                run_arrays: Mapping[str, np.ndarray], *, tolerance: ToleranceSpec,
                 platform_key: str, run_fingerprint: dict[str, Any],
                 metric_names: list[str] | None) -> Comparison:
-    """Compare everything a spec records. `tolerance` is the spec's canonical tolerance block;
+    """Compare everything a spec records. `tolerance` is the spec's tolerance block;
     `recorded` is a `repro.record.Record` (or anything with its fingerprint, metrics, arrays)."""
-    bitwise, reason = choose_bitwise(tolerance.get("mode", "auto"), recorded.fingerprint,
+    bitwise, reason = choose_bitwise(tolerance.mode, recorded.fingerprint,
                                      run_fingerprint)
     out = Comparison(bitwise=bitwise, reason=reason)
     rec_metrics, record_arrays = recorded.metrics, recorded.arrays
@@ -250,7 +251,7 @@ def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
 
 
 def _compare_leaves(kind: Literal["grad", "weight", "state"], rec: Mapping[str, np.ndarray],
-                    run: Mapping[str, np.ndarray], tolerance: Mapping[str, Any], platform_key: str,
+                    run: Mapping[str, np.ndarray], tolerance: ToleranceSpec, platform_key: str,
                     bitwise: bool) -> list[QuantityResult]:
     prefix = {"grad": "grads/", "weight": "weights", "state": "checkpoints/"}[kind]
     tol = resolve_tolerance(tolerance, kind, None, platform_key)

@@ -11,7 +11,7 @@ states ctx.checkpoint keeps are checked the same way when they arrive (the recor
 the run's window are copied next to it, up to EXPECTED_MAX_BYTES; steps beyond the cap are
 compared at the end only).
 
-`compare` judges a stopped run against the record truncated to what the run reached: each metric
+`compare_to_record` judges a stopped run against the record truncated to what the run reached: each metric
 to the points the run logged, kept gradients and states to the steps it kept; final weights are
 not compared.
 """
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from repro.job import ExpectedArrays, ExpectedSeries, Job, Limit
 from repro.verdict import Stop
 
 if TYPE_CHECKING:
     import numpy as np
 
     from repro.compare import Comparison, Recorded
-    from repro.job import Job
     from repro.record import MetricSeries, Record, RecordMeta
     from repro.replay import Replay
     from repro.result import RunResult
@@ -55,21 +55,18 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
         return job
     from repro.compare import resolve_tolerance
 
-    tolerance = spec.canonical["tolerance"]
+    tolerance = spec.tolerance
     names = [n for n in (spec.record.metrics or sorted(recorded.metrics)) if n in recorded.metrics]
-    exact = tolerance.get("mode", "auto") == "exact"
-    tols = {}
-    for name in names:
-        t = resolve_tolerance(tolerance, "metric", name, recorded.platform)
-        tols[name] = [0.0, 0.0] if exact else [t["rtol"], t["atol"]]
+    exact = tolerance.mode == "exact"
     expect = {}
     for n in names:
+        t = resolve_tolerance(tolerance, "metric", n, recorded.platform)
+        limit = Limit(0.0, 0.0) if exact else Limit(t["rtol"], t["atol"])
         steps, values = recorded.metrics[n]["steps"], recorded.metrics[n]["values"]
         keep = [i for i, st in enumerate(steps) if st >= lo and (hi is None or st < hi)]
-        if len(keep) != len(steps):
-            steps, values = [steps[i] for i in keep], [values[i] for i in keep]
-        expect[n] = {"steps": steps, "values": values, "from": lo}
-    return job.replace(expect=expect, expect_tolerance=tols)
+        expect[n] = ExpectedSeries(tuple(steps[i] for i in keep), tuple(values[i] for i in keep),
+                                   limit, start=lo)
+    return job.replace(expect=expect)
 
 
 def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, out: Path,
@@ -128,15 +125,16 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
     if not steps["grad"] and not steps["state"]:
         (out / EXPECTED_FILE).unlink()
         return job
-    tolerance = spec.canonical["tolerance"]
-    exact = tolerance.get("mode", "auto") == "exact"
-    tols = {}
+    tolerance = spec.tolerance
+    exact = tolerance.mode == "exact"
+    limits = {}
     kinds: tuple[Literal["grad"], Literal["state"]] = ("grad", "state")
     for kind in kinds:
         t = resolve_tolerance(tolerance, kind, None, recorded.platform)
-        tols[kind] = [0.0, 0.0] if exact else [t["rtol"], t["atol"]]
-    return job.replace(expect_arrays={"file": EXPECTED_FILE, "grads": steps["grad"],
-                                      "states": steps["state"], "tolerance": tols})
+        limits[kind] = Limit(0.0, 0.0) if exact else Limit(t["rtol"], t["atol"])
+    return job.replace(expect_arrays=ExpectedArrays(EXPECTED_FILE, tuple(steps["grad"]),
+                                                    tuple(steps["state"]), limits["grad"],
+                                                    limits["state"]))
 
 
 @dataclass
@@ -149,7 +147,7 @@ class RecordView:
     arrays: Mapping[str, np.ndarray]
 
 
-def compare(rec: Recorded, result: RunResult, spec: Spec) -> Comparison:
+def compare_to_record(rec: Recorded, result: RunResult, spec: Spec) -> Comparison:
     """`compare_run` of the run with its record; a stopped run with the part of it reached."""
     from repro.compare import compare_run
 
@@ -170,7 +168,7 @@ def compare(rec: Recorded, result: RunResult, spec: Spec) -> Comparison:
         names = [n for n in (names if names is not None else sorted(set(metrics) | set(result.metrics)))
                  if n in metrics or n in result.metrics]
     return compare_run(recorded, result.metrics, result.arrays,
-                       tolerance=spec.canonical["tolerance"], platform_key=result.platform_key,
+                       tolerance=spec.tolerance, platform_key=result.platform_key,
                        run_fingerprint=result.fingerprint, metric_names=names)
 
 

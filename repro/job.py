@@ -13,7 +13,89 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-JOB_FORMAT = 1
+JOB_FORMAT = 2   # 2: expect, expect_arrays, restore and outputs are typed parts (below)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """|run - record| <= atol + rtol * |record| (exact mode: both 0, any difference fails)."""
+
+    rtol: float
+    atol: float
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Limit:
+        return cls(float(doc["rtol"]), float(doc["atol"]))
+
+
+@dataclass(frozen=True)
+class ExpectedSeries:
+    """Fail-fast, one metric: the record's trajectory (steps before `start` are not checked: a
+    replayed segment ignores what the training logs before it) and the limit a value must meet.
+    Values are floats, or strings for the non-finite ones ('nan', 'inf'), as the record has them."""
+
+    steps: tuple[int, ...]
+    values: tuple[float | str, ...]
+    limit: Limit
+    start: int = 0
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ExpectedSeries:
+        return cls(tuple(doc["steps"]), tuple(doc["values"]), Limit.from_doc(doc["limit"]),
+                   int(doc.get("start", 0)))
+
+
+@dataclass(frozen=True)
+class ExpectedArrays:
+    """Fail-fast, arrays: the record's kept gradients and states the parent copied into the
+    run's out/ (`file`, an npz), the steps it holds of each, and their limits."""
+
+    file: str
+    grad_steps: tuple[int, ...]
+    state_steps: tuple[int, ...]
+    grad_limit: Limit
+    state_limit: Limit
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ExpectedArrays:
+        return cls(str(doc["file"]), tuple(doc["grad_steps"]), tuple(doc["state_steps"]),
+                   Limit.from_doc(doc["grad_limit"]), Limit.from_doc(doc["state_limit"]))
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """Replay: the state `ctx.restore` returns, kept at `step`, in `file` (a name in the run's
+    out/), its leaves described by `layout` ([path, kind, weak] each: child/state.py LeafKind)."""
+
+    step: int
+    file: str
+    layout: tuple[tuple[Any, ...], ...]
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> RestorePoint:
+        return cls(int(doc["step"]), str(doc["file"]), tuple(tuple(x) for x in doc["layout"]))
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file an unmodified script writes (code.outputs.metrics or .weights)."""
+
+    path: str      # relative to the script's working directory (the code tree)
+    format: str    # metrics: jsonl, csv, tensorboard; weights: orbax, npz, safetensors
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """code.outputs: what the script writes, read after it ends (child/outputs.py)."""
+
+    metrics: OutputFile | None = None
+    weights: OutputFile | None = None
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Outputs:
+        def one(d: Mapping[str, Any] | None) -> OutputFile | None:
+            return None if d is None else OutputFile(str(d["path"]), str(d["format"]))
+        return cls(one(doc.get("metrics")), one(doc.get("weights")))
 
 
 @dataclass(frozen=True)
@@ -46,16 +128,14 @@ class Job:
     watch_stdin: bool = False                # container: die when stdin closes
     hash_seed: str = "0"                     # PYTHONHASHSEED (calibrate varies it)
     listing_order: str = "native"            # "reversed": directory listings reversed (calibrate)
-    expect: Mapping[str, Any] | None = None  # fail-fast: metric -> the record's {steps, values}
-    expect_tolerance: Mapping[str, Any] = field(default_factory=dict)  # metric -> [rtol, atol]
-    expect_arrays: Mapping[str, Any] | None = None  # fail-fast: {file (npz in out/), grads: [steps],
-    #                                                 states: [steps], tolerance: {grad, state}}
+    expect: Mapping[str, ExpectedSeries] | None = None  # fail-fast: metric -> the record's series
+    expect_arrays: ExpectedArrays | None = None  # fail-fast: the record's kept grads and states
     checkpoints_every: int | None = None     # record.checkpoints: keep the state every N steps ...
     checkpoints_steps: tuple[int, ...] = ()  # ... and at these steps
-    restore: Mapping[str, Any] | None = None  # replay: {step, file (npz), layout} for ctx.restore
+    restore: RestorePoint | None = None      # replay: the state ctx.restore returns
     stop_at: int | None = None               # replay: end once the state of this step is kept
     command: tuple[str, ...] | None = None   # code.command: an unmodified script, run in a copy of `tree`
-    outputs: Mapping[str, Any] | None = None  # code.outputs: {metrics|weights: {path, format}}
+    outputs: Outputs | None = None           # code.outputs: the files the script writes
     isa: str = "native"                      # environment.isa, applied by the child (env/portable.py)
     xla_flags: tuple[str, ...] = ()          # the spec's own environment.xla_flags (in settings too)
     emulate_cpu: str | None = None           # run under qemu-x86_64 -cpu MODEL (variation.py)
@@ -84,4 +164,11 @@ class Job:
         doc["xla_flags"] = tuple(doc.get("xla_flags") or ())
         if doc.get("trace_steps") is not None:
             doc["trace_steps"] = tuple(doc["trace_steps"])
+        # the typed parts come back from the dicts dataclasses.asdict made of them
+        if doc.get("expect") is not None:
+            doc["expect"] = {n: ExpectedSeries.from_doc(e) for n, e in doc["expect"].items()}
+        for name, part in (("expect_arrays", ExpectedArrays), ("restore", RestorePoint),
+                           ("outputs", Outputs)):
+            if doc.get(name) is not None:
+                doc[name] = part.from_doc(doc[name])
         return cls(**doc)

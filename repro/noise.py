@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING
 
 from repro.compare import Comparison, compare_run
 from repro.record import MetricSeries, NoiseInfo, Spread
+from repro.spec import ToleranceSpec
 from repro.verdict import QuantityResult
 
 if TYPE_CHECKING:
     from repro.result import RunResult
     from repro.spec import Spec
+
+EXACT_TOLERANCE = ToleranceSpec(mode="exact")   # runs of one record must agree bit for bit
 
 CAUSES = ("unseeded numpy or Python randomness (use ctx.seed / ctx.key), host callbacks, the "
           "wall clock or other inputs no pin covers, thread scheduling (environment.cpus > 1), "
@@ -31,7 +34,7 @@ CAUSES = ("unseeded numpy or Python randomness (use ctx.seed / ctx.key), host ca
 
 def compare_runs(first: RunResult, second: RunResult, spec: Spec) -> Comparison:
     """Two runs of one spec, bitwise, quantity by quantity (the first plays the record)."""
-    return compare_run(first, second.metrics, second.arrays, tolerance={"mode": "exact"},
+    return compare_run(first, second.metrics, second.arrays, tolerance=EXACT_TOLERANCE,
                        platform_key=first.platform_key, run_fingerprint=first.fingerprint,
                        metric_names=spec.record.metrics)
 
@@ -51,7 +54,7 @@ def compare_reached(first: RunResult, second: RunResult, spec: Spec) -> Comparis
     a1 = {k: v for k, v in first.arrays.items() if k in keys}
     a2 = {k: v for k, v in second.arrays.items() if k in keys}
     both = replace(first, metrics=m1, arrays=a1)
-    return compare_run(both, m2, a2, tolerance={"mode": "exact"}, platform_key=first.platform_key,
+    return compare_run(both, m2, a2, tolerance=EXACT_TOLERANCE, platform_key=first.platform_key,
                        run_fingerprint=first.fingerprint, metric_names=sorted(m1))
 
 

@@ -19,7 +19,7 @@ from repro.changes import changes_since_record
 from repro.confirm import classify
 from repro.env.settings import child_isa, determinism_settings
 from repro.errors import ReproError
-from repro.failfast import compare, expecting, stopped_at
+from repro.failfast import compare_to_record, expecting, stopped_at
 from repro.job import Job
 from repro.localise import attach_traces
 from repro.noise import annotate_spread, describe, noise_floor
@@ -255,7 +255,7 @@ def _warm_comparison() -> None:
 
 def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> Verdict:
     """Compare a finished run with its record and say what changed since recording."""
-    spec, cmp = prep.spec, compare(rec, result, prep.spec)   # a fail-fast stop: the part reached
+    spec, cmp = prep.spec, compare_to_record(rec, result, prep.spec)   # a fail-fast stop: the part reached
     v = run_verdict(prep, result, Status.PASS if cmp.ok else Status.FAIL, options)
     v.stopped = stopped_at(rec, result)
     v.rows, v.bitwise, v.mode_reason, v.record_path = cmp.rows, cmp.bitwise, cmp.reason, str(rec.path)

@@ -17,9 +17,9 @@ import numpy as np
 
 from repro.child.state import LeafKind
 from repro.errors import SpecError
+from repro.job import Job, RestorePoint
 
 if TYPE_CHECKING:
-    from repro.job import Job
     from repro.spec import Spec
 
 RESTORE_FILE = "restore.npz"   # in the run's out/ directory, written before the child starts
@@ -51,8 +51,8 @@ def checkpoint_job(job: Job, spec: Spec, replay: Replay | None) -> Job:
                         "only run whole", file=str(spec.path or ""), key_path="code.command")
     restore = None
     if replay.restores:
-        restore = {"step": replay.start, "file": RESTORE_FILE,
-                   "layout": [k.as_list() for k in replay.layout]}
+        restore = RestorePoint(replay.start, RESTORE_FILE,
+                               tuple(tuple(k.as_list()) for k in replay.layout))
     return job.replace(checkpoints_every=every, checkpoints_steps=tuple(sorted({*steps, *replay.keep})),
                        restore=restore, stop_at=replay.stop_at)
 

@@ -152,7 +152,12 @@ class CodeSpec(_Model):
         (placeholders are replaced in the child, where the data paths are known)."""
         if self.command is None:
             return {"entrypoint": self.entrypoint or ""}
-        outputs = self.outputs.model_dump(mode="json", exclude_none=True) if self.outputs else {}
+        from repro.job import OutputFile, Outputs
+
+        def one(out: MetricsOutput | WeightsOutput | None) -> OutputFile | None:
+            return None if out is None else OutputFile(out.path, out.format)
+        outputs = Outputs(one(self.outputs.metrics), one(self.outputs.weights)) if self.outputs \
+            else Outputs()
         return {"entrypoint": "", "command": tuple(self.command), "outputs": outputs}
 
     @model_validator(mode="after")
@@ -338,6 +343,16 @@ class ToleranceSpec(_Model):
     grads: Tol | None = None
     weights: Tol | None = None
     platforms: dict[str, PlatformTolerance] = Field(default_factory=dict)
+
+    @classmethod
+    def from_canonical(cls, doc: Any, where: str) -> ToleranceSpec:
+        """The tolerance block of a spec as a record keeps it (canonical JSON), typed again;
+        a record without one has the defaults."""
+        try:
+            return cls.model_validate(doc or {}, strict=False)
+        except ValidationError as exc:
+            raise SpecError(f"the tolerance block recorded in {where} is not one this repro "
+                            f"reads: {exc.errors()[0]['msg']}", file=where) from None
 
 
 class Spec(_Model):

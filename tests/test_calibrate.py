@@ -16,19 +16,10 @@ import numpy as np
 import pytest
 
 from repro import pipeline
-from repro.commands.calibrate import (
-    FLOOR,
-    Host,
-    Proposal,
-    ProposedTolerance,
-    calibrate,
-    deviations,
-    propose_tolerance,
-    select,
-    unavailable,
-    variations_for,
-    write_tolerances,
-)
+from repro.commands.calibrate import calibrate
+from repro.commands.calibstats import FLOOR, Proposal, ProposedTolerance, deviations, propose_tolerance
+from repro.commands.calibvariations import Host, select, unavailable, variations_for
+from repro.commands.calibwrite import write_tolerances
 from repro.compare import compare_arrays
 from repro.env.cpu import cpu_isa
 from repro.env.isa import PORTABLE, XLA_ISAS, host_best, is_x86

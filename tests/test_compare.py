@@ -13,9 +13,9 @@ from hypothesis.extra import numpy as hnp
 
 from repro.compare import choose_bitwise, compare_arrays, compare_run, resolve_tolerance
 from repro.env.fingerprint import NUMERIC_FIELDS
-from repro.spec import parse_spec
+from repro.spec import ToleranceSpec, parse_spec
 
-# the tolerance block of docs/spec.md, through the spec model (canonical: unset fields are None)
+# the tolerance block of docs/spec.md, through the spec model (typed: unset fields are None)
 TOLERANCE_YAML = {
     "mode": "auto",
     "default": {"rtol": 1.0e-6, "atol": 1.0e-8},
@@ -26,11 +26,11 @@ TOLERANCE_YAML = {
 }
 
 
-def canonical_tolerance(tol: dict) -> dict:
+def canonical_tolerance(tol: dict) -> ToleranceSpec:
     spec = parse_spec({"repro": 1, "code": {"commit": "a" * 40, "entrypoint": "zoo.mlp:train"},
                        "record": {"metrics": ["loss", "accuracy"]}, "tolerance": tol},
                       file="t.yaml")
-    return spec.canonical["tolerance"]
+    return spec.tolerance
 
 
 TOL = canonical_tolerance(TOLERANCE_YAML)
@@ -71,7 +71,7 @@ def test_tolerance_fields_override_one_by_one():
 
 
 def test_tolerance_builtin_fallback_and_zero():
-    assert resolve_tolerance({}, "metric", "loss", "cpu") == {"rtol": 1e-6, "atol": 1e-8}
+    assert resolve_tolerance(ToleranceSpec(), "metric", "loss", "cpu") == {"rtol": 1e-6, "atol": 1e-8}
     assert resolve_tolerance(canonical_tolerance({}), "grad", None, "cpu") == \
         {"rtol": 1e-6, "atol": 1e-8}
     zero = canonical_tolerance({"weights": {"rtol": 0.0, "atol": 0.0}})

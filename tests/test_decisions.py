@@ -19,7 +19,7 @@ from repro.engines.executor import LocalExecutor
 from repro.env.fingerprint import fingerprint_changes
 from repro.env.settings import child_environment, determinism_settings
 from repro.errors import ReproError, RunError
-from repro.job import Job
+from repro.job import ExpectedArrays, ExpectedSeries, Job, Limit, OutputFile, Outputs, RestorePoint
 from repro.pins.code import CodePin
 from repro.pytest_plugin import worker_slot
 from repro.record import CodeInfo, RecordMeta, SpecInfo
@@ -128,6 +128,18 @@ def test_job_round_trips_through_its_file(tmp_path):
     assert Job.read(tmp_path / "job.json") == job
     moved = job.replace(tree="/work/code")
     assert moved.tree == "/work/code" and job.tree == "/tree"
+    # the typed parts (fail-fast expectations, a replay's restore point, a script's outputs)
+    # come back as the same frozen dataclasses, not as the dicts job.json holds
+    limit = Limit(1e-5, 0.0)
+    parts = job.replace(
+        expect={"loss": ExpectedSeries((0, 10), (1.0, "nan"), limit, start=10)},
+        expect_arrays=ExpectedArrays("expected.npz", (4,), (8, 12), limit, Limit(0.0, 0.0)),
+        restore=RestorePoint(8, "restore.npz", (("params/w", "float", False),)),
+        outputs=Outputs(metrics=OutputFile("m.jsonl", "jsonl")), command=("python", "t.py"))
+    parts.write(tmp_path / "parts.json")
+    back = Job.read(tmp_path / "parts.json")
+    assert back == parts and isinstance(back.expect["loss"], ExpectedSeries)
+    assert isinstance(back.restore, RestorePoint) and back.outputs.weights is None
     (tmp_path / "old.json").write_text('{"spec": "t"}')
     with pytest.raises(ValueError, match="not a job of format"):
         Job.read(tmp_path / "old.json")

@@ -80,12 +80,12 @@ def test_audit_runs_to_the_end_by_default_and_stops_with_fail_fast(diverged, tmp
 def test_the_child_stops_only_on_a_sure_failure():
     from repro.child.context import Context, GradSchedule
     from repro.child.expect import Expectation, Stopped
-
-    rec = {"loss": {"steps": [0, 1, 2], "values": [1.0, 0.5, 0.25]}}
+    from repro.job import ExpectedSeries, Limit
 
     def ctx(tol):
+        rec = {"loss": ExpectedSeries((0, 1, 2), (1.0, 0.5, 0.25), Limit(*tol))}
         return Context(seeds={}, data={}, config={}, grad_steps=GradSchedule(),
-                       expect=Expectation(rec, {"loss": tol}))
+                       expect=Expectation(rec))
     c = ctx([1e-3, 0.0])
     c.log(0, loss=1.0 + 1e-6, other=7.0)   # within rtol: no stop (a bitwise verify still fails)
     with pytest.raises(Stopped) as stop:

@@ -8,11 +8,12 @@ and ends at `ctx.checkpoint(stop_at)` by raising `SegmentEnd` once that state is
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repro.child.state import LeafKind, decode_state, encode_state
+from repro.job import RestorePoint
 
 if TYPE_CHECKING:
     from repro.child.expect import ArrayExpectation
@@ -110,10 +111,8 @@ class Checkpoints:
             raise SegmentEnd(step)
 
 
-def restore_spec(doc: Mapping[str, Any] | None, out: Path) -> tuple[int, str, list[LeafKind]] | None:
-    """The job's `restore` entry ({step, file: a name in the run's out/, layout}) as
-    Checkpoints takes it."""
-    if not doc:
+def restore_spec(point: RestorePoint | None, out: Path) -> tuple[int, str, list[LeafKind]] | None:
+    """The job's `restore` point (its file a name in the run's out/) as Checkpoints takes it."""
+    if point is None:
         return None
-    return (int(doc["step"]), str(out / Path(str(doc["file"])).name),
-            [LeafKind.from_list(x) for x in doc["layout"]])
+    return (point.step, str(out / Path(point.file).name), [LeafKind.from_list(x) for x in point.layout])

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from repro.job import Outputs
+
 PLACEHOLDER = re.compile(r"\{(config|seeds|data)\.([^{}]+)\}")
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
 TAIL_LINES = 30
@@ -113,7 +115,7 @@ def working_copy(tree: str, workdir: Path) -> Path:
     return workdir
 
 
-def clear_outputs(workdir: Path, outputs: Mapping[str, Mapping[str, str]]) -> list[str]:
+def clear_outputs(workdir: Path, outputs: Outputs) -> list[str]:
     """Remove every declared output (code.outputs) that the pinned tree already holds from the
     working copy, before the script runs: a committed metrics or weights file must never stand
     in for what this run writes (a script that writes elsewhere, or nothing, would otherwise
@@ -121,11 +123,10 @@ def clear_outputs(workdir: Path, outputs: Mapping[str, Mapping[str, str]]) -> li
     every event file read afterwards is this run's. Returns the paths removed."""
     removed = []
     root = os.path.realpath(workdir)
-    for kind in ("metrics", "weights"):
-        out = outputs.get(kind)
-        if not out:
+    for out in (outputs.metrics, outputs.weights):
+        if out is None:
             continue
-        path = workdir / out["path"]
+        path = workdir / out.path
         parent = os.path.realpath(path.parent)
         if parent != root and not parent.startswith(root + os.sep):
             continue   # resolve() refuses it after the run, naming it
@@ -135,7 +136,7 @@ def clear_outputs(workdir: Path, outputs: Mapping[str, Mapping[str, str]]) -> li
             shutil.rmtree(path)
         else:
             continue
-        removed.append(out["path"])
+        removed.append(out.path)
     return removed
 
 

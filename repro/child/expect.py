@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from repro.job import ExpectedSeries
+
 
 class Stopped(BaseException):
     """Raised by `ctx.log` at the first sure failure; the runner catches it (a BaseException so
@@ -28,12 +30,12 @@ class Expectation:
     A value is a sure failure when `|run - record| > atol + rtol * |record|` (exact mode: rtol =
     atol = 0, any difference), or when the run logs a step the record does not have there."""
 
-    def __init__(self, metrics: Mapping[str, Mapping[str, Any]], tolerance: Mapping[str, Any]):
+    def __init__(self, metrics: Mapping[str, ExpectedSeries]):
         # name -> [position, steps, values, rtol, atol, first step checked (a replayed segment
-        # ignores what the training logs before its start)]
+        # ignores what the training logs before its start)]: flat lists, the check is hot
         self._by_name: dict[str, list[Any]] = {
-            n: [0, list(s["steps"]), [float(v) for v in s["values"]],
-                float(tolerance[n][0]), float(tolerance[n][1]), int(s.get("from", 0))]
+            n: [0, list(s.steps), [float(v) for v in s.values],
+                float(s.limit.rtol), float(s.limit.atol), s.start]
             for n, s in metrics.items()}
         self.seconds = 0.0   # spent checking (Context.log adds it up: the check's cost, measured)
 

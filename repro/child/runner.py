@@ -22,7 +22,7 @@ from typing import Any
 
 import repro  # the harness, imported before the code tree is put on sys.path
 from repro.ioutil import write_json_atomic, write_npz_atomic
-from repro.job import Job
+from repro.job import Job, Outputs
 
 EXIT_FAILED = 3
 
@@ -179,10 +179,12 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
 
     from repro.child.checkpoint import Checkpoints, SegmentEnd, restore_spec
     from repro.child.expect import ArrayExpectation, Expectation, Stopped
-    expect = None if job.expect is None else Expectation(job.expect, job.expect_tolerance)
-    expect_arrays = None if job.expect_arrays is None else ArrayExpectation(
-        str(run_dir / Path(str(job.expect_arrays["file"])).name), job.expect_arrays["grads"],
-        job.expect_arrays["states"], job.expect_arrays["tolerance"])
+    expect = None if job.expect is None else Expectation(job.expect)
+    arr = job.expect_arrays
+    expect_arrays = None if arr is None else ArrayExpectation(
+        str(run_dir / Path(arr.file).name), list(arr.grad_steps), list(arr.state_steps),
+        {"grad": (arr.grad_limit.rtol, arr.grad_limit.atol),
+         "state": (arr.state_limit.rtol, arr.state_limit.atol)})
     if (expect is not None or expect_arrays is not None) and job.command is not None:
         expect = expect_arrays = None   # a script's outputs exist only at its end
         result.setdefault("notes", []).append(
@@ -230,7 +232,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                            message=f"{job.entrypoint} returned None; return the final params "
                                    "pytree, or set `record.weights: none` in the spec")
         source = f"the params {job.entrypoint} returned" if job.command is None else \
-            f"the weights in {(job.outputs or {}).get('weights', {}).get('path')}"
+            f"the weights in {job.outputs.weights.path if job.outputs and job.outputs.weights else None}"
         try:
             weights = numeric_leaves(params, source)
         except (TypeError, ValueError) as exc:
@@ -287,7 +289,7 @@ def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any, notes: list[str]) 
 
     assert job.command is not None
     workdir = working_copy(tree, run_dir / "script")
-    outputs = job.outputs or {}
+    outputs = job.outputs or Outputs()
     stale = clear_outputs(workdir, outputs)
     if stale:
         notes.append(f"code.outputs: {', '.join(stale)} {'is' if len(stale) == 1 else 'are'} in the "
@@ -298,26 +300,26 @@ def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any, notes: list[str]) 
         run = run_script(args, workdir, script_environment(os.environ, job.seeds, job.config, job.data))
     except ScriptError as exc:
         raise _Failure(kind="script", type="ScriptError", message=str(exc), traceback=exc.detail) from None
-    wanted = [(k, outputs[k]) for k in ("metrics", "weights") if outputs.get(k)
-              and (k == "metrics" or job.weights == "final")]
+    wanted = [(k, out) for k, out in (("metrics", outputs.metrics), ("weights", outputs.weights))
+              if out is not None and (k == "metrics" or job.weights == "final")]
     found: dict[str, Any] = {}
     for kind, out in wanted:
         try:
-            path = resolve(workdir, out["path"])
+            path = resolve(workdir, out.path)
             if not path.exists():
                 raise _Failure(kind="outputs", type="FileNotFoundError", traceback="\n".join(run.tail),
-                               message=f"code.outputs.{kind}: {out['path']} was not written by the "
+                               message=f"code.outputs.{kind}: {out.path} was not written by the "
                                        f"script: it does not exist after {run.describe()} (its last "
                                        "lines are below); does the script write it there, relative "
                                        "to the code tree's root?")
             if kind == "metrics":
-                for where, step, values in read_metrics(path, out["format"], out["path"]):
+                for where, step, values in read_metrics(path, out.format, out.path):
                     try:
                         ctx.log(step, **values)
                     except (ValueError, TypeError) as exc:
                         raise OutputError(f"{where}: {exc}".replace("ctx.log(", "(")) from None
             else:
-                found[kind] = read_weights(path, out["format"], out["path"])
+                found[kind] = read_weights(path, out.format, out.path)
         except OutputError as exc:
             raise _Failure(kind="outputs", type="OutputError", message=f"code.outputs.{kind}: {exc}") from None
     return found.get("weights")

@@ -24,6 +24,7 @@ from repro.compare import compare_run
 from repro.engines.executor import Executor, LocalExecutor
 from repro.errors import ReproError, SpecError
 from repro.failfast import RecordView
+from repro.noise import EXACT_TOLERANCE
 from repro.record import read_state
 from repro.result import RunResult
 from repro.store.recordblobs import CHECKPOINTS
@@ -87,7 +88,7 @@ def _judge(loaded: Loaded, options: pipeline.Options, k: int, nxt: int, restored
     rec_a = {f"{CHECKPOINTS}{nxt}/{p}": a for p, a in state_next.items()}
     run_a = {key: a for key, a in restored.arrays.items() if key.startswith(f"{CHECKPOINTS}{nxt}/")}
     cmp = compare_run(RecordView(rec.fingerprint, rec_m, rec_a), run_m, run_a,
-                      tolerance={"mode": "exact"}, platform_key=restored.platform_key,
+                      tolerance=EXACT_TOLERANCE, platform_key=restored.platform_key,
                       run_fingerprint=restored.fingerprint, metric_names=spec.record.metrics)
     for row in cmp.rows:
         row.segment = seg.label

@@ -35,7 +35,7 @@ from repro.commands.progress import Progress
 from repro.commands.segmentplan import NoCheckpoints, Segment, choose, parse_selection, plan_units, segments_of
 from repro.engines.executor import Executor, LocalExecutor, SpecJob, run_spec_job
 from repro.errors import ReproError, SpecError
-from repro.failfast import RecordView, compare
+from repro.failfast import RecordView, compare_to_record
 from repro.noise import annotate_spread, first_difference
 from repro.record import Record, RecordMeta, read_record, read_state, record_dir
 from repro.replay import Replay
@@ -289,7 +289,7 @@ def _judge(loaded: Loaded, options: pipeline.Options, chosen: list[Segment],
         run_m, run_a = window(result.metrics, result.arrays, seg)
         run = dataclasses.replace(result, metrics=run_m, arrays=run_a,
                                   grad_steps=[s for s in result.grad_steps if seg.has_step(s)])
-        cmp = compare(RecordView(rec.fingerprint, rec_m, rec_a), run, spec)
+        cmp = compare_to_record(RecordView(rec.fingerprint, rec_m, rec_a), run, spec)
         annotate_spread(cmp.rows, rec.meta.noise)
         for row in cmp.rows:
             row.segment = seg.label

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from repro.report.text import short_number, table
 
 if TYPE_CHECKING:
-    from repro.commands.calibrate import Bounds, Calibration, VariationRun
+    from repro.commands.calibrate import Calibration, VariationRun
+    from repro.commands.calibstats import Bounds
 
 CALIBRATION_FORMAT = 1
 
