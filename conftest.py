@@ -8,3 +8,15 @@ entry point, as it does for users.
 from repro.strategies import load_profile
 
 load_profile()
+
+# The project's own specs are test items too (specs/); the longest retrainings join the tests
+# marked `slow`, so that `pytest -m "not slow"` stays a quick loop. The full run keeps them.
+SLOW_SPECS = {"tiny-lm", "flax-digits-mlp"}
+
+
+def pytest_collection_modifyitems(items):
+    import pytest
+
+    for item in items:
+        if item.name in SLOW_SPECS and item.get_closest_marker("repro") is not None:
+            item.add_marker(pytest.mark.slow)

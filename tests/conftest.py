@@ -61,6 +61,7 @@ config: {{lr: 0.05, steps: 12}}
 record:
   metrics: [loss]
   grads: {{every: 4}}
+  runs: 1   # one training per record here: the noise floor's own tests ask for more
 '''
 
 
@@ -158,9 +159,10 @@ def project(tmp_path) -> Project:
     return build_project(tmp_path / "proj")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def recorded_template(tmp_path_factory) -> Project:
-    """A project recorded once per module and committed (copy it; do not change it)."""
+    """A project recorded once per test session (per xdist worker) and committed: copy it, do
+    not change it."""
     p = build_project(tmp_path_factory.mktemp("template") / "proj")
     p.repro("record", "specs/tiny.yaml", check_rc=0)
     assert (p.record_dir / "record.json").exists()

@@ -73,6 +73,7 @@ def test_forged_relative_backend_cannot_climb_out_of_the_records_root(project, t
     _assert_untouched(victim)
 
 
+@pytest.mark.slow
 def test_platform_key_from_the_command_line_is_one_path_component(project, tmp_path):
     victim = _victim(tmp_path)
     proc = project.repro("record", "specs/tiny.yaml", "--platform", str(victim))
@@ -99,6 +100,7 @@ def test_run_json_linked_to_a_host_file_is_not_read(dproject, tmp_path):
     assert secret.read_text().count("host-only-secret") == 1
 
 
+@pytest.mark.slow
 def test_record_json_arrays_file_outside_the_record_is_refused(recorded_template, tmp_path):
     """record.json's arrays.file used to be joined to the record dir unchecked
     (`../../../x.npz`, an absolute path): now anything but arrays.npz is damage."""
@@ -209,6 +211,7 @@ def _copy(template, tmp_path):
     return Project(tmp_path / "p")
 
 
+@pytest.mark.slow
 def test_record_json_of_the_wrong_shape_is_exit_2_and_the_audit_still_reports(recorded_template,
                                                                                tmp_path):
     p = _copy(recorded_template, tmp_path)
@@ -241,6 +244,7 @@ def test_record_json_of_the_wrong_shape_is_exit_2_and_the_audit_still_reports(re
     assert (p.root / "a.xml").exists()
 
 
+@pytest.mark.slow
 def test_an_unwritable_record_directory_is_exit_2(project, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the records root should be")
@@ -249,6 +253,7 @@ def test_an_unwritable_record_directory_is_exit_2(project, tmp_path):
     assert "cannot write the record at" in proc.stdout and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_concurrent_records_of_one_spec_both_finish(project):
     import subprocess
     import sys
@@ -322,6 +327,7 @@ def test_processes_the_training_starts_do_not_outlive_a_successful_run(project):
                for n in v.notes), v.notes
 
 
+@pytest.mark.slow
 def test_sigterm_to_repro_verify_leaves_no_process_and_no_run_dir(project, tmp_path):
     import signal
     import subprocess
@@ -440,6 +446,7 @@ def test_a_record_with_nothing_to_compare_is_refused(project):
 
 
 # -- 14.3: the exported tree of the pinned commit ------------------------------------------------
+@pytest.mark.slow
 def test_code_that_rewrites_its_exported_tree_is_caught_and_reexported(project):
     """Training code (root, local backend) rewrites its own pinned tree in repro's cache —
     even restoring the file's mtime. The next run notices, re-exports from git, says so, and
@@ -539,6 +546,7 @@ def test_two_audits_saving_history_at_one_instant_keep_both(tmp_path):
     assert sorted(json.loads(p.read_text())["n"] for p in paths) == list(range(8))
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_in_arrays_npz_is_refused(project):
     """A run's arrays.npz whose members inflate a thousandfold would exhaust the parent's
     memory when loaded: refused as an unreadable file."""
@@ -557,12 +565,13 @@ def test_a_decompression_bomb_in_arrays_npz_is_refused(project):
 
 
 # -- issue 9 part 2: the noise floor at record time ---------------------------------------------
+@pytest.mark.slow
 def test_unseeded_randomness_is_refused_at_record_time(recorded_template, tmp_path):
     p = _copy(recorded_template, tmp_path)
     before = {f: (p.record_dir / f).read_bytes() for f in ("record.json", "arrays.npz")}
     from tests.conftest import lr_times
     lr_times(p, "1 + 1e-3 * np.random.default_rng().random()", message="unseeded noise")
-    proc = p.repro("record", "specs/tiny.yaml")
+    proc = p.repro("record", "specs/tiny.yaml", "--runs", "2")   # the default number of runs
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "2 runs from the same pins on this host differ" in proc.stdout
     assert "first at metric loss, step 1" in proc.stdout and "unseeded numpy" in proc.stdout
@@ -600,6 +609,7 @@ config: {{scale: 0.5}}
 
 
 @pytest.mark.parametrize("where", ["elsewhere", "nowhere"])
+@pytest.mark.slow
 def test_outputs_committed_in_the_tree_never_stand_in_for_the_run(tmp_path, where):
     """A command-form spec whose declared outputs are committed in the pinned tree: the run
     that wrote them elsewhere, or nothing at all, is an error naming the output, never a PASS

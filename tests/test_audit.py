@@ -33,6 +33,7 @@ def audited(project):
     return project
 
 
+@pytest.mark.slow
 def test_one_perturbed_spec_is_the_one_fail_everywhere(audited, tmp_path):
     spec_b = audited.root / "specs" / "tiny-b.yaml"
     spec_b.write_text(spec_b.read_text().replace("seeds: {params: 1}", "seeds: {params: 7}"))
@@ -71,6 +72,7 @@ def test_one_perturbed_spec_is_the_one_fail_everywhere(audited, tmp_path):
     assert "fail" in section.lower() and "<svg" in section
 
 
+@pytest.mark.slow
 def test_a_broken_spec_is_an_error_and_the_others_still_pass(audited, tmp_path):
     audited.write("specs/broken.yaml", "repro: 1\ncode:\n  commit: 3f2a1c9\n  entrypoint: x:y\n")
     proc = audited.repro("audit", "specs", "--json", str(tmp_path / "a.json"))
@@ -82,6 +84,7 @@ def test_a_broken_spec_is_an_error_and_the_others_still_pass(audited, tmp_path):
     assert "code.commit" in broken["error"] and "40-hex" in broken["error"]
 
 
+@pytest.mark.slow
 def test_interrupt_kills_every_child_and_writes_a_partial_report(audited, tmp_path):
     train = audited.root / "tinyproj" / "train.py"
     train.write_text(train.read_text().replace("    return params",
@@ -115,6 +118,7 @@ def test_interrupt_kills_every_child_and_writes_a_partial_report(audited, tmp_pa
     assert report.exists() and "incomplete" in report.read_text().lower()
 
 
+@pytest.mark.slow
 def test_compilation_cache_changes_no_recorded_bit(project, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "fresh-cache"))
     assert pipeline.record(project.spec, pipeline.Options(compile_cache=False)).status == "recorded"

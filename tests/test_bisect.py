@@ -78,6 +78,7 @@ def history(tmp_path_factory) -> History:
     return make_history(tmp_path_factory.mktemp("bisect") / "proj")
 
 
+@pytest.mark.slow
 def test_bisect_names_the_epsilon_commit_and_skips_the_one_that_does_not_import(history, tmp_path):
     out = tmp_path / "bisect.json"
     proc = history.project.repro("bisect", "specs/tiny.yaml", "--good", history.good,
@@ -113,6 +114,7 @@ def test_bisect_names_the_epsilon_commit_and_skips_the_one_that_does_not_import(
 
 
 @pytest.mark.parametrize("k", [3])
+@pytest.mark.slow
 def test_bisect_stays_within_log_k_plus_1_rounds_on_any_executor(history, k):
     """The library call with an Executor handed in (as a Ray executor would be); --confirm 0
     keeps it short (nothing here is nondeterministic)."""
@@ -127,6 +129,7 @@ def test_bisect_stays_within_log_k_plus_1_rounds_on_any_executor(history, k):
     assert b.exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_good_commit_that_does_not_pass_is_an_error(history):
     proc = history.project.repro("bisect", "specs/tiny.yaml", "--good", history.eps,
                                  "--bad", history.bad, "-j", "2", "--confirm", "0")
@@ -146,6 +149,7 @@ def test_unknown_and_misordered_revisions_are_named_before_anything_runs(history
     assert "endpoints" not in proc.stdout   # nothing trained
 
 
+@pytest.mark.slow
 def test_a_nondeterministic_commit_is_confirmed_and_skipped(history):
     """On a side branch from good: a commit with unseeded noise in its learning rate, one that
     removes it, and the epsilon change. The noisy commit fails; run again it gives other bits,

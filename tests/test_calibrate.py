@@ -238,6 +238,7 @@ def test_float_text_reads_back_as_the_same_float():
 
 
 # -- real runs --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_variation_reaches_the_child(project):
     """Options(variation=...) sets the child's PYTHONHASHSEED and reverses its listings."""
     train_does(project, """\
@@ -259,6 +260,7 @@ def _reaches_avx2() -> bool:
 
 @pytest.mark.skipif(not _reaches_avx2(), reason="needs an x86-64 host with AVX2+FMA: the ISA "
                     "ceilings below it (no FMA) are what change the bits")
+@pytest.mark.slow
 def test_calibrate_names_the_isa_ceilings_and_nothing_else(project):
     cal = calibrate(project.spec)
     by_name = {r.name: r for r in cal.runs}
@@ -287,6 +289,7 @@ def _with_parts(project) -> None:
     project.edit_spec("seeds:", "  parts: {path: data/parts}\nseeds:")
 
 
+@pytest.mark.slow
 def test_training_that_trusts_the_listing_order_is_named(project):
     _with_parts(project)
     train_does(project, """\
@@ -306,6 +309,7 @@ def test_training_that_trusts_the_listing_order_is_named(project):
     assert cal.proposal.tolerances == () and cal.proposal.variations == 0
 
 
+@pytest.mark.slow
 def test_training_that_hashes_a_str_is_named_under_pythonhashseed(project):
     train_does(project, """\
     global LR_SCALE
@@ -317,6 +321,7 @@ def test_training_that_hashes_a_str_is_named_under_pythonhashseed(project):
     assert any("depends on PYTHONHASHSEED" in n and "Not absorbed" in n for n in cal.notes)
 
 
+@pytest.mark.slow
 def test_write_from_the_command_line_keeps_the_spec_and_its_record_valid(project):
     p = project
     p.write("specs/tiny.yaml", p.spec.read_text() + textwrap.dedent("""\
@@ -351,6 +356,7 @@ def test_write_from_the_command_line_keeps_the_spec_and_its_record_valid(project
     assert verify.stdout.startswith("PASS tiny [cpu] bitwise identical"), verify.stdout
 
 
+@pytest.mark.slow
 def test_a_crash_under_one_variation_is_reported_for_it(project):
     train_does(project, """\
     import os

@@ -88,6 +88,7 @@ def copy_of(p: Project, tmp_path: Path) -> Project:
     return q
 
 
+@pytest.mark.slow
 def test_the_record_keeps_each_state_as_blobs_once_in_git(ck_recorded):
     meta = json.loads((ck_recorded.record_dir / "record.json").read_text())
     ck = meta["checkpoints"]
@@ -118,6 +119,7 @@ def audited(p: Project, *args: str, rc: int) -> dict:
     return verdict
 
 
+@pytest.mark.slow
 def test_a_full_verify_compares_the_kept_states(ck_recorded):
     out = ck_recorded.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
     assert "PASS tiny" in out and "bitwise identical" in out
@@ -128,6 +130,7 @@ def test_a_full_verify_compares_the_kept_states(ck_recorded):
     assert v["segments"] is None
 
 
+@pytest.mark.slow
 def test_segment_replay_passes_bitwise_on_two_workers(ck_recorded):
     out = ck_recorded.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "all",
                             "-j", "2", "-v", check_rc=0).stdout
@@ -151,6 +154,7 @@ def test_segment_replay_passes_bitwise_on_two_workers(ck_recorded):
     assert "<h4>Segments</h4>" in v["html"] and "[300, 400)" in v["html"]
 
 
+@pytest.mark.slow
 def test_an_lr_change_after_step_300_fails_in_that_segment_only(ck_recorded, tmp_path):
     p = copy_of(ck_recorded, tmp_path)
     edit_train(p, "params, opt_state, loss, g = update(params, opt_state, x[idx], y[idx], 1.0)",
@@ -171,6 +175,7 @@ def test_an_lr_change_after_step_300_fails_in_that_segment_only(ck_recorded, tmp
     assert not [q for q in bad if "[200, 300)" in q]
 
 
+@pytest.mark.slow
 def test_a_state_out_of_tolerance_stops_the_run_when_it_is_kept(ck_recorded, tmp_path):
     """Fail-fast on checkpoints: the loss may drift (loose tolerance), the state kept at step
     300 may not; a segment ending there stops on it as well."""
@@ -194,6 +199,7 @@ def test_a_state_out_of_tolerance_stops_the_run_when_it_is_kept(ck_recorded, tmp
     assert replayed[1]["stopped_at"] != 300
 
 
+@pytest.mark.slow
 def test_a_sample_is_seeded_and_reported_and_a_range_picks_its_segments(ck_recorded):
     a = ck_recorded.repro("verify", "specs/tiny.yaml", "--no-stream", "--segments", "sample:1:7",
                           "-v", check_rc=0).stdout
@@ -220,6 +226,7 @@ def test_the_restart_check_passes_for_a_complete_restore(ck_recorded):
     ('opt_state = state["params"], state["opt"]', "opt", "opt/0/mu/hidden/w"),
     ('rng.bit_generator.state = state["rng"]', "rng", "rng/state/state"),
 ])
+@pytest.mark.slow
 def test_an_incomplete_restore_fails_the_restart_check_naming_what_it_misses(
         ck_recorded, tmp_path, forget, part, leaf):
     p = copy_of(ck_recorded, tmp_path)

@@ -112,6 +112,7 @@ def _project(root, files: dict[str, str], spec: str, name: str) -> Project:
     return p
 
 
+@pytest.mark.slow
 def test_flax_script_records_verifies_bitwise_and_names_the_lr_commit(tmp_path):
     p = _project(tmp_path / "proj", {"train.py": USER_SCRIPT}, FLAX_SPEC, "script")
     p.repro("record", "specs/script.yaml", check_rc=0)
@@ -181,6 +182,7 @@ config: {{lr: 0.25}}
 '''
 
 
+@pytest.mark.slow
 def test_placeholders_environment_and_output_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("CALLER_ONLY", "1")
     script = LIGHT_SCRIPT.replace("{python!r}", repr(sys.executable))

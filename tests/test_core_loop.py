@@ -3,6 +3,7 @@ each retraining a real JAX model from a real git repository."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from repro import pipeline
 from repro.record import read_record
@@ -50,6 +51,7 @@ def test_new_commit_scaling_lr_is_caught_after_pin(project):
     assert first.first_step == 1 and first.kind == "metric"
 
 
+@pytest.mark.slow
 def test_changed_data_value_is_caught_after_repin(project):
     assert pipeline.record(project.spec).status == "recorded"
     with np.load(project.data) as d:
@@ -63,6 +65,7 @@ def test_changed_data_value_is_caught_after_repin(project):
     assert any(c.key == "data.xy.sha256" and c.what == "data" for c in v.changes)
 
 
+@pytest.mark.slow
 def test_a_commit_that_changes_only_pinned_data_is_not_named_as_the_cause(project):
     """Data committed in the repo moves code.commit too; the data pin is the cause, and the
     commit is shown as informational with the files it changed."""
@@ -97,6 +100,7 @@ def test_flipped_byte_without_repin_is_an_error_before_training(project):
     assert v.status == "error" and not v.timings  # nothing ran
 
 
+@pytest.mark.slow
 def test_old_pinned_commit_reproduces_after_head_moves_on(project):
     assert pipeline.record(project.spec).status == "recorded"
     train = project.root / "tinyproj" / "train.py"
@@ -117,6 +121,7 @@ def test_missing_record_is_an_error_that_says_how_to_record(project):
     assert "no recorded version" in v.error and "repro record" in v.error
 
 
+@pytest.mark.slow
 def test_data_from_another_seed_changes_results_only_when_repinned(project):
     """Sanity of the fixture itself: different data really does change training."""
     assert pipeline.record(project.spec).status == "recorded"

@@ -52,6 +52,7 @@ def emb_pointer(p: Project) -> dict:
     return entry
 
 
+@pytest.mark.slow
 def test_record_arrays_and_data_only_in_s3_verify_on_a_fresh_cache(wide, s3_server, tmp_path,
                                                                    monkeypatch):
     sha = emb_pointer(wide)["sha256"]
@@ -73,6 +74,7 @@ def test_record_arrays_and_data_only_in_s3_verify_on_a_fresh_cache(wide, s3_serv
     assert "re-hashed 1 of 1 blobs" in out and "; ok" in out, out
 
 
+@pytest.mark.slow
 def test_a_corrupt_array_blob_or_wrong_data_at_the_url_is_named_and_never_used(
         wide, s3_server, tmp_path, monkeypatch):
     sha = emb_pointer(wide)["sha256"]
@@ -125,6 +127,7 @@ def test_a_corrupt_array_blob_or_wrong_data_at_the_url_is_named_and_never_used(
     assert not (cache / "data" / expected).exists()
 
 
+@pytest.mark.slow
 def test_without_a_remote_a_missing_array_blob_is_named_before_training(wide, tmp_path, monkeypatch):
     (wide.root / "pyproject.toml").unlink(missing_ok=True)
     monkeypatch.delenv("REPRO_STORE", raising=False)
@@ -193,6 +196,7 @@ def http_dir(tmp_path):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_transient_failures_are_retried_and_a_cut_download_is_never_used(wide, http_dir, tmp_path,
                                                                          monkeypatch):
     served, base, handler = http_dir

@@ -28,6 +28,7 @@ def gpu_project(project: Project, monkeypatch) -> Project:
     return project
 
 
+@pytest.mark.slow
 def test_no_gpu_is_skipped_with_the_reason_by_the_library_cli_and_audit(gpu_project):
     assert not gpu_visible()
     v = check(gpu_project.root / "specs" / "tiny-gpu.yaml")
@@ -50,6 +51,7 @@ def test_no_gpu_is_skipped_with_the_reason_by_the_library_cli_and_audit(gpu_proj
     assert "needs a GPU" in (case.find("skipped").get("message") or "")
 
 
+@pytest.mark.slow
 def test_pytest_skips_a_gpu_spec_and_says_why(gpu_project, pytester, monkeypatch):
     gpu_project.repro("record", "specs/tiny.yaml", check_rc=0)
     monkeypatch.chdir(gpu_project.root)

@@ -40,6 +40,7 @@ def diverged(long_recorded, tmp_path_factory) -> Project:
     return p
 
 
+@pytest.mark.slow
 def test_a_clean_verify_passes_bitwise_with_fail_fast_on(long_recorded):
     out = long_recorded.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
     assert "PASS tiny" in out and "bitwise identical" in out and "stopped" not in out
@@ -54,6 +55,7 @@ def test_verify_stops_by_step_11_and_says_so(diverged):
     assert "later steps, later gradients and the final weights were not compared" in out
 
 
+@pytest.mark.slow
 def test_no_fail_fast_runs_to_the_end_with_the_same_first_divergence(diverged):
     out = diverged.repro("verify", "specs/tiny.yaml", "--no-stream", "--no-fail-fast", check_rc=1).stdout
     assert "stopped" not in out, out

@@ -38,6 +38,7 @@ def recorded(tmp_path_factory):
     return p
 
 
+@pytest.mark.slow
 def test_code_fault_caught_with_right_cause(recorded):
     """A renamed PRNG key (the fold-in name of one layer): another initialisation."""
     o = corpus.run_fault(recorded, corpus.fault("key-name"))
@@ -52,6 +53,7 @@ def swapped_row(recorded):
     return corpus.run_fault(recorded, corpus.fault("swapped-row"))
 
 
+@pytest.mark.slow
 def test_data_fault_caught_and_data_pin_named(swapped_row):
     """Two rows of one shard exchanged, committed and re-pinned: caught, and the data pin is
     among the changes that may move the numbers."""
@@ -60,6 +62,7 @@ def test_data_fault_caught_and_data_pin_named(swapped_row):
     assert "data.wdbc.sha256" in o.numeric_keys, o.as_dict()
 
 
+@pytest.mark.slow
 def test_data_fault_names_data_pin_first(swapped_row):
     """`repro pin` moves code.commit too (the data lives in the repository); the commit changed
     only pinned data, so it is informational and the data pin is the cause named first."""

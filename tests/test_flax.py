@@ -49,6 +49,7 @@ def steps(model, opt, x, y, rng, n: int) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_flax_leaves_are_named_like_the_model_not_like_its_wrappers():
     model, opt, x, y = fresh()
     _, _, grads = nnx_mlp.train_step(model, opt, x[:64], y[:64])
@@ -142,6 +143,7 @@ def repro(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the repository's git history")
+@pytest.mark.slow
 def test_the_flax_spec_verifies_bitwise_against_a_record_made_here(tmp_path):
     records = tmp_path / "records"
     proc = repro("record", "specs/flax-digits-mlp.yaml", "--records", str(records), "--runs", "1")

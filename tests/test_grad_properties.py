@@ -97,6 +97,7 @@ def test_grad_autodiff_matches_finite_differences(case, dtype):
 
 @rst.scaled_examples(0.12)    # ~1 s of compilation per example: the costliest test here
 @given(_mlps(np.float64, sizes=[(3, 4, 2)]))
+@pytest.mark.slow
 def test_grad_forward_mode_and_second_order_match_finite_differences(case):
     """jvp-based gradients and Hessian-vector products (rev and fwd) == finite differences."""
     assume(_relu_margin(case) > 1e-2)
@@ -106,6 +107,7 @@ def test_grad_forward_mode_and_second_order_match_finite_differences(case):
 
 
 @given(MLPS32)
+@pytest.mark.slow
 def test_grad_is_linear_over_the_batch(case):
     """∇ Σ_b ℓ_b == Σ_b ∇ℓ_b, the per-example gradients computed with vmap (float32)."""
     summed, per_example = _linearity(case.params, case.x, case.y, **case.arch.kwargs)
@@ -116,6 +118,7 @@ def test_grad_is_linear_over_the_batch(case):
 
 
 @given(MLPS32, st.data())
+@pytest.mark.slow
 def test_grad_of_mean_loss_is_invariant_to_batch_permutation(case, data):
     """Reordering the batch changes only the summation order of a mean loss's gradient."""
     perm = np.array(data.draw(st.permutations(range(case.x.shape[0])), label="perm"))
@@ -125,6 +128,7 @@ def test_grad_of_mean_loss_is_invariant_to_batch_permutation(case, data):
 
 
 @given(MLPS32)
+@pytest.mark.slow
 def test_grad_jitted_twice_is_bitwise_equal(case):
     """The same jitted gradient on the same inputs (fresh copies) is bitwise identical."""
     first = _leaves(_grad(case.params, case.x, case.y, **case.arch.kwargs))

@@ -79,6 +79,7 @@ _sin_bad_second_derivative.defjvp(
 # -- hypothesis: correct gradients pass, mutated ones are caught and located ------------------
 
 @given(TREES, st.sampled_from([("rev",), ("fwd",), ("rev", "fwd")]), st.sampled_from([1, 1, 2]))
+@pytest.mark.slow
 def test_gradcheck_passes_on_a_smooth_fn_of_random_pytrees(tree, modes, order):
     result = check_gradients(_smooth, tree, order=order, modes=modes)
     assert set(result.max_rel_err) == {"args[0]" + jax.tree_util.keystr(p)

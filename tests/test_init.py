@@ -20,6 +20,7 @@ def fresh(tmp_path_factory) -> Project:
     return p
 
 
+@pytest.mark.slow
 def test_init_writes_records_and_pytest_specs_passes(fresh):
     out = fresh.repro(*INIT, "--no-stream", check_rc=0).stdout
     spec = fresh.root / "specs" / "tinyproj-train.yaml"
@@ -41,6 +42,7 @@ def test_init_writes_records_and_pytest_specs_passes(fresh):
     assert spec.read_text() == text
 
 
+@pytest.mark.slow
 def test_init_refuses_code_the_pin_would_not_hold_and_leaves_nothing(fresh):
     fresh.write("tinyproj/other.py", "def train(ctx):\n    return {}\n")
     bad = fresh.repro("init", "--entrypoint", "tinyproj.other:train", check_rc=2)
@@ -75,6 +77,7 @@ np.savez("out/w.npz", **{"layer/w": w})
 """
 
 
+@pytest.mark.slow
 def test_init_from_a_command_records_an_unmodified_script(fresh):
     fresh.write("fit.py", SCRIPT)
     fresh.commit("a script")
@@ -96,6 +99,7 @@ def test_init_from_a_command_records_an_unmodified_script(fresh):
     assert "fit.py has uncommitted changes" in dirty.stderr
 
 
+@pytest.mark.slow
 def test_init_derives_a_valid_name_and_refuses_a_spec_outside_before_probing(tmp_path):
     """Issue 25, item 10: `_x.train:train` gives the spec name `x-train` (a name starts with a
     letter or digit), and `--spec` outside the repository is refused before the probe runs."""

@@ -94,6 +94,7 @@ def test_record_then_verify_markers_junit_and_bad_specs(project, pytester, monke
     assert "2 deselected" in res.stdout.str()
 
 
+@pytest.mark.slow
 def test_seed_change_shows_the_table_not_a_traceback(recorded, pytester, monkeypatch):
     recorded.edit_spec("seeds: {params: 0}", "seeds: {params: 3}")
     res = run_pytest(pytester, monkeypatch, recorded, "specs/")
@@ -107,6 +108,7 @@ def test_seed_change_shows_the_table_not_a_traceback(recorded, pytester, monkeyp
     no_traceback(out)
 
 
+@pytest.mark.slow
 def test_repro_verify_fixture(recorded, pytester, monkeypatch):
     # same spec name, other seed: compared with tiny's record, so it must fail
     text = recorded.spec.read_text().replace("seeds: {params: 0}", "seeds: {params: 3}")
@@ -131,6 +133,7 @@ def test_repro_verify_fixture(recorded, pytester, monkeypatch):
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_worktree_mode_runs_the_uncommitted_change(recorded, pytester, monkeypatch):
     train = recorded.root / "tinyproj" / "train.py"
     train.write_text(train.read_text().replace("LR_SCALE = 1.0", "LR_SCALE = 1.5"))
@@ -153,6 +156,7 @@ def _collected(res) -> set[str]:
     return {line.strip() for line in res.stdout.lines if "::" in line}
 
 
+@pytest.mark.slow
 def test_ini_repro_specs_narrows_and_widens_the_glob(project, pytester, monkeypatch):
     spec_text = project.spec.read_text()
     project.write("specs/wide.spec.yml", spec_text.replace("name: tiny", "name: wide"))
@@ -171,6 +175,7 @@ def test_ini_repro_specs_narrows_and_widens_the_glob(project, pytester, monkeypa
     assert _collected(res) == {"specs/tiny.yaml::tiny", "specs/extra.repro::extra"}, res.stdout.str()
 
 
+@pytest.mark.slow
 def test_xdist_records_and_verifies_several_specs(project, pytester, monkeypatch):
     names = ["tiny", "tiny_s1", "tiny_s2", "tiny_s3"]
     text = project.spec.read_text()

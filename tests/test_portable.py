@@ -47,10 +47,14 @@ def _needs_qemu() -> None:
     pytest.skip("needs qemu-x86_64 (apt-get install qemu-user) on an x86-64 host")
 
 
-def _fixture_spec(directory: Path, portable: bool = True):
+def _fixture_spec(directory: Path, portable: bool = True, epochs: int | None = None):
     """The spec a fixture was recorded from, as the project's spec file would hold it; with
-    `portable`, its environment block as `isa: portable` (the default) with no flags of its own."""
+    `portable`, its environment block as `isa: portable` (the default) with no flags of its own;
+    with `epochs`, that many (the same programs and kernels over fewer steps: what an emulated
+    CPU runs 20-50x slower)."""
     data = yaml.safe_load((directory / "spec.yaml").read_text())
+    if epochs is not None:
+        data["config"]["epochs"] = epochs
     if portable:
         data["environment"].pop("isa", None)
         data["environment"].pop("xla_flags", None)
@@ -59,8 +63,10 @@ def _fixture_spec(directory: Path, portable: bool = True):
     return spec
 
 
+# in the quick loop (`-m "not slow"`): one record of each host kind, and the L1-sliced CNN
+QUICK_FIXTURES = {("avx512-host", "digits-mlp"), ("avx512-l1d32k", "digits-mlp"), ("avx512-l1d32k", "digits-cnn")}
 FIXTURES = [pytest.param(root / n, id=f"{root.name}/{n}",
-                         marks=[pytest.mark.slow] if n == "tiny-lm" else [])   # 300 LM steps: ~30 s
+                         marks=[] if (root.name, n) in QUICK_FIXTURES else [pytest.mark.slow])
             for root in (AVX512_HOST, ROOT / "fixtures" / "cross-host" / "avx512-l1d32k")
             for n in ("digits-mlp", "digits-cnn", "flax-digits-mlp", "tiny-lm")]
 
@@ -101,6 +107,7 @@ def test_records_from_an_avx512_host_reproduce_bitwise_here_under_portable(direc
 
 
 @needs_avx2
+@pytest.mark.slow
 def test_a_record_of_the_old_recipe_compares_within_tolerance_and_says_why(tmp_path):
     """The AVX2-host record was made with the ISA ceiling alone (before YNNPACK's consistent
     kernels and oneDNN's cap were part of `portable`): its settings differ from today's, so it
@@ -118,6 +125,9 @@ def test_a_record_of_the_old_recipe_compares_within_tolerance_and_says_why(tmp_p
     assert "settings ONEDNN_MAX_CPU_ISA, XLA_FLAGS" in v.mode_reason, v.mode_reason
 
 
+EMULATED_EPOCHS = 2   # 44 steps of digits-mlp under qemu, not 220: the kernels are the same
+
+
 def _record_here(spec, records: Path, isa: str = "portable"):
     if isa != "portable":
         spec = spec.model_copy(update={"environment": spec.environment.model_copy(update={"isa": isa})})
@@ -133,7 +143,7 @@ def test_a_portable_record_verifies_bitwise_on_an_emulated_haswell(tmp_path):
     """CI's cross-CPU check: recorded natively, verified under `qemu-x86_64 -cpu Haswell-noTSX`
     (AVX2+FMA, no AVX-512), bitwise, with the emulated CPU in the fingerprint."""
     _needs_qemu()
-    spec = _fixture_spec(AVX512_HOST / "digits-mlp")
+    spec = _fixture_spec(AVX512_HOST / "digits-mlp", epochs=EMULATED_EPOCHS)
     spec = _record_here(spec, tmp_path)
     v = pipeline.verify(spec, pipeline.Options(records_root=tmp_path,
                                                variation=Variation("cpu", emulate_cpu="Haswell-noTSX")))
@@ -165,7 +175,7 @@ def test_a_native_record_names_its_unpinned_kernels_and_another_cpu_compares_wit
     counts them at the CPU's best ISA, and an emulated Haswell compares within tolerance and
     says why."""
     _needs_qemu()
-    spec = _record_here(_fixture_spec(AVX512_HOST / "digits-mlp"), tmp_path, isa="native")
+    spec = _record_here(_fixture_spec(AVX512_HOST / "digits-mlp", epochs=EMULATED_EPOCHS), tmp_path, isa="native")
     from repro.record import read_record
     fp = read_record(tmp_path / spec.name / "cpu").meta.fingerprint
     loose = [k for k in fp["kernels"] if not k["pinned"]]
@@ -186,7 +196,7 @@ def test_a_cpu_without_fma_runs_portable_specs_within_tolerance_and_says_so(tmp_
     """SandyBridge has AVX but no FMA: YNNPACK has no consistent kernels for it (asking would
     abort with "No dot kernel found"), so nothing is pinned; the run finishes and says why."""
     _needs_qemu()
-    spec = _record_here(_fixture_spec(AVX512_HOST / "digits-mlp"), tmp_path)
+    spec = _record_here(_fixture_spec(AVX512_HOST / "digits-mlp", epochs=EMULATED_EPOCHS), tmp_path)
     v = pipeline.verify(spec, pipeline.Options(records_root=tmp_path,
                                                variation=Variation("cpu", emulate_cpu="SandyBridge")))
     assert v.status == "pass", v.error or [r for r in v.rows if not r.ok]

@@ -34,6 +34,7 @@ def audited(tmp_path_factory) -> Project:
     return p
 
 
+@pytest.mark.slow
 def test_plain_lines_in_a_ci_log_one_per_finished_spec(audited):
     proc = audited.repro("audit", "specs", "-j", "2")      # stdout is a pipe, as in CI
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -130,6 +131,7 @@ def test_only_the_report_imports_rich():
     assert users == {"report/progress.py"}
 
 
+@pytest.mark.slow
 def test_segment_replay_prints_a_plain_line_per_segment(tmp_path):
     from test_checkpoints import make_ck
     p = make_ck(tmp_path / "proj")
@@ -144,6 +146,7 @@ def test_segment_replay_prints_a_plain_line_per_segment(tmp_path):
     assert "4 of 4 segments" in out and not ANSI.search(out)
 
 
+@pytest.mark.slow
 def test_calibrate_and_bisect_tell_the_display_of_every_run(tmp_path):
     from conftest import lr_times
     from repro import pipeline

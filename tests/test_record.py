@@ -81,6 +81,7 @@ def _start_writer(directory: Path, tag: int) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_write_record_killed_at_random_moments_leaves_old_or_new(tmp_path):
     directory = tmp_path / "records" / "big" / "cpu"
     write_record(directory, meta_for(0), arrays_for(0))
@@ -151,6 +152,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 def test_repro_record_killed_mid_run_keeps_the_previous_record(recorded, tmp_path):
     before = {f: (recorded.record_dir / f).read_bytes() for f in ("record.json", "arrays.npz")}
     tmp = tmp_path / "tmp"
@@ -241,6 +243,7 @@ def test_damaged_record_is_an_error_naming_the_file(recorded, case):
     assert "PASS" not in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_repro_diff_of_two_records(recorded):
     a = recorded.record_dir
     recorded.edit_spec("seeds: {params: 0}", "seeds: {params: 3}")

@@ -46,6 +46,7 @@ def record_blob_count(p: Project) -> int:
     return len({x["sha256"] for s in meta["checkpoints"]["states"].values() for x in s})
 
 
+@pytest.mark.slow
 def test_a_spec_whose_large_blob_is_only_in_s3_verifies_on_a_fresh_cache(big, s3_server, tmp_path,
                                                                          monkeypatch):
     set_store(big, f"s3://{BUCKET}/fresh")
@@ -64,6 +65,7 @@ def test_a_spec_whose_large_blob_is_only_in_s3_verifies_on_a_fresh_cache(big, s3
     assert f"re-hashed {n} of {n} blobs" in out and "; ok" in out, out
 
 
+@pytest.mark.slow
 def test_a_corrupt_remote_blob_is_named_and_never_used(big, s3_server, tmp_path, monkeypatch):
     set_store(big, f"s3://{BUCKET}/corrupt")
     big.repro("push", check_rc=0)
@@ -257,6 +259,7 @@ def test_a_checksummed_put_is_not_payload_signed_unless_the_project_says_so(s3_s
     assert len(signed) == 64 and signed != "UNSIGNED-PAYLOAD"      # the body's sha256
 
 
+@pytest.mark.slow
 def test_damaged_or_linked_local_blobs_are_repaired_by_pull_and_verify_and_never_recorded(
         big, s3_server, tmp_path, monkeypatch):
     """Issue 25, item 3: a local store blob of the right name and size but damaged bytes, or a

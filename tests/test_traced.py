@@ -31,6 +31,7 @@ def traced_record(project: Project, loss: str = LOSS) -> None:
     assert v.status == Status.RECORDED, v.error + v.error_detail
 
 
+@pytest.mark.slow
 def test_traced_gives_the_same_bits_and_an_untraced_spec_still_works(project):
     v = pipeline.record(project.spec, FAST)    # no ctx.traced anywhere
     assert v.status == Status.RECORDED, v.error
@@ -76,6 +77,7 @@ def test_a_changed_constant_in_the_loss_is_localised_to_its_line(project):
     assert "first diverging op: mul float32[] at tinyproj/train.py" in render(v)
 
 
+@pytest.mark.slow
 def test_an_op_swapped_for_an_approximation_is_a_structural_difference_at_its_line(project):
     traced_record(project)
     approx = HIDDEN.replace("jnp.tanh(x @ p[\"hidden\"][\"w\"] + p[\"hidden\"][\"b\"])",
@@ -110,6 +112,7 @@ def _has_avx2() -> bool:
 
 
 @pytest.mark.skipif(not _has_avx2(), reason="the ISA cap test lowers AVX2 to AVX: needs an AVX2 host")
+@pytest.mark.slow
 def test_a_lower_isa_cap_names_the_op_that_moved_and_the_program_is_unchanged(project):
     traced_record(project)
     v = pipeline.verify(project.spec, pipeline.Options(confirm=0, variation=Variation(name="avx", isa="AVX")))
