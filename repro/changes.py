@@ -3,9 +3,8 @@ of a verdict. Pure functions over record metadata, a spec and a fingerprint."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from repro.env.fingerprint import fingerprint_changes
+from repro.env.fingerprint import Fingerprint
 from repro.errors import ReproError
 from repro.pins.code import CodePin, changed_files
 from repro.record import RecordMeta, read_record
@@ -14,7 +13,7 @@ from repro.verdict import FAIL, PASS, Change, ChangeKind, Verdict, error_verdict
 
 
 def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
-                         fingerprint: dict[str, Any], backend: str) -> list[Change]:
+                         fingerprint: Fingerprint, backend: str) -> list[Change]:
     """What differs between the record's pins, spec and environment and the current ones,
     most likely causes first (code, data, spec keys, then environment)."""
     out: list[Change] = []
@@ -34,7 +33,7 @@ def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
         out.append(change)
     if meta.backend and meta.backend != backend:
         out.append(Change("backend", "backend", meta.backend, backend, numeric=False))
-    for key, a, b, numeric in fingerprint_changes(meta.fingerprint, fingerprint):
+    for key, a, b, numeric in meta.fingerprint.changes(fingerprint):
         out.append(Change("environment", f"environment.{key}", a, b, numeric))
     order = {"code": 0, "data": 1, "spec": 2, "backend": 3, "environment": 4}
     out.sort(key=lambda c: (not c.numeric, order[c.what]))
@@ -99,6 +98,6 @@ def diff_records(path_a: str | Path, path_b: str | Path,
                 mode_reason=cmp.reason, record_path=f"{a.path} vs {b.path}")
     for key, x, y in spec_changes(a.meta.spec.canonical, b.meta.spec.canonical):
         v.changes.append(Change("spec", key, x, y))
-    for key, x, y, numeric in fingerprint_changes(a.fingerprint, b.fingerprint):
+    for key, x, y, numeric in a.fingerprint.changes(b.fingerprint):
         v.changes.append(Change("environment", f"environment.{key}", x, y, numeric))
     return v

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from typing_extensions import TypedDict
 
-from repro.env.fingerprint import NUMERIC_FIELDS
+from repro.env.fingerprint import NUMERIC_FIELDS, SLICE_SAFE_K, Fingerprint, describe_kernel
 from repro.record import MetricSeries
 from repro.spec import PlatformTolerance, Tol, ToleranceSpec
 from repro.verdict import QuantityKind, QuantityResult
@@ -25,7 +25,7 @@ class Recorded(Protocol):
     """The recorded side of a comparison (a `repro.record.Record`)."""
 
     @property
-    def fingerprint(self) -> dict[str, Any]: ...
+    def fingerprint(self) -> Fingerprint: ...
 
     @property
     def metrics(self) -> Mapping[str, MetricSeries]: ...
@@ -89,20 +89,19 @@ def resolve_tolerance(tol_spec: ToleranceSpec, kind: QuantityKind, name: str | N
     return out
 
 
-def numeric_fingerprint_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[bool, list[str]]:
+def numeric_fingerprint_equal(a: Fingerprint, b: Fingerprint) -> tuple[bool, list[str]]:
     """Do two fingerprints agree on every field that decides the arithmetic?"""
     from repro.env.isa import effective_of
 
-    def value(fp: Mapping[str, Any], key: str) -> Any:
-        return effective_of(dict(fp)) if key == "effective_isa" else fp.get(key)
+    def value(fp: Fingerprint, key: str) -> Any:
+        return effective_of(fp) if key == "effective_isa" else getattr(fp, key)
     # l1d_cache: None where no contraction is sliced by it; a record made before repro read its
     # programs has no such key, so a run whose programs slice by it cannot claim its bits
     differ = [k for k in NUMERIC_FIELDS if value(a, k) != value(b, k)]
     return not differ, differ
 
 
-def choose_bitwise(mode: str, recorded_fp: Mapping[str, Any], run_fp: Mapping[str, Any]
-                   ) -> tuple[bool, str]:
+def choose_bitwise(mode: str, recorded_fp: Fingerprint, run_fp: Fingerprint) -> tuple[bool, str]:
     if mode == "exact":
         return True, "tolerance.mode is exact"
     if mode == "close":
@@ -114,49 +113,46 @@ def choose_bitwise(mode: str, recorded_fp: Mapping[str, Any], run_fp: Mapping[st
         _field_change(k, recorded_fp, run_fp) for k in differ)
 
 
-def _field_change(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+def _field_change(key: str, a: Fingerprint, b: Fingerprint) -> str:
     from repro.env.isa import effective_of
 
-    if key == "settings" and isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-        sa, sb = a[key], b[key]
+    if key == "settings" and a.settings is not None and b.settings is not None:
+        sa, sb = a.settings, b.settings
         keys = [k for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
         return "settings " + ", ".join(keys)
     if key == "effective_isa":
         why = _unpinned(b) or _unpinned(a)
-        return f"effective ISA {effective_of(dict(a))} -> {effective_of(dict(b))}" + (
+        return f"effective ISA {effective_of(a)} -> {effective_of(b)}" + (
             f" ({why})" if why else "")
     if key == "l1d_cache":
-        from repro.env.fingerprint import SLICE_SAFE_K
-        was = "not known to the record" if a.get(key) is None else f"{a.get(key)} bytes"
-        now = "not used" if b.get(key) is None else f"{b.get(key)} bytes"
+        was = "not known to the record" if a.l1d_cache is None else f"{a.l1d_cache} bytes"
+        now = "not used" if b.l1d_cache is None else f"{b.l1d_cache} bytes"
         return (f"L1 data cache {was} -> {now} (the programs sum contractions longer than "
                 f"{SLICE_SAFE_K} in slices sized by it)")
-    return f"{key} {a.get(key)} -> {b.get(key)}"
+    return f"{key} {a.json_value(key)} -> {b.json_value(key)}"
 
 
-def _unpinned(fp: Mapping[str, Any]) -> str:
+def _unpinned(fp: Fingerprint) -> str:
     """The library kernels of a fingerprint that nothing pins, named."""
-    from repro.env.fingerprint import describe_kernel as describe
-
-    loose = [describe(k) for k in fp.get("kernels") or [] if not k.get("pinned")]
+    loose = [describe_kernel(k) for k in fp.kernels or () if not k.pinned]
     return "kernels the CPU chooses: " + ", ".join(loose[:3]) if loose else ""
 
 
-def _what_was_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+def _what_was_equal(a: Fingerprint, b: Fingerprint) -> str:
     """What `auto` found equal, said plainly (not "the fingerprint": the hosts may differ)."""
     from repro.env.isa import effective_of, host_best
 
-    isa = effective_of(dict(b))
-    text = (f"jax {b.get('jax')}, jaxlib {b.get('jaxlib')}, numpy {b.get('numpy')}, "
-            f"{b.get('device_kind')} ×{b.get('device_count')}, {b.get('cpus')} core(s), effective ISA "
+    isa = effective_of(b)
+    text = (f"jax {b.jax}, jaxlib {b.jaxlib}, numpy {b.numpy}, "
+            f"{b.device_kind} ×{b.device_count}, {b.cpus} core(s), effective ISA "
             f"{isa}, the determinism settings and the PRNG canary equal the record's")
-    if b.get("l1d_cache"):
-        text += f", L1 data cache {b['l1d_cache']} bytes"
-    best_a, best_b = (host_best(fp.get("cpu_isa") or []) for fp in (a, b))
+    if b.l1d_cache:
+        text += f", L1 data cache {b.l1d_cache} bytes"
+    best_a, best_b = (host_best(fp.cpu_isa or ()) for fp in (a, b))
     if best_a != best_b:
         text += f" (recorded where the CPU's best ISA is {best_a}, run where it is {best_b}"
-        text += ": every library kernel pinned)" if b.get("kernels") is not None else ")"
-    if a.get("kernels") is None and b.get("kernels") is not None:
+        text += ": every library kernel pinned)" if b.kernels is not None else ")"
+    if a.kernels is None and b.kernels is not None:
         text += "; the record does not list its library kernels (made before repro read them)"
     return text
 
@@ -218,7 +214,7 @@ def metric_array(series: MetricSeries) -> np.ndarray:
 
 def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
                 run_arrays: Mapping[str, np.ndarray], *, tolerance: ToleranceSpec,
-                platform_key: str, run_fingerprint: dict[str, Any],
+                platform_key: str, run_fingerprint: Fingerprint,
                 metric_names: list[str] | None) -> Comparison:
     """Compare everything a spec records. `tolerance` is the spec's tolerance block;
     `recorded` is a `repro.record.Record` (or anything with its fingerprint, metrics, arrays)."""

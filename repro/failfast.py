@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from repro.env.fingerprint import Fingerprint
 from repro.job import ExpectedArrays, ExpectedSeries, Job, Limit
 from repro.verdict import Stop
 
@@ -142,7 +143,7 @@ class RecordView:
     """Part of a record — as far as a stopped run got, a segment's steps — as a
     `compare.Recorded`."""
 
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     metrics: Mapping[str, MetricSeries]
     arrays: Mapping[str, np.ndarray]
 

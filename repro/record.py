@@ -23,11 +23,12 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 from typing_extensions import TypedDict
 
+from repro.env.fingerprint import Fingerprint
 from repro.errors import RecordError
 from repro.ioutil import fsync_dir, open_regular, read_npz, write_json_atomic, write_npz_atomic
 from repro.pins.data import sha256_file
@@ -160,6 +161,20 @@ class TraceInfo(_Part):
     sources: list[str] = Field(default_factory=list)
 
 
+def _fingerprint_of(value: object) -> Fingerprint:
+    return value if isinstance(value, Fingerprint) else Fingerprint.from_json(value)
+
+
+def _fingerprint_json(fingerprint: Fingerprint) -> dict[str, Any]:
+    return fingerprint.to_json()
+
+
+# A fingerprint in a pydantic model (record.json, run.json): read with Fingerprint.from_json (a
+# wrong type is an error naming the field), written back as the very JSON it was read from.
+FingerprintField = Annotated[Fingerprint, PlainValidator(_fingerprint_of),
+                             PlainSerializer(_fingerprint_json)]
+
+
 class RecordMeta(_Part):
     """record.json, typed. `arrays` is filled in by `write_record`."""
 
@@ -172,7 +187,7 @@ class RecordMeta(_Part):
     image_packages: ImagePackages | None = None
     backend: str
     platform: str
-    fingerprint: dict[str, Any]
+    fingerprint: FingerprintField
     metrics: dict[str, MetricSeries]
     grad_steps: list[int]
     timings: dict[str, float] = Field(default_factory=dict)
@@ -220,7 +235,7 @@ class Record:
         return self.meta.metrics
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> Fingerprint:
         return self.meta.fingerprint
 
 

@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import repro
 from repro.backends.base import ChildOutcome
 from repro.child.state import LeafKind
-from repro.env.fingerprint import packages_digest
+from repro.env.fingerprint import Fingerprint, packages_digest
 from repro.errors import RunError
 from repro.ioutil import open_regular, read_npz
 from repro.pins.code import CodePin
 from repro.record import (
     CodeInfo,
     DataInfo,
+    FingerprintField,
     ImagePackages,
     MetricSeries,
     NoiseInfo,
@@ -53,7 +54,7 @@ class RunResult:
     """One finished run: its platform key, fingerprint, metrics and arrays."""
 
     platform_key: str
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     metrics: dict[str, MetricSeries]
     arrays: dict[str, Any]
     timings: dict[str, float]
@@ -133,7 +134,7 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
     if result.get("status") == "stopped" and shape.stopped is None:
         raise RunError("the run's run.json says it stopped (fail-fast) but not where")
     checkpoints = _read_checkpoints(out, shape.checkpoints, arrays)
-    key = platform or platform_key(shape.fingerprint.get("backend"))
+    key = platform or platform_key(shape.fingerprint.backend)
     notes = []
     if outcome.dropped_env:
         notes.append("dropped from the run's environment (set by the caller): "
@@ -194,7 +195,7 @@ class _RunFile(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    fingerprint: dict[str, Any]
+    fingerprint: FingerprintField
     metrics: dict[str, MetricSeries] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     grad_steps: list[int] = Field(default_factory=list)

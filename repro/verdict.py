@@ -10,6 +10,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from repro.env.fingerprint import Fingerprint
+
 if TYPE_CHECKING:
     from repro.spec import Spec
 
@@ -268,7 +270,7 @@ class Verdict:
     record_path: str = ""
     spec_hash: str = ""
     commit: str = ""
-    fingerprint: dict[str, Any] = field(default_factory=dict)
+    fingerprint: Fingerprint = field(default_factory=Fingerprint)
     timings: dict[str, float] = field(default_factory=dict)
     metrics_final: dict[str, Any] = field(default_factory=dict)
     pins: dict[str, Any] = field(default_factory=dict)    # commit, spec hash, data sha256s, image

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from repro.compare import choose_bitwise, compare_arrays, compare_run, resolve_tolerance
-from repro.env.fingerprint import NUMERIC_FIELDS
+from repro.env.fingerprint import NUMERIC_FIELDS, Fingerprint
 from repro.spec import ToleranceSpec, parse_spec
 
 # the tolerance block of docs/spec.md, through the spec model (typed: unset fields are None)
@@ -294,26 +294,32 @@ FP = {"jax": "0.4.30", "jaxlib": "0.4.30", "numpy": "1.26.4", "backend": "cpu",
       "hostname": "ci-1", "python": "3.11.7"}
 
 
+def fp(**fields):
+    """FP with `fields` changed, typed as the comparison takes it."""
+    return Fingerprint.from_json({**FP, **fields})
+
+
 def test_choose_bitwise_modes():
+    base = fp()
     other = {**FP, "jax": "0.4.31"}
-    assert choose_bitwise("exact", FP, other) == (True, "tolerance.mode is exact")
-    assert choose_bitwise("close", FP, dict(FP)) == (False, "tolerance.mode is close")
+    assert choose_bitwise("exact", base, fp(**other)) == (True, "tolerance.mode is exact")
+    assert choose_bitwise("close", base, fp()) == (False, "tolerance.mode is close")
     # what was equal is said plainly (issue 23: "the fingerprint" was claimed while hosts differed)
-    assert choose_bitwise("auto", FP, dict(FP)) == (True, (
+    assert choose_bitwise("auto", base, fp()) == (True, (
         "jax 0.4.30, jaxlib 0.4.30, numpy 1.26.4, cpu ×1, 1 core(s), effective ISA AVX2, the "
         "determinism settings and the PRNG canary equal the record's, L1 data cache 32768 bytes"))
-    avx512 = {**FP, "cpu_isa": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq",
-                                "avx512vl"], "kernels": [], "l1d_cache": 32768}
-    bitwise, reason = choose_bitwise("auto", {**FP, "cpu_isa": ["sse4_2", "avx", "avx2", "fma"],
-                                              "kernels": []}, avx512)
+    avx512 = fp(cpu_isa=["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq",
+                         "avx512vl"], kernels=[], l1d_cache=32768)
+    bitwise, reason = choose_bitwise("auto", fp(cpu_isa=["sse4_2", "avx", "avx2", "fma"],
+                                                kernels=[]), avx512)
     assert bitwise and reason.endswith("(recorded where the CPU's best ISA is AVX2, run where it is "
                                        "AVX512: every library kernel pinned)"), reason
-    bitwise, reason = choose_bitwise("auto", FP, {**other, "cpus": 2})
+    bitwise, reason = choose_bitwise("auto", base, fp(**{**other, "cpus": 2}))
     assert not bitwise and reason == ("the environment differs from the record's: jax 0.4.30 -> "
                                       "0.4.31; cpus 1 -> 2")
-    loose = {**FP, "effective_isa": "AVX512", "kernels": [
-        {"library": "YNNPACK", "op": "dot_general", "count": 3, "pinned": False, "how": "x"}]}
-    bitwise, reason = choose_bitwise("auto", FP, loose)
+    loose = fp(effective_isa="AVX512", kernels=[
+        {"library": "YNNPACK", "op": "dot_general", "count": 3, "pinned": False, "how": "x"}])
+    bitwise, reason = choose_bitwise("auto", base, loose)
     assert not bitwise and reason == ("the environment differs from the record's: effective ISA "
                                       "AVX2 -> AVX512 (kernels the CPU chooses: YNNPACK "
                                       "dot_general ×3 unpinned)")
@@ -321,15 +327,22 @@ def test_choose_bitwise_modes():
 
 def test_auto_ignores_informational_fields():
     assert "hostname" not in NUMERIC_FIELDS and "python" not in NUMERIC_FIELDS
-    assert choose_bitwise("auto", FP, {**FP, "hostname": "laptop", "python": "3.11.9"})[0]
+    assert choose_bitwise("auto", fp(), fp(hostname="laptop", python="3.11.9"))[0]
+
+
+# a value of the field's type that differs from FP's, and what the reason says of it
+OTHER_VALUE = {"device_count": (2, "2"), "cpus": (7, "7"), "l1d_cache": (49152, "49152 bytes"),
+               "settings": ({"matmul_precision": "default"}, "settings matmul_precision")}
 
 
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)
 def test_auto_is_close_when_any_numeric_field_differs(field):
-    bitwise, reason = choose_bitwise("auto", FP, {**FP, field: "something else"})
+    value, shown = OTHER_VALUE.get(field, ("something else", "something else"))
+    bitwise, reason = choose_bitwise("auto", fp(), fp(**{field: value}))
     said = {"effective_isa": "effective ISA", "l1d_cache": "L1 data cache"}.get(field, field)
-    assert not bitwise and said in reason and "something else" in reason, reason
-    assert not choose_bitwise("auto", {k: v for k, v in FP.items() if k != field}, FP)[0]
+    assert not bitwise and said in reason and shown in reason, reason
+    assert not choose_bitwise("auto", Fingerprint.from_json({k: v for k, v in FP.items() if k != field}),
+                              fp())[0]
 
 
 # -- compare_run ---------------------------------------------------------------------------------
@@ -351,9 +364,9 @@ def run_compare(rec_metrics, rec_arrays, run_metrics, run_arrays, *, mode="close
                 platform="cpu", run_fp=None):
     tol = canonical_tolerance({**TOLERANCE_YAML, "mode": mode})
     from types import SimpleNamespace
-    recorded = SimpleNamespace(fingerprint=FP, metrics=rec_metrics, arrays=rec_arrays)
+    recorded = SimpleNamespace(fingerprint=fp(), metrics=rec_metrics, arrays=rec_arrays)
     return compare_run(recorded, run_metrics, run_arrays, tolerance=tol, platform_key=platform,
-                       run_fingerprint=run_fp or dict(FP), metric_names=names)
+                       run_fingerprint=fp(**(run_fp or {})), metric_names=names)
 
 
 def rows_by(comparison):

@@ -16,7 +16,7 @@ from repro.child.context import Context, GradSchedule
 from repro.child.fingerprint import pick_cpus
 from repro.discovery import DuplicateNameError, discover, duplicate_name_problems
 from repro.engines.executor import LocalExecutor
-from repro.env.fingerprint import fingerprint_changes
+from repro.env.fingerprint import Fingerprint
 from repro.env.settings import child_environment, determinism_settings
 from repro.errors import ReproError, RunError
 from repro.job import ExpectedArrays, ExpectedSeries, Job, Limit, OutputFile, Outputs, RestorePoint
@@ -54,14 +54,15 @@ def pin(mode="pinned", commit="a" * 40, dirty=()):
 # -- what changed since the record -------------------------------------------------------------
 def test_nothing_changed_is_an_empty_list():
     spec = spec_of()
-    assert changes_since_record(meta_of(spec), spec, pin(), dict(FP), "local") == []
+    assert changes_since_record(meta_of(spec), spec, pin(), Fingerprint.from_json(FP), "local") == []
 
 
 def test_likely_causes_first_and_informational_last():
     recorded = spec_of()
     now = spec_of(seeds={"params": 5}, description="new words",
                   tolerance={"default": {"rtol": 1e-3}})
-    fp = {**FP, "cpu_isa": ["avx", "avx2", "fma"], "effective_isa": "AVX2", "cpu_model": "B"}
+    fp = Fingerprint.from_json({**FP, "cpu_isa": ["avx", "avx2", "fma"], "effective_isa": "AVX2",
+                                "cpu_model": "B"})
     changes = changes_since_record(meta_of(recorded), now, pin(), fp, "docker")
     keys = [(c.what, c.key, c.numeric) for c in changes]
     assert keys[0] == ("spec", "seeds.params", True)
@@ -75,17 +76,17 @@ def test_likely_causes_first_and_informational_last():
 def test_worktree_runs_name_their_head_and_dirty_files():
     spec = spec_of()
     changes = changes_since_record(meta_of(spec), spec, pin("worktree", "b" * 40, ["x.py"]),
-                                   dict(FP), "local")
+                                   Fingerprint.from_json(FP), "local")
     assert [c.key for c in changes] == ["code mode", "code commit (worktree HEAD)",
                                         "uncommitted changes"]
 
 
 def test_fingerprint_settings_differ_key_by_key():
-    a = dict(FP)
-    b = {**FP, "settings": {**FP["settings"], "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}}
-    assert fingerprint_changes(a, b) == [("settings.XLA_FLAGS", FP["settings"]["XLA_FLAGS"],
-                                          "--xla_cpu_max_isa=AVX2", True)]
-    assert fingerprint_changes(a, {**a, "cpu_model": "B"}) == [("cpu_model", "A", "B", False)]
+    a = Fingerprint.from_json(FP)
+    b = Fingerprint.from_json({**FP, "settings": {**FP["settings"], "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}})
+    assert a.changes(b) == [("settings.XLA_FLAGS", FP["settings"]["XLA_FLAGS"],
+                             "--xla_cpu_max_isa=AVX2", True)]
+    assert a.changes(Fingerprint.from_json({**FP, "cpu_model": "B"})) == [("cpu_model", "A", "B", False)]
 
 
 def test_a_changed_cpu_isa_reads_as_lost_and_gained():

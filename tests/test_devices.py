@@ -77,7 +77,7 @@ def test_the_committed_gpu_records_are_whole_and_were_made_with_deterministic_op
     rec = read_record(directory)
     assert meta.spec.hash == spec.hash and meta.platform == "gpu"
     fp = rec.fingerprint
-    assert fp["backend"] == "gpu" and fp["device_kind"].startswith("NVIDIA")
-    assert "--xla_gpu_deterministic_ops=true" in fp["settings"]["XLA_FLAGS"]
+    assert fp.backend == "gpu" and fp.device_kind is not None and fp.device_kind.startswith("NVIDIA")
+    assert "--xla_gpu_deterministic_ops=true" in fp.xla_flags
     assert meta.noise is not None and meta.noise.runs == 2 and not meta.noise.spread
     assert rec.metrics["loss"]["values"] and any(k.startswith("weights/") for k in rec.arrays)

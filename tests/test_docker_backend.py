@@ -35,7 +35,7 @@ def test_local_mlp_record_verifies_bitwise_in_the_container(cpu_image, tmp_path)
     v = pipeline.verify(pinned, pipeline.Options(backend="docker", records_root=records))
     assert v.status == "pass", v.error or v.rows
     assert v.bitwise is True, v.mode_reason
-    assert v.fingerprint["in_container"] is True
+    assert v.fingerprint.in_container is True
     from repro.report import render
     assert "bitwise identical" in render(v)
     assert any(f"ran in container image {cpu_image}" in n for n in v.notes)

@@ -18,6 +18,7 @@ import yaml
 
 from repro import pipeline
 from repro.env.cpu import cpu_isa
+from repro.env.fingerprint import Fingerprint
 from repro.env.isa import PORTABLE, XLA_ISAS, ceiling, effective, effective_of, host_best, is_x86
 from repro.spec import parse_spec
 from repro.variation import Variation
@@ -88,8 +89,8 @@ def test_records_from_an_avx512_host_reproduce_bitwise_here_under_portable(direc
     shutil.copytree(directory, records / spec.name / "cpu")
     v = pipeline.verify(spec, pipeline.Options(records_root=records))
     from repro.record import read_record
-    recorded_l1d = read_record(records / spec.name / "cpu").meta.fingerprint.get("l1d_cache")
-    if v.fingerprint["l1d_cache"] is None or v.fingerprint["l1d_cache"] == recorded_l1d:
+    recorded_l1d = read_record(records / spec.name / "cpu").meta.fingerprint.l1d_cache
+    if v.fingerprint.l1d_cache is None or v.fingerprint.l1d_cache == recorded_l1d:
         assert v.status == "pass", v.error or [r for r in v.rows if not r.ok]
         assert v.bitwise is True, v.mode_reason
         assert all(r.max_abs == 0 for r in v.rows), [r.label for r in v.rows if r.max_abs]
@@ -100,10 +101,10 @@ def test_records_from_an_avx512_host_reproduce_bitwise_here_under_portable(direc
         numeric = [c.key for c in v.changes if c.numeric and c.what == "environment"]
         assert numeric == ["environment.l1d_cache"], numeric   # of the fingerprint: the L1 only
         assert v.status == "pass" or v.fail_class == "changed"
-    assert v.fingerprint["effective_isa"] == "AVX2"
-    assert v.fingerprint["settings"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
-    assert "--xla_cpu_enable_platform_dependent_math=false" in v.fingerprint["settings"]["XLA_FLAGS"]
-    assert all(k["pinned"] for k in v.fingerprint["kernels"]), v.fingerprint["kernels"]
+    assert v.fingerprint.effective_isa == "AVX2"
+    assert v.fingerprint.settings["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert "--xla_cpu_enable_platform_dependent_math=false" in v.fingerprint.xla_flags
+    assert all(k.pinned for k in v.fingerprint.kernels or ()), v.fingerprint.kernels
 
 
 @needs_avx2
@@ -150,7 +151,7 @@ def test_a_portable_record_verifies_bitwise_on_an_emulated_haswell(tmp_path):
     assert v.status == "pass", v.error or [r for r in v.rows if not r.ok]
     assert v.bitwise is True, v.mode_reason
     assert all(r.max_abs == 0 for r in v.rows)
-    assert "avx512f" not in v.fingerprint["cpu_isa"] and "fma" in v.fingerprint["cpu_isa"]
+    assert "avx512f" not in v.fingerprint.cpu_isa and "fma" in v.fingerprint.cpu_isa
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_the_projects_cnn_record_verifies_bitwise_on_an_emulated_haswell():
                         pipeline.Options(variation=Variation("cpu", emulate_cpu="Haswell-noTSX")))
     assert v.status == "pass", v.error or [r for r in v.rows if not r.ok]
     assert v.bitwise is True and all(r.max_abs == 0 for r in v.rows), v.mode_reason
-    assert v.fingerprint["l1d_cache"] == 32768 and "avx512f" not in v.fingerprint["cpu_isa"]
+    assert v.fingerprint.l1d_cache == 32768 and "avx512f" not in v.fingerprint.cpu_isa
 
 
 @pytest.mark.slow
@@ -178,15 +179,15 @@ def test_a_native_record_names_its_unpinned_kernels_and_another_cpu_compares_wit
     spec = _record_here(_fixture_spec(AVX512_HOST / "digits-mlp", epochs=EMULATED_EPOCHS), tmp_path, isa="native")
     from repro.record import read_record
     fp = read_record(tmp_path / spec.name / "cpu").meta.fingerprint
-    loose = [k for k in fp["kernels"] if not k["pinned"]]
-    assert any(k["library"] == "YNNPACK" for k in loose), fp["kernels"]
-    assert fp["effective_isa"] == host_best(cpu_isa())
+    loose = [k for k in fp.kernels or () if not k.pinned]
+    assert any(k.library == "YNNPACK" for k in loose), fp.kernels
+    assert fp.effective_isa == host_best(cpu_isa())
     v = pipeline.verify(spec, pipeline.Options(records_root=tmp_path,
                                                variation=Variation("cpu", emulate_cpu="Haswell-noTSX")))
     assert v.status == "pass", v.error or [r for r in v.rows if not r.ok]
     if host_best(cpu_isa()) != "AVX2":   # an AVX2 host and the emulated Haswell share their best
         assert v.bitwise is False
-        assert f"effective ISA {fp['effective_isa']} -> AVX2" in v.mode_reason, v.mode_reason
+        assert f"effective ISA {fp.effective_isa} -> AVX2" in v.mode_reason, v.mode_reason
         assert "kernels the CPU chooses:" in v.mode_reason and "YNNPACK dot_general ×6 unpinned" in v.mode_reason, \
             v.mode_reason
 
@@ -203,7 +204,7 @@ def test_a_cpu_without_fma_runs_portable_specs_within_tolerance_and_says_so(tmp_
     assert v.bitwise is False
     assert any("this CPU has no avx2 or fma" in n for n in v.notes), v.notes
     assert "XLA_FLAGS" in v.mode_reason and "--xla_cpu_enable_platform_dependent_math" not in \
-        v.fingerprint["settings"]["XLA_FLAGS"]
+        v.fingerprint.xla_flags
 
 
 def test_emulation_errors_say_what_to_do(tmp_path, monkeypatch):
@@ -240,8 +241,9 @@ def test_ceilings_and_effective_isa():
     assert effective(flags, old, "x86_64") == "AVX"
     assert effective(flags, [], "aarch64") == "aarch64"
     # records made before the field existed: derived from their flags and settings
-    assert effective_of({"cpu_isa": avx512, "machine": "x86_64",
-                         "settings": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}}) == "AVX512"
+    assert effective_of(Fingerprint.from_json({
+        "cpu_isa": avx512, "machine": "x86_64",
+        "settings": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}})) == "AVX512"
 
 
 def test_the_recipe_follows_the_cpu_and_the_jaxlib():

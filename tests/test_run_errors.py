@@ -80,8 +80,8 @@ def test_inherited_jax_and_xla_variables_are_dropped_and_noted(project, monkeypa
     v = pipeline.run(project.spec)
     assert v.status == "ran", v.error
     assert any("JAX_ENABLE_X64" in n and "XLA_FLAGS" in n for n in v.notes)
-    assert v.fingerprint["settings"]["jax_enable_x64"] is False
-    assert "fast_math=false" in v.fingerprint["settings"]["XLA_FLAGS"]
+    assert v.fingerprint.settings["jax_enable_x64"] is False
+    assert "fast_math=false" in v.fingerprint.xla_flags
 
 
 def test_fingerprint_holds_the_determinism_facts(project):
@@ -89,11 +89,11 @@ def test_fingerprint_holds_the_determinism_facts(project):
     fp = v.fingerprint
     for key in ("python", "jax", "jaxlib", "numpy", "backend", "device_kind", "device_count",
                 "cpus", "cpu_isa", "prng_canary", "settings"):
-        assert key in fp, key
-    assert fp["cpus"] == 1 and fp["backend"] == "cpu"
-    assert len(fp["prng_canary"]) == 64
-    assert fp["settings"]["jax_default_prng_impl"] == "threefry2x32"
-    assert fp["settings"]["jax_threefry_partitionable"] is True
+        assert getattr(fp, key) is not None and key in fp.to_json(), key
+    assert fp.cpus == 1 and fp.backend == "cpu"
+    assert fp.prng_canary is not None and len(fp.prng_canary) == 64
+    assert fp.settings["jax_default_prng_impl"] == "threefry2x32"
+    assert fp.settings["jax_threefry_partitionable"] is True
 
 
 def test_more_cpus_than_the_machine_has_is_a_clear_error(project):

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from repro.env.cpu import cpu_isa, cpu_model
+from repro.env.fingerprint import Fingerprint
 
 
 def pick_cpus(n: int, slot: int | None = None) -> list[int]:
@@ -108,9 +109,11 @@ def _canary_cache_key(jax: ModuleType) -> str | None:
 
 
 def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] | None = None,
-                programs_error: str | None = None) -> dict:
+                programs_error: str | None = None) -> Fingerprint:
     """Everything about the running environment that a result may depend on (child side).
-    `programs`: the optimized HLO of every program the run compiled (env/kernels.py)."""
+    `programs`: the optimized HLO of every program the run compiled (env/kernels.py). Built as
+    the JSON document run.json holds (its keys in this order, `kernels_error` only when set) and
+    read into the typed fingerprint, so its shape is checked where it is made."""
     import importlib.metadata as md
 
     import jax
@@ -139,7 +142,7 @@ def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] |
         jaxlib_version = md.version("jaxlib")
     except md.PackageNotFoundError:
         jaxlib_version = getattr(jax.lib, "__version__", "unknown")
-    return {
+    return Fingerprint.from_json({
         "python": _platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": jaxlib_version,
@@ -165,7 +168,7 @@ def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] |
         },
         "prng_canary": prng_canary(),
         "in_container": os.path.exists("/.dockerenv"),
-    }
+    })
 
 
 def installed_packages() -> list[str]:

@@ -32,32 +32,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from repro.env.fingerprint import SLICE_SAFE_K  # (shared with the comparison)
+from repro.env.fingerprint import SLICE_SAFE_K, KernelEntry  # (shared with the comparison)
 
 _HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
 _OP = re.compile(r"(?:^|[\s)}\]])([a-z][a-z0-9\-]*)\(")
 _SHAPE = re.compile(r"^[a-z]+\d*\[([\d,]*)\]")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """One kind of run-time-dispatched kernel call in the run's programs."""
-
-    library: str          # YNNPACK, XNNPACK, oneDNN, Eigen, or the custom call's target
-    op: str               # the jax primitive it computes (from the op's metadata), or the HLO op
-    count: int            # how many such calls the programs hold
-    pinned: bool
-    how: str              # what pins it, or why nothing does
-    longest_k: int = 0    # dot/convolution: the longest contraction among them
-    blocked: bool = False  # a contraction longer than SLICE_SAFE_K: summed in L1-sized slices
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("longest_k", "blocked") or v}
 
 
 @dataclass
@@ -196,7 +180,7 @@ def pinning(library: str, xla_flags: str, env: Mapping[str, str], cpus: int,
 
 
 def inventory(modules: Iterable[str], xla_flags: str, env: Mapping[str, str], cpus: int,
-              ceiling: str | None) -> list[Kernel]:
+              ceiling: str | None) -> list[KernelEntry]:
     """The kernels of every module, grouped by library, op and pinning (sorted, stable)."""
     groups: dict[tuple[str, str, bool, str, bool], list[int]] = {}
     for text in modules:
@@ -204,7 +188,7 @@ def inventory(modules: Iterable[str], xla_flags: str, env: Mapping[str, str], cp
             pinned, how = pinning(call.library, xla_flags, env, cpus, ceiling)
             blocked = call.k > SLICE_SAFE_K
             groups.setdefault((call.library, call.op, pinned, how, blocked), []).append(call.k)
-    return [Kernel(lib, op, len(ks), pinned, how, max(ks), blocked)
+    return [KernelEntry(lib, op, len(ks), pinned, how, max(ks), blocked)
             for (lib, op, pinned, how, blocked), ks in sorted(groups.items())]
 
 

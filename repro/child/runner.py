@@ -223,7 +223,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.
     modules = list(programs.modules)   # the training's programs, not the canary's
-    result["fingerprint"] = fingerprint(settings, cpus, modules, programs.error)
+    result["fingerprint"] = fingerprint(settings, cpus, modules, programs.error).to_json()
 
     arrays: dict[str, np.ndarray] = {}
     if job.weights == "final" and stopped is None and ended_at is None:

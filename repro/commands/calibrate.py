@@ -158,7 +158,7 @@ def _execute(prep: pipeline.Prepared, options: pipeline.Options, variation: Vari
         run.error_detail = traceback.format_exc()
         run.duration_s = time.perf_counter() - t0
         return _Outcome(run)
-    run.effective_isa = result.fingerprint.get("effective_isa")
+    run.effective_isa = result.fingerprint.effective_isa
     if baseline is None:  # the baseline's arrays are kept for the comparisons
         run.duration_s = time.perf_counter() - t0
         return _Outcome(run, result)

@@ -34,6 +34,7 @@ from repro.child.state import LeafKind
 from repro.commands.progress import Progress
 from repro.commands.segmentplan import NoCheckpoints, Segment, choose, parse_selection, plan_units, segments_of
 from repro.engines.executor import Executor, LocalExecutor, SpecJob, run_spec_job
+from repro.env.fingerprint import Fingerprint
 from repro.errors import ReproError, SpecError
 from repro.failfast import RecordView, compare_to_record
 from repro.noise import annotate_spread, first_difference
@@ -148,7 +149,7 @@ def window(metrics: Mapping[str, Any], arrays: Mapping[str, Any], seg: Segment
     return out_m, out_a
 
 
-def same_numbers_likely(fingerprint: Mapping[str, Any], spec: Any, backend: str) -> bool:
+def same_numbers_likely(fingerprint: Fingerprint, spec: Any, backend: str) -> bool:
     """Whether a run here will likely compute the record's bits, so that one run may go on from
     segment to segment: the record's machine and effective ISA, and for the local backend its
     python, jax, jaxlib and numpy (a docker image pins those). A wrong guess costs time, never
@@ -157,16 +158,19 @@ def same_numbers_likely(fingerprint: Mapping[str, Any], spec: Any, backend: str)
     from repro.env.isa import ceiling, effective
 
     cap = ceiling(spec.environment.isa, cpu_isa())
-    here = {"machine": platform.machine(),
-            "effective_isa": effective(f"--xla_cpu_max_isa={cap}" if cap else "", cpu_isa())}
+    # (recorded, here) pairs; a fact the record does not hold (None) does not count against it
+    facts = [(fingerprint.machine, platform.machine()),
+             (fingerprint.effective_isa,
+              effective(f"--xla_cpu_max_isa={cap}" if cap else "", cpu_isa()))]
     if backend == "local":
-        here["python"] = platform.python_version()
-        for package in ("jax", "jaxlib", "numpy"):
+        facts.append((fingerprint.python, platform.python_version()))
+        for recorded, package in ((fingerprint.jax, "jax"), (fingerprint.jaxlib, "jaxlib"),
+                                  (fingerprint.numpy, "numpy")):
             try:
-                here[package] = metadata.version(package)
+                facts.append((recorded, metadata.version(package)))
             except metadata.PackageNotFoundError:
                 return False
-    return all(fingerprint.get(key, value) == value for key, value in here.items())
+    return all(recorded is None or recorded == here for recorded, here in facts)
 
 
 def starts_as_recorded(result: RunResult, recorded: Mapping[str, Any], step: int) -> bool:

@@ -16,6 +16,10 @@ from __future__ import annotations
 import platform
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from repro.env.fingerprint import Fingerprint
 
 # XLA's names (--xla_cpu_max_isa), lowest first.
 XLA_ISAS = ("SSE4_2", "AVX", "AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AMX", "AMX_FP16")
@@ -75,15 +79,11 @@ def effective(xla_flags: str, flags: Iterable[str], machine: str | None = None) 
     return XLA_ISAS[min(XLA_ISAS.index(cap), XLA_ISAS.index(best))]
 
 
-def effective_of(fingerprint: dict) -> str | None:
+def effective_of(fingerprint: Fingerprint) -> str | None:
     """A fingerprint's effective ISA; derived from its flags and XLA_FLAGS for records made
     before it was a field of its own."""
-    if fingerprint.get("effective_isa"):
-        return str(fingerprint["effective_isa"])
-    flags, machine = fingerprint.get("cpu_isa"), fingerprint.get("machine")
-    if flags is None or machine is None:
+    if fingerprint.effective_isa:
+        return fingerprint.effective_isa
+    if fingerprint.cpu_isa is None or fingerprint.machine is None:
         return None
-    settings = fingerprint.get("settings")
-    xla_flags = settings.get("XLA_FLAGS", "") if isinstance(settings, dict) else ""
-    return effective(str(xla_flags), [str(f) for f in flags] if isinstance(flags, list) else [],
-                     str(machine))
+    return effective(fingerprint.xla_flags, fingerprint.cpu_isa, fingerprint.machine)

@@ -72,7 +72,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
                           "first": o.first or None, "stopped_at": o.stopped_at, "continued": o.continued,
                           "duration_s": round(o.duration_s, 3)} for o in v.segments.outcomes]},
         "restart": None if v.restart is None else {**asdict(v.restart), "text": v.restart.text()},
-        "pins": v.pins, "fingerprint": v.fingerprint, "curves": v.curves,
+        "pins": v.pins, "fingerprint": v.fingerprint.to_json(), "curves": v.curves,
         "metrics_final": v.metrics_final, "notes": v.notes,
         "error": v.error, "error_detail": v.error_detail, "killed_by": v.killed_by or None,
     }

@@ -21,7 +21,7 @@ def junit_properties(v: Verdict) -> list[tuple[str, str]]:
             ("repro_spec_hash", v.spec_hash),
             ("repro_commit", v.commit), ("repro_platform", v.platform),
             ("repro_bitwise", "" if v.bitwise is None else str(v.bitwise).lower()),
-            ("repro_fingerprint", json.dumps(v.fingerprint, sort_keys=True))] + \
+            ("repro_fingerprint", json.dumps(v.fingerprint.to_json(), sort_keys=True))] + \
         ([("repro_segments", v.segments.text())] if v.segments else []) + \
         ([("repro_restart", v.restart.text())] if v.restart else [])
 
