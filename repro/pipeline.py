@@ -6,7 +6,6 @@ raise. The pytest plugin, the CLI and the audit call these and render the result
 from __future__ import annotations
 
 import functools
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,7 +136,7 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
         result.notes[:0] = env.notes
         return Execution(result, env.image_ref)
     finally:
-        shutil.rmtree(run_dir.root, ignore_errors=True)
+        run_dir.remove()
 
 
 def timed(func: Callable[..., Verdict]) -> Callable[..., Verdict]:

@@ -146,3 +146,26 @@ def test_a_killed_repro_process_takes_its_training_run_with_it(project):
     while time.time() < deadline and alive(kids):
         time.sleep(0.1)
     assert alive(kids) == [], "the child outlived its killed parent"
+
+
+def test_a_run_directory_in_use_is_never_removed_as_stale(tmp_path, monkeypatch):
+    """A run directory is stale when its process is gone: a pid this process cannot see (a
+    process in another PID namespace: a container, a sandboxed test) is not enough while the
+    directory's in-use lock is held; once it is let go, the directory goes."""
+    import os
+
+    from repro.backends.base import _HELD, IN_USE, RunDir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    run = RunDir.create("inuse")
+    dead_pid = 4194304 + 7            # above any pid_max: no such process here
+    moved = tmp_path / f"repro-{dead_pid}-inuse-x"
+    run.root.rename(moved)            # as another namespace's run looks from here
+    assert (moved / IN_USE).exists()
+    RunDir.remove_stale()
+    assert moved.exists(), "a held run directory was removed"
+    os.close(_HELD.pop(run.root))     # its process lets go (or dies)
+    RunDir.remove_stale()
+    assert not moved.exists(), "a run directory nobody holds stayed"

@@ -8,6 +8,7 @@ local process or a fresh container, whose result files land in `RunDir.out`.
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import sys
 import tempfile
@@ -29,6 +30,8 @@ _READ_CHUNK = 1 << 16        # bytes read at a time: a line without a newline is
 # Where the child's output lines go besides the log file: True (this process's stderr), a
 # callable (called per line), or False (nowhere).
 Echo = bool | Callable[[str], None]
+IN_USE = ".in-use"           # a run directory's lock file, held by the process that made it
+_HELD: dict[Path, int] = {}  # run directory -> its held lock's descriptor
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,25 @@ class RunDir:
         the next repro process can remove those whose process is gone (killed with -9)."""
         cls.remove_stale()
         run = cls(Path(tempfile.mkdtemp(prefix=f"repro-{os.getpid()}-{spec_name[:40]}-")))
+        fd = os.open(run.root / IN_USE, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)   # held until remove(): a live run's directory is never stale
+        _HELD[run.root] = fd
         run.out.mkdir()
         return run
 
+    def remove(self) -> None:
+        """Delete the directory and let go of its in-use lock."""
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+        fd = _HELD.pop(self.root, None)
+        if fd is not None:
+            os.close(fd)
+
     @staticmethod
     def remove_stale() -> int:
-        """Remove run directories left by repro processes that no longer exist."""
+        """Remove run directories left by repro processes that no longer exist (and whose
+        in-use lock nobody holds)."""
         import re
         import shutil
 
@@ -76,10 +92,27 @@ class RunDir:
             return 0
         for name in names:
             m = re.match(r"^repro-(\d+)-", name)
-            if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))) \
+                    and not _locked(base / name / IN_USE):
                 shutil.rmtree(base / name, ignore_errors=True)
                 removed += 1
         return removed
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live process holds this run directory's in-use lock: its pid may belong to
+    another PID namespace (a container, a sandboxed test), where it is not visible from here."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False                     # no lock file: an older repro's, or one being removed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class KilledBy(StrEnum):
