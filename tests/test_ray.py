@@ -4,6 +4,7 @@ whatever a task there runs, it rebuilt from the store (a real S3 server, rclone'
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -515,3 +516,86 @@ def test_keep_warm_zero_leaves_no_worker_and_a_bad_value_is_refused(cluster, aud
     assert proc.returncode == 2
     assert "REPRO_RAY_KEEP_WARM_S must be a whole number of seconds" in proc.stderr
     assert "'ten minutes'" in proc.stderr
+
+
+def test_engine_ray_without_an_address_starts_a_local_cluster_and_stops_it(tmp_path):
+    """Ray's own convention (`ray.init()` with no address): with no --address, no $RAY_ADDRESS
+    and no cluster running, `--engine ray` starts a local cluster for the command, says so in
+    one line and stops it as the command ends. $RAY_TMPDIR, a fresh directory, hides every
+    other cluster on this machine (the module's two nodes included) from `auto`."""
+    import tempfile
+
+    from raycluster import free_port
+
+    from conftest import build_project, set_store
+
+    p = build_project(tmp_path / "proj")
+    set_store(p, f"file://{tmp_path / 'remote'}")
+    p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    p.commit("record")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))   # short: unix socket paths
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "repro.cli", "verify", "specs/tiny.yaml",
+                               "--engine", "ray", "--no-stream"], cwd=p.root, env=env, text=True,
+                              capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "PASS tiny" in proc.stdout, proc.stdout
+        started = [line for line in proc.stderr.splitlines() if "local Ray cluster" in line]
+        assert len(started) == 1 and re.search(r"started a local Ray cluster \(\d+ CPUs\) for "
+                                               r"this command", started[0]), proc.stderr
+        # stopped at exit: no process of that cluster (each names its temp dir) is left
+        assert _wait_for(lambda: not _processes_naming(ray_tmp), timeout=30), \
+            _processes_naming(ray_tmp)
+        # an address named (here through $RAY_ADDRESS) that does not answer is refused, not replaced
+        bad = subprocess.run([sys.executable, "-m", "repro.cli", "verify", "specs/tiny.yaml",
+                              "--engine", "ray"], cwd=p.root, text=True, capture_output=True,
+                             env={**env, "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}, timeout=120)
+        assert bad.returncode == 2, bad.stdout + bad.stderr
+        assert "cannot connect to the Ray cluster at 127.0.0.1:" in bad.stderr, bad.stderr
+        assert "started a local Ray cluster" not in bad.stderr
+    finally:
+        for pid in _processes_naming(ray_tmp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _processes_naming(base: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if str(base) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def test_rays_private_api_sits_behind_one_guard_that_names_the_version():
+    """No cluster needed: the installed Ray is one the guard was written for and has the
+    internal calls; a Ray that lost one (an AttributeError while they are used) becomes a
+    ReproError naming what failed, the Ray version and what to do, not a traceback."""
+    from repro.engines.rayexec import RayInternalsChanged, ray_internals, ray_version_tested
+    from repro.errors import ReproError
+
+    assert ray_version_tested(ray), ray.__version__
+    with ray_internals(ray) as prestart:
+        assert callable(prestart)
+    with pytest.raises(RayInternalsChanged) as caught, ray_internals(ray):
+        raise AttributeError("module 'ray.core.generated.common_pb2' has no attribute 'Language'")
+    message = str(caught.value)
+    assert isinstance(caught.value, ReproError)
+    assert f"Ray {ray.__version__} lacks the internal PrestartWorkers call" in message
+    assert "REPRO_RAY_KEEP_WARM_S=0" in message and "has no attribute 'Language'" in message
+    # only rayexec touches Ray's private modules, and only inside ray_internals
+    import ast
+    import inspect
+
+    import repro.engines.rayexec as rayexec
+    users = {n.name for n in ast.walk(ast.parse(inspect.getsource(rayexec)))
+             if isinstance(n, ast.FunctionDef)
+             and any(isinstance(i, ast.ImportFrom) and i.module and ("_private" in i.module or
+                     i.module.startswith("ray.core")) for i in ast.walk(n))}
+    assert users == {"ray_internals"}, users
+    assert not [p for p in Path(rayexec.__file__).parents[1].rglob("*.py")
+                if p.name != "rayexec.py" and "ray._private" in p.read_text()]
