@@ -68,17 +68,17 @@ def _executor(ns: argparse.Namespace, jobs: int, code: str = "pinned") -> Execut
     return executor
 
 
-def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict], options: Options,
+def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict], jobs: int = 1,
               ship: bool = True) -> int:
     """`run_specs` over the specs named, each verdict printed as it is known; the exit code of
     the worst. With `--engine ray` each spec is one task on the cluster (`ship`: False when
-    `action` sends its own tasks)."""
-    executor = _executor(ns, 1, options.code) if ship and ns.engine != "local" else None
+    `action` sends its own tasks), connected first: the workers start while the rest loads."""
+    executor = _executor(ns, 1, ns.code) if ship and ns.engine != "local" else None
 
     from repro.commands.runspecs import run_specs
     from repro.report import render
 
-    result = run_specs([Path(p) for p in ns.specs], options, action, executor=executor,
+    result = run_specs([Path(p) for p in ns.specs], _options(ns, jobs), action, executor=executor,
                        on_verdict=lambda v: print(render(v, verbose=ns.verbose), end="", flush=True))
     if not result.complete:
         raise KeyboardInterrupt
@@ -164,7 +164,7 @@ def add_run(sub: Sub) -> None:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     from repro import pipeline
-    return _run_each(ns, pipeline.run, _options(ns))
+    return _run_each(ns, pipeline.run)
 
 
 def add_record(sub: Sub) -> None:
@@ -185,7 +185,7 @@ def cmd_record(ns: argparse.Namespace) -> int:
 
     def record(spec: Any, options: Options) -> Verdict:
         return pipeline.record(spec, dataclasses.replace(options, runs=ns.runs))
-    return _run_each(ns, record, _options(ns))
+    return _run_each(ns, record)
 
 
 # --- verify -----------------------------------------------------------------------------------
@@ -223,25 +223,25 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     from repro.commands.runspecs import verify_plan
 
     plan = verify_plan(_engine_of(ns), ns.jobs, ns.segments, ns.resume_check, ns.resume_at)
-    options = _options(ns, jobs=ns.jobs or 1)
+    jobs = ns.jobs or 1   # a spec's options: segments side by side (on Ray, in one task)
     if plan.mode == "resume":
         _no_step_for_a_spec(ns.specs)
         from repro.commands.resume import check_restart
         return _run_each(ns, functools.partial(check_restart, at=plan.resume_at, jobs=plan.jobs),
-                         options)
+                         jobs)
     if plan.mode == "check":
         from repro.commands.check import check
-        return _run_each(ns, check, options)
+        return _run_each(ns, check, jobs)
+    executor = _executor(ns, plan.jobs, ns.code)   # -j segments at a time here; on Ray each a task
+
     from repro.commands.segments import replay_segments
     from repro.report.progress import describe_replay, progress_display
-
-    executor = _executor(ns, plan.jobs, options.code)   # -j segments at a time here; on Ray each a task
 
     def by_segments(spec: Any, options: Options) -> Verdict:  # commands.check, with a display
         with progress_display(describe_replay, title=f"segments of {spec.name}",
                               plain=ns.no_progress) as progress:
             return replay_segments(spec, options, executor=executor, progress=progress)
-    return _run_each(ns, by_segments, options, ship=False)
+    return _run_each(ns, by_segments, jobs, ship=False)
 
 
 def _no_step_for_a_spec(specs: list[str]) -> None:
@@ -367,12 +367,12 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
 
     if ns.env:
         check_env_bisect(_engine_of(ns), ns.jobs)
-    options = bisect_options(_options(ns), env=ns.env)
     if not _output_dirs(("--json", ns.json)):
         return EXIT_ERROR
     if ns.env:
-        return _env_bisect(ns, options)
-    executor = _executor(ns, ns.jobs, options.code)   # first: a cluster's workers start while the rest loads
+        return _env_bisect(ns, bisect_options(_options(ns), env=True))
+    executor = _executor(ns, ns.jobs)   # first: a cluster's workers start while the rest loads
+    options = bisect_options(_options(ns))
 
     from repro.commands.bisect import bisect
     from repro.report.bisect import bisection_json, render_bisection, round_line
@@ -691,14 +691,6 @@ def add_store(sub: Sub) -> None:
     p.set_defaults(func=cmd_store_verify)
 
 
-def _store_specs(ns: argparse.Namespace) -> list[Path]:
-    if ns.specs:
-        return [Path(p) for p in ns.specs]
-    if not Path("specs").is_dir():
-        raise ReproError("no specs/ directory here: name the specs (SPEC or DIR)")
-    return [Path("specs")]
-
-
 def _print_transfer(t: Any) -> int:
     for problem in t.problems:
         print(f"repro: {problem.what}: {problem.message}", file=sys.stderr)
@@ -707,30 +699,30 @@ def _print_transfer(t: Any) -> int:
 
 
 def cmd_push(ns: argparse.Namespace) -> int:
-    from repro.discovery import projects
+    from repro.discovery import named_or_default, projects
     from repro.store.sync import push
 
     code = EXIT_OK
-    for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
+    for proj in projects(named_or_default(ns.specs), Path(ns.records) if ns.records else None):
         code = max(code, _print_transfer(push(proj, jobs=ns.jobs)))
     return code
 
 
 def cmd_pull(ns: argparse.Namespace) -> int:
-    from repro.discovery import projects
+    from repro.discovery import named_or_default, projects
     from repro.store.sync import pull
 
     code = EXIT_OK
-    for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
+    for proj in projects(named_or_default(ns.specs), Path(ns.records) if ns.records else None):
         code = max(code, _print_transfer(pull(proj, jobs=ns.jobs)))
     return code
 
 
 def cmd_store_verify(ns: argparse.Namespace) -> int:
-    from repro.discovery import projects
+    from repro.discovery import named_or_default, projects
     from repro.store.sync import verify
 
-    specs = [Path(p) for p in ns.specs] or ([Path("specs")] if Path("specs").is_dir() else [])
+    specs = named_or_default(ns.specs, required=False)
     projs = projects(specs, Path(ns.records) if ns.records else None) if specs else []
     return _print_transfer(verify(projs, sample=ns.sample, seed=ns.seed, use_remote=ns.remote,
                                   jobs=ns.jobs))
