@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from repro import pipeline
+from repro.commands.check import check
 from repro.env.devices import gpu_visible
 from repro.verdict import Status
 from tests.conftest import Project
@@ -30,7 +30,7 @@ def gpu_project(project: Project, monkeypatch) -> Project:
 
 def test_no_gpu_is_skipped_with_the_reason_by_the_library_cli_and_audit(gpu_project):
     assert not gpu_visible()
-    v = pipeline.check(gpu_project.root / "specs" / "tiny-gpu.yaml")
+    v = check(gpu_project.root / "specs" / "tiny-gpu.yaml")
     assert v.status == Status.SKIPPED and v.exit_code == 0 and v.ok
     assert "needs a GPU (environment.platform: gpu)" in v.error and "CUDA_VISIBLE_DEVICES" in v.error
     # recording the folder records the CPU spec and skips the GPU one; verify then passes
