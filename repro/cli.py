@@ -801,12 +801,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _spelled(argv: list[str]) -> list[str]:
-    """`--resume-check=STEP` (a flag that takes no value, given one) is `--resume-check-at STEP`;
-    `--resume-check=first` is `--resume-check`."""
-    out: list[str] = []
-    for arg in argv:
+    """`repro verify ... --resume-check=STEP` (a flag that takes no value, given one) is
+    `--resume-check-at STEP`; `--resume-check=first` is `--resume-check`."""
+    if "verify" not in argv:
+        return argv
+    out = argv[:argv.index("verify") + 1]
+    for k, arg in enumerate(argv[len(out):], start=len(out)):
         if arg == "--":
-            out.extend(argv[len(out):])
+            out.extend(argv[k:])
             break
         if arg.startswith("--resume-check="):
             step = arg.partition("=")[2]
