@@ -535,7 +535,10 @@ def test_engine_ray_without_an_address_starts_a_local_cluster_and_stops_it(tmp_p
     p.commit("record")
     ray_tmp = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))   # short: unix socket paths
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
+    token_file = Path.home() / ".ray" / "auth_token"   # Ray's default token: left as it was
+    had_token = token_file.exists()
     try:
         proc = subprocess.run([sys.executable, "-m", "repro.cli", "verify", "specs/tiny.yaml",
                                "--engine", "ray", "--no-stream"], cwd=p.root, env=env, text=True,
@@ -548,6 +551,7 @@ def test_engine_ray_without_an_address_starts_a_local_cluster_and_stops_it(tmp_p
         # stopped at exit: no process of that cluster (each names its temp dir) is left
         assert _wait_for(lambda: not _processes_naming(ray_tmp), timeout=30), \
             _processes_naming(ray_tmp)
+        assert token_file.exists() == had_token   # its token lived in its processes' environment
         # a cluster already running (found the same way, without --address) is joined, not stopped
         head = subprocess.run(["ray", "start", "--head", "--num-cpus=1", "--disable-usage-stats",
                                "--include-dashboard=false", f"--port={free_port()}",

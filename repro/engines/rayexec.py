@@ -283,6 +283,36 @@ def leave_warm(ray: Any, wanted: dict[str, int], keep_s: int) -> int:
     return asked
 
 
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+def _token_in_env() -> dict[str, str | None]:
+    """Ray (2.60) turns token authentication on for a local cluster that `ray.init()` starts
+    and, when no token is set anywhere, writes one to ~/.ray/auth_token — a file that then
+    switches every later `ray start` on this machine to token authentication. Unless the user
+    chose ($RAY_AUTH_MODE, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, or that file exists), the
+    local cluster gets a fresh token in this process's environment only, which its processes
+    inherit; no file is written (when ray was imported before, Ray's own default holds). Returns
+    the variables as they were (`_restore_env`)."""
+    import secrets
+    from pathlib import Path
+
+    saved = {k: os.environ.get(k) for k in AUTH_ENV}
+    chosen = any(os.environ.get(k) for k in (*AUTH_ENV, "RAY_AUTH_TOKEN_PATH"))
+    if not chosen and not (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _fits(resources: dict[str, float], job: SpecJob[Any], kinds: Sequence[str]) -> bool:
     env = job.spec.environment
     return (resources.get("CPU", 0) >= env.cpus and all(resources.get(k, 0) >= 1 for k in kinds)
@@ -299,15 +329,22 @@ class RayExecutor:
     def __init__(self, address: str | None = "auto", node_kinds: Sequence[str] = (),
                  retries: int = RETRIES):
         self.keep_warm_s = keep_warm_seconds()
+        # a local cluster may be started: its token goes in the environment before Ray loads
+        # (Ray reads its auth settings as it is imported)
+        local = not address and not os.environ.get("RAY_ADDRESS", "").strip()
+        self._saved_env = _token_in_env() if local and "ray" not in sys.modules else {}
         try:
             import ray
         except ImportError:
+            _restore_env(self._saved_env)
             raise ReproError("--engine ray needs ray: pip install 'repro[ray]'") from None
         self.ray: Any = ray
         self._connected_here = not ray.is_initialized()
         self.started_local = 0   # the CPUs of a cluster started for this executor (0: none)
         if self._connected_here:
             self._connect(address)
+        else:
+            _restore_env(self._saved_env)
         self.node_kinds = tuple(node_kinds)
         self.retries = retries
         self._wanted: dict[str, int] = {}   # node: workers this executor's batches could use at once
@@ -329,6 +366,7 @@ class RayExecutor:
         named = address or os.environ.get("RAY_ADDRESS", "").strip()
         try:
             self.ray.init(address=address or "auto", **quiet)
+            _restore_env(self._saved_env)   # joined: the cluster's own settings hold
             return
         except (ConnectionError, RuntimeError, ValueError) as exc:
             if named:
@@ -339,6 +377,7 @@ class RayExecutor:
         try:
             self.ray.init(address="local", include_dashboard=False, **quiet)
         except Exception as exc:   # noqa: BLE001 - whatever Ray raised, said plainly
+            _restore_env(self._saved_env)
             raise ReproError(f"no Ray cluster runs on this machine and starting a local one "
                              f"failed: {type(exc).__name__}: {exc}. Start one (`ray start "
                              "--head`) or name one with --address HOST:PORT") from None
@@ -521,6 +560,8 @@ class RayExecutor:
                 except RayInternalsChanged as exc:   # best effort: said, never failing the command
                     print(f"repro: warning: {exc}", file=sys.stderr, flush=True)
             self.ray.shutdown()   # a local cluster started for this executor stops with it
+            if self.started_local:
+                _restore_env(self._saved_env)
         self._connected_here = False
 
     def _plain_job(self) -> bool:
