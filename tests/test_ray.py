@@ -589,3 +589,33 @@ def test_engine_ray_without_an_address_starts_a_local_cluster_and_stops_it(tmp_p
     assert "local Ray cluster" not in read("2.err"), read("2.err")
     before = set(read("2.before").split())
     assert before and before <= set(read("2.after").split()), (before, read("2.after"))
+
+
+def test_rays_private_api_sits_behind_one_guard_that_names_the_version():
+    """No cluster needed: the installed Ray is one the guard was written for and has the
+    internal calls; a Ray that lost one (an AttributeError while they are used) becomes a
+    ReproError naming what failed, the Ray version and what to do, not a traceback."""
+    from repro.engines.rayexec import RayInternalsChanged, ray_internals, ray_version_tested
+    from repro.errors import ReproError
+
+    assert ray_version_tested(ray), ray.__version__
+    with ray_internals(ray) as prestart:
+        assert callable(prestart)
+    with pytest.raises(RayInternalsChanged) as caught, ray_internals(ray):
+        raise AttributeError("module 'ray.core.generated.common_pb2' has no attribute 'Language'")
+    message = str(caught.value)
+    assert isinstance(caught.value, ReproError)
+    assert f"Ray {ray.__version__} lacks the internal PrestartWorkers call" in message
+    assert "REPRO_RAY_KEEP_WARM_S=0" in message and "has no attribute 'Language'" in message
+    # only rayexec touches Ray's private modules, and only inside ray_internals
+    import ast
+    import inspect
+
+    import repro.engines.rayexec as rayexec
+    users = {n.name for n in ast.walk(ast.parse(inspect.getsource(rayexec)))
+             if isinstance(n, ast.FunctionDef)
+             and any(isinstance(i, ast.ImportFrom) and i.module and ("_private" in i.module or
+                     i.module.startswith("ray.core")) for i in ast.walk(n))}
+    assert users == {"ray_internals"}, users
+    assert not [p for p in Path(rayexec.__file__).parents[1].rglob("*.py")
+                if p.name != "rayexec.py" and "ray._private" in p.read_text()]
