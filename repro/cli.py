@@ -1,4 +1,7 @@
-"""The `repro` command line: a thin shell over repro.pipeline that prints verdicts.
+"""The `repro` command line: a thin shell over the library that prints verdicts. Each command is
+an `add_<cmd>(subparsers)` that declares its flags beside the `cmd_<cmd>(ns)` that parses them
+into typed options, calls the library (repro.pipeline, repro.commands: `run_specs`, the engine
+and mode rules) and renders the result; `main` turns errors into exit codes.
 
 Exit codes: 0 pass (or done), 1 a mismatch (a verified one: nothing else), 2 an error (bad spec,
 broken pin, crash, bad usage), 130 interrupted, 141 the reader of its output went away.
@@ -17,85 +20,162 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from repro.errors import ReproError
 
 if TYPE_CHECKING:
+    from repro.commands.runspecs import Engine
+    from repro.engines.executor import Executor
     from repro.pipeline import Options
     from repro.verdict import Verdict
 
 N = TypeVar("N", int, float)
+Sub = Any   # argparse's subparsers action (its class is private)
 
 EXIT_OK, EXIT_ERROR = 0, 2
 EXIT_BROKEN_PIPE = 128 + 13   # the shell's status for a process killed by SIGPIPE
 
 
-def _options(ns: argparse.Namespace) -> Options:
+# --- typed options from the parsed flags ------------------------------------------------------
+
+def _options(ns: argparse.Namespace, jobs: int = 1) -> Options:
+    """The pipeline's Options from the flags every running command has (set_defaults gives a
+    command the ones it has no flag for)."""
     from repro.pipeline import Options
     from repro.variation import BASELINE, Variation
 
     echo = ns.stream if ns.stream is not None else sys.stderr.isatty()
-    model = getattr(ns, "emulate_cpu", None)
+    model = ns.emulate_cpu
     return Options(backend=ns.backend, code=ns.code, platform=ns.platform,
                    variation=Variation(f"cpu={model}", emulate_cpu=model) if model else BASELINE,
                    records_root=Path(ns.records) if ns.records else None,
                    timeout=ns.timeout, echo=echo, compile_cache=ns.compile_cache,
-                   confirm=getattr(ns, "confirm", 1), fail_fast=getattr(ns, "fail_fast", False),
-                   segments=getattr(ns, "segments", None),
-                   jobs=(getattr(ns, "jobs", None) or 1) if ns.command == "verify" else 1)
+                   confirm=ns.confirm, fail_fast=ns.fail_fast, segments=ns.segments, jobs=jobs)
 
 
-def _executor(ns: argparse.Namespace, jobs: int) -> Any:
-    """The Executor `--engine`, `--address` and `--node-kind` ask for (every command that has
-    them): `jobs` at a time here, or a Ray cluster (repro/engines/rayexec.py)."""
-    from repro.engines.factory import make_executor
+def _engine_of(ns: argparse.Namespace) -> Engine:
+    from repro.commands.runspecs import Engine
+    return Engine(ns.engine, ns.address, tuple(ns.node_kind or ()))
 
-    engine = getattr(ns, "engine", "local")
-    if engine == "ray" and getattr(ns, "code", "pinned") == "worktree":
-        raise ReproError("--engine ray runs the pinned commit (the working tree is not shipped "
-                         "to the cluster); drop --code worktree")
-    executor = make_executor(engine, jobs, getattr(ns, "address", None),
-                             getattr(ns, "node_kind", None) or ())
-    if getattr(ns, "closing", None) is not None:   # closed as the command ends (main)
-        ns.closing.callback(executor.close)
+
+def _executor(ns: argparse.Namespace, jobs: int, code: str = "pinned") -> Executor:
+    """The Executor `--engine`, `--address` and `--node-kind` ask for (its rules:
+    repro/commands/runspecs.py), closed as the command ends (main)."""
+    from repro.commands.runspecs import open_executor
+
+    executor = open_executor(_engine_of(ns), jobs, code)
+    ns.closing.callback(executor.close)
+    if executor.started_local:
+        print(f"repro: started a local Ray cluster ({executor.started_local} CPUs) for this command (no "
+              "--address and none running); it stops when the command ends", file=sys.stderr,
+              flush=True)
     return executor
 
 
-def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict], ship: bool = True) -> int:
-    """Every spec named (directories expanded, duplicate names refused before anything runs),
-    one verdict each; the exit code of the worst. With `--engine ray` each spec is one task on
-    the cluster, all submitted at once (`ship`: False when `action` sends its own tasks)."""
-    shipped = ship and getattr(ns, "engine", "local") == "ray"
-    executor = _executor(ns, 1) if shipped else None   # first: the workers start meanwhile
+def _run_each(ns: argparse.Namespace, action: Callable[..., Verdict], jobs: int = 1,
+              ship: bool = True) -> int:
+    """`run_specs` over the specs named, each verdict printed as it is known; the exit code of
+    the worst. With `--engine ray` each spec is one task on the cluster (`ship`: False when
+    `action` sends its own tasks), connected first: the workers start while the rest loads."""
+    executor = _executor(ns, 1, ns.code) if ship and ns.engine != "local" else None
 
-    from repro.discovery import discover
+    from repro.commands.runspecs import run_specs
     from repro.report import render
-    from repro.verdict import error_verdict
 
-    code = EXIT_OK
-    options = _options(ns)
-    found = discover(Path(p) for p in ns.specs)
-    remote: dict[int, Verdict] = {}
-    if executor is not None:
-        from repro.commands.audit import lost_verdict
-        from repro.engines.executor import SpecJob, run_spec_job
+    result = run_specs([Path(p) for p in ns.specs], _options(ns, jobs), action, executor=executor,
+                       on_verdict=lambda v: print(render(v, verbose=ns.verbose), end="", flush=True))
+    if not result.complete:
+        raise KeyboardInterrupt
+    return result.exit_code
 
-        runnable = [i for i, f in enumerate(found) if f.problem is None and f.spec is not None]
-        jobs = [SpecJob(f.spec, options, action, functools.partial(lost_verdict, f.path, f.spec, options.backend))
-                for i in runnable if (f := found[i]).spec is not None]
-        batch = executor.map(run_spec_job, jobs)
-        if not batch.complete:
-            raise KeyboardInterrupt
-        remote = {runnable[k]: v for k, v in batch.results.items()}
-    for i, f in enumerate(found):
-        if f.problem is not None:
-            verdict = error_verdict(f.path, f.problem, spec=f.spec, backend=options.backend)
-        else:
-            verdict = remote[i] if i in remote else action(f.spec, options)
-        print(render(verdict, verbose=ns.verbose), end="", flush=True)
-        code = max(code, verdict.exit_code)
-    return code
+
+# --- option groups several commands share ------------------------------------------------------
+
+def _running_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that trains specs as a user would (run, record, verify,
+    audit), with the defaults of those it lacks."""
+    p.add_argument("--backend", default="local", choices=("local", "docker"))
+    p.add_argument("--code", default="pinned", choices=("pinned", "worktree"),
+                   help="pinned: the tree at code.commit (default); worktree: this checkout")
+    p.add_argument("--platform", metavar="KEY", help="record platform key (default: the "
+                   "run's platform: cpu, gpu or tpu)")
+    p.add_argument("--records", metavar="DIR", help="records root (default "
+                   "<repo>/fixtures/records)")
+    p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill the run after S seconds "
+                   "(default: the spec's timeout)")
+    p.add_argument("--stream", dest="stream", action="store_true", default=None,
+                   help="show the training output as it runs (default: on a terminal)")
+    p.add_argument("--no-stream", dest="stream", action="store_false")
+    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                   help="do not share JAX's persistent compilation cache between runs")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every quantity")
+
+
+# What a command without these flags runs with (set last: a default set before a flag is added
+# would replace the flag's own).
+NO_ENGINE = {"engine": "local", "address": None, "node_kind": None}
+NOT_VERIFYING = {"confirm": 1, "fail_fast": False, "segments": None, "jobs": None, **NO_ENGINE}
+
+
+def _emulate_cpu(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--emulate-cpu", metavar="MODEL", help="run the training under `qemu-x86_64 -cpu "
+        "MODEL` (e.g. Haswell-noTSX: AVX2+FMA, no AVX-512): what a runner with that CPU would "
+        "compute; local backend, x86-64 hosts, needs qemu-user (docs/portability.md)")
+
+
+def _confirm(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--confirm", type=_count, default=1, metavar="N", help="when a spec fails and no pin "
+        "changed, train it N more times to tell nondeterministic from changed (default 1; "
+        "0: do not)")
+
+
+def _engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="local", choices=("local", "ray"), help="where jobs run: "
+                   "local (this machine, -j at a time) or ray (one task per job on a Ray cluster; "
+                   "inputs travel through the project's store, docs/ray.md)")
+    p.add_argument("--address", metavar="auto|HOST:PORT|ray://HOST:PORT", help="the Ray cluster "
+                   "(default: the one this machine belongs to, or $RAY_ADDRESS; with neither, a "
+                   "local cluster started for the command)")
+    p.add_argument("--node-kind", action="append", metavar="RESOURCE", help="run only on Ray nodes "
+                   "with this custom resource (one unit a task; repeatable)")
+
+
+def _no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="plain progress lines, one per "
+                   "finished job, even on a terminal (they are the default when the output is "
+                   "not a terminal, as in CI logs)")
+
+
+def _specs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec file(s) or directories")
+
+
+def _running(sub: Sub, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_)
+
+
+# --- run, record ------------------------------------------------------------------------------
+
+def add_run(sub: Sub) -> None:
+    p = _running(sub, "run", "execute specs and print a summary; compare nothing")
+    _specs_arg(p)
+    _running_flags(p)
+    _emulate_cpu(p)
+    p.set_defaults(func=cmd_run, **NOT_VERIFYING)
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
     from repro import pipeline
     return _run_each(ns, pipeline.run)
+
+
+def add_record(sub: Sub) -> None:
+    p = _running(sub, "record", "execute specs and write their recorded versions")
+    _specs_arg(p)
+    _running_flags(p)
+    p.add_argument(
+        "--runs", type=_positive(int), metavar="N", help="train N times; the runs must agree "
+        "bitwise or nothing is recorded (default: the spec's record.runs, else 2)")
+    _emulate_cpu(p)
+    p.set_defaults(func=cmd_record, **NOT_VERIFYING)
 
 
 def cmd_record(ns: argparse.Namespace) -> int:
@@ -108,34 +188,105 @@ def cmd_record(ns: argparse.Namespace) -> int:
     return _run_each(ns, record)
 
 
+# --- verify -----------------------------------------------------------------------------------
+
+def add_verify(sub: Sub) -> None:
+    p = _running(sub, "verify", "execute specs and compare with their recorded versions "
+                 "(exit 0 pass, 1 mismatch, 2 error)")
+    _specs_arg(p)
+    _running_flags(p)
+    _no_progress(p)
+    _engine(p)
+    _emulate_cpu(p)
+    p.add_argument(
+        "--fail-fast", action=argparse.BooleanOptionalAction, default=True, help="stop a run at "
+        "the first step where a metric is sure to fail the comparison (default: on; docs/failfast.md)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--segments", type=_selection, metavar="all|sample:K[:SEED]|A-B", help="replay the record's "
+                     "segments (between its checkpoints) instead of the whole run, each from its "
+                     "recorded start state: all of them, K chosen at random (seed reported), or "
+                     "those overlapping steps A-B (docs/segments.md)")
+    how.add_argument("--resume-check", action="store_true", help="restore the recorded state at "
+                     "the first checkpoint (--resume-check-at: at STEP) and require the next "
+                     "checkpoint bitwise; names the leaves a restore misses")
+    how.add_argument("--resume-check-at", dest="resume_at", type=_resume_step, metavar="STEP",
+                     help="the restart check, restored at the checkpoint at STEP "
+                     "(also --resume-check=STEP)")
+    p.add_argument(
+        "-j", "--jobs", type=_positive(int), metavar="N", help="segments (--segments) or runs "
+        "(--resume-check: 2) at a time, each on its own cores (default 1)")
+    _confirm(p)
+    p.set_defaults(func=cmd_verify)
+
+
 def cmd_verify(ns: argparse.Namespace) -> int:
-    if ns.resume_check is not None:
-        if ns.engine != "local":
-            raise ReproError("--resume-check runs on this machine only (no --engine ray yet)")
+    from repro.commands.runspecs import verify_plan
+
+    plan = verify_plan(_engine_of(ns), ns.jobs, ns.segments, ns.resume_check, ns.resume_at)
+    jobs = ns.jobs or 1   # a spec's options: segments side by side (on Ray, in one task)
+    if plan.mode == "resume":
+        _no_step_for_a_spec(ns.specs)
         from repro.commands.resume import check_restart
-        at = None if ns.resume_check == "first" else ns.resume_check
-        return _run_each(ns, functools.partial(check_restart, at=at, jobs=ns.jobs or 2))
-    if ns.segments is None:
+        return _run_each(ns, functools.partial(check_restart, at=plan.resume_at, jobs=plan.jobs),
+                         jobs)
+    if plan.mode == "check":
         from repro.commands.check import check
-        return _run_each(ns, check)
+        return _run_each(ns, check, jobs)
+    executor = _executor(ns, plan.jobs, ns.code)   # -j segments at a time here; on Ray each a task
+
     from repro.commands.segments import replay_segments
     from repro.report.progress import describe_replay, progress_display
-
-    executor = _executor(ns, ns.jobs or 1)   # -j segments at a time here; on Ray each a task
 
     def by_segments(spec: Any, options: Options) -> Verdict:  # commands.check, with a display
         with progress_display(describe_replay, title=f"segments of {spec.name}",
                               plain=ns.no_progress) as progress:
             return replay_segments(spec, options, executor=executor, progress=progress)
-    return _run_each(ns, by_segments, ship=False)
+    return _run_each(ns, by_segments, jobs, ship=False)
+
+
+def _no_step_for_a_spec(specs: list[str]) -> None:
+    """`--resume-check 100 specs/x.yaml` (the old spelling): say how to name the step."""
+    for name in specs:
+        if name.isdigit() and not Path(name).exists():
+            raise ReproError(f"{name!r} is not a spec: --resume-check takes no value; to "
+                             f"restore at step {name} write --resume-check-at {name} "
+                             "(docs/checkpoints.md)")
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+def add_audit(sub: Sub) -> None:
+    p = _running(sub, "audit", "verify every spec under DIR and report (exit 0 all pass, "
+                 "1 any fail, 2 any error)")
+    p.add_argument("directory", nargs="?", default="specs", metavar="DIR",
+                   help="where to look for specs (default: specs/)")
+    p.add_argument("-j", "--jobs", type=_positive(int), default=1, metavar="N",
+                   help="verify N specs at a time (each run takes environment.cpus cores)")
+    p.add_argument("--json", metavar="F", help="write the machine-readable result")
+    p.add_argument("--junit", metavar="F", help="write JUnit XML (one case per spec)")
+    p.add_argument("--report", metavar="F.html", help="write the HTML report")
+    p.add_argument("--history", metavar="DIR", help="keep this audit's JSON in DIR; the "
+                   "report shows the last audits per spec")
+    p.add_argument("--history-limit", type=_positive(int), default=10, metavar="N")
+    _running_flags(p)
+    _no_progress(p)
+    _engine(p)
+    p.add_argument(
+        "--segments", type=_selection, metavar="all|sample:K[:SEED]|A-B", help="verify specs whose "
+        "record keeps checkpoints by replaying these segments (the others in full)")
+    p.add_argument(
+        "--fail-fast", action="store_true", default=False, help="stop each run at the first step "
+        "where a metric is sure to fail the comparison (default: off, an audit runs to the end)")
+    _confirm(p)
+    p.set_defaults(func=cmd_audit, emulate_cpu=None)
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
-    ns.stream = False  # parallel children's output would interleave; it is in each verdict
     if not _output_dirs(("--json", ns.json), ("--junit", ns.junit), ("--report", ns.report)):
         return EXIT_ERROR
-    executor = _executor(ns, ns.jobs)   # first: a cluster's workers start while the rest loads
+    executor = _executor(ns, ns.jobs, ns.code)   # first: a cluster's workers start while the rest loads
 
+    import dataclasses
     import json
 
     from repro.commands.audit import load_history, run_audit, save_history
@@ -145,7 +296,8 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     from repro.report.junit import junit_xml
     from repro.report.progress import describe_verdict, progress_display, verdict_line
 
-    options = _options(ns)
+    # parallel children's output would interleave; it is in each verdict
+    options = dataclasses.replace(_options(ns), echo=False)
     with progress_display(describe_verdict, title=f"repro audit {ns.directory}",
                           line=verdict_line, plain=ns.no_progress) as progress:
         audit = run_audit(ns.directory, options, executor=executor, progress=progress)
@@ -172,18 +324,55 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     return audit.exit_code
 
 
+# --- bisect -----------------------------------------------------------------------------------
+
+def add_bisect(sub: Sub) -> None:
+    p = sub.add_parser("bisect", help="the first commit whose verify fails between a good and a "
+                       "bad commit, or (--env) the smallest package change between two locks "
+                       "(exit 0 found, 2 error or only skipped commits left)",
+                       description="Verify the spec with its code pinned at commits between "
+                       "--good and --bad (data, seeds, config and record as they are), k at a "
+                       "time, and name the first commit that fails. With --env, --good and --bad "
+                       "are two requirements.lock files (or recipe directories): build images "
+                       "from the good lock with subsets of the bad lock's changes and name the "
+                       "smallest set that makes the verify fail (ddmin; docs/bisect.md).")
+    p.add_argument("spec", metavar="SPEC", help="one spec file (its record is the reference)")
+    p.add_argument("--good", required=True, metavar="C1|LOCK_A", help="a commit whose verify "
+                   "passes (--env: a lock or recipe dir whose image passes)")
+    p.add_argument("--bad", required=True, metavar="C2|LOCK_B", help="a later commit whose "
+                   "verify fails (--env: a lock or recipe dir whose image fails)")
+    p.add_argument("--env", action="store_true", help="bisect package changes between two "
+                   "locked environments instead of commits (docker backend, offline builds)")
+    p.add_argument("-j", "--jobs", type=_positive(int), default=1, metavar="K",
+                   help="verify K commits at a time: n commits take ⌈log_(K+1) n⌉ rounds")
+    p.add_argument("--confirm", type=_count, default=1, metavar="N", help="train a failing "
+                   "commit N more times; one whose runs differ is nondeterministic and skipped "
+                   "(default 1; 0: do not)")
+    p.add_argument("--backend", default="local", choices=("local", "docker"))
+    p.add_argument("--platform", metavar="KEY", help="record platform key (default: the run's)")
+    p.add_argument("--records", metavar="DIR", help="records root (default <repo>/fixtures/records)")
+    p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "
+                   "seconds (default: the spec's timeout); a commit that times out is skipped")
+    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false")
+    p.add_argument("--json", metavar="F", help="write the machine-readable result")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every failing quantity")
+    _no_progress(p)
+    _engine(p)
+    p.set_defaults(func=cmd_bisect, stream=False, code="pinned", emulate_cpu=None,
+                   fail_fast=False, segments=None)
+
+
 def cmd_bisect(ns: argparse.Namespace) -> int:
-    ns.stream, ns.code = False, "pinned"   # probes run side by side; the code pin is what moves
+    from repro.commands.runspecs import bisect_options, check_env_bisect
+
     if ns.env:
-        ns.backend = "docker"                # an environment is an image: probes run in docker
+        check_env_bisect(_engine_of(ns), ns.jobs)
     if not _output_dirs(("--json", ns.json)):
         return EXIT_ERROR
     if ns.env:
-        if ns.engine != "local":
-            print("repro: error: --env builds images on this machine (no --engine ray)", file=sys.stderr)
-            return EXIT_ERROR
-        return _env_bisect(ns)
+        return _env_bisect(ns, bisect_options(_options(ns), env=True))
     executor = _executor(ns, ns.jobs)   # first: a cluster's workers start while the rest loads
+    options = bisect_options(_options(ns))
 
     from repro.commands.bisect import bisect
     from repro.report.bisect import bisection_json, render_bisection, round_line
@@ -191,10 +380,21 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
 
     with progress_display(describe_verdict, title=f"repro bisect {ns.spec}", line=None,
                           plain=ns.no_progress) as progress:   # plain: the round lines only
-        result = bisect(ns.spec, ns.good, ns.bad, _options(ns), executor=executor,
+        result = bisect(ns.spec, ns.good, ns.bad, options, executor=executor,
                         on_round=lambda r: progress.print(round_line(r)), progress=progress)
     return _result(render_bisection(result, verbose=ns.verbose), ns.json,
                    lambda: bisection_json(result), result.exit_code)
+
+
+def _env_bisect(ns: argparse.Namespace, options: Options) -> int:
+    from repro.commands.envbisect import env_bisect
+    from repro.report.bisect import env_bisection_json, env_probe_line, render_env_bisection
+
+    build_echo = (lambda line: print(line, file=sys.stderr, flush=True)) if ns.verbose else None
+    result = env_bisect(ns.spec, ns.good, ns.bad, options, echo=build_echo,
+                        on_probe=lambda p: print(env_probe_line(p), flush=True))
+    return _result(render_env_bisection(result, verbose=ns.verbose), ns.json,
+                   lambda: env_bisection_json(result), result.exit_code)
 
 
 def _output_dirs(*flags: tuple[str, str | None]) -> bool:
@@ -225,51 +425,33 @@ def _result(text: str, json_path: str | None, doc: Callable[[], Any], exit_code:
     return exit_code
 
 
-def _env_bisect(ns: argparse.Namespace) -> int:
-    from repro.commands.envbisect import env_bisect
-    from repro.report.bisect import env_bisection_json, env_probe_line, render_env_bisection
+# --- calibrate --------------------------------------------------------------------------------
 
-    if ns.jobs != 1:
-        print("repro: error: --env builds and verifies one environment at a time (no -j)",
-              file=sys.stderr)
-        return EXIT_ERROR
-    build_echo = (lambda line: print(line, file=sys.stderr, flush=True)) if ns.verbose else None
-    result = env_bisect(ns.spec, ns.good, ns.bad, _options(ns), echo=build_echo,
-                        on_probe=lambda p: print(env_probe_line(p), flush=True))
-    return _result(render_env_bisection(result, verbose=ns.verbose), ns.json,
-                   lambda: env_bisection_json(result), result.exit_code)
-
-
-def cmd_hash(ns: argparse.Namespace) -> int:
-    from repro.pins.data import hash_paths
-
-    for path, digest in hash_paths(ns.paths):
-        print(f"{digest}  {path}")
-    return EXIT_OK
-
-
-def cmd_pin(ns: argparse.Namespace) -> int:
-    from repro.commands.repin import pin_spec
-    from repro.discovery import expand
-
-    for path in expand(Path(p) for p in ns.specs):
-        changes, warnings = pin_spec(path, commit=ns.commit)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        if not changes:
-            print(f"{path}: already pinned to the current commit and data")
-        for key, old, new in changes:
-            print(f"{path}: {key}: {old or '(unset)'} -> {new}")
-    return EXIT_OK
-
-
-def cmd_diff(ns: argparse.Namespace) -> int:
-    from repro.changes import diff_records
-    from repro.report import render
-
-    verdict = diff_records(ns.record_a, ns.record_b, ns.spec)
-    print(render(verdict, verbose=ns.verbose), end="")
-    return verdict.exit_code
+def add_calibrate(sub: Sub) -> None:
+    p = sub.add_parser("calibrate", help="run a spec under every variation this host can do "
+                       "and compare each with the spec as pinned; --write sets measured "
+                       "tolerances", description="Run SPEC as pinned (the baseline) and under "
+                       "each variation this host can do — XLA ISA ceilings, core counts, compile "
+                       "cache off and warm, PYTHONHASHSEED, reversed directory listings — compare "
+                       "every quantity with the baseline bitwise, name the variations that break "
+                       "it and propose tolerances: the largest deviation × 1.5, with a floor "
+                       "(docs/calibrate.md). Exit 0 done, 2 error.")
+    p.add_argument("spec", metavar="SPEC", help="one spec file")
+    p.add_argument("--write", action="store_true", help="set the proposed tolerances in the "
+                   "spec, keeping its comments")
+    p.add_argument("-j", "--jobs", type=_positive(int), metavar="N", help="runs at a time "
+                   "(default: cores // environment.cpus)")
+    p.add_argument("--variations", metavar="KINDS", help="only these kinds, comma-separated: "
+                   "isa, cpus, compile-cache, hash-seed, listing, gpu-ops, cpu (default: all but cpu, "
+                   "whose runs on emulated CPUs are 20-50x slower)")
+    p.add_argument("--json", metavar="F", help="write the machine-readable result")
+    p.add_argument("--backend", default="local", choices=("local", "docker"))
+    p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "
+                   "seconds (default: the spec's timeout)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every quantity of every "
+                   "variation, and the output of failed runs")
+    _no_progress(p)
+    p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(ns: argparse.Namespace) -> int:
@@ -304,90 +486,35 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     return cal.exit_code
 
 
-def _store_specs(ns: argparse.Namespace) -> list[Path]:
-    if ns.specs:
-        return [Path(p) for p in ns.specs]
-    if not Path("specs").is_dir():
-        raise ReproError("no specs/ directory here: name the specs (SPEC or DIR)")
-    return [Path("specs")]
+# --- init -------------------------------------------------------------------------------------
 
-
-def _print_transfer(t: Any) -> int:
-    for problem in t.problems:
-        print(f"repro: {problem.what}: {problem.message}", file=sys.stderr)
-    print(t.summary(), flush=True)
-    return int(t.exit_code)
-
-
-def cmd_push(ns: argparse.Namespace) -> int:
-    from repro.discovery import projects
-    from repro.store.sync import push
-
-    code = EXIT_OK
-    for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
-        code = max(code, _print_transfer(push(proj, jobs=ns.jobs)))
-    return code
-
-
-def cmd_pull(ns: argparse.Namespace) -> int:
-    from repro.discovery import projects
-    from repro.store.sync import pull
-
-    code = EXIT_OK
-    for proj in projects(_store_specs(ns), Path(ns.records) if ns.records else None):
-        code = max(code, _print_transfer(pull(proj, jobs=ns.jobs)))
-    return code
-
-
-def cmd_store_verify(ns: argparse.Namespace) -> int:
-    from repro.discovery import projects
-    from repro.store.sync import verify
-
-    specs = [Path(p) for p in ns.specs] or ([Path("specs")] if Path("specs").is_dir() else [])
-    projs = projects(specs, Path(ns.records) if ns.records else None) if specs else []
-    return _print_transfer(verify(projs, sample=ns.sample, seed=ns.seed, use_remote=ns.remote,
-                                  jobs=ns.jobs))
-
-
-def _fraction(text: str) -> float:
-    """An argparse type: a fraction in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _store_parsers(sub: Any) -> None:
-    def common(p: argparse.ArgumentParser, default_jobs: int | None) -> None:
-        p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files or directories "
-                       "(default: specs/)")
-        p.add_argument("--records", metavar="DIR", help="records root (default "
-                       "<repo>/fixtures/records)")
-        p.add_argument("-j", "--jobs", type=_positive(int), default=default_jobs, metavar="N",
-                       help="transfers (or hashes) at a time")
-
-    p = sub.add_parser("push", help="upload the blobs the specs' records point to that the "
-                       "store remote lacks (exit 0 done, 2 missing or damaged blobs)")
-    common(p, 8)
-    p.set_defaults(func=cmd_push)
-    p = sub.add_parser("pull", help="download the specs' large blobs this machine lacks from the "
-                       "store remote, re-hashed (exit 0 done, 2 missing or corrupt blobs)")
-    common(p, 8)
-    p.set_defaults(func=cmd_pull)
-    p = sub.add_parser("store", help="the blob store (docs/store.md)")
-    store_sub = p.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
-    p = store_sub.add_parser("verify", help="re-hash the store's blobs and name missing and "
-                             "corrupt ones (exit 0 all intact, 2 any missing or corrupt)")
-    common(p, None)
-    p.add_argument("--sample", type=_fraction, metavar="P", help="re-hash a random fraction P "
-                   "of the blobs (the seed is printed)")
-    p.add_argument("--seed", type=int, help="the seed of --sample (default: a random one)")
-    p.add_argument("--remote", action="store_true", help="verify the remote's blobs instead "
-                   "of this machine's")
-    p.set_defaults(func=cmd_store_verify)
+def add_init(sub: Sub) -> None:
+    p = sub.add_parser("init", help="write a spec for a training function with its pins filled, "
+                       "record it and print what to add to CI (docs/init.md)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--entrypoint", metavar="MODULE:FUNCTION",
+                     help="the training function, train(ctx), in this git repository")
+    how.add_argument("--command", metavar="'python train.py ...'", help="an unmodified script's "
+                     "command line ({config.x}, {seeds.y} placeholders; docs/scripts.md)")
+    p.add_argument("--metrics", metavar="PATH:FORMAT", help="with --command: the metrics file it "
+                   "writes (jsonl, csv, tensorboard)")
+    p.add_argument("--weights", metavar="PATH:FORMAT", help="with --command: the weights it "
+                   "writes (orbax, npz, safetensors)")
+    p.add_argument("--name", help="the spec's name (default: from the entrypoint)")
+    p.add_argument("--spec", metavar="PATH", help="where to write it, relative to the repository "
+                   "root (default: specs/NAME.yaml); never overwritten")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                   help="a data file or directory the training reads (repeatable); hashed")
+    p.add_argument("--seed", action="append", default=[], metavar="NAME=INT",
+                   help="a named seed (ctx.key(NAME), ctx.seed(NAME)); repeatable")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config entry (ctx.config[KEY]; VALUE read as YAML); repeatable")
+    p.add_argument("--runs", type=_positive(int), metavar="N", help="record.runs: trainings "
+                   "that must agree (default 2)")
+    p.add_argument("--stream", dest="stream", action="store_true", default=None,
+                   help="show the training output as it runs (default: on a terminal)")
+    p.add_argument("--no-stream", dest="stream", action="store_false")
+    p.set_defaults(func=cmd_init)
 
 
 def cmd_init(ns: argparse.Namespace) -> int:
@@ -415,8 +542,7 @@ def cmd_init(ns: argparse.Namespace) -> int:
     import shlex
 
     outputs = {}
-    for kind in ("metrics", "weights"):
-        value = getattr(ns, kind)
+    for kind, value in (("metrics", ns.metrics), ("weights", ns.weights)):
         if value is not None:
             path, sep, fmt = value.rpartition(":")
             if not sep or not path:
@@ -442,12 +568,177 @@ def cmd_init(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- hash, pin, diff, schema, env build ---------------------------------------------------------
+
+def add_hash(sub: Sub) -> None:
+    p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_hash)
+
+
+def cmd_hash(ns: argparse.Namespace) -> int:
+    from repro.pins.data import hash_paths
+
+    for path, digest in hash_paths(ns.paths):
+        print(f"{digest}  {path}")
+    return EXIT_OK
+
+
+def add_pin(sub: Sub) -> None:
+    p = sub.add_parser("pin", help="rewrite specs' code commit and data hashes to the current ones")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--commit", help="pin this full commit instead of HEAD")
+    p.set_defaults(func=cmd_pin)
+
+
+def cmd_pin(ns: argparse.Namespace) -> int:
+    from repro.commands.repin import pin_spec
+    from repro.discovery import expand
+
+    for path in expand(Path(p) for p in ns.specs):
+        changes, warnings = pin_spec(path, commit=ns.commit)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if not changes:
+            print(f"{path}: already pinned to the current commit and data")
+        for key, old, new in changes:
+            print(f"{path}: {key}: {old or '(unset)'} -> {new}")
+    return EXIT_OK
+
+
+def add_diff(sub: Sub) -> None:
+    p = sub.add_parser("diff", help="compare two recorded versions with a spec's tolerances")
+    p.add_argument("record_a", metavar="RECORD_A")
+    p.add_argument("record_b", metavar="RECORD_B")
+    p.add_argument("--spec", help="take tolerances from this spec (default: RECORD_B's)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+
+def cmd_diff(ns: argparse.Namespace) -> int:
+    from repro.changes import diff_records
+    from repro.report import render
+
+    verdict = diff_records(ns.record_a, ns.record_b, ns.spec)
+    print(render(verdict, verbose=ns.verbose), end="")
+    return verdict.exit_code
+
+
+def add_schema(sub: Sub) -> None:
+    p = sub.add_parser("schema", help="print the spec's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     import json
 
     from repro.spec import spec_json_schema
     print(json.dumps(spec_json_schema(), indent=2))
     return EXIT_OK
+
+
+def add_env(sub: Sub) -> None:
+    p = sub.add_parser("env", help="environment images (docker backend)")
+    env_sub = p.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
+    p = env_sub.add_parser("build", help="build an image offline from a recipe (Dockerfile + "
+                           "hashed requirements.lock + recipe.yaml); last line printed: "
+                           "NAME@sha256:<64 hex>")
+    p.add_argument("recipe", metavar="RECIPE_DIR")
+    p.set_defaults(func=cmd_env_build)
+
+
+def cmd_env_build(ns: argparse.Namespace) -> int:
+    from repro.docker.build import main_build
+    return main_build(ns.recipe)
+
+
+# --- push, pull, store verify -----------------------------------------------------------------
+
+def _store_flags(p: argparse.ArgumentParser, default_jobs: int | None) -> None:
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files or directories "
+                   "(default: specs/)")
+    p.add_argument("--records", metavar="DIR", help="records root (default "
+                   "<repo>/fixtures/records)")
+    p.add_argument("-j", "--jobs", type=_positive(int), default=default_jobs, metavar="N",
+                   help="transfers (or hashes) at a time")
+
+
+def add_push(sub: Sub) -> None:
+    p = sub.add_parser("push", help="upload the blobs the specs' records point to that the "
+                       "store remote lacks (exit 0 done, 2 missing or damaged blobs)")
+    _store_flags(p, 8)
+    p.set_defaults(func=cmd_push)
+
+
+def add_pull(sub: Sub) -> None:
+    p = sub.add_parser("pull", help="download the specs' large blobs this machine lacks from the "
+                       "store remote, re-hashed (exit 0 done, 2 missing or corrupt blobs)")
+    _store_flags(p, 8)
+    p.set_defaults(func=cmd_pull)
+
+
+def add_store(sub: Sub) -> None:
+    p = sub.add_parser("store", help="the blob store (docs/store.md)")
+    store_sub = p.add_subparsers(dest="store_command", required=True, metavar="STORE_COMMAND")
+    p = store_sub.add_parser("verify", help="re-hash the store's blobs and name missing and "
+                             "corrupt ones (exit 0 all intact, 2 any missing or corrupt)")
+    _store_flags(p, None)
+    p.add_argument("--sample", type=_fraction, metavar="P", help="re-hash a random fraction P "
+                   "of the blobs (the seed is printed)")
+    p.add_argument("--seed", type=int, help="the seed of --sample (default: a random one)")
+    p.add_argument("--remote", action="store_true", help="verify the remote's blobs instead "
+                   "of this machine's")
+    p.set_defaults(func=cmd_store_verify)
+
+
+def _print_transfer(t: Any) -> int:
+    for problem in t.problems:
+        print(f"repro: {problem.what}: {problem.message}", file=sys.stderr)
+    print(t.summary(), flush=True)
+    return int(t.exit_code)
+
+
+def cmd_push(ns: argparse.Namespace) -> int:
+    from repro.discovery import named_or_default, projects
+    from repro.store.sync import push
+
+    code = EXIT_OK
+    for proj in projects(named_or_default(ns.specs), Path(ns.records) if ns.records else None):
+        code = max(code, _print_transfer(push(proj, jobs=ns.jobs)))
+    return code
+
+
+def cmd_pull(ns: argparse.Namespace) -> int:
+    from repro.discovery import named_or_default, projects
+    from repro.store.sync import pull
+
+    code = EXIT_OK
+    for proj in projects(named_or_default(ns.specs), Path(ns.records) if ns.records else None):
+        code = max(code, _print_transfer(pull(proj, jobs=ns.jobs)))
+    return code
+
+
+def cmd_store_verify(ns: argparse.Namespace) -> int:
+    from repro.discovery import named_or_default, projects
+    from repro.store.sync import verify
+
+    specs = named_or_default(ns.specs, required=False)
+    projs = projects(specs, Path(ns.records) if ns.records else None) if specs else []
+    return _print_transfer(verify(projs, sample=ns.sample, seed=ns.seed, use_remote=ns.remote,
+                                  jobs=ns.jobs))
+
+
+# --- argparse types ---------------------------------------------------------------------------
+
+def _fraction(text: str) -> float:
+    """An argparse type: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def _positive(kind: Callable[[str], N]) -> Callable[[str], N]:
@@ -482,9 +773,8 @@ def _selection(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _resume_step(text: str) -> int | str:
-    if text == "first":
-        return text
+def _resume_step(text: str) -> int:
+    """An argparse type: the step of --resume-check-at, a checkpoint after 0."""
     try:
         value = int(text)
     except ValueError:
@@ -494,20 +784,10 @@ def _resume_step(text: str) -> int | str:
     return value
 
 
-def _engine(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default="local", choices=("local", "ray"), help="where jobs run: "
-                   "local (this machine, -j at a time) or ray (one task per job on a Ray cluster; "
-                   "inputs travel through the project's store, docs/ray.md)")
-    p.add_argument("--address", metavar="auto|HOST:PORT|ray://HOST:PORT", help="the Ray cluster "
-                   "(default auto: the one this machine belongs to, or $RAY_ADDRESS)")
-    p.add_argument("--node-kind", action="append", metavar="RESOURCE", help="run only on Ray nodes "
-                   "with this custom resource (one unit a task; repeatable)")
+# --- the parser and main ----------------------------------------------------------------------
 
-
-def _no_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="plain progress lines, one per "
-                   "finished job, even on a terminal (they are the default when the output is "
-                   "not a terminal, as in CI logs)")
+COMMANDS = (add_run, add_record, add_verify, add_audit, add_calibrate, add_bisect, add_init,
+            add_hash, add_pin, add_diff, add_schema, add_env, add_push, add_pull, add_store)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -515,193 +795,26 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reproduce from their pinned code, data and environment.")
     parser.add_argument("--version", action="version", version=f"repro {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def running(name: str, func: Callable[[argparse.Namespace], int], help_: str,
-                audit: bool = False) -> None:
-        p = sub.add_parser(name, help=help_, description=help_)
-        if audit:
-            p.add_argument("directory", nargs="?", default="specs", metavar="DIR",
-                           help="where to look for specs (default: specs/)")
-            p.add_argument("-j", "--jobs", type=_positive(int), default=1, metavar="N",
-                           help="verify N specs at a time (each run takes environment.cpus cores)")
-            p.add_argument("--json", metavar="F", help="write the machine-readable result")
-            p.add_argument("--junit", metavar="F", help="write JUnit XML (one case per spec)")
-            p.add_argument("--report", metavar="F.html", help="write the HTML report")
-            p.add_argument("--history", metavar="DIR", help="keep this audit's JSON in DIR; the "
-                           "report shows the last audits per spec")
-            p.add_argument("--history-limit", type=_positive(int), default=10, metavar="N")
-        else:
-            p.add_argument("specs", nargs="+", metavar="SPEC", help="spec file(s) or directories")
-        p.add_argument("--backend", default="local", choices=("local", "docker"))
-        p.add_argument("--code", default="pinned", choices=("pinned", "worktree"),
-                       help="pinned: the tree at code.commit (default); worktree: this checkout")
-        p.add_argument("--platform", metavar="KEY", help="record platform key (default: the "
-                       "run's platform: cpu, gpu or tpu)")
-        p.add_argument("--records", metavar="DIR", help="records root (default "
-                       "<repo>/fixtures/records)")
-        p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill the run after S seconds "
-                       "(default: the spec's timeout)")
-        p.add_argument("--stream", dest="stream", action="store_true", default=None,
-                       help="show the training output as it runs (default: on a terminal)")
-        p.add_argument("--no-stream", dest="stream", action="store_false")
-        p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
-                       help="do not share JAX's persistent compilation cache between runs")
-        p.add_argument("-v", "--verbose", action="store_true", help="show every quantity")
-        if name in ("verify", "audit"):
-            _no_progress(p)
-            _engine(p)
-        p.set_defaults(func=func)
-
-    running("run", cmd_run, "execute specs and print a summary; compare nothing")
-    running("record", cmd_record, "execute specs and write their recorded versions")
-    sub.choices["record"].add_argument(
-        "--runs", type=_positive(int), metavar="N", help="train N times; the runs must agree "
-        "bitwise or nothing is recorded (default: the spec's record.runs, else 2)")
-    running("verify", cmd_verify, "execute specs and compare with their recorded versions "
-            "(exit 0 pass, 1 mismatch, 2 error)")
-    running("audit", cmd_audit, "verify every spec under DIR and report (exit 0 all pass, "
-            "1 any fail, 2 any error)", audit=True)
-    for name in ("run", "record", "verify"):
-        sub.choices[name].add_argument(
-            "--emulate-cpu", metavar="MODEL", help="run the training under `qemu-x86_64 -cpu "
-            "MODEL` (e.g. Haswell-noTSX: AVX2+FMA, no AVX-512): what a runner with that CPU would "
-            "compute; local backend, x86-64 hosts, needs qemu-user (docs/portability.md)")
-    sub.choices["verify"].add_argument(
-        "--fail-fast", action=argparse.BooleanOptionalAction, default=True, help="stop a run at "
-        "the first step where a metric is sure to fail the comparison (default: on; docs/failfast.md)")
-    how = sub.choices["verify"].add_mutually_exclusive_group()
-    how.add_argument("--segments", type=_selection, metavar="all|sample:K[:SEED]|A-B", help="replay the record's "
-                     "segments (between its checkpoints) instead of the whole run, each from its "
-                     "recorded start state: all of them, K chosen at random (seed reported), or "
-                     "those overlapping steps A-B (docs/segments.md)")
-    how.add_argument("--resume-check", nargs="?", const="first", type=_resume_step, metavar="STEP",
-                     help="restore the recorded state at STEP (default: the first checkpoint) and "
-                     "require the next checkpoint bitwise; names the leaves a restore misses")
-    sub.choices["verify"].add_argument(
-        "-j", "--jobs", type=_positive(int), metavar="N", help="segments (--segments) or runs "
-        "(--resume-check: 2) at a time, each on its own cores (default 1)")
-    sub.choices["audit"].add_argument(
-        "--segments", type=_selection, metavar="all|sample:K[:SEED]|A-B", help="verify specs whose "
-        "record keeps checkpoints by replaying these segments (the others in full)")
-    sub.choices["audit"].add_argument(
-        "--fail-fast", action="store_true", default=False, help="stop each run at the first step "
-        "where a metric is sure to fail the comparison (default: off, an audit runs to the end)")
-    for name in ("verify", "audit"):
-        sub.choices[name].add_argument(
-            "--confirm", type=_count, default=1, metavar="N", help="when a spec fails and no pin "
-            "changed, train it N more times to tell nondeterministic from changed (default 1; "
-            "0: do not)")
-    p = sub.add_parser("calibrate", help="run a spec under every variation this host can do "
-                       "and compare each with the spec as pinned; --write sets measured "
-                       "tolerances", description="Run SPEC as pinned (the baseline) and under "
-                       "each variation this host can do — XLA ISA ceilings, core counts, compile "
-                       "cache off and warm, PYTHONHASHSEED, reversed directory listings — compare "
-                       "every quantity with the baseline bitwise, name the variations that break "
-                       "it and propose tolerances: the largest deviation × 1.5, with a floor "
-                       "(docs/calibrate.md). Exit 0 done, 2 error.")
-    p.add_argument("spec", metavar="SPEC", help="one spec file")
-    p.add_argument("--write", action="store_true", help="set the proposed tolerances in the "
-                   "spec, keeping its comments")
-    p.add_argument("-j", "--jobs", type=_positive(int), metavar="N", help="runs at a time "
-                   "(default: cores // environment.cpus)")
-    p.add_argument("--variations", metavar="KINDS", help="only these kinds, comma-separated: "
-                   "isa, cpus, compile-cache, hash-seed, listing, gpu-ops, cpu (default: all but cpu, "
-                   "whose runs on emulated CPUs are 20-50x slower)")
-    p.add_argument("--json", metavar="F", help="write the machine-readable result")
-    p.add_argument("--backend", default="local", choices=("local", "docker"))
-    p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "
-                   "seconds (default: the spec's timeout)")
-    p.add_argument("-v", "--verbose", action="store_true", help="show every quantity of every "
-                   "variation, and the output of failed runs")
-    _no_progress(p)
-    p.set_defaults(func=cmd_calibrate)
-    p = sub.add_parser("bisect", help="the first commit whose verify fails between a good and a "
-                       "bad commit, or (--env) the smallest package change between two locks "
-                       "(exit 0 found, 2 error or only skipped commits left)",
-                       description="Verify the spec with its code pinned at commits between "
-                       "--good and --bad (data, seeds, config and record as they are), k at a "
-                       "time, and name the first commit that fails. With --env, --good and --bad "
-                       "are two requirements.lock files (or recipe directories): build images "
-                       "from the good lock with subsets of the bad lock's changes and name the "
-                       "smallest set that makes the verify fail (ddmin; docs/bisect.md).")
-    p.add_argument("spec", metavar="SPEC", help="one spec file (its record is the reference)")
-    p.add_argument("--good", required=True, metavar="C1|LOCK_A", help="a commit whose verify "
-                   "passes (--env: a lock or recipe dir whose image passes)")
-    p.add_argument("--bad", required=True, metavar="C2|LOCK_B", help="a later commit whose "
-                   "verify fails (--env: a lock or recipe dir whose image fails)")
-    p.add_argument("--env", action="store_true", help="bisect package changes between two "
-                   "locked environments instead of commits (docker backend, offline builds)")
-    p.add_argument("-j", "--jobs", type=_positive(int), default=1, metavar="K",
-                   help="verify K commits at a time: n commits take ⌈log_(K+1) n⌉ rounds")
-    p.add_argument("--confirm", type=_count, default=1, metavar="N", help="train a failing "
-                   "commit N more times; one whose runs differ is nondeterministic and skipped "
-                   "(default 1; 0: do not)")
-    p.add_argument("--backend", default="local", choices=("local", "docker"))
-    p.add_argument("--platform", metavar="KEY", help="record platform key (default: the run's)")
-    p.add_argument("--records", metavar="DIR", help="records root (default <repo>/fixtures/records)")
-    p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "
-                   "seconds (default: the spec's timeout); a commit that times out is skipped")
-    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false")
-    p.add_argument("--json", metavar="F", help="write the machine-readable result")
-    p.add_argument("-v", "--verbose", action="store_true", help="list every failing quantity")
-    _no_progress(p)
-    _engine(p)
-    p.set_defaults(func=cmd_bisect)
-    p = sub.add_parser("init", help="write a spec for a training function with its pins filled, "
-                       "record it and print what to add to CI (docs/init.md)")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--entrypoint", metavar="MODULE:FUNCTION",
-                     help="the training function, train(ctx), in this git repository")
-    how.add_argument("--command", metavar="'python train.py ...'", help="an unmodified script's "
-                     "command line ({config.x}, {seeds.y} placeholders; docs/scripts.md)")
-    p.add_argument("--metrics", metavar="PATH:FORMAT", help="with --command: the metrics file it "
-                   "writes (jsonl, csv, tensorboard)")
-    p.add_argument("--weights", metavar="PATH:FORMAT", help="with --command: the weights it "
-                   "writes (orbax, npz, safetensors)")
-    p.add_argument("--name", help="the spec's name (default: from the entrypoint)")
-    p.add_argument("--spec", metavar="PATH", help="where to write it, relative to the repository "
-                   "root (default: specs/NAME.yaml); never overwritten")
-    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
-                   help="a data file or directory the training reads (repeatable); hashed")
-    p.add_argument("--seed", action="append", default=[], metavar="NAME=INT",
-                   help="a named seed (ctx.key(NAME), ctx.seed(NAME)); repeatable")
-    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config entry (ctx.config[KEY]; VALUE read as YAML); repeatable")
-    p.add_argument("--runs", type=_positive(int), metavar="N", help="record.runs: trainings "
-                   "that must agree (default 2)")
-    p.add_argument("--stream", dest="stream", action="store_true", default=None,
-                   help="show the training output as it runs (default: on a terminal)")
-    p.add_argument("--no-stream", dest="stream", action="store_false")
-    p.set_defaults(func=cmd_init)
-    p = sub.add_parser("hash", help="sha256 of files or directories, as a spec pins them")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.set_defaults(func=cmd_hash)
-    p = sub.add_parser("pin", help="rewrite specs' code commit and data hashes to the current ones")
-    p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--commit", help="pin this full commit instead of HEAD")
-    p.set_defaults(func=cmd_pin)
-    p = sub.add_parser("diff", help="compare two recorded versions with a spec's tolerances")
-    p.add_argument("record_a", metavar="RECORD_A")
-    p.add_argument("record_b", metavar="RECORD_B")
-    p.add_argument("--spec", help="take tolerances from this spec (default: RECORD_B's)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_diff)
-    p = sub.add_parser("schema", help="print the spec's JSON Schema")
-    p.set_defaults(func=cmd_schema)
-    p = sub.add_parser("env", help="environment images (docker backend)")
-    env_sub = p.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
-    p = env_sub.add_parser("build", help="build an image offline from a recipe (Dockerfile + "
-                           "hashed requirements.lock + recipe.yaml); last line printed: "
-                           "NAME@sha256:<64 hex>")
-    p.add_argument("recipe", metavar="RECIPE_DIR")
-    p.set_defaults(func=cmd_env_build)
-    _store_parsers(sub)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
-def cmd_env_build(ns: argparse.Namespace) -> int:
-    from repro.docker.build import main_build
-    return main_build(ns.recipe)
+def _spelled(argv: list[str]) -> list[str]:
+    """`repro verify ... --resume-check=STEP` (a flag that takes no value, given one) is
+    `--resume-check-at STEP`; `--resume-check=first` is `--resume-check`."""
+    if "verify" not in argv:
+        return argv
+    out = argv[:argv.index("verify") + 1]
+    for k, arg in enumerate(argv[len(out):], start=len(out)):
+        if arg == "--":
+            out.extend(argv[k:])
+            break
+        if arg.startswith("--resume-check="):
+            step = arg.partition("=")[2]
+            arg = "--resume-check" if step == "first" else f"--resume-check-at={step}"
+        out.append(arg)
+    return out
 
 
 def _version() -> str:
@@ -713,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     from repro.signals import sigterm_interrupts
 
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(_spelled(sys.argv[1:] if argv is None else list(argv)))
     try:
         with sigterm_interrupts(), contextlib.ExitStack() as ns.closing:
             # a CI job's kill: children killed, reports written; executors closed at the end

@@ -72,6 +72,21 @@ def discover(paths: Iterable[Path]) -> list[FoundSpec]:
     return [FoundSpec(f.path, f.spec, dups.get(f.path, f.problem)) for f in loaded]
 
 
+DEFAULT_SPECS = Path("specs")
+
+
+def named_or_default(names: Sequence[str | Path], required: bool = True) -> list[Path]:
+    """The specs a store command works on: those named, else specs/ (here). None named and no
+    specs/: an error when `required` (push, pull), else nothing (store verify: the store alone)."""
+    if names:
+        return [Path(n) for n in names]
+    if DEFAULT_SPECS.is_dir():
+        return [DEFAULT_SPECS]
+    if required:
+        raise ReproError("no specs/ directory here: name the specs (SPEC or DIR)")
+    return []
+
+
 def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Project]:
     """The specs' records and the store blobs they point to, grouped by the repository (and so
     by the remote): what `repro push`, `pull` and `store verify` move and check."""

@@ -222,6 +222,31 @@ def test_the_restart_check_passes_for_a_complete_restore(ck_recorded):
     assert "PASS tiny" in out and "restart check: restored at step 100, compared up to step 200" in out
 
 
+def test_the_restart_check_flag_before_the_spec_takes_no_value_and_the_step_has_its_own_flag(ck_recorded):
+    """`--resume-check SPEC` once read the spec as the step ("'specs/tiny.yaml' is not a step
+    number"): the flag takes no value; the step is `--resume-check-at STEP` (or
+    `--resume-check=STEP`), and the old `--resume-check STEP SPEC` says how to write it."""
+    first = ck_recorded.repro("verify", "--resume-check", "specs/tiny.yaml", "--no-stream",
+                              check_rc=0).stdout
+    assert "restart check: restored at step 100, compared up to step 200" in first, first
+    at = ck_recorded.repro("verify", "--resume-check-at", "200", "specs/tiny.yaml", "--no-stream",
+                           check_rc=0).stdout
+    assert "restart check: restored at step 200, compared up to step 300" in at, at
+    same = ck_recorded.repro("verify", "specs/tiny.yaml", "--resume-check=200", "--no-stream",
+                             check_rc=0).stdout
+    assert "restart check: restored at step 200, compared up to step 300" in same, same
+    old = ck_recorded.repro("verify", "--resume-check", "200", "specs/tiny.yaml", check_rc=2)
+    assert "'200' is not a spec: --resume-check takes no value; to restore at step 200 write " \
+           "--resume-check-at 200" in old.stderr, old.stderr
+    assert "Traceback" not in old.stderr
+    both = ck_recorded.repro("verify", "specs/tiny.yaml", "--resume-check", "--segments", "all",
+                             check_rc=2)
+    assert "not allowed with argument" in both.stderr, both.stderr
+    ray = ck_recorded.repro("verify", "specs/tiny.yaml", "--resume-check", "--engine", "ray",
+                            check_rc=2)
+    assert "--resume-check runs on this machine only" in ray.stderr, ray.stderr
+
+
 @pytest.mark.parametrize("forget, part, leaf", [
     ('opt_state = state["params"], state["opt"]', "opt", "opt/0/mu/hidden/w"),
     ('rng.bit_generator.state = state["rng"]', "rng", "rng/state/state"),

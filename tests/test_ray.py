@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -515,3 +516,106 @@ def test_keep_warm_zero_leaves_no_worker_and_a_bad_value_is_refused(cluster, aud
     assert proc.returncode == 2
     assert "REPRO_RAY_KEEP_WARM_S must be a whole number of seconds" in proc.stderr
     assert "'ten minutes'" in proc.stderr
+
+
+SCRIPT = r"""
+set -u
+P=$(echo "$RAY_TMPDIR" | sed 's|/rl-|/[r]l-|')   # a pattern that does not match its own grep
+ours() { grep -ls "$P" /proc/[0-9]*/cmdline || true; }
+python3 -m repro.cli verify specs/tiny.yaml --engine ray --no-stream >"$OUT/1.out" 2>"$OUT/1.err"
+echo $? >"$OUT/1.rc"
+for i in $(seq 60); do [ -z "$(ours)" ] && break; sleep 0.5; done
+ours >"$OUT/1.left"
+ray start --head --num-cpus=1 --disable-usage-stats --include-dashboard=false \
+    --node-ip-address=127.0.0.1 >"$OUT/head.log" 2>&1 || exit 3
+ours >"$OUT/2.before"
+python3 -m repro.cli verify specs/tiny.yaml --engine ray --no-stream >"$OUT/2.out" 2>"$OUT/2.err"
+echo $? >"$OUT/2.rc"
+ours >"$OUT/2.after"
+"""
+
+
+def test_engine_ray_without_an_address_starts_a_local_cluster_and_stops_it(tmp_path):
+    """Ray's own convention (`ray.init()` with no address): with no --address, no $RAY_ADDRESS
+    and no cluster running, `--engine ray` starts a local cluster for the command, says so in
+    one line and stops it as the command ends; a cluster already running is joined and left
+    running. Run in a PID namespace of its own (as root): Ray finds a running cluster by its
+    processes too, and this machine may run others (this module's two nodes, other suites)."""
+    import tempfile
+
+    from conftest import build_project, set_store
+
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        from dockerutil import IN_CI
+        why = f"needs a PID namespace (unshare --pid, as root): {probe.stderr.strip()}"
+        pytest.fail(why, pytrace=False) if IN_CI else pytest.skip(why)
+    p = build_project(tmp_path / "proj")
+    set_store(p, f"file://{tmp_path / 'remote'}")
+    p.repro("record", "specs/tiny.yaml", "--runs", "1", check_rc=0)
+    p.commit("record")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))   # short: unix socket paths
+    out = tmp_path / "out"
+    out.mkdir()
+    # its own TMPDIR too: run directories are named by pid, and this namespace's pids are not
+    # the machine's (a sweep outside would take them for a dead process's)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0", "OUT": str(out),
+           "TMPDIR": tempfile.mkdtemp(prefix="rt-", dir="/tmp")}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
+    token_file = Path.home() / ".ray" / "auth_token"   # Ray's default token: left as it was
+    had_token = token_file.exists()
+    # the namespace ends with the script: whatever is left of either cluster goes with it
+    try:
+        run = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", SCRIPT],
+                             cwd=p.root, env=env, text=True, capture_output=True, timeout=500)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)
+    assert run.returncode == 0, run.stdout + run.stderr + (out / "head.log").read_text()
+
+    def read(name: str) -> str:
+        return (out / name).read_text()
+    assert read("1.rc").strip() == "0", read("1.out") + read("1.err")
+    assert "PASS tiny" in read("1.out"), read("1.out")
+    started = [line for line in read("1.err").splitlines() if "local Ray cluster" in line]
+    assert len(started) == 1 and re.search(r"started a local Ray cluster \(\d+ CPUs\) for this "
+                                           r"command", started[0]), read("1.err")
+    assert read("1.left") == "", read("1.left")   # stopped at exit: none of its processes left
+    assert token_file.exists() == had_token   # its token lived in its processes' environment
+    # a cluster already running, found the same way (no address), is joined and left running
+    assert read("2.rc").strip() == "0" and "PASS tiny" in read("2.out"), read("2.out") + read("2.err")
+    assert "local Ray cluster" not in read("2.err"), read("2.err")
+    before = set(read("2.before").split())
+    assert before and before <= set(read("2.after").split()), (before, read("2.after"))
+
+
+def test_rays_private_api_sits_behind_one_guard_that_names_the_version():
+    """No cluster needed: the installed Ray is one the guard was written for and has the
+    internal calls; a Ray that lost one (an AttributeError while they are used) becomes a
+    ReproError naming what failed, the Ray version and what to do, not a traceback."""
+    from repro.engines.rayexec import RayInternalsChanged, ray_internals, ray_version_tested
+    from repro.errors import ReproError
+
+    assert ray_version_tested(ray), ray.__version__
+    with ray_internals(ray) as prestart:
+        assert callable(prestart)
+    with pytest.raises(RayInternalsChanged) as caught, ray_internals(ray):
+        raise AttributeError("module 'ray.core.generated.common_pb2' has no attribute 'Language'")
+    message = str(caught.value)
+    assert isinstance(caught.value, ReproError)
+    assert f"Ray {ray.__version__} lacks the internal PrestartWorkers call" in message
+    assert "REPRO_RAY_KEEP_WARM_S=0" in message and "has no attribute 'Language'" in message
+    # only rayexec touches Ray's private modules, and only inside ray_internals
+    import ast
+    import inspect
+
+    import repro.engines.rayexec as rayexec
+    users = {n.name for n in ast.walk(ast.parse(inspect.getsource(rayexec)))
+             if isinstance(n, ast.FunctionDef)
+             and any(isinstance(i, ast.ImportFrom) and i.module and ("_private" in i.module or
+                     i.module.startswith("ray.core")) for i in ast.walk(n))}
+    assert users == {"ray_internals"}, users
+    assert not [p for p in Path(rayexec.__file__).parents[1].rglob("*.py")
+                if p.name != "rayexec.py" and "ray._private" in p.read_text()]

@@ -1,6 +1,7 @@
 """`repro audit`: verify every spec under a directory, N at a time, and keep its history. Each
-spec goes through `pipeline.verify` — the same call as `repro verify` and the pytest item — on
-an `Executor`; an audit adds scheduling and reporting (`repro.report`), nothing else.
+spec goes through `commands.check` — the same call as `repro verify` and the pytest item — by
+`run_specs` (repro/commands/runspecs.py, the loop `repro verify` uses too) on an `Executor`; an
+audit adds its history and reporting (`repro.report`), nothing else.
 """
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from repro import pipeline
-from repro.backends import KilledBy
 from repro.commands.check import check
 from repro.commands.progress import Progress
-from repro.discovery import discover
-from repro.engines.executor import Executor, LocalExecutor, SpecJob, run_spec_job
+from repro.commands.runspecs import lost_verdict, run_specs
+from repro.engines.executor import Executor, LocalExecutor
 from repro.errors import ReproError
-from repro.verdict import Status, Verdict, error_verdict
+from repro.verdict import Verdict
+
+__all__ = ["Audit", "load_history", "lost_verdict", "run_audit", "save_history"]
 
 
 @dataclass
@@ -66,53 +67,15 @@ def run_audit(directory: str | Path, options: pipeline.Options | None = None, *,
     if not Path(directory).is_dir():
         raise ReproError(f"{directory} is not a directory; `repro audit DIR` looks for specs "
                          "below DIR (default: specs/)")
-    found = discover([Path(directory)])
     executor = executor or LocalExecutor(jobs)
-    audit = Audit(str(directory), min(executor.slots, max(1, len(found))), options, _now())
-    t0 = time.perf_counter()
-    runnable = [i for i, s in enumerate(found) if s.problem is None]
-    finished = 0
-    first = progress.add([s.spec.name if s.spec is not None and s.spec.name else s.path.stem
-                          for s in found]) if progress else 0
-    for i, spec in enumerate(found):
-        if progress and spec.problem is not None:
-            progress.done(first + i, error_verdict(spec.path, spec.problem, spec=spec.spec,
-                                                   backend=options.backend))
-
-    def done(index: int, verdict: Verdict) -> None:
-        nonlocal finished
-        finished += 1
-        if on_done:
-            on_done(verdict, finished + len(found) - len(runnable), len(found))
-        if progress:
-            progress.done(first + runnable[index], verdict)
-
-    tasks = [SpecJob(s, options, check, partial(lost_verdict, found[i].path, s, options.backend))
-             for i in runnable if (s := found[i].spec) is not None]   # runnable: loaded
-    batch = executor.map(run_spec_job, tasks, on_done=done,
-                         on_start=(lambda k: progress.start(first + runnable[k])) if progress else None)
-    audit.complete = batch.complete
-    verdicts = {runnable[k]: v for k, v in batch.results.items()}
-    running = {runnable[k] for k in batch.interrupted_running}
-    for i, spec in enumerate(found):
-        v = verdicts.get(i)
-        if spec.problem is not None:
-            v = error_verdict(spec.path, spec.problem, spec=spec.spec, backend=options.backend)
-        elif v is None:
-            v = error_verdict(spec.path, "interrupted before it finished (the audit was "
-                              "stopped)", spec=spec.spec, backend=options.backend)
-        elif i in running and v.status == Status.ERROR and v.killed_by == KilledBy.SIGNAL:
-            v.error = "interrupted: the audit was stopped while this spec ran"  # not a crash
-        audit.verdicts.append(v)
+    t0, started = time.perf_counter(), _now()
+    result = run_specs([Path(directory)], options, check, executor=executor, progress=progress,
+                       on_done=on_done, stopped="the audit was stopped")
+    audit = Audit(str(directory), min(executor.slots, max(1, len(result.found))), options, started,
+                  complete=result.complete, verdicts=result.verdicts)
     audit.finished = _now()
     audit.duration_s = time.perf_counter() - t0
     return audit
-
-
-def lost_verdict(path: Path, spec: Any, backend: str, message: str | ReproError) -> Verdict:
-    """A spec whose job could not finish (a cluster worker died on every try): an error; or
-    skipped (NeedsDevice: no node of the cluster has the GPU it needs)."""
-    return error_verdict(path, message, spec=spec, backend=backend)
 
 
 def load_history(directory: str | Path, limit: int = 10) -> list[dict[str, Any]]:

@@ -61,6 +61,8 @@ class Executor(Protocol):
     # True: the jobs run where this machine's files are not (a cluster); `map` takes SpecJobs
     # with `run_spec_job` only, so each job says which spec's project to ship with it
     ships_jobs: bool
+    # the CPUs of a cluster this executor started for itself, stopped as it closes (0: none)
+    started_local: int
 
     def map(self, work: Work[T, R], items: Sequence[T],
             on_done: Callable[[int, R], None] | None = None,
@@ -81,6 +83,7 @@ class LocalExecutor:
     jobs themselves are child processes or containers pinned to their slot's cores."""
 
     ships_jobs = False
+    started_local = 0
 
     def __init__(self, slots: int = 1):
         self.slots = max(1, slots)

@@ -191,32 +191,86 @@ def keep_warm_seconds() -> int:
     return value
 
 
+# Ray's internal API (not a public one: it may change in any release) that `leave_warm` uses,
+# and the Ray versions it was written and tested against (`ray==2.60.0`, pyproject's extra).
+RAY_INTERNALS_TESTED = ("2.60",)
+
+
+class RayInternalsChanged(ReproError):
+    """The installed Ray lacks the internal calls repro uses to leave workers warm."""
+
+
+@contextlib.contextmanager
+def ray_internals(ray: Any) -> Iterator[Any]:
+    """The one place repro touches Ray's private API: the raylet's `PrestartWorkers` gRPC call
+    (`ray._private.grpc_utils`, `ray.core.generated`). Yields a function `prestart(address,
+    count, keep_s)` that sends the call to the raylet at `address` and returns the call's
+    future. Any ImportError or AttributeError — the installed Ray no longer has them, raised
+    here or while the calls are made — becomes a RayInternalsChanged that names what failed,
+    the installed Ray version, the versions this was written for and what to do."""
+    version = str(getattr(ray, "__version__", "unknown"))
+
+    def changed(exc: BaseException) -> RayInternalsChanged:
+        tested = ", ".join(f"{v}.x" for v in RAY_INTERNALS_TESTED)
+        if ray_version_tested(ray):
+            what = (f"repro was tested with Ray {version}: report it (docs/ray.md), and set "
+                    f"{KEEP_WARM_ENV}=0 meanwhile to leave no worker warm")
+        else:
+            what = (f"it was written for Ray {tested}: install that (pip install 'repro[ray]'), "
+                    f"or set {KEEP_WARM_ENV}=0 to leave no worker warm (nothing else needs it)")
+        return RayInternalsChanged(
+            f"no Ray worker was left warm: Ray {version} lacks the internal PrestartWorkers call "
+            f"as repro uses it ({type(exc).__name__}: {exc}); {what}")
+
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+        python: Any = common_pb2.Language.PYTHON  # type: ignore[attr-defined]
+        request_type: Any = node_manager_pb2.PrestartWorkersRequest  # type: ignore[attr-defined]
+        stub_type: Any = node_manager_pb2_grpc.NodeManagerServiceStub
+    except (ImportError, AttributeError) as exc:
+        raise changed(exc) from None
+
+    def prestart(address: str, count: int, keep_s: int) -> tuple[Any, Any]:
+        channel = init_grpc_channel(address)
+        request = request_type(language=python, keep_alive_duration_secs=keep_s, num_workers=count)
+        return channel, stub_type(channel).PrestartWorkers.future(request, timeout=2.0)
+
+    try:
+        yield prestart
+    except AttributeError as exc:
+        raise changed(exc) from None
+
+
+def ray_version_tested(ray: Any) -> bool:
+    """Whether the installed Ray is one `ray_internals` was written for."""
+    version = str(getattr(ray, "__version__", ""))
+    return any(version == v or version.startswith(v + ".") for v in RAY_INTERNALS_TESTED)
+
+
 def leave_warm(ray: Any, wanted: dict[str, int], keep_s: int) -> int:
     """Ask each node in `wanted` to start that many Python workers bound to no job, kept idle
     for at least `keep_s` seconds: the next driver's job (the next audit) takes them instead of
     starting its own, as the first job after a node starts takes the workers Ray prestarts then
     (docs/ray.md, "Workers left warm"). The raylet's PrestartWorkers call, over Ray's own channel
-    (TLS and token auth as configured); best effort: a node or a Ray that refuses it is skipped.
-    Returns the number of workers asked for."""
-    try:
-        from ray._private.grpc_utils import init_grpc_channel
-        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
-    except ImportError:   # a Ray without these: nothing left warm
-        return 0
+    (TLS and token auth as configured; `ray_internals`, the one use of Ray's private API); best
+    effort: a node that refuses it is skipped. A Ray whose internals changed raises
+    RayInternalsChanged (the caller says so in one line). Returns the number of workers asked
+    for."""
     calls = []
-    for node in ray.nodes():
-        count = min(wanted.get(node.get("NodeID", ""), 0), KEEP_WARM_MOST)
-        if not node.get("Alive") or count < 1:
-            continue
-        try:
-            channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
-            stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
-            python: Any = common_pb2.Language.PYTHON  # type: ignore[attr-defined]
-            request = node_manager_pb2.PrestartWorkersRequest(  # type: ignore[attr-defined]
-                language=python, keep_alive_duration_secs=keep_s, num_workers=count)
-            calls.append((channel, count, stub.PrestartWorkers.future(request, timeout=2.0)))
-        except Exception as exc:   # noqa: BLE001 - an optimisation: never fail the audit for it
-            logging.getLogger(__name__).debug("leaving workers warm on %s: %s", node.get("NodeID"), exc)
+    with ray_internals(ray) as prestart:
+        for node in ray.nodes():
+            count = min(wanted.get(node.get("NodeID", ""), 0), KEEP_WARM_MOST)
+            if not node.get("Alive") or count < 1:
+                continue
+            try:
+                channel, call = prestart(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}",
+                                         count, keep_s)
+                calls.append((channel, count, call))
+            except AttributeError:
+                raise
+            except Exception as exc:   # noqa: BLE001 - an optimisation: never fail the audit for it
+                logging.getLogger(__name__).debug("leaving workers warm on %s: %s", node.get("NodeID"), exc)
     asked = 0
     for channel, count, call in calls:
         try:
@@ -227,6 +281,36 @@ def leave_warm(ray: Any, wanted: dict[str, int], keep_s: int) -> int:
         finally:
             channel.close()
     return asked
+
+
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+def _token_in_env() -> dict[str, str | None]:
+    """Ray (2.60) turns token authentication on for a local cluster that `ray.init()` starts
+    and, when no token is set anywhere, writes one to ~/.ray/auth_token — a file that then
+    switches every later `ray start` on this machine to token authentication. Unless the user
+    chose ($RAY_AUTH_MODE, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, or that file exists), the
+    local cluster gets a fresh token in this process's environment only, which its processes
+    inherit; no file is written (when ray was imported before, Ray's own default holds). Returns
+    the variables as they were (`_restore_env`)."""
+    import secrets
+    from pathlib import Path
+
+    saved = {k: os.environ.get(k) for k in AUTH_ENV}
+    chosen = any(os.environ.get(k) for k in (*AUTH_ENV, "RAY_AUTH_TOKEN_PATH"))
+    if not chosen and not (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _fits(resources: dict[str, float], job: SpecJob[Any], kinds: Sequence[str]) -> bool:
@@ -245,20 +329,22 @@ class RayExecutor:
     def __init__(self, address: str | None = "auto", node_kinds: Sequence[str] = (),
                  retries: int = RETRIES):
         self.keep_warm_s = keep_warm_seconds()
+        # a local cluster may be started: its token goes in the environment before Ray loads
+        # (Ray reads its auth settings as it is imported)
+        local = not address and not os.environ.get("RAY_ADDRESS", "").strip()
+        self._saved_env = _token_in_env() if local and "ray" not in sys.modules else {}
         try:
             import ray
         except ImportError:
+            _restore_env(self._saved_env)
             raise ReproError("--engine ray needs ray: pip install 'repro[ray]'") from None
         self.ray: Any = ray
         self._connected_here = not ray.is_initialized()
+        self.started_local = 0   # the CPUs of a cluster started for this executor (0: none)
         if self._connected_here:
-            try:
-                ray.init(address=address or "auto", logging_level=logging.ERROR, log_to_driver=False,
-                         configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ReproError(f"cannot connect to the Ray cluster at {address or 'auto'}: "
-                                 f"{exc}. Start one (`ray start --head`) or name it with "
-                                 "--address HOST:PORT | ray://HOST:PORT") from None
+            self._connect(address)
+        else:
+            _restore_env(self._saved_env)
         self.node_kinds = tuple(node_kinds)
         self.retries = retries
         self._wanted: dict[str, int] = {}   # node: workers this executor's batches could use at once
@@ -270,6 +356,32 @@ class RayExecutor:
         # to these nodes). A connection the caller made may have its workers already.
         self._early: dict[str, Any] = self._send_warm_ups(
             [n["NodeID"] for n in self._nodes(None, WARM_EARLY_NODES)]) if self._connected_here else {}
+
+    def _connect(self, address: str | None) -> None:
+        """Join the cluster at `address`; with none named (no `address`, no $RAY_ADDRESS) the
+        one this machine belongs to, else — Ray's own convention for `ray.init()` — a local
+        cluster started for this executor, stopped as it closes (`started_local`: its CPUs)."""
+        quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                                 "configure_logging": False}
+        named = address or os.environ.get("RAY_ADDRESS", "").strip()
+        try:
+            self.ray.init(address=address or "auto", **quiet)
+            _restore_env(self._saved_env)   # joined: the cluster's own settings hold
+            return
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if named:
+                raise ReproError(f"cannot connect to the Ray cluster at {named}: {exc}. Start "
+                                 "one (`ray start --head`), name another with --address "
+                                 "HOST:PORT | ray://HOST:PORT, or leave out --address (and "
+                                 "$RAY_ADDRESS) to start a local one for the command") from None
+        try:
+            self.ray.init(address="local", include_dashboard=False, **quiet)
+        except Exception as exc:   # noqa: BLE001 - whatever Ray raised, said plainly
+            _restore_env(self._saved_env)
+            raise ReproError(f"no Ray cluster runs on this machine and starting a local one "
+                             f"failed: {type(exc).__name__}: {exc}. Start one (`ray start "
+                             "--head`) or name one with --address HOST:PORT") from None
+        self.started_local = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
     def _nodes(self, jobs: Sequence[SpecJob[Any]] | None, most: int) -> list[dict[str, Any]]:
         """Up to `most` live nodes (ray.nodes() entries) that can run one of `jobs` (None: any
@@ -437,13 +549,19 @@ class RayExecutor:
         return batch
 
     def close(self) -> None:
-        """Disconnect, if this executor connected: done here rather than by ray's own exit
-        handler, which first sleeps 0.5 s for log lines this driver does not print
-        (`log_to_driver=False`); a connection the caller made is the caller's."""
+        """Disconnect, if this executor connected (stopping the local cluster it started, if
+        any): done here rather than by ray's own exit handler, which first sleeps 0.5 s for log
+        lines this driver does not print (`log_to_driver=False`); a connection the caller made
+        is the caller's."""
         if self._connected_here and self.ray.is_initialized():
-            if self.keep_warm_s and self._wanted and self._plain_job():
-                leave_warm(self.ray, self._wanted, self.keep_warm_s)
-            self.ray.shutdown()
+            if self.keep_warm_s and self._wanted and not self.started_local and self._plain_job():
+                try:
+                    leave_warm(self.ray, self._wanted, self.keep_warm_s)
+                except RayInternalsChanged as exc:   # best effort: said, never failing the command
+                    print(f"repro: warning: {exc}", file=sys.stderr, flush=True)
+            self.ray.shutdown()   # a local cluster started for this executor stops with it
+            if self.started_local:
+                _restore_env(self._saved_env)
         self._connected_here = False
 
     def _plain_job(self) -> bool:
