@@ -123,6 +123,7 @@ def pytest_collect_file(file_path: Path, parent):
 
 class SpecFile(pytest.File):
     def collect(self) -> Iterator[SpecItem]:
+        from repro.backends import out_of_reach
         from repro.spec import load_spec
 
         try:
@@ -138,12 +139,9 @@ class SpecFile(pytest.File):
         backend = self.config.getoption("--repro-backend") or self.config.getini("repro_backend")
         if spec.environment.platform == "gpu":
             item.add_marker("gpu")   # no GPU here: its verdict is SKIPPED, and the item skipped
-        if backend == "docker" and not spec.environment.image:
-            # `repro verify --backend docker` calls this an error; a test session over a whole
-            # specs/ folder runs the image-pinned specs and reports the others as skipped
-            item.add_marker(pytest.mark.skip(
-                reason=f"{spec.name} names no environment.image; the docker backend runs only "
-                       "image-pinned specs (run it with --repro-backend=local)"))
+        reason = out_of_reach(spec, backend)   # a session over a whole folder skips it
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
         yield item
 
 

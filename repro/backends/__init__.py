@@ -4,10 +4,13 @@ interpreter; `docker` — a fresh sandboxed container of the spec's pinned image
 from __future__ import annotations
 
 import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from repro.backends.base import Backend, ChildOutcome, KilledBy, RunDir
 from repro.errors import ReproError
+
+if TYPE_CHECKING:
+    from repro.spec import Spec
 
 BackendName = Literal["local", "docker"]
 BACKENDS: tuple[BackendName, ...] = ("local", "docker")
@@ -26,6 +29,15 @@ def get_backend(name: str, *, docker_memory: str | None = None,
     raise ReproError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def out_of_reach(spec: Spec, backend: str) -> str | None:
+    """Why `backend` cannot run `spec` at all, for a session over a whole folder to skip it and
+    say why (`repro verify --backend docker` on such a spec is an error instead); None: it can."""
+    if backend == "docker" and not spec.environment.image:
+        return (f"{spec.name} names no environment.image; the docker backend runs only "
+                "image-pinned specs (run it with --repro-backend=local)")
+    return None
+
+
 def kill_all() -> int:
     """Kill every run this process started on any backend (local children, containers)."""
     from repro.backends.local import kill_all as kill_local
@@ -36,4 +48,4 @@ def kill_all() -> int:
 
 
 __all__ = ["Backend", "BackendName", "ChildOutcome", "KilledBy", "RunDir", "get_backend",
-           "BACKENDS", "kill_all"]
+           "BACKENDS", "kill_all", "out_of_reach"]
