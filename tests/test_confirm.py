@@ -25,7 +25,7 @@ def test_mode_close_record_keeps_the_spread_and_verify_reports_multiples_of_it(p
     _noisy(project)
     project.edit_spec("record:\n", "tolerance: {mode: close, default: {rtol: 1.0e-12, atol: 0}}\n"
                                    "record:\n")
-    project.edit_spec("  runs: 1\n", "  runs: 3\n")
+    project.edit_spec("  runs: 1 ", "  runs: 3 ")
     project.commit("accept noise")
     project.repro("record", "specs/tiny.yaml", check_rc=0)
     meta = read_record(project.record_dir).meta
