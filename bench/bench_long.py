@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repro import pipeline  # noqa: E402
+from repro.commands.check import check  # noqa: E402
 from repro.verdict import Verdict  # noqa: E402
 
 SPEC = "specs/tiny-lm.yaml"
@@ -56,7 +57,7 @@ def clone(to: Path) -> Path:
 
 def verdict(root: Path, expect: str, **options: object) -> Verdict:
     base = pipeline.Options(echo=False)
-    v = pipeline.check(root / SPEC, dataclasses.replace(base, **options))  # type: ignore[arg-type]
+    v = check(root / SPEC, dataclasses.replace(base, **options))  # type: ignore[arg-type]
     if str(v.status) != expect:
         sys.exit(f"{root}: {options}: {v.status}, expected {expect}: {v.error or v.mode_reason}")
     return v
