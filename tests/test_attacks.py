@@ -830,3 +830,41 @@ def test_an_altered_export_is_replaced_only_when_no_run_holds_it(project, tmp_pa
     assert "missing 0" in out, out                      # the holder never lost its tree
     assert waited > 1.0, waited                         # the replacement waited for the holder
     assert notes and "exported again from git" in notes[0] and "# altered" not in train.read_text()
+
+
+RACER = r"""
+import os, sys, time
+from pathlib import Path
+from repro.pins.code import export_commit
+repo, commit, go = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+time.sleep(max(0.0, go - time.time()))
+tree = export_commit(repo, commit)
+missing = 0
+end = time.time() + 1.0
+while time.time() < end:      # a run starts in the tree it was given: it must stay there
+    missing += not (tree / "tinyproj" / "train.py").exists()
+    time.sleep(0.002)
+print("missing", missing, flush=True)
+"""
+
+
+def test_processes_exporting_one_commit_at_once_never_remove_each_others_tree(project, tmp_path,
+                                                                             monkeypatch):
+    """xdist workers (and parallel `repro` calls) export the same commit at the same moment: the
+    first makes the tree, the others use it; none removes the tree another was just given."""
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))
+    commit = project.spec.read_text().split("commit: ")[1].split()[0]
+    go = time.time() + 2.0
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(project.root), commit, str(go)],
+                               env=dict(os.environ), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [r.communicate(timeout=60) for r in racers]
+    for (out, err), r in zip(outs, racers):
+        assert r.returncode == 0, err
+        assert out.strip() == "missing 0", (out, err)
+    left = sorted(p.name for p in (tmp_path / "cache" / "trees").iterdir())
+    assert left == [commit, f"{commit}.lock", f"{commit}.manifest.json"], left

@@ -180,24 +180,25 @@ def export_commit(repo: Path, commit: str, notes: list[str] | None = None) -> Pa
                 return target
         except OSError:
             pass   # being replaced by another process: decided again under the lock
-        # replaced only when no run of it is going on (CodePin.in_use): never under a live run
-        with _tree_lock(commit, fcntl.LOCK_EX):
-            altered = tree_changes(target) if (target / _COMPLETE).exists() else None
-            if altered == []:   # another process replaced it while this one waited
-                return target
-            if altered and notes is not None:  # None: no manifest (an older export): just redo it
-                notes.append(f"the exported tree of commit {commit[:12]} had been changed since it "
-                             f"was exported ({', '.join(altered[:5])}"
-                             f"{' …' if len(altered) > 5 else ''}); it was exported again from git")
+    # every change to the export (made, or replaced) happens under the exclusive lock, so a
+    # process never removes a tree another has just made; it waits for runs of it (in_use)
+    with _tree_lock(commit, fcntl.LOCK_EX):
+        altered = tree_changes(target) if (target / _COMPLETE).exists() else None
+        if altered == []:   # made or repaired by another process while this one waited
+            return target
+        if altered and notes is not None:  # None: none yet, or no manifest (an older export)
+            notes.append(f"the exported tree of commit {commit[:12]} had been changed since it "
+                         f"was exported ({', '.join(altered[:5])}"
+                         f"{' …' if len(altered) > 5 else ''}); it was exported again from git")
+        if target.exists():
             make_writable(target)
             shutil.rmtree(target, ignore_errors=True)
-            return _export(repo, commit, target)
-    return _export(repo, commit, target)
+        return _export(repo, commit, target)
 
 
 def _export(repo: Path, commit: str, target: Path) -> Path:
     """`git archive` of `commit` into a temporary directory renamed to `target` (read-only,
-    with its manifest); a process that loses the race to another uses the winner's."""
+    with its manifest). Called under the commit's exclusive lock, with `target` absent."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{commit[:12]}-"))
     try:
@@ -210,15 +211,8 @@ def _export(repo: Path, commit: str, target: Path) -> Path:
         (tmp / _COMPLETE).write_text(f"{commit}\n")
         _make_read_only(tmp)
         manifest = _take_manifest(tmp)
-        if target.exists():  # an incomplete export left by a killed process
-            make_writable(target)
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-            _write_manifest(target, _restat(manifest, tmp, target))
-        except OSError:
-            if not (target / _COMPLETE).exists():
-                raise
+        os.rename(tmp, target)
+        _write_manifest(target, _restat(manifest, tmp, target))
     finally:
         if tmp.exists():
             make_writable(tmp)
