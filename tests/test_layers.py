@@ -32,6 +32,7 @@ def floor(module: str) -> str:
     if module in FRONT_ENDS:
         return "front end"
     wing = module.split(".")[1]
+    # pins/, env/, backends/, docker/, grad/ and interop/ sit on the core floor with the root
     return {"child": "child", "store": "store", "engines": "engines", "commands": "commands",
             "report": "report"}.get(wing, "core")
 
