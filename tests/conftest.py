@@ -305,3 +305,13 @@ def fresh_cache(monkeypatch, tmp_path: Path, name: str = "fresh-cache") -> Path:
     cache = tmp_path / name
     monkeypatch.setenv("REPRO_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (sqlite backend, local artifact root) on 127.0.0.1, one per test
+    module: tests/mlflowserver.py."""
+    from tests.mlflowserver import serve
+
+    with serve(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
