@@ -18,7 +18,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +170,33 @@ class BlobStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return actual
+
+
+    def take(self, chunks: Iterable[bytes], keep: Callable[[str], bool] = lambda sha: True) -> str:
+        """Write a stream whose hash is not known in advance as a blob: hashed as it is written
+        to a temporary file, renamed to its sha256's place only when `keep(sha256)` says so
+        (else nothing is kept). Returns the sha256."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep(self.root)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_tmp_prefix())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            sha = digest.hexdigest()
+            if keep(sha):
+                target = self.path(sha)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return sha
 
 
 def hash_file(path: Path) -> str:
