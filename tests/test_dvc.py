@@ -192,8 +192,7 @@ def test_wrong_bytes_from_the_dvc_remote_are_refused_and_nothing_is_kept(recorde
     out = proc.stdout + proc.stderr
     wrong = hashlib.sha256(b"not the data at all\n").hexdigest()
     for text in ("data 'xy'", "data/xy.npz", f"expected sha256 {sha256(recorded.data)}",
-                 f"actual sha256 {wrong}", "nothing was kept", str(bad),
-                 f"its md5 is {hashlib.md5(b'not the data at all' + bytes([10])).hexdigest()}"):
+                 f"actual sha256 {wrong}", "nothing was kept", str(bad), "data/xy.npz.dvc"):
         assert text in out, (text, out)
     assert not [f for f in cache.rglob("*") if f.is_file() and "store" in f.parts]
     assert not (cache / "data").exists()
