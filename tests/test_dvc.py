@@ -72,12 +72,12 @@ def dvc_project(root: Path, remote: str, **remote_options: str) -> Project:
     return p
 
 
-def clone(p: Project, target: Path) -> Project:
-    """A fresh machine's checkout: git's files only (DVC's data is git-ignored, its cache is not
-    in git)."""
+def clone(p: Project, target: Path, tracked: str = "data/xy.npz") -> Project:
+    """A fresh machine's checkout: git's files only (DVC's data, `tracked`, is git-ignored; its
+    cache is not in git)."""
     git(target.parent, "clone", "-q", str(p.root), str(target))
     c = Project(target)
-    assert not c.data.exists() and not (target / ".dvc" / "cache").exists()
+    assert not (target / tracked).exists() and not (target / ".dvc" / "cache").exists()
     return c
 
 
@@ -213,9 +213,16 @@ if sys.argv[1] == "blocked":
 from repro.spec import load_spec
 from repro.pins.fetch import resolve_data
 spec = load_spec("specs/tiny.yaml")
-print(resolve_data(spec.data, spec.path.parents[1], None, spec.code.commit)["xy"])
+print(resolve_data(spec.data, spec.path.parents[1], None, spec.code.commit)[sys.argv[2]])
 print(sorted(m for m, v in sys.modules.items() if m.split(".")[0] == "dvc" and v is not None))
 """
+
+
+def resolve_in(p: Project, mode: str, name: str) -> subprocess.CompletedProcess:
+    """`resolve_data` (what a verify runs before training) in a fresh process, DVC importable
+    or not (`blocked`); prints the entry's path and the DVC modules loaded."""
+    return subprocess.run([sys.executable, "-c", RESOLVE, mode, name], cwd=p.root, text=True,
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_dvc_is_imported_only_to_fetch_and_without_it_the_extra_is_named(recorded, tmp_path,
@@ -225,8 +232,7 @@ def test_dvc_is_imported_only_to_fetch_and_without_it_the_extra_is_named(recorde
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def resolve(mode: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", RESOLVE, mode], cwd=c.root, env=env,
-                              text=True, capture_output=True)
+        return resolve_in(c, mode, "xy")
 
     proc = resolve("blocked")                      # absent here: DVC needed, not installed
     assert proc.returncode == 1 and "MissingExtra" in proc.stderr, proc.stderr
@@ -358,3 +364,52 @@ def test_spec_keys_dvc(tmp_path):
     ok = parse_spec({**base, "data": {"x": {"dvc": "a", "dvc_md5": "0" * 32 + ".dir",
                                             "sha256": "a" * 64}}}, file="s.yaml")
     assert ok.canonical["data"]["x"]["dvc_md5"].endswith(".dir")
+
+
+def test_a_dvc_directory_is_pinned_by_its_tree_hash_and_fetched_whole(tmp_path, monkeypatch):
+    """`dvc add data/images` (a directory: `md5: ….dir`): pinned by repro's tree hash, fetched
+    file by file through DVC into the store, kept only once the whole tree hashes right."""
+    from repro.pins.data import hash_path
+
+    p = build_project(tmp_path / "proj")
+    images = p.root / "data" / "images"
+    (images / "sub").mkdir(parents=True)
+    for rel, text in {"a.txt": "a\n", "sub/b.txt": "b\n", ".hidden": "h\n"}.items():
+        (images / rel).write_text(text)
+    dvc(p.root, "init", "-q")
+    dvc(p.root, "add", "-q", "data/images")
+    remote = tmp_path / "dvc-remote"
+    dvc(p.root, "remote", "add", "-d", "store", str(remote))
+    p.edit_spec("seeds:", "  images: {dvc: data/images}\nseeds:")
+    p.commit("a DVC-tracked directory")
+    dvc(p.root, "push", "-q")
+    p.repro("pin", "specs/tiny.yaml", check_rc=0)
+    entry = __import__("yaml").safe_load(p.spec.read_text())["data"]["images"]
+    assert entry["dvc_md5"].endswith(".dir") and entry["sha256"] == hash_path(images)
+    p.commit("pin")
+    (images / "a.txt").write_text("changed, not added\n")      # pin keeps DVC's version
+    proc = p.repro("pin", "specs/tiny.yaml", check_rc=0)
+    assert "1 of the 3 files data/images.dvc tracks" in proc.stdout + proc.stderr, proc.stderr
+    assert __import__("yaml").safe_load(p.spec.read_text())["data"]["images"] == entry
+    c = clone(p, tmp_path / "clone", "data/images")
+    cache = fresh_cache(monkeypatch, tmp_path)
+    proc = resolve_in(c, "dvc", "images")
+    assert proc.returncode == 0, proc.stderr
+    view = Path(proc.stdout.splitlines()[0])
+    assert view == cache / "data" / entry["sha256"] / "images"
+    assert hash_path(view) == entry["sha256"] and (view / "sub" / "b.txt").read_text() == "b\n"
+    assert not (c.root / "data" / "images").exists() and git(c.root, "status", "--porcelain") == ""
+    shutil.rmtree(view)                             # rebuilt from the store: no DVC needed
+    proc = resolve_in(c, "blocked", "images")
+    assert proc.returncode == 0 and proc.stdout.splitlines() == [str(view), "[]"], proc.stderr
+    assert hash_path(view) == entry["sha256"]
+    # one file of the remote's copy holds other bytes: named, and nothing is kept
+    (obj,) = [f for f in remote.rglob("*") if f.is_file() and f.read_bytes() == b"b\n"]
+    obj.write_bytes(b"B\n")
+    cache = fresh_cache(monkeypatch, tmp_path, "cache-2")
+    proc = resolve_in(c, "dvc", "images")
+    assert proc.returncode == 1, proc.stdout
+    for text in ("data 'images'", "the directory data/images", "data/images.dvc",
+                 f"expected sha256 {entry['sha256']}", "nothing was kept", str(remote)):
+        assert text in proc.stderr, (text, proc.stderr)
+    assert not [f for f in cache.rglob("*") if f.is_file()], list(cache.rglob("*"))

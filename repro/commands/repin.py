@@ -105,9 +105,7 @@ def dvc_hashes(name: str, path: str, root: Path, commit: str, warnings: list[str
     where = f"data {name!r} (dvc: {path})"
     out = locate(root, commit, path, where)
     if out.is_dir:
-        raise DataPinError(f"{where}: {out.source} tracks a directory ({out.md5}); repro pins "
-                           "DVC-tracked files, not directories, as yet: name a file, or pin the "
-                           "directory with `path:` (its files in the working tree)")
+        return out.md5, _dir_sha256(name, path, root, commit, out, warnings)
     here = resolve_data_path(root, path) if os.path.lexists(root / path) else None
     if here is not None and here.is_file():
         md5, sha = md5_and_sha256(here)
@@ -121,9 +119,45 @@ def dvc_hashes(name: str, path: str, root: Path, commit: str, warnings: list[str
     return out.md5, _sha256_through_dvc(name, path, root, commit, out)
 
 
-def _sha256_through_dvc(name: str, path: str, root: Path, commit: str, out: DvcOut) -> str:
-    """The sha256 of the bytes DVC gives for `out` at `commit`, streamed into the machine's
-    store and kept there only when their md5 is DVC's (where that is plain md5)."""
+def _dir_sha256(name: str, path: str, root: Path, commit: str, out: DvcOut,
+                warnings: list[str]) -> str:
+    """The tree sha256 of DVC directory `out` at `commit` (docs/data-pins.md, "Hash format"):
+    its files as DVC lists them, each hashed from the working tree when its md5 there is DVC's,
+    else from the bytes DVC gives (kept in the machine's store)."""
+    import hashlib
+
+    from repro.interop.dvc import dir_files, dvc_filesystem, md5_and_sha256
+    from repro.pins.data import tree_listing
+
+    where = f"data {name!r} (dvc: {path})"
+    items, through_dvc = [], 0
+    with dvc_filesystem(root, commit, where) as fs:
+        for rel, file in dir_files(fs, out, commit, where):
+            sha = None
+            try:
+                here = resolve_data_path(root, file.path)
+                if here.is_file():
+                    md5, local = md5_and_sha256(here)
+                    sha = local if md5 == file.md5 else None
+            except DataPinError:
+                pass
+            if sha is None:
+                sha, through_dvc = _sha256_through_dvc(name, file.path, root, commit, file, fs), \
+                    through_dvc + 1
+            items.append((rel, sha))
+    if through_dvc:
+        warnings.append(f"{where}: {through_dvc} of the {len(items)} files {out.source} tracks at "
+                        f"{commit[:12]} are not in the working tree as DVC has them; pinned DVC's "
+                        "version, read through DVC (`dvc add` and commit to pin yours)")
+    return hashlib.sha256(tree_listing(items)).hexdigest()
+
+
+def _sha256_through_dvc(name: str, path: str, root: Path, commit: str, out: DvcOut,
+                       fs: Any = None) -> str:
+    """The sha256 of the bytes DVC gives for `out` at `commit` (through `fs`, else a
+    DVCFileSystem of its own), streamed into the machine's store and kept there only when their
+    md5 is DVC's (where that is plain md5)."""
+    import contextlib
     import hashlib
 
     from repro.interop.dvc import dvc_filesystem, file_chunks
@@ -132,16 +166,16 @@ def _sha256_through_dvc(name: str, path: str, root: Path, commit: str, out: DvcO
     where = f"data {name!r} (dvc: {path}, commit {commit[:12]})"
     md5 = hashlib.md5(usedforsecurity=False)
 
-    def counted() -> Iterator[bytes]:
-        for chunk in file_chunks(fs, out, commit, where):
+    def counted(dvcfs: Any) -> Iterator[bytes]:
+        for chunk in file_chunks(dvcfs, out, commit, where):
             md5.update(chunk)
             yield chunk
 
     def right(_: str) -> bool:
         return not out.plain_md5 or md5.hexdigest() == out.md5
 
-    with dvc_filesystem(root, commit, where) as fs:
-        sha = machine_store().take(counted(), keep=right)
+    with contextlib.nullcontext(fs) if fs is not None else dvc_filesystem(root, commit, where) as own:
+        sha = machine_store().take(counted(own), keep=right)
     if not right(sha):
         raise DataPinError(f"{where}: DVC gave bytes whose md5 is {md5.hexdigest()}, but "
                            f"{out.source} records {out.md5}; nothing was pinned or kept. The DVC "

@@ -219,7 +219,7 @@ def file_chunks(fs: Any, out: DvcOut, commit: str, where: str) -> Iterator[bytes
     try:
         info = fs.info(out.path)
         theirs = info.get("md5") or (info.get("dvc_info") or {}).get("md5")
-        if theirs and theirs != out.md5:
+        if theirs and out.md5 and theirs != out.md5:
             raise DataPinError(f"{where}: DVC says {out.path} at commit {commit[:12]} has md5 "
                                f"{theirs}, but {out.source} records {out.md5}; fix the .dvc "
                                "file or dvc.lock with DVC and commit, then `repro pin`")
@@ -232,6 +232,37 @@ def file_chunks(fs: Any, out: DvcOut, commit: str, where: str) -> Iterator[bytes
         raise DataPinError(f"{where}: DVC cannot give {out.path} at commit {commit[:12]} "
                            f"({out.source}, md5 {out.md5}) from its cache or {remote_of(fs)}: "
                            f"{describe(exc)}. {_advice(exc)}") from None
+
+
+def dir_files(fs: Any, out: DvcOut, commit: str, where: str) -> list[tuple[bytes, DvcOut]]:
+    """The files of directory `out` at `commit` as DVC lists them (its `.dir` object, from its
+    cache or remote): (path relative to the directory, as bytes; the file as a DvcOut, with
+    DVC's md5). DataPinError naming `where` when DVC cannot list it, or a name could not be
+    pinned (a newline in it, a path leaving the directory)."""
+    try:
+        found = fs.find(out.path, detail=True)
+    except Exception as exc:   # DVC's and its remote's client errors
+        raise DataPinError(f"{where}: DVC cannot list {out.path} at commit {commit[:12]} "
+                           f"({out.source}, md5 {out.md5}) from its cache or {remote_of(fs)}: "
+                           f"{describe(exc)}. {_advice(exc)}") from None
+    files = []
+    for name, info in sorted(found.items()):
+        if info.get("type", "file") != "file":
+            continue
+        rel = posixpath.relpath(posixpath.normpath(str(name).lstrip("/")), out.path)
+        if rel.startswith("..") or "\n" in rel or rel == ".":
+            raise DataPinError(f"{where}: DVC lists {name!r} in {out.path}; a name that leaves "
+                               "the directory or holds a newline cannot be pinned")
+        md5 = info.get("md5") or (info.get("dvc_info") or {}).get("md5") or ""
+        size = info.get("size")
+        files.append((rel.encode(), DvcOut(path=posixpath.join(out.path, rel), md5=str(md5),
+                                           size=size if isinstance(size, int) else None,
+                                           source=out.source, file=out.file,
+                                           plain_md5=out.plain_md5)))
+    if not files:
+        raise DataPinError(f"{where}: {out.source} at commit {commit[:12]} tracks {out.path} as "
+                           "a directory with no files in it; a pin needs at least one file")
+    return files
 
 
 def _advice(exc: BaseException) -> str:

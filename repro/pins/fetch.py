@@ -30,6 +30,7 @@ Two more places the pinned bytes come from, into the same store and the same vie
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -38,10 +39,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from repro.errors import DataPinError, StoreError
-from repro.interop.dvc import DvcOut, dvc_filesystem, file_chunks, locate, remote_of
+from repro.errors import DataPinError, ReproError, StoreError
+from repro.interop.dvc import DvcOut, dir_files, dvc_filesystem, file_chunks, locate, remote_of
 from repro.paths import cache_dir
-from repro.pins.data import hash_path, resolve_data_path, verify_data
+from repro.pins.data import hash_path, parse_listing, resolve_data_path, tree_listing, verify_data
 from repro.store.blobs import CHUNK, machine_store
 from repro.store.remote import RemoteConfig, remote_config
 
@@ -169,10 +170,6 @@ def dvc_data(name: str, entry: DataEntry, repo_root: Path, commit: str | None,
         raise DataPinError(f"{where}: the spec pins DVC hash {entry.dvc_md5}, but {out.source} "
                            f"at code.commit {commit[:12]} records {out.md5}; run `repro pin "
                            "SPEC` to pin what that commit tracks (it reads both hashes again)")
-    if out.is_dir:
-        raise DataPinError(f"{where}: {out.source} tracks a directory ({out.md5}); repro fetches "
-                           "DVC-tracked files, not directories, as yet: name a file, or pin the "
-                           "directory with `path:` (its files in the working tree)")
     here = repo_root / entry.path
     if os.path.lexists(here):
         try:
@@ -186,7 +183,8 @@ def dvc_data(name: str, entry: DataEntry, repo_root: Path, commit: str | None,
             notes.append(f"data {name!r}: {entry.path} in the working tree is not the pinned "
                          f"version (sha256 {actual}); the pinned one came through DVC at commit "
                          f"{commit[:12]} ({out.source})")
-    return fetch_dvc(name, entry.path, entry.sha256, repo_root, commit, out, deadline, timeout)
+    fetch = fetch_dvc_dir if out.is_dir else fetch_dvc
+    return fetch(name, entry.path, entry.sha256, repo_root, commit, out, deadline, timeout)
 
 
 def fetch_dvc(name: str, path: str, sha256: str, repo_root: Path, commit: str, out: DvcOut,
@@ -215,6 +213,109 @@ def fetch_dvc(name: str, path: str, sha256: str, repo_root: Path, commit: str, o
                            "`repro pin`")
     view = data_view(sha256, path)
     _link(machine_store().path(sha256), view)
+    return view
+
+
+def fetch_dvc_dir(name: str, path: str, sha256: str, repo_root: Path, commit: str, out: DvcOut,
+                  deadline: float | None = None, timeout: float | None = None) -> Path:
+    """The cached copy of DVC directory `out` at `commit`, by its tree sha256: rebuilt from the
+    machine's store when it holds the directory's listing and files, else every file through
+    DVC's filesystem, each hashed as it arrives into a temporary file of the store. Only when
+    the listing of those hashes is the pinned one do the files become blobs (and the listing a
+    blob named by the directory's hash); otherwise nothing is kept. The training reads
+    `<cache>/data/<sha256>/<directory name>/`, a tree of links to the blobs."""
+    cached = _cached_dir(sha256, path)
+    if cached is not None:
+        return cached
+    where = f"data {name!r} (dvc: {path}, commit {commit[:12]})"
+    limit = _Limit(where, out.size, deadline, timeout)
+    store = machine_store()
+    staged: list[tuple[bytes, Path, str]] = []
+    received = [0]
+
+    def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            received[0] += len(chunk)
+            limit.check(received[0])
+            yield chunk
+
+    try:
+        with dvc_filesystem(repo_root, commit, where) as fs:
+            for rel, file in dir_files(fs, out, commit, where):
+                tmp, sha = store.stage(counted(file_chunks(fs, file, commit, where)))
+                staged.append((rel, tmp, sha))
+            remote = remote_of(fs)
+        listing = tree_listing((rel, sha) for rel, _, sha in staged)
+        actual = hashlib.sha256(listing).hexdigest()
+        if actual != sha256:
+            raise DataPinError(f"data {name!r}: DVC gave the directory {path} at commit "
+                               f"{commit[:12]} ({out.source}, md5 {out.md5}) from its cache or "
+                               f"{remote}, but it is not the pinned one: expected sha256 "
+                               f"{sha256}, actual sha256 {actual} ({len(staged)} files); nothing "
+                               "was kept. The DVC cache or remote holds other bytes under those "
+                               "hashes: `dvc push` the right files from a machine that has them "
+                               "(or repair the remote); if the new content is intended, `dvc add` "
+                               "it, commit and `repro pin`")
+        for _, tmp, sha in staged:
+            store.adopt(tmp, sha)
+        store.put(listing)
+    finally:
+        for _, tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return _dir_view(sha256, path, [(rel, sha) for rel, _, sha in staged])
+
+
+def _cached_dir(sha256: str, path: str) -> Path | None:
+    """The view of a directory this machine holds: its view when that still hashes to
+    `sha256`, else rebuilt from the store's listing blob (named `sha256`) and file blobs when
+    all are there; or None."""
+    view = data_view(sha256, path)
+    if view.is_dir():
+        try:
+            if hash_path(view) == sha256:
+                return view
+        except DataPinError:
+            pass
+    store = machine_store()
+    if not store.has(sha256):
+        return None
+    try:
+        items = parse_listing(store.get(sha256, f"the listing of {path}"))
+    except ReproError:
+        return None
+    if items is None or not all(store.has(sha) for _, sha in items):
+        return None
+    view = _dir_view(sha256, path, items)
+    try:
+        return view if hash_path(view) == sha256 else None   # a damaged blob: fetched again
+    except DataPinError:
+        return None
+
+
+def _dir_view(sha256: str, path: str, items: list[tuple[bytes, str]]) -> Path:
+    """`<cache>/data/<sha256>/<directory name>/`: each file a link to its blob (a copy where
+    links fail), built beside its place and renamed into it whole."""
+    view = data_view(sha256, path)
+    view.parent.mkdir(parents=True, exist_ok=True)
+    store = machine_store()
+    tmp = Path(tempfile.mkdtemp(dir=view.parent, prefix=".tmp-"))
+    try:
+        for rel, sha in items:
+            target = tmp / os.fsdecode(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(store.path(sha), target)
+            except OSError:
+                shutil.copyfile(store.path(sha), target)
+        if view.exists():
+            shutil.rmtree(view)                  # a damaged view: replaced whole
+        try:
+            os.rename(tmp, view)
+        except OSError:
+            if not view.is_dir():                # another process's identical view won: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return view
 
 
