@@ -253,6 +253,12 @@ def test_dvc_is_imported_only_to_fetch_and_without_it_the_extra_is_named(recorde
     proc = resolve("blocked")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(c.data.resolve()), "[]"], proc.stdout
+    c.data.unlink()                                # the workspace copy deleted: DVC's cache has it
+    shutil.rmtree(fresh_cache(monkeypatch, tmp_path, "cache-2"), ignore_errors=True)
+    proc = resolve("dvc")
+    assert proc.returncode == 0 and Path(proc.stdout.splitlines()[0]).read_bytes() == \
+        recorded.data.read_bytes(), proc.stderr
+    assert not c.data.exists() and git(c.root, "status", "--porcelain") == ""
 
 
 @pytest.mark.slow
@@ -366,6 +372,7 @@ def test_spec_keys_dvc(tmp_path):
     assert ok.canonical["data"]["x"]["dvc_md5"].endswith(".dir")
 
 
+@pytest.mark.slow
 def test_a_dvc_directory_is_pinned_by_its_tree_hash_and_fetched_whole(tmp_path, monkeypatch):
     """`dvc add data/images` (a directory: `md5: ….dir`): pinned by repro's tree hash, fetched
     file by file through DVC into the store, kept only once the whole tree hashes right."""
