@@ -75,8 +75,8 @@ def _commit_files(change: Change, code: CodePin, spec: Spec, old: str, new: str)
 def _dvc_source(change: Change, spec: Spec, code: CodePin) -> None:
     """A DVC entry's moved pin names what DVC records it in at the pinned commit: the `.dvc`
     file, or the dvc.lock stage, whose hash moved."""
-    name = change.key.split(".")[1] if change.key.count(".") >= 1 else ""
-    entry = spec.data.get(name)
+    name = next((n for n in spec.data if change.key.startswith(f"data.{n}.")), None)
+    entry = spec.data[name] if name is not None else None
     if entry is None or entry.dvc is None or spec.code.commit is None:
         return
     try:

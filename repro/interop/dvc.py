@@ -10,11 +10,12 @@ Two halves, kept apart on purpose:
   No DVC import: a verify whose working tree holds the pinned file needs neither DVC nor a
   network, and the hash is the commit's, not the working tree's (`dvc add` without a commit
   changes nothing a spec pins).
-- **Getting the bytes** (`dvc_filesystem`, `file_chunks`): DVC's own `DVCFileSystem` at that
-  commit, which reads the DVC cache or the remote the commit's `.dvc/config` names and never
-  writes the working tree (it may write its own `.dvc/tmp` and site cache). DVC does not check
-  what a remote serves against its md5; the caller hashes every byte (sha256, and md5 where it
-  is DVC 3's plain md5) and keeps nothing that differs.
+- **Getting the bytes** (`dvc_filesystem`, `file_chunks`, `dir_files` for a directory's
+  files): DVC's own `DVCFileSystem` at that commit, which reads the DVC cache or the remote the
+  commit's `.dvc/config` names and never writes the working tree (it may write its own
+  `.dvc/tmp` and site cache). DVC does not check what a remote serves against its md5; the
+  caller hashes every byte (repro/pins/fetch.py: sha256; `repro pin`: md5 too, where it is DVC
+  3's plain md5) and keeps nothing that differs.
 
 DVC is imported only here, only when bytes must be fetched, through `repro.interop.extras`:
 without it, that is a `MissingExtra` naming `repro[dvc]` (exit 2).

@@ -338,7 +338,8 @@ def fetch_stored(name: str, path: str, sha256: str, config: RemoteConfig, size: 
     except FileNotFoundError:
         raise DataPinError(f"{where}: the file is not at the path and the store remote has no "
                            f"blob {sha256}; put the pinned file at {path}, or `repro push` from "
-                           "a machine that has it") from None
+                           "a machine that has it (a directory is not carried by the store: "
+                           "put it at the path)") from None
     except StoreError as exc:
         raise DataPinError(f"{where}: {exc}") from None
     except Exception as exc:   # the filesystem's client: OSError, botocore's
