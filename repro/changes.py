@@ -6,6 +6,7 @@ from pathlib import Path
 
 from repro.env.fingerprint import Fingerprint
 from repro.errors import ReproError
+from repro.interop.dvc import locate
 from repro.pins.code import CodePin, changed_files
 from repro.record import RecordMeta, read_record
 from repro.spec import Spec, ToleranceSpec, load_spec, spec_changes
@@ -30,6 +31,8 @@ def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
         change = Change(what, key, a, b, numeric=not informational)
         if key == "code.commit" and isinstance(a, str) and isinstance(b, str):
             _commit_files(change, code, spec, a, b)
+        if what == "data":
+            _dvc_source(change, spec, code)
         out.append(change)
     if meta.backend and meta.backend != backend:
         out.append(Change("backend", "backend", meta.backend, backend, numeric=False))
@@ -50,9 +53,13 @@ def _commit_files(change: Change, code: CodePin, spec: Spec, old: str, new: str)
     root = Path(code.repo)
     spec_dir = _relative(spec.path.parent, root) if spec.path else None
     data = [d.rstrip("/") for d in (_relative(root / e.path, root) for e in spec.data.values()) if d]
+    if any(e.dvc is not None for e in spec.data.values()):
+        data += [".dvc"]   # DVC's own config: the data it serves is pinned by the entries' hashes
 
     def pinned_elsewhere(f: str) -> bool:
-        return (f.startswith("fixtures/records/") or any(f == d or f.startswith(d + "/") for d in data)
+        dvc = any(e.dvc is not None for e in spec.data.values()) and \
+            (f.endswith(".dvc") or f.rsplit("/", 1)[-1] in ("dvc.lock", "dvc.yaml", ".dvcignore"))
+        return (dvc or f.startswith("fixtures/records/") or any(f == d or f.startswith(d + "/") for d in data)
                 or (spec_dir is not None and f.endswith((".yaml", ".yml"))
                     and (f.startswith(spec_dir) if spec_dir else "/" not in f)))
     code_files = [f for f in files if not pinned_elsewhere(f)]
@@ -63,6 +70,20 @@ def _commit_files(change: Change, code: CodePin, spec: Spec, old: str, new: str)
         return
     change.detail = (f"{len(code_files)} file(s) differ: " + ", ".join(code_files[:5])
                      + (" …" if len(code_files) > 5 else ""))
+
+
+def _dvc_source(change: Change, spec: Spec, code: CodePin) -> None:
+    """A DVC entry's moved pin names what DVC records it in at the pinned commit: the `.dvc`
+    file, or the dvc.lock stage, whose hash moved."""
+    name = next((n for n in spec.data if change.key.startswith(f"data.{n}.")), None)
+    entry = spec.data[name] if name is not None else None
+    if entry is None or entry.dvc is None or spec.code.commit is None:
+        return
+    try:
+        out = locate(Path(code.repo), spec.code.commit, entry.dvc, f"data {name!r}")
+    except ReproError:
+        return   # the verify checked it before training; a message helper does not fail
+    change.detail = f"DVC: {out.source} at {spec.code.commit[:12]}"
 
 
 def _relative(path: Path, root: Path) -> str | None:

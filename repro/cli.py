@@ -664,8 +664,9 @@ def _store_flags(p: argparse.ArgumentParser, default_jobs: int | None) -> None:
 
 
 def add_push(sub: Sub) -> None:
-    p = sub.add_parser("push", help="upload the blobs the specs' records point to that the "
-                       "store remote lacks (exit 0 done, 2 missing or damaged blobs)")
+    p = sub.add_parser("push", help="upload the blobs the specs' records point to, and the "
+                       "specs' data files (those without url: or dvc:), that the store remote "
+                       "lacks (exit 0 done, 2 missing or damaged blobs)")
     _store_flags(p, 8)
     p.set_defaults(func=cmd_push)
 
@@ -703,7 +704,8 @@ def cmd_push(ns: argparse.Namespace) -> int:
     from repro.store.sync import push
 
     code = EXIT_OK
-    for proj in projects(named_or_default(ns.specs), Path(ns.records) if ns.records else None):
+    for proj in projects(named_or_default(ns.specs), Path(ns.records) if ns.records else None,
+                         data=True):
         code = max(code, _print_transfer(push(proj, jobs=ns.jobs)))
     return code
 

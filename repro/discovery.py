@@ -14,7 +14,7 @@ from repro.errors import ReproError, SpecError, StoreError
 from repro.spec import Spec, find_specs, load_spec
 
 if TYPE_CHECKING:
-    from repro.store.sync import Project
+    from repro.store.sync import DataFile, Project
 
 
 class DuplicateNameError(ReproError):
@@ -87,9 +87,11 @@ def named_or_default(names: Sequence[str | Path], required: bool = True) -> list
     return []
 
 
-def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Project]:
+def projects(specs: Iterable[Path], records_root: Path | None = None, data: bool = False
+             ) -> list[Project]:
     """The specs' records and the store blobs they point to, grouped by the repository (and so
-    by the remote): what `repro push`, `pull` and `store verify` move and check."""
+    by the remote): what `repro push`, `pull` and `store verify` move and check. With `data`
+    (a push), also the specs' pinned data files that the store carries (`data_files`)."""
     from repro.pins.code import repo_root
     from repro.record import check_record, record_dir
     from repro.store.recordblobs import blob_refs
@@ -104,6 +106,8 @@ def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Pr
         proj = by_root.get(root)
         if proj is None:
             proj = by_root[root] = Project(remote_config(root), [], root)
+        if data:
+            proj.data += data_files(found.spec, root)
         spec_records = record_dir(root, found.spec.name or "", "any", records_root).parent
         if not spec_records.is_dir():
             continue
@@ -114,3 +118,36 @@ def projects(specs: Iterable[Path], records_root: Path | None = None) -> list[Pr
             assert meta.arrays is not None   # check_record made sure
             proj.blobs += blob_refs(directory, meta.checkpoints, meta.arrays.index)
     return list(by_root.values())
+
+
+def data_files(spec: Spec, root: Path) -> list[DataFile]:
+    """The spec's data files that `repro push` sends to the store by sha256: entries without
+    `url:` or `dvc:` (those have their own home), pinned to a file. Each is found in the
+    working tree when its sha256 there is the pinned one (through the hash cache), else in the
+    machine's store, else nowhere (the push names it)."""
+    import os
+
+    from repro.pins.data import hash_path, resolve_data_path
+    from repro.store.blobs import machine_store
+    from repro.store.sync import DataFile
+
+    out = []
+    for name, e in spec.data.items():
+        if e.url is not None or e.dvc is not None or e.sha256 is None:
+            continue
+        what = f"data {name!r} ({e.path}) of {spec.path or spec.name}"
+        where: Path | None = None
+        try:
+            real = resolve_data_path(root, e.path)
+            if real.is_dir():
+                continue   # files only: a directory is verified in the working tree
+            if hash_path(real, root=root) == e.sha256:
+                where = real
+        except ReproError:
+            pass
+        store = machine_store()
+        if where is None and store.has(e.sha256):
+            where = store.path(e.sha256)
+        size = os.stat(where).st_size if where is not None else 0
+        out.append(DataFile(e.sha256, size, where, what))
+    return out

@@ -79,6 +79,7 @@ class Prepared:
     repo_root: Path
     code: CodePin
     data: dict[str, Path]
+    notes: tuple[str, ...] = ()   # e.g. a DVC entry's working-tree copy passed over
 
 
 def as_spec(spec: SpecRef) -> Spec:
@@ -92,8 +93,9 @@ def prepare(spec: SpecRef, options: Options) -> Prepared:
     options.variation.check(options.backend)   # an emulated CPU: qemu-user here, the model known
     root = repo_root(spec.path or Path.cwd())
     code = resolve_code(spec, root, options.code)
-    data = resolve_data(spec.data, root, options.timeout or spec.timeout)   # by URL: pins/fetch.py
-    return Prepared(spec, root, code, data)
+    notes: list[str] = []   # by URL, DVC or the store: pins/fetch.py
+    data = resolve_data(spec.data, root, options.timeout or spec.timeout, spec.code.commit, notes)
+    return Prepared(spec, root, code, data, tuple(notes))
 
 
 def make_job(prep: Prepared, options: Options) -> Job:
@@ -161,7 +163,7 @@ def run_verdict(prep: Prepared, result: RunResult, status: Status, options: Opti
     v.platform, v.code, v.fingerprint = result.platform_key, prep.code.describe(), result.fingerprint
     v.timings, v.commit = result.timings, prep.code.commit
     v.metrics_final = {k: s["values"][-1] for k, s in result.metrics.items() if s["values"]}
-    v.notes = prep.code.notes + list(result.notes) + (["the working tree has uncommitted changes: "
+    v.notes = prep.code.notes + list(prep.notes) + list(result.notes) + (["the working tree has uncommitted changes: "
                                                         + ", ".join(prep.code.dirty[:8])] if prep.code.dirty else [])
     return v
 

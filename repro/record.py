@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 from typing_extensions import TypedDict
 
 from repro.env.fingerprint import Fingerprint
@@ -93,6 +102,14 @@ class CodeInfo(_Part):
 class DataInfo(_Part):
     path: str
     sha256: str | None
+    dvc: str | None = None        # a DVC-tracked entry: its path and DVC's hash at the commit
+    dvc_md5: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # an entry DVC does not track is written as before: {path, sha256}
+        out: dict[str, Any] = handler(self)
+        return {k: v for k, v in out.items() if v is not None or k not in ("dvc", "dvc_md5")}
 
 
 class ImagePackages(_Part):

@@ -194,8 +194,22 @@ class CodeSpec(_Model):
         return v
 
 
+_DVC_MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+
+
+def _path_or_dvc(schema: dict[str, Any]) -> None:
+    """JSON Schema: an entry names its file by `path`, or by `dvc` alone (`path` defaults to it)."""
+    schema["required"] = [k for k in schema.get("required", []) if k != "path"]
+    schema["anyOf"] = [{"required": ["path"]}, {"required": ["dvc"]}]
+    if not schema["required"]:
+        del schema["required"]
+
+
 class DataEntry(_Model):
-    path: str = Field(description="relative to the repo root; never outside it")
+    model_config = ConfigDict(json_schema_extra=_path_or_dvc)
+
+    path: str = Field(description="relative to the repo root; never outside it (with `dvc`: "
+                                  "defaults to it)")
     sha256: str | None = Field(None, description="file sha256, or for a directory the sha256 of "
                                                  "its sorted '<sha256>  <relpath>' lines")
     # Where to fetch the file when `path` is absent (docs/data-pins.md). The sha256 pins the
@@ -210,6 +224,60 @@ class DataEntry(_Model):
     # part of the hash: the sha256 already pins the content.
     size: int | None = Field(None, ge=0, exclude=True, description="with `url`: the file's size "
                              "in bytes; a longer body is refused as it arrives")
+    # A DVC-tracked file (docs/integrations.md): its DVC hash is read at code.commit from
+    # `<dvc>.dvc` or the dvc.lock stage that outputs it, and the file is fetched through DVC's
+    # own API when the working tree lacks the pinned version. Both keys are part of the canonical
+    # form (so of the record); an entry without them keeps the canonical form it always had.
+    dvc: str | None = Field(None, description="a DVC-tracked path relative to the repo root "
+                            "(`path` defaults to it): its hash is read from `<dvc>.dvc` or the "
+                            "dvc.lock stage that outputs it at code.commit, and the pinned "
+                            "version is fetched through DVC when the working tree lacks it")
+    dvc_md5: str | None = Field(None, description="with `dvc`: DVC's hash of it at code.commit "
+                                "(32 hex; `repro pin` fills it in)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_defaults_to_dvc(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "path" not in data and isinstance(data.get("dvc"), str):
+            return {**data, "path": data["dvc"]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataEntry:
+        if self.dvc is None:
+            if self.dvc_md5 is not None:
+                raise ValueError("dvc_md5 without dvc: name the DVC-tracked path with `dvc:`")
+            return self
+        if self.dvc != self.path:
+            raise ValueError(f"path {self.path!r} and dvc {self.dvc!r} name different files; "
+                             "give `dvc:` alone (path defaults to it)")
+        if self.url is not None:
+            raise ValueError("an entry is fetched through DVC (`dvc:`) or from a URL (`url:`), "
+                             "not both; drop one of them")
+        return self
+
+    @field_validator("dvc")
+    @classmethod
+    def _dvc_inside(cls, v: str | None) -> str | None:
+        return None if v is None else relative_path(v, "dvc path")
+
+    @field_validator("dvc_md5")
+    @classmethod
+    def _dvc_hex(cls, v: str | None) -> str | None:
+        if v is not None and not _DVC_MD5.match(v):
+            raise ValueError(f"{v!r} is not DVC's hash (32 lowercase hex, `.dir` for a "
+                             "directory); `repro pin` fills it in from the .dvc file or dvc.lock")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`dvc` and `dvc_md5` only where used: every other entry's canonical form (and so its
+        spec's hash) is what it was before DVC entries existed."""
+        out: dict[str, Any] = handler(self)
+        for key in ("dvc", "dvc_md5"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
     @field_validator("url")
     @classmethod
@@ -473,6 +541,10 @@ def parse_spec(data: Any, *, file: str, lines: dict[tuple[Any, ...], int] | None
                 raise SpecError("no sha256 pinned; run `repro pin SPEC` (or `repro hash PATH`)",
                                 file=file, key_path=f"data.{name}.sha256",
                                 line=lines.get(("data", name)))
+            if entry.dvc is not None and entry.dvc_md5 is None:
+                raise SpecError("no DVC hash pinned; run `repro pin SPEC` (it reads it from the "
+                                ".dvc file or dvc.lock at code.commit)", file=file,
+                                key_path=f"data.{name}.dvc_md5", line=lines.get(("data", name)))
     return spec
 
 

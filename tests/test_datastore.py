@@ -298,3 +298,73 @@ def test_an_endless_or_slow_data_url_is_cut_off_naming_the_entry(tmp_path, monke
         server.server_close()
     assert "data 'big'" in str(err.value) and _time.monotonic() - t0 < 20
     assert not [f for f in (cache / "store").rglob("*") if f.is_file()]   # nothing kept
+
+
+# --- data that neither DVC nor a URL holds: `repro push` carries it by sha256 (issue 26) ---
+
+@pytest.mark.slow
+def test_push_carries_the_data_and_a_fresh_machine_verifies_without_it(project, tmp_path,
+                                                                        monkeypatch):
+    remote = tmp_path / "remote"
+    set_store(project, remote.as_uri())
+    project.repro("record", "specs/tiny.yaml", check_rc=0)
+    project.commit("record")
+    data = project.data.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    out = project.repro("push", check_rc=0).stdout
+    assert "and 1 of 1 data files (0 already there)" in out and "; ok" in out, out
+    assert (remote / sha[:2] / sha[2:]).read_bytes() == data          # by sha256, as a blob
+    assert not list(remote.rglob(".tmp-*"))
+    out = project.repro("push", check_rc=0).stdout
+    assert "and 0 of 1 data files (1 already there)" in out, out
+    project.data.unlink()                                              # a fresh machine
+    cache = fresh_cache(monkeypatch, tmp_path)
+    out = project.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
+    assert "PASS tiny" in out, out
+    assert (cache / "store" / sha[:2] / sha[2:]).read_bytes() == data
+    assert (cache / "data" / sha / "xy.npz").read_bytes() == data      # what the training read
+    assert not project.data.exists()                                   # the working tree untouched
+    out = project.repro("store", "verify", "--remote", check_rc=0).stdout
+    assert "; ok" in out, out
+
+
+def test_a_data_file_not_at_the_store_or_wrong_there_is_named_and_never_kept(
+        project, s3_server, tmp_path, monkeypatch):
+    set_store(project, f"s3://{BUCKET}/data-wrong")
+    data = project.data.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    project.data.unlink()
+    cache = fresh_cache(monkeypatch, tmp_path)
+    out = project.repro("run", "specs/tiny.yaml", "--no-stream", check_rc=2).stdout
+    for text in ("data 'xy'", "data/xy.npz", f"s3://{BUCKET}/data-wrong", f"has no blob {sha}",
+                 "repro push"):
+        assert text in out, (text, out)
+    wrong = data[:-1] + bytes([data[-1] ^ 1])
+    s3().pipe_file(f"{BUCKET}/data-wrong/{sha[:2]}/{sha[2:]}", wrong)
+    out = project.repro("run", "specs/tiny.yaml", "--no-stream", check_rc=2).stdout
+    for text in ("data 'xy'", f"s3://{BUCKET}/data-wrong/{sha[:2]}/{sha[2:]}",
+                 f"expected sha256 {sha}", f"actual sha256 {hashlib.sha256(wrong).hexdigest()}",
+                 "nothing was kept"):
+        assert text in out, (text, out)
+    assert not [f for f in (cache / "store").rglob("*") if f.is_file()]
+    assert not (cache / "data").exists()
+
+
+def test_push_names_a_data_file_whose_pinned_version_is_not_here(project, tmp_path, monkeypatch):
+    """Changed in the working tree and not re-pinned: the pinned bytes are not here, so nothing
+    is sent and the push says which entry; once the machine's store holds them, they are sent."""
+    from repro.store.blobs import machine_store
+
+    remote = tmp_path / "remote"
+    set_store(project, remote.as_uri())
+    fresh_cache(monkeypatch, tmp_path)
+    pinned = project.data.read_bytes()
+    project.data.write_bytes(pinned + b"changed, not pinned")
+    proc = project.repro("push", check_rc=2)
+    assert "repro: missing: data 'xy' (data/xy.npz) of" in proc.stderr, proc.stderr
+    assert "neither at its path nor in this machine's store; not sent" in proc.stderr
+    assert "0 of 1 data files" in proc.stdout and "1 missing" in proc.stdout, proc.stdout
+    assert not remote.exists() or not [f for f in remote.rglob("*") if f.is_file()]
+    sha = machine_store().put(pinned)
+    out = project.repro("push", check_rc=0).stdout
+    assert "1 of 1 data files" in out and (remote / sha[:2] / sha[2:]).read_bytes() == pinned, out

@@ -52,7 +52,8 @@ def test_a_spec_whose_large_blob_is_only_in_s3_verifies_on_a_fresh_cache(big, s3
     set_store(big, f"s3://{BUCKET}/fresh")
     n = record_blob_count(big)
     out = big.repro("push", check_rc=0).stdout
-    assert f"push s3://{BUCKET}/fresh: sent {n} of {n} blobs (0 already there)" in out, out
+    assert f"push s3://{BUCKET}/fresh: sent {n} of {n} blobs (0 already there) and 1 of 1 data " \
+           "files (0 already there)" in out, out           # the spec's data file goes too
     sha = frozen_sha(big)
     assert s3().info(f"{BUCKET}/fresh/{sha[:2]}/{sha[2:]}")["size"] > 1 << 20   # same layout
     again = big.repro("push", check_rc=0).stdout
@@ -62,7 +63,7 @@ def test_a_spec_whose_large_blob_is_only_in_s3_verifies_on_a_fresh_cache(big, s3
     assert "PASS tiny" in out, out
     assert (cache / "store" / sha[:2] / sha[2:]).is_file()   # fetched by hash before training
     out = big.repro("store", "verify", "--remote", check_rc=0).stdout
-    assert f"re-hashed {n} of {n} blobs" in out and "; ok" in out, out
+    assert f"re-hashed {n + 1} of {n + 1} blobs" in out and "; ok" in out, out   # + the data
 
 
 @pytest.mark.slow
@@ -105,7 +106,9 @@ def test_a_file_remote_takes_the_same_layout_and_pull_rehashes(big, tmp_path, mo
     n = record_blob_count(big)
     big.repro("push", check_rc=0)
     files = [f for f in remote.rglob("*") if f.is_file()]
-    assert len(files) == n and not [f for f in remote.rglob(".tmp-*")]
+    assert len(files) == n + 1 and not [f for f in remote.rglob(".tmp-*")]   # + the data file
+    data_sha = hashlib.sha256(big.data.read_bytes()).hexdigest()
+    assert (remote / data_sha[:2] / data_sha[2:]).is_file()
     assert all(hashlib.sha256(f.read_bytes()).hexdigest() == f.parent.name + f.name for f in files)
     cache = fresh_cache(monkeypatch, tmp_path)
     out = big.repro("pull", check_rc=0).stdout

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from repro.errors import SpecError
+from repro.errors import DataPinError, SpecError
 from repro.ioutil import atomic_write_text
 from repro.pins.code import check_commit, code_repo, dirty_paths, head_commit, repo_root
 from repro.pins.data import hash_paths, resolve_data_path
 from repro.spec import default_name, load_spec, parse_spec
 from repro.yamlio import load_with_lines, set_value
+
+if TYPE_CHECKING:
+    from repro.interop.dvc import DvcOut
 
 
 def pin_spec(path: str | Path, *, commit: str | None = None
@@ -56,9 +60,15 @@ def pin_spec(path: str | Path, *, commit: str | None = None
                             f"{new_commit[:12]} ({', '.join(dirty[:5])}); commit them and pin again "
                             "if the training code depends on them")
     wanted: dict[tuple, str] = {("code", "commit"): new_commit}
-    # an entry fetched by URL whose path is absent keeps its sha256: it pins what the URL serves
+    # an entry fetched by URL whose path is absent keeps its sha256: it pins what the URL serves;
+    # a DVC entry's hashes are what DVC tracks at the new commit (repro/interop/dvc.py)
+    for name, e in spec.data.items():
+        if e.dvc is not None:
+            md5, sha = dvc_hashes(name, e.dvc, root, new_commit, warnings)
+            wanted[("data", name, "dvc_md5")] = md5
+            wanted[("data", name, "sha256")] = sha
     entries = {name: resolve_data_path(root, e.path) for name, e in spec.data.items()
-               if e.url is None or os.path.lexists(Path(root, e.path))}
+               if e.dvc is None and (e.url is None or os.path.lexists(Path(root, e.path)))}
     for (name, _), (_, digest) in zip(entries.items(), hash_paths(list(entries.values()), root=root)):
         wanted[("data", name, "sha256")] = digest
     if spec.environment.image:
@@ -82,6 +92,96 @@ def pin_spec(path: str | Path, *, commit: str | None = None
         parse_spec(data, file=str(path), lines=lines, default_name=spec.name)
         atomic_write_text(path, text)
     return changes, warnings
+
+
+def dvc_hashes(name: str, path: str, root: Path, commit: str, warnings: list[str]
+               ) -> tuple[str, str]:
+    """DVC's hash of `path` at `commit` (its .dvc file or dvc.lock stage) and the sha256 of that
+    version: of the working tree's file when it is that version (its md5 is DVC's), else of
+    the bytes DVC gives at that commit (kept in the machine's store by that sha256, where a
+    verify finds them). The working tree is not written."""
+    from repro.interop.dvc import locate, md5_and_sha256
+
+    where = f"data {name!r} (dvc: {path})"
+    out = locate(root, commit, path, where)
+    if out.is_dir:
+        return out.md5, _dir_sha256(name, path, root, commit, out, warnings)
+    here = resolve_data_path(root, path) if os.path.lexists(root / path) else None
+    if here is not None and here.is_file():
+        md5, sha = md5_and_sha256(here)
+        if md5 == out.md5:
+            return out.md5, sha
+        warnings.append(f"{where}: the working tree's {path} is not the version {out.source} "
+                        f"tracks at {commit[:12]} (md5 {md5}, DVC's {out.md5}); pinned DVC's "
+                        "version, read through DVC (`dvc add` and commit to pin yours)")
+    # DVC's version, by the bytes it gives: sha256 is not known yet, so fetch into a name that
+    # the bytes decide, then keep them under it
+    return out.md5, _sha256_through_dvc(name, path, root, commit, out)
+
+
+def _dir_sha256(name: str, path: str, root: Path, commit: str, out: DvcOut,
+                warnings: list[str]) -> str:
+    """The tree sha256 of DVC directory `out` at `commit` (docs/data-pins.md, "Hash format"):
+    its files as DVC lists them, each hashed from the working tree when its md5 there is DVC's,
+    else from the bytes DVC gives (kept in the machine's store)."""
+    import hashlib
+
+    from repro.interop.dvc import dir_files, dvc_filesystem, md5_and_sha256
+    from repro.pins.data import tree_listing
+
+    where = f"data {name!r} (dvc: {path})"
+    items, through_dvc = [], 0
+    with dvc_filesystem(root, commit, where) as fs:
+        for rel, file in dir_files(fs, out, commit, where):
+            sha = None
+            try:
+                here = resolve_data_path(root, file.path)
+                if here.is_file():
+                    md5, local = md5_and_sha256(here)
+                    sha = local if md5 == file.md5 else None
+            except DataPinError:
+                pass
+            if sha is None:
+                sha, through_dvc = _sha256_through_dvc(name, file.path, root, commit, file, fs), \
+                    through_dvc + 1
+            items.append((rel, sha))
+    if through_dvc:
+        warnings.append(f"{where}: {through_dvc} of the {len(items)} files {out.source} tracks at "
+                        f"{commit[:12]} are not in the working tree as DVC has them; pinned DVC's "
+                        "version, read through DVC (`dvc add` and commit to pin yours)")
+    return hashlib.sha256(tree_listing(items)).hexdigest()
+
+
+def _sha256_through_dvc(name: str, path: str, root: Path, commit: str, out: DvcOut,
+                       fs: Any = None) -> str:
+    """The sha256 of the bytes DVC gives for `out` at `commit` (through `fs`, else a
+    DVCFileSystem of its own), streamed into the machine's store and kept there only when their
+    md5 is DVC's (where that is plain md5)."""
+    import contextlib
+    import hashlib
+
+    from repro.interop.dvc import dvc_filesystem, file_chunks
+    from repro.store.blobs import machine_store
+
+    where = f"data {name!r} (dvc: {path}, commit {commit[:12]})"
+    md5 = hashlib.md5(usedforsecurity=False)
+
+    def counted(dvcfs: Any) -> Iterator[bytes]:
+        for chunk in file_chunks(dvcfs, out, commit, where):
+            md5.update(chunk)
+            yield chunk
+
+    def right(_: str) -> bool:
+        return not out.plain_md5 or md5.hexdigest() == out.md5
+
+    with contextlib.nullcontext(fs) if fs is not None else dvc_filesystem(root, commit, where) as own:
+        sha = machine_store().take(counted(own), keep=right)
+    if not right(sha):
+        raise DataPinError(f"{where}: DVC gave bytes whose md5 is {md5.hexdigest()}, but "
+                           f"{out.source} records {out.md5}; nothing was pinned or kept. The DVC "
+                           "cache or remote holds other bytes under that hash: `dvc push` the "
+                           "right file from a machine that has it")
+    return sha
 
 
 def _current_image(pinned: str) -> tuple[str | None, str | None]:

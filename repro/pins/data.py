@@ -258,9 +258,30 @@ def _hash_targets(targets: Mapping[str, tuple[str, str]], cache: HashCache | Non
 
 
 def _tree_digest(items: Iterable[tuple[bytes, str]]) -> str:
-    h = hashlib.sha256()
-    h.update(b"".join(sha.encode("ascii") + b"  " + rel + b"\n" for rel, sha in sorted(items)))
-    return h.hexdigest()
+    return hashlib.sha256(tree_listing(items)).hexdigest()
+
+
+def tree_listing(items: Iterable[tuple[bytes, str]]) -> bytes:
+    """The text a directory's hash is the sha256 of: one `<sha256>  <relpath>` line per file
+    (relpath as bytes, '/'-separated), sorted by relpath. Also what the store keeps for a
+    directory fetched file by file (its name is then the directory's hash)."""
+    return b"".join(sha.encode("ascii") + b"  " + rel + b"\n" for rel, sha in sorted(items))
+
+
+def parse_listing(data: bytes) -> list[tuple[bytes, str]] | None:
+    """A directory listing's (relpath, sha256) lines, or None when `data` is not one (a relpath
+    that is empty, absolute, leaves the directory or names `.`; lines out of order)."""
+    out: list[tuple[bytes, str]] = []
+    for line in data.split(b"\n")[:-1] if data.endswith(b"\n") else [None]:
+        if line is None or len(line) < 67 or line[64:66] != b"  ":
+            return None
+        sha, rel = line[:64].decode("ascii", "replace"), line[66:]
+        parts = rel.split(b"/")
+        if not all(c in "0123456789abcdef" for c in sha) or rel.startswith(b"/") or \
+                any(part in (b"", b".", b"..") for part in parts):
+            return None
+        out.append((rel, sha))
+    return out if out and out == sorted(out) and len({r for r, _ in out}) == len(out) else None
 
 
 # -- public API --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +170,46 @@ class BlobStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return actual
+
+
+    def take(self, chunks: Iterable[bytes], keep: Callable[[str], bool] = lambda sha: True) -> str:
+        """Write a stream whose hash is not known in advance as a blob: hashed as it is written
+        to a temporary file, renamed to its sha256's place only when `keep(sha256)` says so
+        (else nothing is kept). Returns the sha256."""
+        tmp, sha = self.stage(chunks)
+        try:
+            if keep(sha):
+                self.adopt(tmp, sha)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return sha
+
+    def stage(self, chunks: Iterable[bytes]) -> tuple[Path, str]:
+        """A stream written, fsynced and hashed into a temporary file of the store (not a blob
+        yet: `adopt` it, or unlink it): its path and sha256. For blobs that are kept only
+        together (a directory's files, once the directory's hash is known to match)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep(self.root)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_tmp_prefix())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return Path(tmp), digest.hexdigest()
+
+    def adopt(self, tmp: Path, sha256: str) -> None:
+        """A staged file (its bytes hash to `sha256`) renamed into its place as that blob."""
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
 
 
 def hash_file(path: Path) -> str:

@@ -226,9 +226,7 @@ class Remote:
 
     def upload(self, sha256: str, data: bytes) -> None:
         """Put a blob's bytes under its name; never visible partly written."""
-        if self.read_only:
-            raise StoreError(f"the store remote {self.config.url} is read-only ({self.protocol}): "
-                             "push to an s3://, gs:// or file:// remote")
+        self._writable()
         target = self.path(sha256)
         try:
             if self.s3 and len(data) < 2 * S3_PART:
@@ -257,6 +255,50 @@ class Remote:
             if not remote_failure(exc):
                 raise
             raise self._error(f"cannot upload blob {sha256[:12]}… to", exc) from None
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"the store remote {self.config.url} is read-only ({self.protocol}): "
+                             "push to an s3://, gs:// or file:// remote")
+
+    def upload_file(self, sha256: str, path: Path, size: int) -> None:
+        """Put a file's bytes under `sha256`, re-hashed first: CorruptBlob (nothing sent) when
+        they do not hash to it. Up to two S3 parts it goes as a blob does (one checksummed
+        PUT); larger, it is streamed from the file (multipart on object stores, temporary name
+        and rename elsewhere), so a large data file is never read into memory whole."""
+        from repro.store.blobs import hash_file
+
+        if size < 2 * S3_PART:
+            import hashlib
+
+            data = path.read_bytes()
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != sha256:
+                raise CorruptBlob(sha256, str(path), actual)
+            self.upload(sha256, data)
+            return
+        actual = hash_file(path)
+        if actual != sha256:
+            raise CorruptBlob(sha256, str(path), actual)
+        self._writable()
+        target = self.path(sha256)
+        try:
+            if self.atomic_put:
+                self.fs.put_file(str(path), target, **({"chunksize": S3_PART} if self.s3 else {}))
+                return
+            parent = target.rsplit("/", 1)[0]
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+            try:
+                self.fs.put_file(str(path), tmp)
+                self.fs.mv(tmp, target)
+            finally:
+                if self.fs.exists(tmp):
+                    self.fs.rm_file(tmp)
+        except Exception as exc:   # the filesystem's client: OSError, botocore's, a bad option
+            if not remote_failure(exc):
+                raise
+            raise self._error(f"cannot upload {path} (blob {sha256[:12]}…) to", exc) from None
 
     def _checksum_vouches(self) -> None:
         """Let a PUT that carries the blob's sha256 as its checksum go without botocore hashing

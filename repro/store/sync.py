@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from repro.errors import StoreError
 from repro.store.blobs import BlobStore, hash_file, machine_store
@@ -25,15 +26,31 @@ from repro.store.remote import CorruptBlob, Remote, RemoteConfig, find_remote_co
 from repro.store.remoteindex import RemoteIndex
 
 JOBS = 8   # transfers at a time: the network waits, it does not take a core
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A spec's pinned data file that `repro push` sends to the store by its sha256, as `dvc
+    push` does: what a verify on another machine fetches when the file is not at its path and
+    the entry has no `url:` (repro/pins/fetch.py). DVC's and URL entries have their own home."""
+
+    sha256: str
+    size: int
+    path: Path | None     # where the pinned bytes are here: the working tree's file or the
+                          # machine store's blob; None: neither holds them
+    what: str             # "data 'xy' (data/xy.npz) of specs/tiny.yaml", for messages
 
 
 @dataclass
 class Project:
-    """The records of some specs and the remote their repository names."""
+    """The records of some specs and the remote their repository names (and, for a push, the
+    specs' data files)."""
 
     remote: RemoteConfig | None
     blobs: list[BlobRef]
     repo_root: Path
+    data: list[DataFile] = field(default_factory=list)
 
 
 @dataclass
@@ -56,6 +73,9 @@ class Transfer:
     seed: int | None = None
     where: str = ""
     swept: int = 0            # verify: temporaries of killed writers removed from the store
+    data: int = 0             # push: data files considered (beside `blobs`)
+    data_done: int = 0        # push: data files sent
+    data_skipped: int = 0     # push: data files already there
     problems: list[Problem] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -78,6 +98,8 @@ class Transfer:
         line = f"{self.action} {self.where or '(no remote)'}: {verb} {self.done} of {self.blobs} blobs"
         if self.action != "verify":
             line += f" ({self.skipped} already there)"
+        if self.data:
+            line += f" and {self.data_done} of {self.data} data files ({self.data_skipped} already there)"
         line += f", {self.rate()}"
         if self.seed is not None:
             line += f"; sample seed {self.seed}"
@@ -103,7 +125,7 @@ def _need_remote(proj: Project) -> Remote:
     return Remote(proj.remote)
 
 
-def _pool(work: Callable[[BlobRef], None], blobs: Sequence[BlobRef], jobs: int) -> None:
+def _pool(work: Callable[[T], None], blobs: Sequence[T], jobs: int) -> None:
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="repro-store") as pool:
         for f in [pool.submit(work, b) for b in blobs]:
             f.result()
@@ -141,12 +163,48 @@ def push(proj: Project, jobs: int = JOBS, limit: int | None = None) -> Transfer:
         out.count(len(data))
 
     _pool(send, todo, jobs)
+    sent = _push_data(remote, proj.data, there, out, jobs)
     failed = {x.sha256 for x in out.problems}
     index = RemoteIndex(remote.config)   # what a cluster executor ships next need not be listed
     index.replace(there)
-    index.learn({b.sha256: b.size for b in todo if b.sha256 not in failed})
+    index.learn({b.sha256: b.size for b in todo if b.sha256 not in failed} | sent)
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def _push_data(remote: Remote, files: Sequence[DataFile], there: dict[str, int], out: Transfer,
+               jobs: int) -> dict[str, int]:
+    """Send the data files the remote lacks (name and size), each re-hashed as it is read (a
+    file changed since it was hashed is reported, never sent); sha256 -> size of those sent."""
+    unique: dict[str, DataFile] = {}
+    for d in files:
+        if d.sha256 not in unique or unique[d.sha256].path is None:
+            unique[d.sha256] = d
+    todo = [d for d in unique.values() if there.get(d.sha256) != d.size]
+    out.data, out.data_skipped = len(unique), len(unique) - len(todo)
+    sent: dict[str, int] = {}
+
+    def send(d: DataFile) -> None:
+        if d.path is None:
+            out.problems.append(Problem(d.sha256, "missing", f"{d.what}: the pinned file "
+                                        f"(sha256 {d.sha256}) is neither at its path nor in this "
+                                        "machine's store; not sent (put it back, or push from a "
+                                        "machine that has it)"))
+            return
+        try:
+            remote.upload_file(d.sha256, d.path, d.size)
+        except CorruptBlob as exc:
+            out.problems.append(Problem(d.sha256, "corrupt", f"{d.what}: {d.path} changed since "
+                                        f"it was hashed (its sha256 is now {exc.actual}); not "
+                                        "sent: re-pin (`repro pin`) or restore it, then push"))
+            return
+        with out.lock:
+            out.data_done += 1
+            out.bytes += d.size
+            sent[d.sha256] = d.size
+
+    _pool(send, todo, jobs)
+    return sent
 
 
 def pull(proj: Project, jobs: int = JOBS) -> Transfer:
