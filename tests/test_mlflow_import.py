@@ -334,6 +334,39 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(trained, tmp_path, mlflo
     assert f"commit: {commit}" in p.spec.read_text() and "steps: 12" in p.spec.read_text()
 
 
+def test_weights_from_a_safetensors_file_or_an_orbax_checkpoint_directory(trained, tmp_path,
+                                                                         mlflow_server, capsys):
+    """The other two formats a command-form spec reads, logged as artifacts: each imported with
+    the keys a verify run of that format gets; with both and neither the spec's, --weights
+    must choose."""
+    import orbax.checkpoint as ocp
+    from safetensors.numpy import save_file
+
+    _, _, commit = trained
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (tmp_path / "art").mkdir()
+    save_file({"hidden/w": w}, str(tmp_path / "art" / "model.safetensors"))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(str(tmp_path / "ckpt"), {"hidden": {"w": w}})
+    checkpointer.wait_until_finished()
+    run_id = _logged_run(mlflow_server.uri, commit, {}, tmp_path / "art")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)
+    client.log_artifact(run_id, str(tmp_path / "art" / "model.safetensors"))
+    client.log_artifacts(run_id, str(tmp_path / "ckpt"), "ckpt")
+    p = copy_of(trained, tmp_path)
+    args = (run_id, "--tracking-uri", mlflow_server.uri, "--spec", "specs/tanh.yaml")
+    rc, out = _cli(p.root, *args, capsys=capsys)
+    assert rc == 2 and "several weights artifacts (ckpt, model.safetensors)" in out, out
+    for artifact, fmt in (("model.safetensors", "safetensors"), ("ckpt", "orbax")):
+        rc, out = _cli(p.root, *args, "--weights", artifact, "--overwrite", capsys=capsys)
+        assert rc == 0 and f"from artifact {artifact}, {fmt}" in out, out
+        rec = read_record(p.root / "fixtures" / "records" / "tanh" / "cpu")
+        assert list(rec.arrays) == ["weights/hidden/w"] and rec.meta.source.weights_artifact == artifact
+        np.testing.assert_array_equal(rec.arrays["weights/hidden/w"], w)
+
+
 def test_without_the_extra_the_import_names_it(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
@@ -347,6 +380,10 @@ def test_without_the_extra_the_import_names_it(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "repro import mlflow needs MLflow" in proc.stderr and "repro[mlflow]" in proc.stderr
     assert "Traceback" not in proc.stderr and not (root / "fixtures").exists()
+    lazy = subprocess.run([sys.executable, "-c", "import sys, repro.cli, repro.commands.importrun, "
+                           "repro.interop.mlflowproject; repro.cli.build_parser(); "
+                           "print('mlflow' in sys.modules)"], capture_output=True, text=True)
+    assert lazy.stdout.strip() == "False", lazy.stdout + lazy.stderr   # imported when used only
 
 
 def test_an_mlproject_entry_point_becomes_an_argument_list():
