@@ -239,7 +239,7 @@ def test_an_mlflow_project_run_becomes_a_command_spec_that_verifies(trained, tmp
     out = p.repro("import", "mlflow", run_id, "--spec", "specs/project.yaml", "--from-project",
                   "--metrics-file", "out/metrics.jsonl:jsonl", "--weights-file",
                   "out/weights.npz:npz", "--tracking-uri", mlflow_server.uri, check_rc=0).stdout
-    assert "specs/project.yaml (written (new))" in out, out
+    assert "specs/project.yaml (new, from the run's MLproject)" in out, out
     assert "taken from MLproject's defaults: lr" not in out   # the run logged both
     from repro.spec import load_spec
 

@@ -27,7 +27,8 @@ def render_import(result: Imported) -> str:
     """The text `repro import mlflow` prints; ends with a line end."""
     spec, record = _path(result.spec_path), _path(result.record_path)
     out = [f"IMPORTED {result.source.describe()}"]
-    how = "written (new)" if result.new_spec else ("updated" if result.edits else "unchanged")
+    how = ("new, from the run's MLproject" if result.new_spec
+           else "updated" if result.edits else "unchanged")
     out.append(f"  spec:    {spec} ({how})")
     out += [f"    {e.key}: {_shown(e.old)} -> {_shown(e.new)}" for e in result.edits
             if not result.new_spec]
