@@ -36,7 +36,8 @@ def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
         out.append(change)
     if meta.backend and meta.backend != backend:
         out.append(Change("backend", "backend", meta.backend, backend, numeric=False))
-    for key, a, b, numeric in meta.fingerprint.changes(fingerprint):
+    # an imported record has no fingerprint: its environment is unknown, so none is compared
+    for key, a, b, numeric in meta.fingerprint.changes(fingerprint) if meta.fingerprint else ():
         out.append(Change("environment", f"environment.{key}", a, b, numeric))
     order = {"code": 0, "data": 1, "spec": 2, "backend": 3, "environment": 4}
     out.sort(key=lambda c: (not c.numeric, order[c.what]))
@@ -119,6 +120,9 @@ def diff_records(path_a: str | Path, path_b: str | Path,
                 mode_reason=cmp.reason, record_path=f"{a.path} vs {b.path}")
     for key, x, y in spec_changes(a.meta.spec.canonical, b.meta.spec.canonical):
         v.changes.append(Change("spec", key, x, y))
-    for key, x, y, numeric in a.fingerprint.changes(b.fingerprint):
-        v.changes.append(Change("environment", f"environment.{key}", x, y, numeric))
+    if a.fingerprint is not None and b.fingerprint is not None:
+        for key, x, y, numeric in a.fingerprint.changes(b.fingerprint):
+            v.changes.append(Change("environment", f"environment.{key}", x, y, numeric))
+    v.notes += [f"{label} came from {r.meta.source.describe()}: it has no environment fingerprint"
+                for label, r in (("record A", a), ("record B", b)) if r.meta.source is not None]
     return v

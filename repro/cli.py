@@ -568,6 +568,54 @@ def cmd_init(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- import -----------------------------------------------------------------------------------
+
+def add_import(sub: Sub) -> None:
+    p = sub.add_parser("import", help="build a recorded version from a run another tool tracked "
+                       "(docs/integrations.md)")
+    tools = p.add_subparsers(dest="import_tool", required=True, metavar="TOOL")
+    m = tools.add_parser(
+        "mlflow", help="an MLflow run (or the run behind a registered model version): its "
+        "metric histories, final weights from an artifact, commit and params",
+        description="Import an MLflow run repro never recorded: the spec is filled and checked "
+        "against the run (commit, config, record.metrics), and its record written with the "
+        "run's metrics and weights, no environment fingerprint (exit 0 imported, 2 error)")
+    m.add_argument("ref", metavar="RUN_ID|models:/NAME/VERSION|models:/NAME@ALIAS")
+    m.add_argument("--spec", required=True, metavar="PATH", help="the spec verified against "
+                   "the record (with --from-project: the new spec to write)")
+    m.add_argument("--tracking-uri", metavar="URI", help="the MLflow tracking server (default "
+                   "$MLFLOW_TRACKING_URI, else [tool.repro] mlflow in pyproject.toml)")
+    m.add_argument("--weights", metavar="ARTIFACT_PATH", help="the artifact holding the final "
+                   "weights: .npz, .safetensors or an Orbax checkpoint directory (default: the "
+                   "run's one artifact in such a format)")
+    m.add_argument("--from-project", action="store_true", help="write a new command-form spec "
+                   "from the entry point in the run's MLproject and its params")
+    m.add_argument("--metrics-file", type=_output_file, metavar="PATH:FORMAT", help="with "
+                   "--from-project: the metrics file the script writes (jsonl, csv, tensorboard)")
+    m.add_argument("--weights-file", type=_output_file, metavar="PATH:FORMAT", help="with "
+                   "--from-project: the weights the script writes (npz, safetensors, orbax)")
+    m.add_argument("--platform", default="cpu", metavar="KEY", help="the record's platform key "
+                   "(default cpu)")
+    m.add_argument("--records", metavar="DIR", help="records root (default "
+                   "<repo>/fixtures/records)")
+    m.add_argument("--overwrite", action="store_true", help="let the run's commit and params "
+                   "replace the spec's where they differ, and replace an existing record")
+    m.set_defaults(func=cmd_import_mlflow)
+
+
+def cmd_import_mlflow(ns: argparse.Namespace) -> int:
+    from repro.commands.importrun import ImportRequest, import_mlflow
+    from repro.report.importrun import render_import
+
+    request = ImportRequest(ref=ns.ref, spec=Path(ns.spec), tracking_uri=ns.tracking_uri,
+                            weights=ns.weights, from_project=ns.from_project,
+                            metrics_file=ns.metrics_file, weights_file=ns.weights_file,
+                            platform=ns.platform, overwrite=ns.overwrite,
+                            records_root=Path(ns.records) if ns.records else None)
+    print(render_import(import_mlflow(request)), end="")
+    return EXIT_OK
+
+
 # --- hash, pin, diff, schema, env build ---------------------------------------------------------
 
 def add_hash(sub: Sub) -> None:
@@ -732,6 +780,16 @@ def cmd_store_verify(ns: argparse.Namespace) -> int:
 
 # --- argparse types ---------------------------------------------------------------------------
 
+def _output_file(text: str) -> Any:
+    """An argparse type: PATH:FORMAT, a file a script writes (docs/scripts.md)."""
+    from repro.commands.importrun import OutputFile
+
+    path, sep, fmt = text.rpartition(":")
+    if not sep or not path or not fmt:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATH:FORMAT (out/metrics.jsonl:jsonl)")
+    return OutputFile(path, fmt)
+
+
 def _fraction(text: str) -> float:
     """An argparse type: a fraction in (0, 1]."""
     try:
@@ -789,7 +847,7 @@ def _resume_step(text: str) -> int:
 # --- the parser and main ----------------------------------------------------------------------
 
 COMMANDS = (add_run, add_record, add_verify, add_audit, add_calibrate, add_bisect, add_init,
-            add_hash, add_pin, add_diff, add_schema, add_env, add_push, add_pull, add_store)
+            add_import, add_hash, add_pin, add_diff, add_schema, add_env, add_push, add_pull, add_store)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,10 +22,11 @@ from repro.verdict import QuantityKind, QuantityResult
 
 
 class Recorded(Protocol):
-    """The recorded side of a comparison (a `repro.record.Record`)."""
+    """The recorded side of a comparison (a `repro.record.Record`). No fingerprint: the record
+    was imported (its environment unknown), so it is compared within tolerance."""
 
     @property
-    def fingerprint(self) -> Fingerprint: ...
+    def fingerprint(self) -> Fingerprint | None: ...
 
     @property
     def metrics(self) -> Mapping[str, MetricSeries]: ...
@@ -101,7 +102,17 @@ def numeric_fingerprint_equal(a: Fingerprint, b: Fingerprint) -> tuple[bool, lis
     return not differ, differ
 
 
-def choose_bitwise(mode: str, recorded_fp: Fingerprint, run_fp: Fingerprint) -> tuple[bool, str]:
+NO_FINGERPRINT = ("the record has no environment fingerprint (it was imported, not made by "
+                  "repro), so nothing says this environment computes its bits")
+
+
+def choose_bitwise(mode: str, recorded_fp: Fingerprint | None, run_fp: Fingerprint | None
+                   ) -> tuple[bool, str]:
+    """Bitwise or within tolerance, and why. A side without a fingerprint (an imported record)
+    is always compared within tolerance, whatever the mode: bitwise needs the same environment,
+    and nothing says what that side's was."""
+    if recorded_fp is None or run_fp is None:
+        return False, NO_FINGERPRINT
     if mode == "exact":
         return True, "tolerance.mode is exact"
     if mode == "close":
@@ -214,7 +225,7 @@ def metric_array(series: MetricSeries) -> np.ndarray:
 
 def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
                 run_arrays: Mapping[str, np.ndarray], *, tolerance: ToleranceSpec,
-                platform_key: str, run_fingerprint: Fingerprint,
+                platform_key: str, run_fingerprint: Fingerprint | None,
                 metric_names: list[str] | None) -> Comparison:
     """Compare everything a spec records. `tolerance` is the spec's tolerance block;
     `recorded` is a `repro.record.Record` (or anything with its fingerprint, metrics, arrays)."""

@@ -58,7 +58,7 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
 
     tolerance = spec.tolerance
     names = [n for n in (spec.record.metrics or sorted(recorded.metrics)) if n in recorded.metrics]
-    exact = tolerance.mode == "exact"
+    exact = _bitwise_sure(tolerance.mode, recorded)
     expect = {}
     for n in names:
         t = resolve_tolerance(tolerance, "metric", n, recorded.platform)
@@ -127,7 +127,7 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
         (out / EXPECTED_FILE).unlink()
         return job
     tolerance = spec.tolerance
-    exact = tolerance.mode == "exact"
+    exact = _bitwise_sure(tolerance.mode, recorded)
     limits = {}
     kinds: tuple[Literal["grad"], Literal["state"]] = ("grad", "state")
     for kind in kinds:
@@ -138,12 +138,18 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
                                                     limits["state"]))
 
 
+def _bitwise_sure(mode: str, recorded: RecordMeta) -> bool:
+    """Will the final comparison surely be bitwise? Only under `exact`, and never for an
+    imported record (no fingerprint: always within tolerance, repro/compare.py)."""
+    return mode == "exact" and recorded.fingerprint is not None
+
+
 @dataclass
 class RecordView:
     """Part of a record — as far as a stopped run got, a segment's steps — as a
     `compare.Recorded`."""
 
-    fingerprint: Fingerprint
+    fingerprint: Fingerprint | None      # None: an imported record
     metrics: Mapping[str, MetricSeries]
     arrays: Mapping[str, np.ndarray]
 

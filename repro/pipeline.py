@@ -261,6 +261,13 @@ def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> V
     v.stopped = stopped_at(rec, result)
     v.rows, v.bitwise, v.mode_reason, v.record_path = cmp.rows, cmp.bitwise, cmp.reason, str(rec.path)
     annotate_spread(v.rows, rec.meta.noise)
+    if rec.meta.source is not None:   # imported (repro import): say so wherever the verdict goes
+        origin = rec.meta.source.describe()
+        v.mode_reason = f"the record came from {origin}; it has no environment fingerprint"
+        v.notes.append(f"the record came from {origin}, imported {rec.meta.created}: it has no "
+                       "environment fingerprint, so it was compared within tolerance, never "
+                       "bitwise, and the environment was not compared (a difference there "
+                       "cannot be named as a cause)")
     v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend)
     attach_traces(v, rec, result)  # program fingerprints and the first diverging op (localise.py)
     for name in (spec.record.metrics or sorted(set(rec.metrics) & set(result.metrics))):

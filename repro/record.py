@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationError,
     model_serializer,
+    model_validator,
 )
 from typing_extensions import TypedDict
 
@@ -56,7 +57,9 @@ from repro.store.recordblobs import (
 if TYPE_CHECKING:
     from repro.child.state import LeafKind
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 1          # a record repro made from its own runs
+IMPORTED_FORMAT = 2        # a record imported from another tool (`source`; no fingerprint)
+RECORD_FORMATS = (RECORD_FORMAT, IMPORTED_FORMAT)
 RECORDS_DIR = Path("fixtures") / "records"
 ARRAYS_FILE = "arrays.npz"
 # A spec name or platform key becomes one directory name under the records root: nothing else.
@@ -178,6 +181,36 @@ class TraceInfo(_Part):
     sources: list[str] = Field(default_factory=list)
 
 
+class SourceInfo(_Part):
+    """Where an imported record came from (`repro import`, docs/integrations.md): a run another
+    tool tracked, not one repro made. Such a record has no environment fingerprint, so a verify
+    compares it within tolerance and names this source in the verdict."""
+
+    kind: Literal["mlflow"]
+    tracking_uri: str             # credentials removed: a record is committed
+    run_id: str
+    experiment_id: str | None = None
+    run_name: str | None = None
+    run_started: str | None = None          # the run's start (UTC); `created` is the import's
+    model: str | None = None                # imported through models:/NAME/VERSION or @ALIAS
+    model_version: str | None = None
+    model_alias: str | None = None
+    weights_artifact: str | None = None     # the artifact the final weights came from
+    params: dict[str, str] = Field(default_factory=dict)   # the run's params, as it logged them
+
+    def describe(self) -> str:
+        """The source in words, e.g. `MLflow run 3f2a… (experiment 1 at http://host:5000)
+        behind models:/digits@production (version 3)`."""
+        where = f"experiment {self.experiment_id} at " if self.experiment_id else ""
+        text = f"MLflow run {self.run_id} ({where}{self.tracking_uri})"
+        if self.model:
+            ref = f"@{self.model_alias}" if self.model_alias else f"/{self.model_version}"
+            text += f" behind models:/{self.model}{ref}"
+            if self.model_alias:
+                text += f" (version {self.model_version})"
+        return text
+
+
 def _fingerprint_of(value: object) -> Fingerprint:
     return value if isinstance(value, Fingerprint) else Fingerprint.from_json(value)
 
@@ -202,9 +235,9 @@ class RecordMeta(_Part):
     data: dict[str, DataInfo]
     image: str | None = None
     image_packages: ImagePackages | None = None
-    backend: str
+    backend: str                  # local | docker; "" for an imported record
     platform: str
-    fingerprint: FingerprintField
+    fingerprint: FingerprintField | None   # None: imported (`source`), the environment unknown
     metrics: dict[str, MetricSeries]
     grad_steps: list[int]
     timings: dict[str, float] = Field(default_factory=dict)
@@ -215,6 +248,24 @@ class RecordMeta(_Part):
     traced: TraceInfo | None = None         # ctx.traced: program fingerprints and op traces
     checkpoints: CheckpointsInfo | None = None   # ctx.checkpoint: kept states, as blob pointers
     checksum: str | None = None   # record_checksum of the rest: a hand edit is damage, not drift
+    source: SourceInfo | None = None        # imported from another tool (format 2)
+
+    @model_validator(mode="after")
+    def _fingerprint_or_source(self) -> RecordMeta:
+        """Only an imported record may lack a fingerprint: every run repro makes takes one."""
+        if self.fingerprint is None and self.source is None:
+            raise ValueError("fingerprint: a record repro made has an environment fingerprint; "
+                             "only an imported record (with `source`) may have none")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _no_absent_source(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Records made before `source` existed are written back byte for byte (their
+        checksums hold): an absent source is no key, not a null."""
+        out: dict[str, Any] = handler(self)
+        if out.get("source") is None:
+            out.pop("source", None)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -252,7 +303,8 @@ class Record:
         return self.meta.metrics
 
     @property
-    def fingerprint(self) -> Fingerprint:
+    def fingerprint(self) -> Fingerprint | None:
+        """The recorded run's environment; None for an imported record (`meta.source`)."""
         return self.meta.fingerprint
 
 
@@ -304,7 +356,8 @@ def _write_locked(directory: Path, meta: RecordMeta, arrays: dict[str, Any],
         entries = store_large_arrays(arrays)   # arrays over GIT_BLOB_MAX: blobs in the store
         write_npz_atomic(staging / ARRAYS_FILE, {k: v for k, v in arrays.items() if entries[k].sha256 is None})
         index = ArraysIndex(file=ARRAYS_FILE, sha256=sha256_file(staging / ARRAYS_FILE), index=entries)
-        meta = meta.model_copy(update={"format": RECORD_FORMAT, "arrays": index, "checksum": None})
+        fmt = IMPORTED_FORMAT if meta.source is not None else RECORD_FORMAT
+        meta = meta.model_copy(update={"format": fmt, "arrays": index, "checksum": None})
         doc = meta.to_json()
         doc["checksum"] = record_checksum(doc)
         write_json_atomic(staging / "record.json", doc)
@@ -386,9 +439,10 @@ def check_record(directory: Path, blobs: bool = True) -> tuple[Path, RecordMeta]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RecordError(f"{meta_path} is corrupted ({exc}); restore it from git "
                           "(`git checkout -- <path>`) or record again") from None
-    if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:
-        raise RecordError(f"{meta_path} is not a repro record of format {RECORD_FORMAT} "
-                          f"(found format {doc.get('format') if isinstance(doc, dict) else '?'}); "
+    if not isinstance(doc, dict) or doc.get("format") not in RECORD_FORMATS:
+        raise RecordError(f"{meta_path} is not a repro record of format "
+                          f"{' or '.join(map(str, RECORD_FORMATS))} (found format "
+                          f"{doc.get('format') if isinstance(doc, dict) else '?'}); "
                           "record again with this version of repro")
     meta = RecordMeta.from_json(doc, meta_path)
     if meta.checksum is not None and meta.checksum != record_checksum(doc):

@@ -3,8 +3,9 @@ floats (``1e-3`` is a float, not the string PyYAML's YAML 1.1 rules make of it).
 """
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 import yaml
@@ -200,7 +201,7 @@ def _walk(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str, ance
 # replaces or inserts the text of one value, so comments, key order, quoting and every other
 # byte stay as the user wrote them.
 
-YamlValue: TypeAlias = "str | float | Mapping[str, YamlValue]"
+YamlValue: TypeAlias = "str | float | bool | Sequence[YamlValue] | Mapping[str, YamlValue] | None"
 
 
 def set_value(text: str, key: tuple[str, ...], value: YamlValue, file: str) -> str:
@@ -227,7 +228,7 @@ def set_value(text: str, key: tuple[str, ...], value: YamlValue, file: str) -> s
         start, end = node.start_mark.index, node.end_mark.index
         if start == end:  # `key:` with no value: the empty scalar starts right after the colon
             return text[:start] + " " + _render_flow(value) + text[end:]
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) or (isinstance(value, Sequence) and not isinstance(value, str)):
             return text[:start] + _render_flow(value) + text[end:]
         return text[:start] + scalar_text(value, getattr(node, "style", None)) + text[end:]
     missing = key[depth]
@@ -272,21 +273,40 @@ def _render_block(key: str, value: YamlValue, column: int) -> str:
 def _render_flow(value: YamlValue) -> str:
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{k}: {_render_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "[" + ", ".join(_render_flow(v) for v in value) + "]"
     return scalar_text(value)
 
 
-def scalar_text(value: str | float, style: str | None = None) -> str:
+def scalar_text(value: str | float | bool | None, style: str | None = None) -> str:
     """`value` as YAML text. A string keeps the quotes the user had, else is bare unless YAML
     would read the bare text as something other than this string (an all-digit commit id loads
     as an int). A float is written with a mantissa dot and an exponent (`1.5e-5`), which YAML 1.2
-    and 1.1 readers both take as a float."""
+    and 1.1 readers both take as a float; booleans, integers and null as YAML writes them."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, float):
         return float_text(value)
-    if style in ('"', "'"):
-        return f"{style}{value}{style}"
-    if yaml.load(value, Loader=SpecLoader) != value:  # noqa: S506 - SpecLoader is a SafeLoader
-        return f'"{value}"'
+    if style == "'":
+        return "'" + value.replace("'", "''") + "'"
+    if style == '"' or _FLOW_UNSAFE.search(value) or not _reads_back(value):
+        return json.dumps(value, ensure_ascii=False)   # a JSON string is a YAML one
     return value
+
+
+# Characters that end or start something else inside a flow collection (`[a, b]`, `{k: v}`):
+# a plain scalar holding one may be read as several values, or not at all.
+_FLOW_UNSAFE = re.compile(r"[,\[\]{}#&*!|>'\"%@`]|: |:$|^[-?:](\s|$)|^\s|\s$")
+
+
+def _reads_back(value: str) -> bool:
+    """Does YAML read the bare text `value` as this very string?"""
+    try:
+        return bool(yaml.load(value, Loader=SpecLoader) == value)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError:
+        return False
 
 
 def float_text(value: float) -> str:

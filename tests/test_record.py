@@ -222,7 +222,7 @@ DAMAGE = {  # name: (file, how, what the message says, platform known before tra
     "garbage-npz": ("arrays.npz", _garbage, "is corrupted or truncated", True),
     "deleted-npz": ("arrays.npz", _delete, "is missing", True),
     "bad-json": ("record.json", _bad_json, "is corrupted", True),
-    "wrong-format": ("record.json", _wrong_format, "is not a repro record of format 1 "
+    "wrong-format": ("record.json", _wrong_format, "is not a repro record of format 1 or 2 "
                      "(found format 99)", True),
 }
 

@@ -149,7 +149,7 @@ def window(metrics: Mapping[str, Any], arrays: Mapping[str, Any], seg: Segment
     return out_m, out_a
 
 
-def same_numbers_likely(fingerprint: Fingerprint, spec: Any, backend: str) -> bool:
+def same_numbers_likely(fingerprint: Fingerprint | None, spec: Any, backend: str) -> bool:
     """Whether a run here will likely compute the record's bits, so that one run may go on from
     segment to segment: the record's machine and effective ISA, and for the local backend its
     python, jax, jaxlib and numpy (a docker image pins those). A wrong guess costs time, never
@@ -157,6 +157,8 @@ def same_numbers_likely(fingerprint: Fingerprint, spec: Any, backend: str) -> bo
     from repro.env.cpu import cpu_isa
     from repro.env.isa import ceiling, effective
 
+    if fingerprint is None:   # an imported record: its environment is unknown
+        return False
     cap = ceiling(spec.environment.isa, cpu_isa())
     # (recorded, here) pairs; a fact the record does not hold (None) does not count against it
     facts = [(fingerprint.machine, platform.machine()),
