@@ -117,14 +117,18 @@ def test_an_unreachable_server_is_a_warning_after_the_reports(recorded_template,
     p = _copy(recorded_template, tmp_path)
     uri = f"http://127.0.0.1:{free_port()}"      # nothing listens there
     t0 = time.monotonic()
-    proc = p.repro("audit", "specs", "--json", str(tmp_path / "a.json"), "--mlflow", uri)
+    proc = subprocess.run([sys.executable, "-m", "repro.cli", "audit", "specs", "--json",
+                           str(tmp_path / "a.json"), "--mlflow", uri], cwd=p.root, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
     elapsed = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stdout + proc.stderr     # the audit's own code
+    assert proc.returncode == 0, proc.stdout     # the audit's own code
     doc = json.loads((tmp_path / "a.json").read_text())
-    assert doc["summary"]["pass"] == 1 and "json: " in proc.stdout
-    warning = proc.stderr.strip().splitlines()[-1]
+    assert doc["summary"]["pass"] == 1
+    lines = proc.stdout.strip().splitlines()
+    warning = lines[-1]
+    assert lines[-2] == f"json: {tmp_path / 'a.json'}"           # the reports came first
     assert warning.startswith(f"repro: warning: MLflow at {uri} (experiment repro-audit): "
-                              "opening failed: MlflowException:"), proc.stderr
+                              "opening failed: MlflowException:"), proc.stdout
     assert "Connection refused" in warning and "nothing was published there" in warning
     assert "exit code is unchanged" in warning
     # seconds, not the client's default minutes of retries (7 retries, backoff 2)
@@ -187,6 +191,20 @@ def test_a_deleted_experiment_says_how_to_restore_it(mlflow_server):
     assert "mlflow experiments restore --experiment-id" in outcome.failure
     assert "--mlflow-experiment" in outcome.failure
 
+
+
+def test_a_verdict_that_cannot_be_published_leaves_no_half_run(mlflow_server, tmp_path):
+    """The HTML report is gone by the time the second verdict goes out: the first is a whole
+    run, the second leaves nothing behind, and the warning says how far it got."""
+    night = "2026-11-28T04:12:16+00:00"
+    first = publication(_verdict("a"), {"name": "a"}, started=night)
+    second = publication(_verdict("b"), {"name": "b"}, started=night, report=tmp_path / "gone.html")
+    [outcome] = publish_all([MlflowSink(mlflow_server.uri, "half")], [first, second])
+    assert outcome.published == ["a"]
+    assert outcome.failure.startswith("publishing b failed: FileNotFoundError"), outcome.failure
+    assert "published 1 of 2 verdicts (a) before this" in outcome.warning()
+    _, runs = _runs(mlflow_server.uri, "half")
+    assert [r.info.run_name for r in runs] == ["a"]
 
 def _without_mlflow(project: Project, *args: str) -> subprocess.CompletedProcess:
     """The CLI in a process where `import mlflow` fails, as without the extra."""

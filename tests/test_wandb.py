@@ -21,7 +21,7 @@ import pytest
 
 from repro.interop.publish import publication, publish_all
 from repro.interop.wandblog import WandbSink
-from repro.verdict import FAIL, QuantityResult, Verdict
+from repro.verdict import FAIL, PASS, QuantityResult, Verdict
 from tests.conftest import Project
 
 
@@ -167,6 +167,20 @@ def test_a_failing_verdict_is_a_failed_run_with_its_class_and_nan_kept(tmp_path,
     [art] = [r["artifact"] for r in _inspect(run_dir) if r["type"] == "artifact"]
     assert [c["path"] for c in art["manifest"]["contents"]] == ["verdict.json"]
 
+
+
+def test_a_verdict_that_cannot_be_written_leaves_no_half_run(tmp_path):
+    """The HTML report is gone by the time the second verdict is written: the first run is
+    whole, the second's directory is removed (`wandb sync` would upload half a verdict)."""
+    night = "2026-11-28T04:12:16+00:00"
+    verdicts = [Verdict(name=n, status=PASS, spec_path=f"specs/{n}.yaml") for n in ("a", "b")]
+    first = publication(verdicts[0], {"name": "a"}, started=night)
+    second = publication(verdicts[1], {"name": "b"}, started=night, report=tmp_path / "gone.html")
+    [outcome] = publish_all([WandbSink(tmp_path / "wb")], [first, second])
+    assert outcome.published == ["a"]
+    assert outcome.failure.startswith("publishing b failed: FileNotFoundError"), outcome.failure
+    [run_dir] = _offline_runs(tmp_path / "wb")
+    assert _inspect(run_dir, "--summary")[0]["name"] == "a"
 
 def test_without_the_extra_or_with_a_stray_flag_the_audit_is_exit_2(project, tmp_path):
     out = tmp_path / "a.json"

@@ -11,8 +11,10 @@ run and tears the service down, so nothing is left running.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +70,11 @@ class WandbSink:
         run = wandb.init(project=self.project, name=item.name, dir=str(self.directory),
                          config=dict(item.params), tags=tags, notes=item.note,
                          job_type="repro-audit", settings=self._settings(), reinit="create_new")
+        run_dir = Path(run.settings.sync_dir)
         try:
             # W&B drops NaN from a summary: non-finite values go as repro's JSON writes them
             run.summary.update({**{k: finite_or_text(v) for k, v in item.metrics.items()},
                                 **item.tags})
-            run_dir = Path(run.settings.sync_dir)
             if item.artifacts:
                 files = run_dir / "repro"
                 files.mkdir(exist_ok=True)
@@ -82,8 +84,13 @@ class WandbSink:
                 for a in item.artifacts:
                     artifact.add_file(str(a.write(files)), name=a.name, policy="immutable")
                 run.log_artifact(artifact)
-        finally:
-            run.finish(exit_code=1 if item.failed else 0)
+        except BaseException:
+            # half a run, synced later, would read as a verdict without its numbers: remove it
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        run.finish(exit_code=1 if item.failed else 0)
         self.runs.append(run_dir)
 
     def close(self) -> str:
