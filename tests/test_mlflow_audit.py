@@ -262,3 +262,22 @@ def test_an_audit_that_publishes_nowhere_imports_neither_tool(project):
                           capture_output=True, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_mlflow_reports_nothing_to_its_vendor(tmp_path):
+    """Outside CI, importing mlflow starts its usage telemetry; the sink imports it with
+    telemetry off, and leaves the variable as it found it."""
+    ci = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE",
+          "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in ci}
+    probe = ("from mlflow.telemetry.client import get_telemetry_client; "
+             "from mlflow.telemetry.utils import _is_ci_env_or_testing; import os; "
+             "print(_is_ci_env_or_testing(), get_telemetry_client() is None, "
+             "'MLFLOW_DISABLE_TELEMETRY' in os.environ)")
+    plain = subprocess.run([sys.executable, "-c", "import mlflow; " + probe], env=env, text=True,
+                           capture_output=True, cwd=tmp_path)
+    assert plain.stdout.split() == ["False", "False", "False"], plain.stderr   # on, by default
+    ours = subprocess.run([sys.executable, "-c", "from repro.interop.mlflowlog import MlflowSink; "
+                           "MlflowSink('http://127.0.0.1:9'); " + probe], env=env, text=True,
+                          capture_output=True, cwd=tmp_path)
+    assert ours.stdout.split() == ["False", "True", "False"], ours.stderr

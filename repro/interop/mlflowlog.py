@@ -4,7 +4,9 @@ verdict one run in an experiment (default `repro-audit`), through MLflow's own c
 `repro.interop.publish.publication`'s; this module only talks to the server.
 
 A server that does not answer must cost seconds, not the client's default minutes of retries:
-the client's retry and timeout variables are set for the call unless the user set them.
+the client's retry and timeout variables are set for the call unless the user set them. MLflow
+reports its own usage to its vendor outside CI unless told not to; repro talks to the server it
+was given and nothing else, so that is off too (MLFLOW_DISABLE_TELEMETRY=false keeps it on).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from repro.errors import ReproError
 from repro.interop.extras import require
-from repro.interop.publish import DEFAULT_EXPERIMENT, Publication
+from repro.interop.publish import DEFAULT_EXPERIMENT, Publication, scoped_env
 
 __all__ = ["FEATURE", "MlflowSink"]
 
@@ -24,7 +26,8 @@ FEATURE = "repro audit --mlflow"
 # MLflow's own variables, read at each request. The user's values win over these defaults.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",      # default 7: minutes of backoff
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",   # default 2
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}         # default 120 s per request
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",         # default 120 s per request
+                 "MLFLOW_DISABLE_TELEMETRY": "true"}          # read as mlflow is imported
 # The client prints "View run … at …" for every run it ends, and draws upload progress bars:
 # the audit prints one line of its own instead.
 QUIET = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
@@ -37,7 +40,8 @@ class MlflowSink:
     (MissingExtra, exit 2, before the audit runs); nothing touches the server before `open`."""
 
     def __init__(self, uri: str, experiment: str = DEFAULT_EXPERIMENT):
-        require("mlflow", "mlflow", FEATURE)
+        with scoped_env(self.environment()):    # mlflow decides on telemetry as it is imported
+            require("mlflow", "mlflow", FEATURE)
         self.uri, self.experiment = uri, experiment
         self.name = "mlflow"
         self.where = f"MLflow at {uri} (experiment {experiment})"
