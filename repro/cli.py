@@ -22,6 +22,7 @@ from repro.errors import ReproError
 if TYPE_CHECKING:
     from repro.commands.runspecs import Engine
     from repro.engines.executor import Executor
+    from repro.interop.publish import SinkOutcome
     from repro.pipeline import Options
     from repro.verdict import Verdict
 
@@ -355,7 +356,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     return audit.exit_code
 
 
-def _print_outcome(outcome: Any) -> None:
+def _print_outcome(outcome: SinkOutcome) -> None:
     """A tool's runs on stdout, or its failure as a warning on stderr."""
     if outcome.failure:
         print(f"repro: warning: {outcome.warning()}", file=sys.stderr, flush=True)

@@ -206,6 +206,22 @@ def test_a_verdict_that_cannot_be_published_leaves_no_half_run(mlflow_server, tm
     _, runs = _runs(mlflow_server.uri, "half")
     assert [r.info.run_name for r in runs] == ["a"]
 
+
+def test_an_interrupted_audit_publishes_nothing():
+    """Half a night would read as a night in MLflow: an audit stopped by Ctrl-C publishes
+    nothing and says so; the server is not even contacted (nothing listens at this URI)."""
+    from repro.commands.audit import Audit, publish_audit
+    from repro.pipeline import Options
+
+    audit = Audit("specs", 1, Options(), "2026-11-28T04:12:16+00:00", complete=False,
+                  verdicts=[_verdict("tiny")])
+    sink = MlflowSink(f"http://127.0.0.1:{free_port()}")
+    t0 = time.monotonic()
+    [outcome] = publish_audit([sink], audit, [{}])
+    assert time.monotonic() - t0 < 1.0          # no connection tried, so no retry waited
+    assert outcome.published == [] and outcome.failure == "not published: the audit was interrupted"
+    assert "nothing was published there" in outcome.warning()
+
 def _without_mlflow(project: Project, *args: str) -> subprocess.CompletedProcess:
     """The CLI in a process where `import mlflow` fails, as without the extra."""
     code = ("import sys; sys.modules['mlflow'] = None; from repro.cli import main; "
