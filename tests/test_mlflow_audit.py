@@ -232,9 +232,11 @@ def _without_mlflow(project: Project, *args: str) -> subprocess.CompletedProcess
 
 def test_without_the_extra_the_audit_is_exit_2_before_anything_trains(project, tmp_path):
     out = tmp_path / "a.json"
-    for args, how in ((("--mlflow", "http://127.0.0.1:9"), "flag"), ((), "setting")):
-        if how == "setting":
-            project.write("pyproject.toml", '[tool.repro]\nmlflow = "http://127.0.0.1:9"\n')
+    settings = {"setting": '[tool.repro]\nmlflow = "http://127.0.0.1:9"\n',
+                "table": '[tool.repro.mlflow]\ntracking_uri = "http://127.0.0.1:9"\n'}
+    for args, how in ((("--mlflow", "http://127.0.0.1:9"), "flag"), ((), "setting"), ((), "table")):
+        if how in settings:
+            project.write("pyproject.toml", settings[how])
         proc = _without_mlflow(project, "audit", "specs", "--json", str(out), *args)
         assert proc.returncode == 2, (how, proc.stdout, proc.stderr)
         assert "repro audit --mlflow needs MLflow" in proc.stderr, proc.stderr
@@ -261,6 +263,10 @@ def test_bad_publishing_flags_and_settings_are_exit_2_before_anything_trains(pro
     assert proc.returncode == 2
     assert f"{project.root.resolve() / 'pyproject.toml'}: [tool.repro] mlflow must be a " \
            "non-empty string" in proc.stderr, proc.stderr
+    project.write("pyproject.toml", "[tool.repro.mlflow]\ntracking_uri = 5\n")
+    proc = project.repro("audit", "specs", "--json", str(out))
+    assert proc.returncode == 2 and "[tool.repro] mlflow.tracking_uri must be a non-empty " \
+        "string" in proc.stderr, proc.stderr
     project.write("pyproject.toml", "[tool.repro\n")
     proc = project.repro("audit", "specs", "--json", str(out))
     assert proc.returncode == 2 and "pyproject.toml cannot be read" in proc.stderr

@@ -271,7 +271,8 @@ def publish_all(sinks: Sequence[VerdictSink], items: Sequence[Publication],
 @dataclass(frozen=True)
 class PublishSettings:
     """`[tool.repro]` keys of the specs' repository that turn publishing on: `mlflow` (a
-    tracking URI) and `mlflow_experiment`."""
+    tracking URI, or a table with `tracking_uri`, the form `repro import mlflow` reads too)
+    and `mlflow_experiment`."""
 
     mlflow: str | None = None
     mlflow_experiment: str | None = None
@@ -303,8 +304,11 @@ def publish_settings(directory: str | Path) -> PublishSettings:
     values: dict[str, str | None] = {}
     for key in ("mlflow", "mlflow_experiment"):
         value = table.get(key) if isinstance(table, dict) else None
+        name = key
+        if key == "mlflow" and isinstance(value, dict):   # [tool.repro.mlflow] tracking_uri = …
+            value, name = value.get("tracking_uri"), "mlflow.tracking_uri"
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ReproError(f"{pyproject}: [tool.repro] {key} must be a non-empty string "
+            raise ReproError(f"{pyproject}: [tool.repro] {name} must be a non-empty string "
                              f"(e.g. {key} = \"{_EXAMPLES[key]}\"), not {value!r}")
         values[key] = value
     return PublishSettings(values["mlflow"], values["mlflow_experiment"], str(pyproject))
