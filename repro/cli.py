@@ -22,6 +22,7 @@ from repro.errors import ReproError
 if TYPE_CHECKING:
     from repro.commands.runspecs import Engine
     from repro.engines.executor import Executor
+    from repro.interop.publish import SinkOutcome
     from repro.pipeline import Options
     from repro.verdict import Verdict
 
@@ -278,18 +279,43 @@ def add_audit(sub: Sub) -> None:
         "--fail-fast", action="store_true", default=False, help="stop each run at the first step "
         "where a metric is sure to fail the comparison (default: off, an audit runs to the end)")
     _confirm(p)
+    _publishing(p)
     p.set_defaults(func=cmd_audit, emulate_cpu=None)
+
+
+def _publishing(p: argparse.ArgumentParser) -> None:
+    """Where the audit's verdicts go besides its reports (docs/integrations.md)."""
+    g = p.add_argument_group("publishing (after the reports are written; a tool that fails is "
+                             "a warning, the exit code stays the audit's)")
+    g.add_argument("--mlflow", metavar="URI", help="log each verdict as a run to this MLflow "
+                   "tracking server (default: [tool.repro] mlflow in pyproject.toml); needs "
+                   "repro[mlflow]")
+    g.add_argument("--mlflow-experiment", metavar="NAME", help="the MLflow experiment, created "
+                   "if absent (default: [tool.repro] mlflow_experiment, else repro-audit)")
+    g.add_argument("--no-mlflow", action="store_true", help="do not publish to MLflow even when "
+                   "[tool.repro] mlflow is set")
+    g.add_argument("--wandb", action="store_true", help="write each verdict as an offline W&B "
+                   "run, for `wandb sync` later (nothing is sent); needs repro[wandb]")
+    g.add_argument("--wandb-dir", metavar="DIR", help="where the offline runs go: "
+                   "DIR/wandb/offline-run-* (default: the current directory)")
+    g.add_argument("--wandb-project", metavar="NAME", help="the W&B project (default: "
+                   "repro-audit)")
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
     if not _output_dirs(("--json", ns.json), ("--junit", ns.junit), ("--report", ns.report)):
         return EXIT_ERROR
+    from repro.commands.audit import Publishing, audit_sinks
+
+    # before anything runs: a missing extra or a bad publishing setting is exit 2 now
+    sinks = audit_sinks(ns.directory, Publishing(
+        ns.mlflow, ns.mlflow_experiment, ns.no_mlflow, ns.wandb, ns.wandb_dir, ns.wandb_project))
     executor = _executor(ns, ns.jobs, ns.code)   # first: a cluster's workers start while the rest loads
 
     import dataclasses
     import json
 
-    from repro.commands.audit import load_history, run_audit, save_history
+    from repro.commands.audit import load_history, publish_audit, run_audit, save_history
     from repro.ioutil import atomic_write_text
     from repro.report import audit_summary
     from repro.report.json import audit_json
@@ -318,10 +344,24 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     for flag, path in (("json", ns.json), ("junit", ns.junit), ("report", ns.report)):
         if path:
             print(f"{flag}: {path}")
+    if sinks:
+        from repro.report.text import verdict_detail
+
+        sys.stdout.flush()
+        publish_audit(sinks, audit, doc["results"], report=Path(ns.report) if ns.report else None,
+                      describe=verdict_detail, on_outcome=_print_outcome)
     if not audit.complete:
         print("repro: audit interrupted; the reports are marked incomplete", file=sys.stderr)
         return 130
     return audit.exit_code
+
+
+def _print_outcome(outcome: SinkOutcome) -> None:
+    """A tool's runs on stdout, or its failure as a warning on stderr."""
+    if outcome.failure:
+        print(f"repro: warning: {outcome.warning()}", file=sys.stderr, flush=True)
+    else:
+        print(outcome.line(), flush=True)
 
 
 # --- bisect -----------------------------------------------------------------------------------
