@@ -15,11 +15,9 @@ import datetime as _dt
 import math
 import os
 import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from repro.errors import ReproError
@@ -156,22 +154,11 @@ def tracking_uri(given: str | None, repo_root: Path) -> TrackingUri:
     if os.environ.get(URI_ENV):
         return TrackingUri(os.environ[URI_ENV], f"${URI_ENV}")
     pyproject = Path(repo_root) / "pyproject.toml"
-    value: Any = None
-    if pyproject.is_file():
-        try:
-            doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise MlflowImportError(f"{pyproject} cannot be read ({exc}); fix it, or pass "
-                                    "--tracking-uri URI") from None
-        value = (doc.get("tool", {}).get("repro", {}) or {}).get("mlflow")
-        if isinstance(value, dict):
-            value = value.get("tracking_uri")
-        if value is not None and (not isinstance(value, str) or not value):
-            raise MlflowImportError(f"{pyproject}: [tool.repro] mlflow must be the tracking URI "
-                                    f"(\"http://host:5000\") or a table with tracking_uri, not "
-                                    f"{value!r}")
-    if value:
-        return TrackingUri(value, str(pyproject))
+    if pyproject.is_file():   # the one reader of [tool.repro] mlflow, shared with repro audit
+        from repro.interop.publish import read_mlflow_settings
+        value = read_mlflow_settings(pyproject, remedy="pass --tracking-uri URI").mlflow
+        if value:
+            return TrackingUri(value, str(pyproject))
     raise MlflowImportError("no MLflow tracking URI: pass --tracking-uri URI, set "
                             f"${URI_ENV}, or set `mlflow = \"http://host:5000\"` under "
                             f"[tool.repro] in {pyproject}")

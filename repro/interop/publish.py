@@ -29,7 +29,8 @@ from repro.errors import ReproError
 from repro.verdict import QuantityResult, Verdict
 
 __all__ = ["Artifact", "Publication", "PublishSettings", "SinkOutcome", "VerdictSink",
-           "metric_key", "publication", "publish_all", "publish_settings", "scoped_env"]
+           "metric_key", "publication", "publish_all", "publish_settings", "read_mlflow_settings",
+           "scoped_env"]
 
 DEFAULT_EXPERIMENT = "repro-audit"   # MLflow experiment and W&B project, unless named
 KEY_LIMIT = 250                      # MLflow's longest metric, param and tag name
@@ -295,11 +296,18 @@ def publish_settings(directory: str | Path) -> PublishSettings:
         return PublishSettings()
     if not pyproject.is_file():
         return PublishSettings()
+    return read_mlflow_settings(pyproject, remedy="pass --no-mlflow to audit without its "
+                                "[tool.repro] settings")
+
+
+def read_mlflow_settings(pyproject: Path, remedy: str) -> PublishSettings:
+    """The MLflow keys of `[tool.repro]` in `pyproject` — the one reader of them, for `repro
+    audit` and `repro import mlflow` alike. ReproError naming the file and the key when one has
+    the wrong type; `remedy` says what else the user can do (a flag of the command at hand)."""
     try:
         doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ReproError(f"{pyproject} cannot be read ({exc}); fix it, or pass --no-mlflow to "
-                         "audit without its [tool.repro] settings") from None
+        raise ReproError(f"{pyproject} cannot be read ({exc}); fix it, or {remedy}") from None
     table = doc.get("tool", {}).get("repro", {})
     values: dict[str, str | None] = {}
     for key in ("mlflow", "mlflow_experiment"):
