@@ -296,9 +296,10 @@ def scalar_text(value: str | float | bool | None, style: str | None = None) -> s
     return value
 
 
-# Characters that end or start something else inside a flow collection (`[a, b]`, `{k: v}`):
-# a plain scalar holding one may be read as several values, or not at all.
-_FLOW_UNSAFE = re.compile(r"[,\[\]{}#&*!|>'\"%@`]|: |:$|^[-?:](\s|$)|^\s|\s$")
+# Text a plain scalar cannot hold as is, inside a flow collection (`[a, b]`, `{k: v}`) too: a
+# flow indicator anywhere, a comment or key marker, an indicator character at the start (in
+# the middle, `@`, `!`, `'` … are ordinary: `repro-jax-cpu@sha256:…` stays bare), edge spaces.
+_FLOW_UNSAFE = re.compile(r"[,\[\]{}]| #|: |:$|^[#&*!|>'\"%@`]|^[-?:](\s|$)|^\s|\s$")
 
 
 def _reads_back(value: str) -> bool:

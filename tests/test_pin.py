@@ -346,3 +346,23 @@ def test_hash_of_a_missing_path_exits_2(project):
     proc = project.repro("hash", "data/nope.npz", check_rc=2)
     assert proc.stdout == ""
     assert "data/nope.npz does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_pinned_value_stays_bare_unless_yaml_would_misread_it():
+    """`repro pin` rewrites an image digest, a commit, an URL in place: an `@` or `:` inside a
+    value is ordinary YAML and stays as the user wrote it; quotes come only where a bare value
+    would be read as something else (in a flow collection too)."""
+    import yaml
+
+    from repro.yamlio import scalar_text, set_value
+    image = "repro-jax-cpu@sha256:" + "e" * 64
+    text = "environment:\n  image: repro-jax-cpu@sha256:" + "0" * 64 + "  # the digest\n"
+    assert set_value(text, ("environment", "image"), image, "s.yaml") == \
+        f"environment:\n  image: {image}  # the digest\n"
+    for bare in (image, "s3://bucket/key", "it's", "k:v", "a@b!c"):
+        assert scalar_text(bare) == bare
+    for tricky in ("a, b", "@x", "x #y", "a: b", "- a", "'q", "x]", " pad", "123", "true", "null"):
+        assert scalar_text(tricky) != tricky
+        assert yaml.safe_load(f"v: {scalar_text(tricky)}")["v"] == tricky
+        listed = set_value("v: [a]\n", ("v",), [tricky, "b"], "s.yaml")
+        assert yaml.safe_load(listed)["v"] == [tricky, "b"]
