@@ -22,6 +22,10 @@ from repro.verdict import FAIL, PASS, QuantityResult, Verdict
 from tests.conftest import Project, lr_times, sha256
 from tests.s3server import free_port
 
+# one worker runs the module (`--dist loadgroup`): its real MLflow server, started once per
+# worker that runs any of its tests, costs 15-25 s of setup
+pytestmark = pytest.mark.xdist_group("mlflow-audit")
+
 
 def _copy(template: Project, tmp_path: Path) -> Project:
     shutil.copytree(template.root, tmp_path / "p", symlinks=True)

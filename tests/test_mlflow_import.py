@@ -22,6 +22,10 @@ from conftest import Project, git
 from repro.cli import main
 from repro.record import IMPORTED_FORMAT, read_record, record_checksum
 
+# one worker runs the module (`--dist loadgroup`): its real MLflow server and the user's run,
+# made once per worker that runs any of its tests, cost 15-25 s of setup
+pytestmark = pytest.mark.xdist_group("mlflow-import")
+
 # What a user writes with no thought of repro: argparse, JAX, a metrics file and the weights as
 # an .npz it keeps anyway, and MLflow logging when a tracking server is set (as `mlflow run` and
 # a shell with MLFLOW_TRACKING_URI do). Under repro the environment is built from scratch, so
