@@ -51,7 +51,15 @@ def program_changes(a: TraceInfo, b: TraceInfo) -> tuple[list[Change], int]:
             if pa is None:
                 continue
             compared += 1
-            if pa.jaxpr_sha256 != pb.jaxpr_sha256 or pa.hlo_sha256 != pb.hlo_sha256:
+            if pa.shardings != pb.shardings:   # a resharded program: named by its layout
+                moved = [f"{x} -> {y.split(': ', 1)[-1]}" for x, y in zip(pa.shardings or [], pb.shardings or [])
+                         if x != y]
+                out.append(Change("sharding", f"shardings of program {fb.name}",
+                                  "sharded" if pa.shardings else "one device",
+                                  "sharded" if pb.shardings else "one device",
+                                  detail="; ".join(moved[:4]) or "a different number of sharded "
+                                  "inputs/outputs"))
+            elif pa.jaxpr_sha256 != pb.jaxpr_sha256 or pa.hlo_sha256 != pb.hlo_sha256:
                 out.append(Change("code", f"program of {fb.name}", f"{pa.eqns} equations",
                                   f"{pb.eqns} equations", detail=_first_program_difference(pa, pb, a, b)))
             elif pa.compiled_sha256 != pb.compiled_sha256:

@@ -373,6 +373,10 @@ class EnvironmentSpec(_Model):
 
     @model_validator(mode="after")
     def _mesh_fits(self) -> EnvironmentSpec:
+        if self.devices > 1 and any(f.startswith("--xla_force_host_platform_device_count")
+                                    for f in self.xla_flags):
+            raise ValueError("xla_flags sets --xla_force_host_platform_device_count and devices "
+                             "is set too; drop the flag: `devices` sets it on CPU")
         if self.mesh is not None and _product(self.mesh.values()) != self.devices:
             shape = " x ".join(f"{k}={n}" for k, n in self.mesh.items())
             raise ValueError(f"mesh {shape} has {_product(self.mesh.values())} places but "
