@@ -22,7 +22,7 @@ def attach_traces(v: Verdict, rec: Record, result: RunResult) -> None:
         return
     changes, compared = program_changes(recorded, current)
     v.changes[:0] = changes
-    v.programs_unchanged = bool(compared) and not any(c.numeric and c.key.startswith("program ")
+    v.programs_unchanged = bool(compared) and not any(c.numeric and c.key.startswith(("program ", "shardings of program "))
                                                       for c in changes)
     if v.status != FAIL:
         return

@@ -135,7 +135,7 @@ def decode_leaf(kind: LeafKind, arr: np.ndarray, mesh: Any = None) -> object:
     back onto `mesh` (the spec's) with its recorded PartitionSpec."""
     if kind.kind == "jax" and kind.sharding is not None and not isinstance(kind.sharding, str):
         spec = [list(e) if isinstance(e, tuple) else e for e in kind.sharding]
-        placed = place(arr, spec, mesh, f"ctx.restore: leaf {kind.path!r}")
+        placed = place(arr, spec, mesh, f"leaf {kind.path!r}")
         return _weakly_typed(placed) if kind.weak else placed
     k = kind.kind
     if k.startswith(KEY_KIND):
