@@ -22,8 +22,8 @@ def attach_traces(v: Verdict, rec: Record, result: RunResult) -> None:
         return
     changes, compared = program_changes(recorded, current)
     v.changes[:0] = changes
-    v.programs_unchanged = bool(compared) and not any(c.numeric and c.key.startswith(("program ", "shardings of program "))
-                                                      for c in changes)
+    moved = ("program ", "shardings of program ")
+    v.programs_unchanged = bool(compared) and not any(c.numeric and c.key.startswith(moved) for c in changes)
     if v.status != FAIL:
         return
     v.localisation = first_diverging_op(recorded, rec.arrays, current, result.arrays)
