@@ -263,3 +263,14 @@ def test_a_spec_that_does_not_fit_a_mesh_is_named_with_the_leaf_and_the_mesh():
     assert describe([None, ["data", "model"]]) == "P(None, ('data', 'model'))"
     with pytest.raises(RuntimeError, match=r"environment.devices is 4096, but jax shows"):
         build_mesh(4096, [("data", 4096)])
+
+
+def test_ctx_mesh_without_environment_mesh_says_what_to_add():
+    from repro.child.context import Context, GradSchedule
+
+    ctx = Context(seeds={}, data={}, config={}, grad_steps=GradSchedule())
+    with pytest.raises(RuntimeError, match=r"ctx.mesh: the spec has no environment.mesh; add one"):
+        _ = ctx.mesh
+    assert ctx.mesh_or_none is None
+    one = Context(seeds={}, data={}, config={}, grad_steps=GradSchedule(), mesh_axes=(("data", 1),))
+    assert one.mesh.axis_names == ("data",) and one.mesh is one.mesh   # built once
