@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from repro.env.fingerprint import Fingerprint
+from repro.env.fingerprint import Fingerprint, describe_mesh
 from repro.errors import ReproError
 from repro.interop.dvc import locate
 from repro.pins.code import CodePin, changed_files
@@ -55,9 +55,7 @@ def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
 def _env_value(key: str, value: Any) -> Any:
     """A fingerprint value as a change shows it: a mesh as `{data: 2, model: 4}` (its JSON is
     a list of pairs, which a change would show as items lost and gained)."""
-    if key == "mesh" and isinstance(value, list):
-        return "{" + ", ".join(f"{name}: {size}" for name, size in value) + "}"
-    return value
+    return describe_mesh(value) if key == "mesh" and isinstance(value, list) else value
 
 
 def sharding_changes(recorded: Mapping[str, Any], current: Mapping[str, Any],

@@ -186,6 +186,8 @@ def test_a_sharded_record_keeps_global_values_partition_specs_and_the_mesh(shard
     assert "in 1: P(None, 'model')" in program["shardings"] and "in 4: P('data')" in program["shardings"]
     out = sharded.repro("verify", "specs/tiny.yaml", "--no-stream", check_rc=0).stdout
     assert "PASS tiny [cpu] bitwise identical" in out, out
+    v = verdict_json(sharded, rc=0)
+    assert v["compared"] == "bitwise" and "cpu ×4 (mesh {data: 2, model: 2})" in v["compared_because"]
 
 
 @pytest.mark.slow
@@ -202,6 +204,7 @@ def test_a_verify_on_another_mesh_names_the_mesh_change(sharded, tmp_path):
     changes = changed(v)
     assert changes["environment.mesh"] == ("{data: 2, model: 2}", "{data: 1, model: 4}")
     assert changes["environment.mesh.data"] == (2, 1)
+    assert "mesh {data: 2, model: 2} -> {data: 1, model: 4}" in v["compared_because"]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,14 @@ class KernelEntry:
 
 
 _KERNEL_FIELDS = ("library", "op", "count", "pinned", "how", "longest_k", "blocked")
+
+
+def describe_mesh(mesh: Iterable[Sequence[Any]] | None) -> str:
+    """A fingerprint's mesh as the spec writes it: `{data: 2, model: 4}` (its JSON, a list of
+    [axis, size] pairs, or the typed tuple of them); `none` for a run without one."""
+    if not mesh:
+        return "none"
+    return "{" + ", ".join(f"{name}: {size}" for name, size in mesh) + "}"
 
 
 def describe_kernel(kernel: KernelEntry) -> str:
