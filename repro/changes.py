@@ -154,6 +154,9 @@ def diff_records(path_a: str | Path, path_b: str | Path,
         for key, x, y, numeric in a.fingerprint.changes(b.fingerprint):
             v.changes.append(Change("environment", f"environment.{key}", _env_value(key, x),
                                     _env_value(key, y), numeric))
+    both = set(a.meta.arrays.index if a.meta.arrays else ()) & set(b.meta.arrays.index if b.meta.arrays else ())
+    v.changes += sharding_changes(a.meta.shardings or {},
+                                  {k: (b.meta.shardings or {}).get(k) for k in sorted(both)})
     v.notes += [f"{label} came from {r.meta.source.describe()}: it has no environment fingerprint"
                 for label, r in (("record A", a), ("record B", b)) if r.meta.source is not None]
     return v
