@@ -168,7 +168,6 @@ def test_a_gpu_spec_needing_more_gpus_than_visible_is_skipped(tmp_path, monkeypa
 
 
 # -- record and verify ----------------------------------------------------------------------------
-@pytest.mark.slow
 def test_a_sharded_record_keeps_global_values_partition_specs_and_the_mesh(sharded):
     meta = json.loads((sharded.record_dir / "record.json").read_text())
     fp = meta["fingerprint"]
@@ -190,7 +189,6 @@ def test_a_sharded_record_keeps_global_values_partition_specs_and_the_mesh(shard
     assert v["compared"] == "bitwise" and "cpu ×4 (mesh {data: 2, model: 2})" in v["compared_because"]
 
 
-@pytest.mark.slow
 def test_an_unsharded_record_has_no_sharding_keys(recorded_template):
     meta = json.loads((recorded_template.record_dir / "record.json").read_text())
     assert "shardings" not in meta and "mesh" not in meta["fingerprint"]
@@ -200,7 +198,6 @@ def test_an_unsharded_record_has_no_sharding_keys(recorded_template):
     assert "mesh" not in meta["spec"]["canonical"]["environment"]
 
 
-@pytest.mark.slow
 def test_a_verify_on_another_mesh_names_the_mesh_change(sharded, tmp_path):
     p = copy_of(sharded, tmp_path)
     p.edit_spec("mesh: {data: 2, model: 2}", "mesh: {data: 1, model: 4}")
@@ -246,7 +243,6 @@ def test_segments_and_the_restart_check_restore_onto_the_mesh(sharded):
     assert "PASS tiny [cpu] bitwise identical" in out and "restored at step 4" in out, out
 
 
-@pytest.mark.slow
 def test_a_state_restored_onto_a_mesh_it_does_not_fit_is_a_clear_error(sharded, tmp_path):
     p = copy_of(sharded, tmp_path)
     p.edit_spec("mesh: {data: 2, model: 2}", "mesh: {batch: 2, hidden: 2}")   # renamed axes
