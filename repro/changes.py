@@ -2,9 +2,11 @@
 of a verdict. Pure functions over record metadata, a spec and a fingerprint."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from repro.env.fingerprint import Fingerprint
+from repro.env.fingerprint import Fingerprint, describe_mesh
 from repro.errors import ReproError
 from repro.interop.dvc import locate
 from repro.pins.code import CodePin, changed_files
@@ -14,9 +16,11 @@ from repro.verdict import FAIL, PASS, Change, ChangeKind, Verdict, error_verdict
 
 
 def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
-                         fingerprint: Fingerprint, backend: str) -> list[Change]:
+                         fingerprint: Fingerprint, backend: str,
+                         shardings: Mapping[str, Any] | None = None) -> list[Change]:
     """What differs between the record's pins, spec and environment and the current ones,
-    most likely causes first (code, data, spec keys, then environment)."""
+    most likely causes first (code, data, spec keys, environment, then the layout of sharded
+    arrays: `shardings`, the run's record key -> PartitionSpec; None: not compared)."""
     out: list[Change] = []
     if meta.code.mode != code.mode:
         out.append(Change("code", "code mode", meta.code.mode, code.mode))
@@ -38,9 +42,35 @@ def changes_since_record(meta: RecordMeta, spec: Spec, code: CodePin,
         out.append(Change("backend", "backend", meta.backend, backend, numeric=False))
     # an imported record has no fingerprint: its environment is unknown, so none is compared
     for key, a, b, numeric in meta.fingerprint.changes(fingerprint) if meta.fingerprint else ():
-        out.append(Change("environment", f"environment.{key}", a, b, numeric))
-    order = {"code": 0, "data": 1, "spec": 2, "backend": 3, "environment": 4}
+        out.append(Change("environment", f"environment.{key}", _env_value(key, a),
+                          _env_value(key, b), numeric))
+    if shardings is not None:
+        kept = set(meta.arrays.index) if meta.arrays is not None else set()
+        out += sharding_changes(meta.shardings or {}, {k: v for k, v in shardings.items() if k in kept})
+    order = {"code": 0, "data": 1, "spec": 2, "backend": 3, "environment": 4, "sharding": 5}
     out.sort(key=lambda c: (not c.numeric, order[c.what]))
+    return out
+
+
+def _env_value(key: str, value: Any) -> Any:
+    """A fingerprint value as a change shows it: a mesh as `{data: 2, model: 4}` (its JSON is
+    a list of pairs, which a change would show as items lost and gained)."""
+    return describe_mesh(value) if key == "mesh" and isinstance(value, list) else value
+
+
+def sharding_changes(recorded: Mapping[str, Any], current: Mapping[str, Any],
+                     limit: int = 8) -> list[Change]:
+    """A Change per array of `current` (the run's arrays both sides kept: record key -> its
+    PartitionSpec, None for one device) whose PartitionSpec differs from the record's. A layout
+    decides how reductions are split, so it is numeric."""
+    from repro.child.sharding import describe
+
+    keys = sorted(k for k in current if recorded.get(k) != current.get(k))
+    out = [Change("sharding", f"sharding of {k}", describe(recorded.get(k)),
+                  describe(current.get(k))) for k in keys[:limit]]
+    if len(keys) > limit:
+        out.append(Change("sharding", f"sharding of {len(keys) - limit} more array(s)",
+                          None, "differs"))
     return out
 
 
@@ -122,7 +152,11 @@ def diff_records(path_a: str | Path, path_b: str | Path,
         v.changes.append(Change("spec", key, x, y))
     if a.fingerprint is not None and b.fingerprint is not None:
         for key, x, y, numeric in a.fingerprint.changes(b.fingerprint):
-            v.changes.append(Change("environment", f"environment.{key}", x, y, numeric))
+            v.changes.append(Change("environment", f"environment.{key}", _env_value(key, x),
+                                    _env_value(key, y), numeric))
+    both = set(a.meta.arrays.index if a.meta.arrays else ()) & set(b.meta.arrays.index if b.meta.arrays else ())
+    v.changes += sharding_changes(a.meta.shardings or {},
+                                  {k: (b.meta.shardings or {}).get(k) for k in sorted(both)})
     v.notes += [f"{label} came from {r.meta.source.describe()}: it has no environment fingerprint"
                 for label, r in (("record A", a), ("record B", b)) if r.meta.source is not None]
     return v

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from typing_extensions import TypedDict
 
-from repro.env.fingerprint import NUMERIC_FIELDS, SLICE_SAFE_K, Fingerprint, describe_kernel
+from repro.env.fingerprint import NUMERIC_FIELDS, SLICE_SAFE_K, Fingerprint, describe_kernel, describe_mesh
 from repro.record import MetricSeries
 from repro.spec import PlatformTolerance, Tol, ToleranceSpec
 from repro.verdict import QuantityKind, QuantityResult
@@ -140,6 +140,8 @@ def _field_change(key: str, a: Fingerprint, b: Fingerprint) -> str:
         now = "not used" if b.l1d_cache is None else f"{b.l1d_cache} bytes"
         return (f"L1 data cache {was} -> {now} (the programs sum contractions longer than "
                 f"{SLICE_SAFE_K} in slices sized by it)")
+    if key == "mesh":
+        return f"mesh {describe_mesh(a.mesh)} -> {describe_mesh(b.mesh)}"
     return f"{key} {a.json_value(key)} -> {b.json_value(key)}"
 
 
@@ -155,7 +157,8 @@ def _what_was_equal(a: Fingerprint, b: Fingerprint) -> str:
 
     isa = effective_of(b)
     text = (f"jax {b.jax}, jaxlib {b.jaxlib}, numpy {b.numpy}, "
-            f"{b.device_kind} ×{b.device_count}, {b.cpus} core(s), effective ISA "
+            f"{b.device_kind} ×{b.device_count}{f' (mesh {describe_mesh(b.mesh)})' if b.mesh else ''}, "
+            f"{b.cpus} core(s), effective ISA "
             f"{isa}, the determinism settings and the PRNG canary equal the record's")
     if b.l1d_cache:
         text += f", L1 data cache {b.l1d_cache} bytes"

@@ -139,6 +139,8 @@ class Job:
     isa: str = "native"                      # environment.isa, applied by the child (env/portable.py)
     xla_flags: tuple[str, ...] = ()          # the spec's own environment.xla_flags (in settings too)
     emulate_cpu: str | None = None           # run under qemu-x86_64 -cpu MODEL (variation.py)
+    devices: int = 1                         # environment.devices (per process)
+    mesh: tuple[tuple[str, int], ...] = ()   # environment.mesh: (axis, size) in order; () none
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -162,6 +164,7 @@ class Job:
         if doc.get("command") is not None:
             doc["command"] = tuple(doc["command"])
         doc["xla_flags"] = tuple(doc.get("xla_flags") or ())
+        doc["mesh"] = tuple((str(a), int(n)) for a, n in doc.get("mesh") or ())
         if doc.get("trace_steps") is not None:
             doc["trace_steps"] = tuple(doc["trace_steps"])
         # the typed parts come back from the dicts dataclasses.asdict made of them

@@ -22,8 +22,8 @@ def attach_traces(v: Verdict, rec: Record, result: RunResult) -> None:
         return
     changes, compared = program_changes(recorded, current)
     v.changes[:0] = changes
-    v.programs_unchanged = bool(compared) and not any(c.numeric and c.key.startswith("program ")
-                                                      for c in changes)
+    moved = ("program ", "shardings of program ")
+    v.programs_unchanged = bool(compared) and not any(c.numeric and c.key.startswith(moved) for c in changes)
     if v.status != FAIL:
         return
     v.localisation = first_diverging_op(recorded, rec.arrays, current, result.arrays)
@@ -51,7 +51,15 @@ def program_changes(a: TraceInfo, b: TraceInfo) -> tuple[list[Change], int]:
             if pa is None:
                 continue
             compared += 1
-            if pa.jaxpr_sha256 != pb.jaxpr_sha256 or pa.hlo_sha256 != pb.hlo_sha256:
+            if pa.shardings != pb.shardings:   # a resharded program: named by its layout
+                moved = [f"{x} -> {y.split(': ', 1)[-1]}" for x, y in zip(pa.shardings or [], pb.shardings or [])
+                         if x != y]
+                out.append(Change("sharding", f"shardings of program {fb.name}",
+                                  "sharded" if pa.shardings else "one device",
+                                  "sharded" if pb.shardings else "one device",
+                                  detail="; ".join(moved[:4]) or "a different number of sharded "
+                                  "inputs/outputs"))
+            elif pa.jaxpr_sha256 != pb.jaxpr_sha256 or pa.hlo_sha256 != pb.hlo_sha256:
                 out.append(Change("code", f"program of {fb.name}", f"{pa.eqns} equations",
                                   f"{pb.eqns} equations", detail=_first_program_difference(pa, pb, a, b)))
             elif pa.compiled_sha256 != pb.compiled_sha256:

@@ -111,7 +111,8 @@ def make_job(prep: Prepared, options: Options) -> Job:
                trace_steps=tuple(spec.record.trace.steps) if spec.record.trace else None,
                packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
                compile_cache=str(cache_dir() / "jax-compile") if cache else None, emulate_cpu=var.emulate_cpu,
-               isa=child_isa(environment), xla_flags=tuple(environment.xla_flags)), spec, options.replay)
+               isa=child_isa(environment), xla_flags=tuple(environment.xla_flags),
+               devices=environment.devices, mesh=environment.mesh_axes()), spec, options.replay)
 
 
 @dataclass
@@ -268,7 +269,8 @@ def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> V
                        "environment fingerprint, so it was compared within tolerance, never "
                        "bitwise, and the environment was not compared (a difference there "
                        "cannot be named as a cause)")
-    v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend)
+    v.changes = changes_since_record(rec.meta, spec, prep.code, result.fingerprint, options.backend,
+                                     _compared_shardings(result))
     attach_traces(v, rec, result)  # program fingerprints and the first diverging op (localise.py)
     for name in (spec.record.metrics or sorted(set(rec.metrics) & set(result.metrics))):
         a, b = rec.metrics.get(name), result.metrics.get(name)
@@ -276,3 +278,11 @@ def judge(prep: Prepared, rec: Record, result: RunResult, options: Options) -> V
             v.curves[name] = {"steps": a["steps"], "recorded": a["values"],
                               "run_steps": b["steps"], "run": b["values"]}
     return v
+
+
+def _compared_shardings(result: RunResult) -> dict[str, Any] | None:
+    """The run's PartitionSpecs of the arrays it kept, to compare with the record's; None when
+    the run stopped early or ended at a segment (its weights are not the final ones)."""
+    if result.stopped is not None or result.ended_at is not None:
+        return None
+    return {k: result.shardings.get(k) for k in result.arrays if k.startswith(("weights", "grads/"))}

@@ -160,6 +160,16 @@ class ProgramPrint(_Part):
     hlo_sha256: str               # lowered (StableHLO) text
     compiled_sha256: str          # compiled (HLO) text
     ops: list[tuple[str, str, str, int]] = Field(default_factory=list)  # primitive, shape, params hash, source
+    # a program over several devices: "in <i>: P(...)" per input leaf, "out <i>: P(...)" per
+    # output leaf (child/traced.py); absent for a program on one device
+    shardings: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unsharded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("shardings") is None:
+            out.pop("shardings", None)
+        return out
 
 
 class TracedFunction(_Part):
@@ -249,6 +259,9 @@ class RecordMeta(_Part):
     checkpoints: CheckpointsInfo | None = None   # ctx.checkpoint: kept states, as blob pointers
     checksum: str | None = None   # record_checksum of the rest: a hand edit is damage, not drift
     source: SourceInfo | None = None        # imported from another tool (format 2)
+    # record key (weights/<path>, grads/<step>/<path>) -> PartitionSpec (JSON,
+    # child/sharding.py) of each sharded array; absent when nothing was sharded
+    shardings: dict[str, list[Any] | str] | None = None
 
     @model_validator(mode="after")
     def _fingerprint_or_source(self) -> RecordMeta:
@@ -263,8 +276,9 @@ class RecordMeta(_Part):
         """Records made before `source` existed are written back byte for byte (their
         checksums hold): an absent source is no key, not a null."""
         out: dict[str, Any] = handler(self)
-        if out.get("source") is None:
-            out.pop("source", None)
+        for key in ("source", "shardings"):   # likewise an unsharded record: no `shardings`
+            if out.get(key) is None:
+                out.pop(key, None)
         return out
 
     def to_json(self) -> dict[str, Any]:

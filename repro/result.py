@@ -70,6 +70,8 @@ class RunResult:
     checkpoints: dict[int, list[LeafKind]] = field(default_factory=dict)
     restored_at: int | None = None
     ended_at: int | None = None
+    # sharded weights and kept gradients: record key -> PartitionSpec (child/sharding.py)
+    shardings: dict[str, list[Any] | str] = field(default_factory=dict)
 
 
 def platform_key(reported: object) -> str:
@@ -147,10 +149,11 @@ def collect(out: Path, outcome: ChildOutcome, *, timeout: float, platform: str |
                      shape.grad_steps, outcome, notes, packages=shape.packages,
                      inputs=shape.inputs, traced=traced,
                      stopped=shape.stopped if result.get("status") == "stopped" else None,
-                     checkpoints=checkpoints, restored_at=shape.restored_at, ended_at=shape.ended_at)
+                     checkpoints=checkpoints, restored_at=shape.restored_at, ended_at=shape.ended_at,
+                     shardings=dict(shape.shardings))
 
 
-def _read_checkpoints(out: Path, layout: dict[str, list[tuple[str, str, bool]]],
+def _read_checkpoints(out: Path, layout: dict[str, list[list[Any]]],
                       arrays: dict[str, Any]) -> dict[int, list[LeafKind]]:
     """The states the run kept (out/checkpoints/<step>.npz, one array per leaf), added to
     `arrays` as checkpoints/<step>/<path>; RunError when one is missing or does not match the
@@ -205,9 +208,10 @@ class _RunFile(BaseModel):
     inputs: UnpinnedInputs | None = None
     traced: dict[str, Any] | None = None   # TraceInfo (its entries are JSON lists: not strict)
     stopped: StoppedAt | None = None
-    checkpoints: dict[str, list[tuple[str, str, bool]]] = Field(default_factory=dict)
+    checkpoints: dict[str, list[list[Any]]] = Field(default_factory=dict)
     restored_at: int | None = None
     ended_at: int | None = None
+    shardings: dict[str, list[Any] | str] = Field(default_factory=dict)
 
 
 def check_recordable(spec: Spec, result: RunResult) -> None:
@@ -243,7 +247,7 @@ def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
         image=image_ref, image_packages=packages, backend=backend,
         platform=result.platform_key, fingerprint=result.fingerprint, metrics=result.metrics,
         grad_steps=result.grad_steps, timings=result.timings, inputs=result.inputs, noise=noise,
-        traced=result.traced)
+        traced=result.traced, shardings=result.shardings or None)
 
 
 def _relative(path: Path | None, root: Path) -> str:

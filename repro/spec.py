@@ -301,6 +301,16 @@ class DataEntry(_Model):
         return v
 
 
+_AXIS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _product(sizes: Iterable[int]) -> int:
+    out = 1
+    for n in sizes:
+        out *= n
+    return out
+
+
 class EnvironmentSpec(_Model):
     image: str | None = Field(None, description="docker image pinned by digest: NAME@sha256:<hex>")
     recipe: str | None = Field(None, description="directory with the Dockerfile and lock file")
@@ -316,6 +326,16 @@ class EnvironmentSpec(_Model):
                      "hosts with and without AVX-512 compute the same bits), native (no cap), or "
                      "an XLA ISA name: SSE4_2, AVX, AVX2, AVX512, AVX512_VNNI, AVX512_BF16, AMX, "
                      "AMX_FP16")
+    # Sharded training (docs/sharding.md): devices per process and the named mesh over them.
+    # Both stay out of the canonical form at their defaults, so every spec written before them
+    # keeps its hash and every record its bytes.
+    devices: int = Field(1, ge=1, le=4096, description="devices per process: on CPU forced with "
+                         "--xla_force_host_platform_device_count; on GPU that many visible GPUs "
+                         "(a host with fewer skips the spec). Default 1; with `mesh` alone, the "
+                         "product of its sizes")
+    mesh: dict[str, int] | None = Field(None, description="named mesh axes in order, name -> "
+                                        "size (`{data: 4, model: 2}`); the sizes multiply to "
+                                        "`devices`; the training reads it as ctx.mesh")
     # Sandbox limits of the docker backend. They cannot change a result, only stop a run, so
     # they stay out of the canonical form and the hash (exclude=True).
     memory: str | None = Field(None, exclude=True, pattern=r"^[0-9]+[kmgKMG]?$",
@@ -324,6 +344,60 @@ class EnvironmentSpec(_Model):
     pids: int | None = Field(None, exclude=True, ge=16, le=1_000_000,
                              description="docker backend: container pids limit (default: ini "
                                          "repro_docker_pids, else 1024)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _devices_from_mesh(cls, data: Any) -> Any:
+        """A mesh without `devices` means as many devices as the mesh has places."""
+        if isinstance(data, dict) and "devices" not in data and isinstance(data.get("mesh"), dict):
+            sizes = list(data["mesh"].values())
+            if sizes and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+                return {**data, "devices": _product(sizes)}
+        return data
+
+    @field_validator("mesh")
+    @classmethod
+    def _mesh(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("mesh is empty: name at least one axis (`mesh: {data: 4}`), or "
+                             "leave the key out")
+        for name, size in v.items():
+            if not _AXIS.match(name):
+                raise ValueError(f"mesh axis name {name!r} is not an identifier (letters, digits "
+                                 "and '_', not starting with a digit): PartitionSpecs name it")
+            if size < 1:
+                raise ValueError(f"mesh axis {name!r} has size {size}; sizes are at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _mesh_fits(self) -> EnvironmentSpec:
+        if self.devices > 1 and any(f.startswith("--xla_force_host_platform_device_count")
+                                    for f in self.xla_flags):
+            raise ValueError("xla_flags sets --xla_force_host_platform_device_count and devices "
+                             "is set too; drop the flag: `devices` sets it on CPU")
+        if self.mesh is not None and _product(self.mesh.values()) != self.devices:
+            shape = " x ".join(f"{k}={n}" for k, n in self.mesh.items())
+            raise ValueError(f"mesh {shape} has {_product(self.mesh.values())} places but "
+                             f"devices is {self.devices}; make the sizes multiply to devices "
+                             "(or leave devices out: it defaults to the mesh's product)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`devices` and `mesh` only where used: an unsharded spec's canonical form (and so
+        its hash) is what it was before they existed."""
+        out: dict[str, Any] = handler(self)
+        if out.get("devices") == 1:
+            out.pop("devices", None)
+        if out.get("mesh") is None:
+            out.pop("mesh", None)
+        return out
+
+    def mesh_axes(self) -> tuple[tuple[str, int], ...]:
+        """The mesh as (name, size) pairs in order; a spec without one has none."""
+        return tuple(self.mesh.items()) if self.mesh else ()
 
     @field_validator("image")
     @classmethod

@@ -72,7 +72,7 @@ class Status(StrEnum):
 
 PASS, FAIL, ERROR, RECORDED, RAN = (Status.PASS, Status.FAIL, Status.ERROR, Status.RECORDED,
                                     Status.RAN)
-ChangeKind = Literal["spec", "code", "data", "environment", "backend"]
+ChangeKind = Literal["spec", "code", "data", "environment", "backend", "sharding"]
 
 
 @dataclass

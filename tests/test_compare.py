@@ -332,7 +332,8 @@ def test_auto_ignores_informational_fields():
 
 # a value of the field's type that differs from FP's, and what the reason says of it
 OTHER_VALUE = {"device_count": (2, "2"), "cpus": (7, "7"), "l1d_cache": (49152, "49152 bytes"),
-               "settings": ({"matmul_precision": "default"}, "settings matmul_precision")}
+               "settings": ({"matmul_precision": "default"}, "settings matmul_precision"),
+               "mesh": ([["data", 2], ["model", 2]], "mesh none -> {data: 2, model: 2}")}
 
 
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)
@@ -341,8 +342,9 @@ def test_auto_is_close_when_any_numeric_field_differs(field):
     bitwise, reason = choose_bitwise("auto", fp(), fp(**{field: value}))
     said = {"effective_isa": "effective ISA", "l1d_cache": "L1 data cache"}.get(field, field)
     assert not bitwise and said in reason and shown in reason, reason
+    # a record without the field (FP has no mesh: an unsharded run's) against a run with it
     assert not choose_bitwise("auto", Fingerprint.from_json({k: v for k, v in FP.items() if k != field}),
-                              fp())[0]
+                              fp() if field in FP else fp(**{field: value}))[0]
 
 
 # -- compare_run ---------------------------------------------------------------------------------

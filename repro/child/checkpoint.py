@@ -50,6 +50,7 @@ class Checkpoints:
         self._last: int | None = None
         self.on_restore: Callable[[int], None] | None = None   # ctx.traced's step offset
         self.expect: ArrayExpectation | None = None   # fail-fast: the record's states (expect.py)
+        self.mesh: Callable[[], Any] = lambda: None   # the spec's mesh, where sharded leaves go back
 
     @property
     def replaying(self) -> bool:
@@ -75,7 +76,7 @@ class Checkpoints:
         with np.load(path, allow_pickle=False) as f:
             leaves = {k.path: (k, np.asarray(f[k.path])) for k in kinds}
         try:
-            state = decode_state(template, leaves, step)
+            state = decode_state(template, leaves, step, self.mesh())
         except ValueError as exc:
             raise ValueError(f"ctx.restore: {exc}") from None
         self.restored_at = step

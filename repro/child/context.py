@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from repro.child.checkpoint import Checkpoints
     from repro.child.expect import ArrayExpectation, Expectation
+    from repro.child.sharding import SpecJSON
     from repro.child.traced import Tracer
 
 
@@ -37,13 +38,18 @@ class Context:
                  config: Mapping[str, Any], grad_steps: GradSchedule,
                  trace_steps: GradSchedule | None = None, tree: str = ".",
                  expect: Expectation | None = None, checkpoints: Checkpoints | None = None,
-                 expect_arrays: ArrayExpectation | None = None):
+                 expect_arrays: ArrayExpectation | None = None, devices: int = 1,
+                 mesh_axes: tuple[tuple[str, int], ...] = ()):
         self.seeds = dict(seeds)
         self.data = dict(data)
         self.config = dict(config)
         self._grad_steps = grad_steps
         self.metrics: dict[str, dict[str, Any]] = {}   # name -> {steps, values, dtype}
         self.grads: dict[int, dict[str, np.ndarray]] = {}
+        # record key (grads/<step>/<path>) -> PartitionSpec of each sharded leaf kept
+        self.shardings: dict[str, SpecJSON] = {}
+        self._devices, self._mesh_axes = devices, tuple(mesh_axes)
+        self._mesh: jax.sharding.Mesh | None = None
         self.nonfinite: list[tuple[str, int, float]] = []
         self._trace_steps = trace_steps if trace_steps is not None else grad_steps
         self._tree = tree
@@ -69,6 +75,26 @@ class Context:
         import jax
 
         return jax.random.PRNGKey(self.seed(name))
+
+    # -- devices --------------------------------------------------------------------------------
+    @property
+    def mesh(self) -> jax.sharding.Mesh:
+        """The `jax.sharding.Mesh` of `environment.mesh`: its axes in the spec's order over the
+        first `environment.devices` devices sorted by id (the same layout in every run)."""
+        if not self._mesh_axes:
+            raise RuntimeError("ctx.mesh: the spec has no environment.mesh; add one, e.g. "
+                               "`environment: {devices: 4, mesh: {data: 2, model: 2}}` "
+                               "(docs/sharding.md)")
+        if self._mesh is None:
+            from repro.child.sharding import build_mesh
+
+            self._mesh = build_mesh(self._devices, self._mesh_axes)
+        return self._mesh
+
+    @property
+    def mesh_or_none(self) -> jax.sharding.Mesh | None:
+        """ctx.mesh, or None for a spec without environment.mesh (restoring a state)."""
+        return self.mesh if self._mesh_axes else None
 
     # -- reporting ------------------------------------------------------------------------------
     def log(self, step: int, **scalars: object) -> None:
@@ -114,6 +140,8 @@ class Context:
         if step in self.grads:
             raise ValueError(f"ctx.log_grads: gradients for step {step} were already logged")
         self.grads[step] = dict(numeric_leaves(grads, f"ctx.log_grads at step {step}"))
+        from repro.child.treepath import tree_specs
+        self.shardings.update(tree_specs(grads, f"grads/{step}"))
         if self._expect_arrays is not None:   # fail-fast: kept, then checked against the record
             stop = self._expect_arrays.check("grad", step, self.grads[step])
             if stop is not None:

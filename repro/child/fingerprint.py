@@ -109,7 +109,8 @@ def _canary_cache_key(jax: ModuleType) -> str | None:
 
 
 def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] | None = None,
-                programs_error: str | None = None) -> Fingerprint:
+                programs_error: str | None = None,
+                mesh: tuple[tuple[str, int], ...] = ()) -> Fingerprint:
     """Everything about the running environment that a result may depend on (child side).
     `programs`: the optimized HLO of every program the run compiled (env/kernels.py). Built as
     the JSON document run.json holds (its keys in this order, `kernels_error` only when set) and
@@ -150,6 +151,7 @@ def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] |
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
+        **({"mesh": [[name, size] for name, size in mesh]} if mesh else {}),   # environment.mesh
         "cpus": len(cpus),
         "cpu_isa": flags,
         "effective_isa": isa,

@@ -194,10 +194,16 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                               GradSchedule(job.checkpoints_every, list(job.checkpoints_steps)).keeps,
                               restore_spec(job.restore, run_dir), job.stop_at)
     checkpoints.expect = expect_arrays
+    if len(jax.devices()) < job.devices:
+        raise _Failure(kind="environment", message=f"environment.devices is {job.devices}, but "
+                       f"jax shows {len(jax.devices())} {jax.default_backend()} device(s) here; run "
+                       "it where that many are visible")
     ctx = Context(seeds=job.seeds, data=job.data, config=job.config,
                   grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)),
                   trace_steps=None if job.trace_steps is None else GradSchedule(None, list(job.trace_steps)),
-                  tree=tree, expect=expect, checkpoints=checkpoints, expect_arrays=expect_arrays)
+                  tree=tree, expect=expect, checkpoints=checkpoints, expect_arrays=expect_arrays,
+                  devices=job.devices, mesh_axes=job.mesh)
+    checkpoints.mesh = lambda: ctx.mesh_or_none
     t0 = time.perf_counter()
     stopped: dict[str, Any] | None = None
     ended_at: int | None = None
@@ -223,7 +229,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.
     modules = list(programs.modules)   # the training's programs, not the canary's
-    result["fingerprint"] = fingerprint(settings, cpus, modules, programs.error).to_json()
+    result["fingerprint"] = fingerprint(settings, cpus, modules, programs.error, job.mesh).to_json()
 
     arrays: dict[str, np.ndarray] = {}
     if job.weights == "final" and stopped is None and ended_at is None:
@@ -239,6 +245,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
             raise _Failure(kind="user", type=type(exc).__name__, message=str(exc)) from None
         for path, leaf in weights:
             arrays[f"weights/{path}" if path else "weights"] = leaf
+        from repro.child.treepath import tree_specs
+        ctx.shardings.update(tree_specs(params, "weights"))
     for step, grads in sorted(ctx.grads.items()):
         for path, leaf in grads.items():
             arrays[f"grads/{step}/{path}" if path else f"grads/{step}"] = leaf
@@ -258,6 +266,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
         result["restored_at"] = checkpoints.restored_at
     if ended_at is not None:
         result["ended_at"] = ended_at
+    if ctx.shardings:   # sharded weights and gradients: their PartitionSpecs (child/sharding.py)
+        result["shardings"] = dict(sorted(ctx.shardings.items()))
     result.update(status="ok" if stopped is None else "stopped", metrics=ctx.metrics,
                   nonfinite=[{"metric": m, "step": s, "value": repr(v)} for m, s, v in ctx.nonfinite],
                   grad_steps=sorted(ctx.grads))

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from repro.child.sharding import SpecJSON, global_value, place, spec_json, valid_spec
 from repro.child.treepath import flatten_with_paths, named_leaves, prng_key_data
 
 KINDS = ("jax", "numpy", "numpy-scalar", "int", "bigint", "float", "complex", "bool", "str")
@@ -50,21 +51,29 @@ def known_kind(kind: object) -> bool:
 
 @dataclass(frozen=True)
 class LeafKind:
-    """How one state leaf is given back: its path, kind and (jax) weak type."""
+    """How one state leaf is given back: its path, kind, (jax) weak type and, for a jax.Array
+    spread over a mesh, its PartitionSpec (child/sharding.py; None: one device)."""
 
     path: str
     kind: str
     weak: bool = False
+    sharding: SpecJSON | None = None
 
     def as_list(self) -> list[Any]:
-        return [self.path, self.kind, self.weak]
+        # [path, kind, weak] as before; the sharding only where there is one
+        base: list[Any] = [self.path, self.kind, self.weak]
+        return base if self.sharding is None else [*base, self.sharding]
 
     @classmethod
     def from_list(cls, item: Sequence[Any]) -> LeafKind:
-        path, kind, weak = item
-        if not isinstance(path, str) or not known_kind(kind) or not isinstance(weak, bool):
+        if not isinstance(item, (list, tuple)) or len(item) not in (3, 4):
             raise ValueError(f"not a state leaf description: {item!r}")
-        return cls(path, kind, weak)
+        path, kind, weak = item[:3]
+        sharding = item[3] if len(item) == 4 else None
+        if not isinstance(path, str) or not known_kind(kind) or not isinstance(weak, bool) \
+                or not valid_spec(sharding):
+            raise ValueError(f"not a state leaf description: {item!r}")
+        return cls(path, kind, weak, _frozen(sharding))
 
 
 def encode_state(tree: object, what: str) -> list[tuple[LeafKind, np.ndarray]]:
@@ -81,7 +90,7 @@ def _encode_leaf(path: str, leaf: object, what: str, jax_array: type) -> tuple[L
         impl, arr = typed
         kind, weak = KEY_KIND + impl, False
     elif isinstance(leaf, jax_array):
-        arr = np.asarray(leaf)
+        arr = global_value(leaf)   # a sharded array: its whole value (its spec: below)
         kind, weak = "jax", bool(getattr(leaf, "weak_type", False))
     elif isinstance(leaf, np.ndarray):
         arr, kind, weak = leaf, "numpy", False
@@ -109,11 +118,25 @@ def _encode_leaf(path: str, leaf: object, what: str, jax_array: type) -> tuple[L
                         "checkpoint keeps arrays (jax or numpy), numbers and strings")
     if arr.dtype.kind not in "biufc":
         raise TypeError(f"{what}: leaf {path or '(root)'!r} has dtype {arr.dtype}, not a number")
-    return LeafKind(path or "(root)", kind, weak), arr
+    sharding = spec_json(leaf) if kind == "jax" else None
+    return LeafKind(path or "(root)", kind, weak, _frozen(sharding)), arr
 
 
-def decode_leaf(kind: LeafKind, arr: np.ndarray) -> object:
-    """The leaf `encode_state` turned into (kind, arr), as it was."""
+def _frozen(spec: SpecJSON | None) -> Any:
+    """A PartitionSpec's JSON as tuples (LeafKind is frozen and hashable); as_list gives
+    lists back through JSON either way."""
+    if isinstance(spec, list):
+        return tuple(tuple(e) if isinstance(e, list) else e for e in spec)
+    return spec
+
+
+def decode_leaf(kind: LeafKind, arr: np.ndarray, mesh: Any = None) -> object:
+    """The leaf `encode_state` turned into (kind, arr), as it was; a sharded jax.Array placed
+    back onto `mesh` (the spec's) with its recorded PartitionSpec."""
+    if kind.kind == "jax" and kind.sharding is not None and not isinstance(kind.sharding, str):
+        spec = [list(e) if isinstance(e, tuple) else e for e in kind.sharding]
+        placed = place(arr, spec, mesh, f"leaf {kind.path!r}")
+        return _weakly_typed(placed) if kind.weak else placed
     k = kind.kind
     if k.startswith(KEY_KIND):
         import jax
@@ -155,7 +178,7 @@ def _weakly_typed(x: Any) -> Any:
 
 
 def decode_state(template: object, leaves: Mapping[str, tuple[LeafKind, np.ndarray]],
-                 step: int) -> object:
+                 step: int, mesh: Any = None) -> object:
     """`template` with every leaf replaced by the checkpoint's leaf of the same path. Raises
     ValueError naming the paths the template has and the checkpoint lacks (or the reverse), or
     a leaf whose kind changed (the state's structure changed since it was recorded)."""
@@ -182,6 +205,6 @@ def decode_state(template: object, leaves: Mapping[str, tuple[LeafKind, np.ndarr
             raise ValueError(f"ctx.restore: leaf {name!r} has shape {now.shape} in the state "
                              f"passed, {arr.shape} in the checkpoint at step {step}: the state "
                              "changed since it was recorded; record again")
-        values.append(decode_leaf(kind, arr))
+        values.append(decode_leaf(kind, arr, mesh))
     treedef = jax.tree_util.tree_structure(template)
     return jax.tree_util.tree_unflatten(treedef, values)

@@ -102,11 +102,15 @@ class Tracer:
         jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
         lowered = jitted.lower(*args, **kwargs)
         compiled = lowered.compile()
-        return {"inputs": _signature_text(signature), "first_call": call,
-                "jaxpr_sha256": _sha(str(closed)), "eqns": len(ops),
-                "hlo_sha256": _sha(lowered.as_text()),
-                "compiled_sha256": _sha(_compiled_text(compiled.as_text() or "")),
-                "ops": ops}
+        out = {"inputs": _signature_text(signature), "first_call": call,
+               "jaxpr_sha256": _sha(str(closed)), "eqns": len(ops),
+               "hlo_sha256": _sha(lowered.as_text()),
+               "compiled_sha256": _sha(_compiled_text(compiled.as_text() or "")),
+               "ops": ops}
+        shardings = _program_shardings(compiled)
+        if shardings is not None:
+            out["shardings"] = shardings
+        return out
 
     def _walk(self, jaxpr: Any, ops: list[list[Any]]) -> None:
         """One entry per equation, nested equations included (in order, after their parent)."""
@@ -252,3 +256,31 @@ def _sha(text: str) -> str:
 def _inside(path: str, tree: str) -> bool:
     real = os.path.realpath(path)
     return real == tree or real.startswith(tree.rstrip(os.sep) + os.sep)
+
+
+def _program_shardings(compiled: Any) -> list[str] | None:
+    """The compiled program's input and output shardings, one "in <i>: P(...)" / "out <i>:
+    P(...)" per leaf, when any spans more than one device (a resharded program is named even
+    where its HLO hash alone would only say "changed"); None for a program on one device."""
+    import jax
+
+    from repro.child.sharding import describe
+
+    def entries(tree: Any, tag: str) -> list[tuple[str, Any]]:
+        leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+        return [(f"{tag} {i}", s) for i, s in enumerate(leaves) if isinstance(s, jax.sharding.Sharding)]
+    try:
+        found = entries(compiled.input_shardings, "in") + entries(compiled.output_shardings, "out")
+    except Exception:   # a backend that does not say: the HLO hash still holds the layout
+        return None
+    if not any(len(s.device_set) > 1 for _, s in found):
+        return None
+
+    def text(s: Any) -> str:
+        if isinstance(s, jax.sharding.NamedSharding):
+            spec = [list(e) if isinstance(e, tuple) else e for e in s.spec]
+            while spec and spec[-1] is None:
+                spec.pop()
+            return describe(spec)
+        return describe(None) if len(s.device_set) <= 1 else str(s)
+    return [f"{where}: {text(s)}" for where, s in found]

@@ -73,7 +73,7 @@ def numeric_leaves(tree: object, what: str) -> list[tuple[str, Any]]:
     ("the returned params", "ctx.log_grads at step 3"). Raises TypeError naming the leaf and
     its type, or ValueError for two leaves of one path. A typed PRNG key (`jax.random.key`, the
     keys in Flax's nnx.Rngs) is kept as its key data (`jax.random.key_data`, uint32)."""
-    import numpy as np
+    from repro.child.sharding import global_value
 
     out = []
     for path, leaf in named_leaves(tree, what):
@@ -82,7 +82,7 @@ def numeric_leaves(tree: object, what: str) -> list[tuple[str, Any]]:
             out.append((path, typed[1]))
             continue
         try:
-            arr = np.asarray(leaf)
+            arr = global_value(leaf)   # a sharded jax.Array: its whole value
         except Exception as exc:  # an object numpy cannot turn into an array at all
             raise TypeError(f"{what}: leaf {path or '(root)'!r} is a {type(leaf).__name__}, "
                             f"not an array ({exc})") from None
@@ -107,3 +107,17 @@ def prng_key_data(leaf: object) -> tuple[str, Any] | None:
     if not isinstance(leaf, jax.Array) or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return None
     return str(jax.random.key_impl(leaf)), np.asarray(jax.random.key_data(leaf))
+
+
+def tree_specs(tree: object, prefix: str) -> dict[str, Any]:
+    """`prefix/<leaf path>` -> PartitionSpec of every sharded leaf of `tree` (none: {}), keyed
+    as the record keys the leaf's array (`weights/params/w`, `grads/3/params/w`)."""
+    from repro.child.sharding import spec_json
+
+    out = {}
+    for path, leaf in flatten_with_paths(tree):
+        spec = spec_json(leaf)
+        if spec is not None:
+            out[f"{prefix}/{path}" if path else prefix] = spec
+    return out
+

@@ -76,7 +76,8 @@ def replay_of(loaded: Loaded, start: int, stop_at: int | None, keep: Sequence[in
     if start == 0:
         return Replay(stop_at=stop_at, keep=tuple(keep))
     assert loaded.meta.checkpoints is not None
-    layout = tuple(LeafKind(x.path, x.kind, x.weak) for x in loaded.meta.checkpoints.leaves(start))
+    layout = tuple(LeafKind.from_list([x.path, x.kind, x.weak, *([x.sharding] if x.sharding is not None else [])])
+                   for x in loaded.meta.checkpoints.leaves(start))
     return Replay(start=start, state=read_state(loaded.directory, loaded.meta, start), layout=layout,
                   stop_at=stop_at, keep=tuple(keep))
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 # Fingerprint fields that decide the arithmetic. When all are equal, `tolerance.mode: auto`
 # demands bitwise equality; any other field (hostname, CPU model name, python patch) only informs.
-NUMERIC_FIELDS = ("jax", "jaxlib", "numpy", "backend", "device_kind", "device_count", "cpus",
+NUMERIC_FIELDS = ("jax", "jaxlib", "numpy", "backend", "device_kind", "device_count", "mesh", "cpus",
                   "effective_isa", "l1d_cache", "settings", "prng_canary", "machine")
 # (the host's raw `cpu_isa` flags only inform: what decides is the effective ISA, env/isa.py;
 # `l1d_cache` is set only when the programs hold contractions summed in L1-sized slices, and
@@ -82,6 +82,19 @@ def _settings(value: object, where: str) -> dict[str, SettingValue]:
             raise FingerprintError(f"{where}.{key} is {_shown(v)}, not a string, number or "
                                    "true/false")
     return dict(doc)
+
+
+def _mesh(value: object, where: str) -> tuple[tuple[str, int], ...]:
+    """A mesh as JSON has it: [[axis, size], ...] in the mesh's order (a list, not an object:
+    {data: 2, model: 4} and {model: 4, data: 2} are different meshes)."""
+    if not isinstance(value, (list, tuple)):
+        raise FingerprintError(f"{where} is {_shown(value)}, not a list of [axis, size] pairs")
+    out = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise FingerprintError(f"{where}[{i}] is {_shown(pair)}, not an [axis, size] pair")
+        out.append((_str(pair[0], f"{where}[{i}][0]"), _int(pair[1], f"{where}[{i}][1]")))
+    return tuple(out)
 
 
 def _kernels(value: object, where: str) -> tuple[KernelEntry, ...]:
@@ -148,6 +161,14 @@ class KernelEntry:
 _KERNEL_FIELDS = ("library", "op", "count", "pinned", "how", "longest_k", "blocked")
 
 
+def describe_mesh(mesh: Iterable[Sequence[Any]] | None) -> str:
+    """A fingerprint's mesh as the spec writes it: `{data: 2, model: 4}` (its JSON, a list of
+    [axis, size] pairs, or the typed tuple of them); `none` for a run without one."""
+    if not mesh:
+        return "none"
+    return "{" + ", ".join(f"{name}: {size}" for name, size in mesh) + "}"
+
+
 def describe_kernel(kernel: KernelEntry) -> str:
     """One kernel entry of a fingerprint, short: `YNNPACK dot_general ×7 pinned`."""
     k = f", contractions up to {kernel.longest_k}" if kernel.blocked else ""
@@ -170,6 +191,7 @@ class Fingerprint:
     backend: str | None = None
     device_kind: str | None = None
     device_count: int | None = None
+    mesh: tuple[tuple[str, int], ...] | None = None   # environment.mesh: (axis, size) in order
     cpus: int | None = None
     cpu_isa: tuple[str, ...] | None = None        # the CPU's flags, as CPUID reports them
     effective_isa: str | None = None              # what code generation may use (env/isa.py)
@@ -213,6 +235,8 @@ class Fingerprint:
             return list(value)
         if key == "settings" and value is not None:
             return dict(value)
+        if key == "mesh" and value is not None:
+            return [[name, size] for name, size in value]
         return value
 
     @property
@@ -242,7 +266,7 @@ class Fingerprint:
 
 FIELD_READERS: dict[str, Callable[[object, str], Any]] = {
     "python": _str, "jax": _str, "jaxlib": _str, "numpy": _str, "backend": _str,
-    "device_kind": _str, "device_count": _int, "cpus": _int, "cpu_isa": _strings,
+    "device_kind": _str, "device_count": _int, "mesh": _mesh, "cpus": _int, "cpu_isa": _strings,
     "effective_isa": _str, "kernels": _kernels, "l1d_cache": _int, "kernels_error": _str,
     "cpu_model": _str, "machine": _str, "os": _str, "settings": _settings,
     "prng_canary": _str, "in_container": _bool}

@@ -15,6 +15,7 @@ DEFAULT_XLA_FLAGS = {
     "cpu": ["--xla_cpu_enable_fast_math=false"],
     "gpu": ["--xla_gpu_deterministic_ops=true"],
 }
+FORCE_DEVICES = "--xla_force_host_platform_device_count"   # environment.devices on CPU
 JAX_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "any": None}
 
 # Variables copied from the caller. Everything else is left out on purpose; JAX_*, XLA_* and
@@ -35,6 +36,11 @@ def determinism_settings(env_spec: EnvironmentSpec) -> dict[str, str]:
     flags = []
     for plat in (("cpu", "gpu") if env_spec.platform == "any" else (env_spec.platform,)):
         flags += DEFAULT_XLA_FLAGS[plat]
+    if env_spec.devices > 1 and env_spec.platform in ("cpu", "any"):
+        # N CPU devices in one process: jax's standard way to run sharded code on CPU. It is an
+        # XLA flag like the others, so it is in the fingerprint's settings (and devices and
+        # mesh are fields of their own there too).
+        flags.append(f"{FORCE_DEVICES}={env_spec.devices}")
     flags += list(env_spec.xla_flags)
     settings = {
         "XLA_FLAGS": " ".join(flags),

@@ -60,6 +60,15 @@ class CheckpointLeaf(_Part):
     dtype: str
     shape: list[int]
     place: Literal["record", "store"]
+    sharding: list[Any] | str | None = None   # a sharded jax.Array's PartitionSpec (JSON)
+
+    @model_serializer(mode="wrap")
+    def _omit_unsharded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a leaf on one device is written as before: no `sharding` key
+        out: dict[str, Any] = handler(self)
+        if out.get("sharding") is None:
+            out.pop("sharding", None)
+        return out
 
 
 class CheckpointsInfo(_Part):
@@ -155,12 +164,20 @@ def write_state_blobs(staging: Path, states: Mapping[str, Any],
                 place, sha = "store", machine_store().put(data)
             leaves.append(CheckpointLeaf(path=kind.path, kind=kind.kind, weak=kind.weak, sha256=sha,
                                          size=len(data), dtype=str(arr.dtype),
-                                         shape=list(arr.shape), place=place))
+                                         shape=list(arr.shape), place=place,
+                                         sharding=_json_spec(kind.sharding)))
         out[str(step)] = leaves
     if (staging / BLOBS_DIR).exists():
         for d in [staging / BLOBS_DIR, *(staging / BLOBS_DIR).iterdir()]:
             os.chmod(d, 0o755)
     return CheckpointsInfo(steps=sorted(checkpoints), states=out)
+
+
+def _json_spec(spec: Any) -> Any:
+    """A LeafKind's sharding (tuples) as record.json holds it (lists)."""
+    if isinstance(spec, tuple):
+        return [list(e) if isinstance(e, tuple) else e for e in spec]
+    return spec
 
 
 def read_leaves(directory: Path, checkpoints: CheckpointsInfo, step: int) -> dict[str, Any]:
