@@ -659,6 +659,12 @@ def load_spec(path: str | Path, *, require_pins: bool = True) -> Spec:
         raise SpecError("no such spec file", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read the spec: {exc}", file=str(path)) from None
+    return parse_spec_text(text, path, require_pins=require_pins)
+
+
+def parse_spec_text(text: str, path: Path, *, require_pins: bool = True) -> Spec:
+    """A spec from the text of the file at `path` (read, or about to be written): errors name
+    that file and its lines; the default `name` is the file stem."""
     data, lines = load_with_lines(text, str(path))
     spec = parse_spec(data, file=str(path), lines=lines, default_name=default_name(path),
                       require_pins=require_pins)
