@@ -141,6 +141,9 @@ class Job:
     emulate_cpu: str | None = None           # run under qemu-x86_64 -cpu MODEL (variation.py)
     devices: int = 1                         # environment.devices (per process)
     mesh: tuple[tuple[str, int], ...] = ()   # environment.mesh: (axis, size) in order; () none
+    processes: int = 1                       # environment.processes: joined by jax.distributed
+    process_id: int = 0                      # which of them this job is (0 writes the output)
+    coordinator: str | None = None           # host:port of jax.distributed's coordinator (processes > 1)
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)

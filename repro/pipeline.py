@@ -112,7 +112,8 @@ def make_job(prep: Prepared, options: Options) -> Job:
                packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
                compile_cache=str(cache_dir() / "jax-compile") if cache else None, emulate_cpu=var.emulate_cpu,
                isa=child_isa(environment), xla_flags=tuple(environment.xla_flags),
-               devices=environment.devices, mesh=environment.mesh_axes()), spec, options.replay)
+               devices=environment.devices, mesh=environment.mesh_axes(),
+               processes=environment.processes), spec, options.replay)
 
 
 @dataclass
