@@ -1,0 +1,123 @@
+"""Multi-process runs (environment.processes, docs/sharding.md): P runner processes joined by
+jax.distributed (gloo on CPU), process 0 writing the run's output with values gathered from
+all, a dying process failing the whole run and taking the others with it.
+
+The workload is a tiny 2-layer MLP, data-parallel over `{data: 4}`: 2 processes x 2 forced CPU
+devices. Real jax.distributed, real processes, real git; no mocks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, build_workload, sha256
+from repro.env.fingerprint import Fingerprint
+from repro.spec import EnvironmentSpec
+
+MP_PY = '''
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def train(ctx):
+    mesh = ctx.mesh
+    me = jax.process_index()
+    where = ctx.config.get("pids_dir")
+    if where:   # the kill test: say who is where, then wait to be killed
+        path = os.path.join(where, f"{me}.pid")
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{os.getpid()}")
+        os.replace(path + ".tmp", path)
+    d = np.load(ctx.data["xy"])
+    batch = NamedSharding(mesh, P("data", None))
+    x = jax.device_put(np.asarray(d["x"], np.float32), batch)
+    y = jax.device_put(np.asarray(d["y"], np.float32), batch)
+    k1, k2 = jax.random.split(ctx.key("params"))
+    rep = NamedSharding(mesh, P())
+    put = lambda a: jax.device_put(np.asarray(a), rep)   # the same host value in every process
+    params = {"hidden": {"w": put(jax.random.normal(k1, (4, 8)) * 0.3), "b": put(np.zeros((8,), np.float32))},
+              "out": {"w": put(jax.random.normal(k2, (8, 1)) * 0.3), "b": put(np.zeros((1,), np.float32))}}
+
+    def loss_fn(p, x, y):
+        h = jnp.tanh(x @ p["hidden"]["w"] + p["hidden"]["b"])
+        return jnp.mean((h @ p["out"]["w"] + p["out"]["b"] - y) ** 2)
+
+    lr = ctx.config["lr"]
+    step_fn = jax.jit(jax.value_and_grad(loss_fn))
+    update = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g))
+    for step in range(ctx.config["steps"]):
+        loss, g = step_fn(params, x, y)
+        params = update(params, g)
+        ctx.log(step, loss=loss)
+        ctx.log_grads(step, g)
+        if where:
+            time.sleep(0.5)
+    host = {"process": me, "pid": os.getpid(), "node": os.environ.get("REPRO_TEST_NODE", "")}
+    print("PLACEMENT " + repr(host), flush=True)
+    return params
+'''
+
+SPEC = '''\
+repro: 1
+name: mp
+code:
+  commit: {commit}
+  entrypoint: tinyproj.train:train
+data:
+  xy:
+    path: data/xy.npz
+    sha256: {sha}
+environment:
+  processes: {processes}
+  devices: {devices}
+  mesh: {{data: 4}}
+seeds: {{params: 0}}
+config: {{lr: 0.05, steps: {steps}{extra}}}
+record:
+  metrics: [loss]
+  grads: {{every: 2}}
+  runs: 1
+'''
+
+
+def make_mp(root: Path, processes: int = 2, devices: int = 2, steps: int = 6, extra: str = "") -> Project:
+    p, _ = build_workload(root)
+    p.write("tinyproj/train.py", textwrap.dedent(MP_PY))
+    commit = p.commit("multi-process workload")
+    p.write("specs/mp.yaml", SPEC.format(commit=commit, sha=sha256(p.data), processes=processes,
+                                         devices=devices, steps=steps, extra=extra))
+    p.commit("spec")
+    return p
+
+
+# -- the spec -----------------------------------------------------------------------------------
+def test_processes_is_validated_and_absent_at_its_default():
+    assert "processes" not in EnvironmentSpec().model_dump()
+    env = EnvironmentSpec(processes=2, mesh={"data": 4})
+    assert env.devices == 2 and env.model_dump()["processes"] == 2   # the mesh over processes
+    with pytest.raises(ValueError, match=r"mesh data=4 has 4 places but devices x processes is "
+                                         r"4 x 2 = 8; make the sizes multiply to devices x processes"):
+        EnvironmentSpec(processes=2, devices=4, mesh={"data": 4})
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        EnvironmentSpec(processes=0)
+
+
+def test_process_count_round_trips_and_old_fingerprints_stay_byte_identical():
+    old = {"jax": "0.10.2", "device_count": 4, "mesh": [["data", 4]], "cpus": 1}
+    assert Fingerprint.from_json(old).to_json() == old and Fingerprint.from_json(old).process_count is None
+    new = {**old, "process_count": 2}
+    fp = Fingerprint.from_json(new)
+    assert fp.to_json() == new and list(fp.to_json()) == list(new) and fp.process_count == 2
+    assert ("process_count", None, 2, True) in Fingerprint.from_json(old).changes(fp)
