@@ -35,11 +35,6 @@ def train(ctx):
     mesh = ctx.mesh
     me = jax.process_index()
     where = ctx.config.get("pids_dir")
-    if where:   # the kill test: say who is where, then wait to be killed
-        path = os.path.join(where, f"{me}.pid")
-        with open(path + ".tmp", "w") as f:
-            f.write(f"{os.getpid()}")
-        os.replace(path + ".tmp", path)
     d = np.load(ctx.data["xy"])
     batch = NamedSharding(mesh, P("data", None))
     x = jax.device_put(np.asarray(d["x"], np.float32), batch)
@@ -62,7 +57,13 @@ def train(ctx):
         params = update(params, g)
         ctx.log(step, loss=loss)
         ctx.log_grads(step, g)
-        if where:
+        if where:   # the kill test: say who is where (after a step's output), then wait to be killed
+            print(f"process {me} at step {step}", flush=True)
+            if step == 0:
+                path = os.path.join(where, f"{me}.pid")
+                with open(path + ".tmp", "w") as f:
+                    f.write(f"{os.getpid()}")
+                os.replace(path + ".tmp", path)
             time.sleep(0.5)
     host = {"process": me, "pid": os.getpid(), "node": os.environ.get("REPRO_TEST_NODE", "")}
     print("PLACEMENT " + repr(host), flush=True)
@@ -121,3 +122,84 @@ def test_process_count_round_trips_and_old_fingerprints_stay_byte_identical():
     fp = Fingerprint.from_json(new)
     assert fp.to_json() == new and list(fp.to_json()) == list(new) and fp.process_count == 2
     assert ("process_count", None, 2, True) in Fingerprint.from_json(old).changes(fp)
+
+
+# -- record, verify, a process killed --------------------------------------------------------------
+def mp_record(p: Project) -> Path:
+    return p.root / "fixtures" / "records" / "mp" / "cpu"
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_record_and_verify_bitwise(tmp_path):
+    p = make_mp(tmp_path / "proj")
+    out = p.repro("record", "specs/mp.yaml", check_rc=0).stdout
+    assert "RECORDED mp [cpu]" in out, out
+    meta = json.loads((mp_record(p) / "record.json").read_text())
+    fp = meta["fingerprint"]
+    assert fp["process_count"] == 2 and fp["device_count"] == 4 and fp["mesh"] == [["data", 4]]
+    assert "--xla_force_host_platform_device_count=2" in fp["settings"]["XLA_FLAGS"]   # per process
+    assert meta["spec"]["canonical"]["environment"]["processes"] == 2
+    # global values, gathered from both processes: the full shapes
+    assert meta["arrays"]["index"]["weights/hidden/w"]["shape"] == [4, 8]
+    assert meta["shardings"]["grads/2/hidden/w"] == []   # replicated over the 4-device mesh
+    out = p.repro("verify", "specs/mp.yaml", "--no-stream", check_rc=0).stdout
+    assert "PASS mp [cpu] bitwise identical" in out, out
+
+
+def _runner_pids(marker: str) -> list[int]:
+    """Live processes whose command line holds `marker` (the run directory's name)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and "repro.child.runner" in cmdline and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < end, f"{path} did not appear in {seconds} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_killed_process_fails_the_run_naming_it_and_leaves_nothing_running(tmp_path):
+    import subprocess
+    import sys
+
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    p = make_mp(tmp_path / "proj", steps=40, extra=f", pids_dir: {pids_dir}")
+    cli = subprocess.Popen([sys.executable, "-m", "repro.cli", "record", "specs/mp.yaml"],
+                           cwd=p.root, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for k in (0, 1):
+            _wait_for(pids_dir / f"{k}.pid", 60)
+        marker = f"repro-{cli.pid}-"
+        runners = _runner_pids(marker)
+        assert len(runners) == 2, runners
+        (job,) = Path("/tmp").glob(f"{marker}*/job.json")
+        port = int(json.loads(job.read_text())["coordinator"].rsplit(":", 1)[1])
+        victim = int((pids_dir / "1.pid").read_text())
+        os.kill(victim, signal.SIGKILL)
+        out, _ = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 2, out
+    assert f"process 1 of 2 (pid {victim}) was killed by SIGKILL" in out, out
+    # the tail shown is the killed process's own output, not process 0's
+    assert "process 1 at step 0" in out and "process 0 at step" not in out, out
+    assert _runner_pids(marker) == [], "a runner outlived the run"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as any server binds
+        sock.bind(("127.0.0.1", port))                               # the coordinator's port is free
+        sock.listen()
