@@ -142,18 +142,20 @@ def run_processes(job: Job, run_dir: RunDir, *, timeout: float, echo: Echo = Fal
     child_env, dropped = child_environment(job.settings, [str(harness_shim(run_dir))],
                                            hash_seed=job.hash_seed)
     child_env.update(compile_cache_env(job.compile_cache))
-    coordinator = f"127.0.0.1:{free_port()}"
+    # the coordinator given (--engine ray: the others run on other nodes): start this one only
+    coordinator = job.coordinator or f"127.0.0.1:{free_port()}"
+    ids = [job.process_id] if job.coordinator else list(range(job.processes))
     procs: list[subprocess.Popen[bytes]] = []
     pumps: list[threading.Thread] = []
     tails: list[list[str] | collections.deque[str]] = []
     exits: queue.Queue[tuple[int, int]] = queue.Queue()
     outcome = ChildOutcome(returncode=None, dropped_env=dropped)
 
-    def waiter(k: int, proc: subprocess.Popen[bytes]) -> None:
-        exits.put((k, proc.wait()))
+    def waiter(i: int, proc: subprocess.Popen[bytes]) -> None:
+        exits.put((i, proc.wait()))
 
     try:
-        for k in range(job.processes):
+        for i, k in enumerate(ids):
             mine = job.replace(parent_pid=os.getpid(), process_id=k, coordinator=coordinator)
             job_path = run_dir.job if k == 0 else run_dir.root / f"job.{k}.json"
             mine.write(job_path)
@@ -171,14 +173,14 @@ def run_processes(job: Job, run_dir: RunDir, *, timeout: float, echo: Echo = Fal
             pump, tail = pump_output(proc.stdout, log, _labelled(echo, k))
             pumps.append(pump)
             tails.append(tail)
-            threading.Thread(target=waiter, args=(k, proc), daemon=True,
+            threading.Thread(target=waiter, args=(i, proc), daemon=True,
                              name=f"repro-process-{k}").start()
         deadline = time.monotonic() + timeout
         done = 0
         culprit: tuple[int, int] | None = None
         while done < len(procs):
             try:
-                k, rc = exits.get(timeout=max(0.0, deadline - time.monotonic()))
+                i, rc = exits.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 outcome.killed_by = KilledBy.TIMEOUT
                 outcome.killed_reason = (f"timed out after {timeout:g} s and was killed (all "
@@ -186,7 +188,7 @@ def run_processes(job: Job, run_dir: RunDir, *, timeout: float, echo: Echo = Fal
                 break
             done += 1
             if rc != 0:
-                culprit = (k, rc)
+                culprit = (i, rc)
                 break
     finally:
         for proc in procs:
@@ -197,11 +199,12 @@ def run_processes(job: Job, run_dir: RunDir, *, timeout: float, echo: Echo = Fal
     outcome.returncode = procs[0].returncode
     outcome.log_tail = list(tails[0])
     if culprit is not None:
-        k, rc = culprit
+        i, rc = culprit
+        k = ids[i]
         outcome.returncode = rc
-        outcome.log_tail = list(tails[k])
+        outcome.log_tail = list(tails[i])
         if k != 0 or rc != 3:   # process 0's own failure is in its run.json; any other is the run's
-            outcome.killed_reason = describe_exit(k, job.processes, procs[k].pid, rc)
+            outcome.killed_reason = describe_exit(k, job.processes, procs[i].pid, rc)
             if rc < 0:
                 outcome.killed_by = KilledBy.SIGNAL
             (run_dir.out / "run.json").unlink(missing_ok=True)   # no result of a run that lost a process
