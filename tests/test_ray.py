@@ -619,3 +619,22 @@ def test_rays_private_api_sits_behind_one_guard_that_names_the_version():
     assert users == {"ray_internals"}, users
     assert not [p for p in Path(rayexec.__file__).parents[1].rglob("*.py")
                 if p.name != "rayexec.py" and "ray._private" in p.read_text()]
+
+
+def test_a_two_process_spec_verifies_bitwise_with_one_process_on_each_node(cluster, tmp_path):
+    """environment.processes: 2 on the two one-CPU nodes: a placement group spreads them one a
+    node (STRICT_SPREAD), process 0's node hosts the coordinator, and the verify is bitwise
+    identical to the local record."""
+    from test_multiprocess import make_mp
+
+    p = make_mp(tmp_path / "mp")
+    p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray-mp"\n')
+    p.commit("the store")
+    p.repro("record", "specs/mp.yaml", check_rc=0)
+    p.commit("record")
+    out = p.repro("verify", "specs/mp.yaml", "--no-stream", "-v", "--engine", "ray",
+                  "--address", cluster.address, check_rc=0).stdout
+    assert "PASS mp [cpu] bitwise identical" in out, out
+    placed = re.search(r"2 processes placed by Ray \(STRICT_SPREAD\): process 0 on node (\w+), "
+                       r"process 1 on node (\w+)", out)
+    assert placed and placed.group(1) != placed.group(2), out
