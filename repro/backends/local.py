@@ -144,6 +144,10 @@ def run_processes(job: Job, run_dir: RunDir, *, timeout: float, echo: Echo = Fal
     child_env.update(compile_cache_env(job.compile_cache))
     # the coordinator given (--engine ray: the others run on other nodes): start this one only
     coordinator = job.coordinator or f"127.0.0.1:{free_port()}"
+    python = [sys.executable]
+    if job.emulate_cpu:   # every process on the emulated CPU, as a one-process run (env/emulate.py)
+        from repro.env.emulate import command
+        python = command(job.emulate_cpu)
     ids = [job.process_id] if job.coordinator else list(range(job.processes))
     procs: list[subprocess.Popen[bytes]] = []
     pumps: list[threading.Thread] = []
@@ -161,7 +165,7 @@ def run_processes(job: Job, run_dir: RunDir, *, timeout: float, echo: Echo = Fal
             mine.write(job_path)
             out = run_dir.out if k == 0 else run_dir.root / f"process-{k}"
             out.mkdir(exist_ok=True)
-            cmd = [sys.executable, "-P", "-m", "repro.child.runner", str(job_path), str(out),
+            cmd = [*python, "-P", "-m", "repro.child.runner", str(job_path), str(out),
                    *([str(run_dir.out)] if k else [])]
             proc = subprocess.Popen(cmd, cwd=job.tree, env=child_env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
