@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import textwrap
@@ -54,6 +55,8 @@ def train(ctx):
     step_fn = jax.jit(jax.value_and_grad(loss_fn))
     update = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g))
     for step in range(ctx.config["steps"]):
+        if step == 2 and me == ctx.config.get("fail_in", -1):
+            raise FloatingPointError(f"process {me} gives up at step {step}")
         loss, g = step_fn(params, x, y)
         params = update(params, g)
         ctx.log(step, loss=loss)
@@ -170,7 +173,6 @@ def _wait_for(path: Path, seconds: float) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.slow
 def test_a_killed_process_fails_the_run_naming_it_and_leaves_nothing_running(tmp_path):
     import subprocess
     import sys
@@ -204,3 +206,19 @@ def test_a_killed_process_fails_the_run_naming_it_and_leaves_nothing_running(tmp
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as any server binds
         sock.bind(("127.0.0.1", port))                               # the coordinator's port is free
         sock.listen()
+
+
+def test_a_process_that_raises_fails_the_run_with_its_own_traceback(tmp_path):
+    p = make_mp(tmp_path / "proj", extra=", fail_in: 1")
+    out = p.repro("record", "specs/mp.yaml").stdout
+    assert "ERROR mp" in out and re.search(r"process 1 of 2 \(pid \d+\) exited with code 3", out), out
+    # process 1's own failure, as its runner printed it (nobody reads its run.json)
+    assert "FloatingPointError: process 1 gives up at step 2" in out, out
+
+
+def test_the_docker_backend_refuses_a_multi_process_spec_naming_what_runs_one(tmp_path):
+    p = make_mp(tmp_path / "proj")
+    proc = p.repro("record", "specs/mp.yaml", "--backend", "docker")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "environment.processes is 2: the docker backend runs one process per spec" in proc.stdout, proc.stdout
+    assert "--backend local" in proc.stdout and "--engine ray" in proc.stdout
