@@ -558,9 +558,12 @@ class RayExecutor:
             if job.spec.environment.processes > 1:   # one task a process, in a placement group
                 if on_start and not again:
                     on_start(index)
+                with lock:
+                    spreading.add(index)
                 spread = self._spread(job, parcel, stopping)
-                if spread is not None:
-                    with lock:
+                with lock:
+                    spreading.discard(index)
+                    if spread is not None:
                         batch.results[index] = spread
                 return
             with lock:
@@ -571,6 +574,7 @@ class RayExecutor:
                 on_start(index)
 
         shipped_again: set[int] = set()
+        spreading: set[int] = set()   # multi-process specs running (their tasks: _spread's own)
 
         def ship_again(index: int) -> bool:
             """A worker missed a blob the index said the remote holds: forget the index, list
@@ -616,9 +620,10 @@ class RayExecutor:
             with lock:
                 stopping.set()
                 running = [r for r, i in refs.items() if i not in batch.results]
+                spread = set(spreading)   # their tasks are cancelled by _spread as it sees `stopping`
             for ref in running + warm:
                 self.ray.cancel(ref, force=True)
-            batch.interrupted_running = {refs[r] for r in running}
+            batch.interrupted_running = {refs[r] for r in running} | spread
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return batch
