@@ -122,8 +122,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def describe_exit(process_id: int, processes: int, pid: int, returncode: int) -> str:
-    """How one process of a multi-process run ended, for the verdict."""
-    who = f"process {process_id} of {processes} (pid {pid})"
+    """How one process of a multi-process run ended, for the verdict: it follows "the run"
+    ("the run ended when its process 1 of 2 (pid 4711) was killed by SIGKILL")."""
+    who = f"ended when its process {process_id} of {processes} (pid {pid})"
     if returncode < 0:
         return f"{who} was killed by {signal.Signals(-returncode).name}"
     return f"{who} exited with code {returncode}"

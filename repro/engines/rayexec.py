@@ -379,8 +379,9 @@ def _peer_failure(peer: PeerResult, count: int) -> RunError:
         return RunError(f"process {peer.process_id} of {count} (node {peer.node_id}) could not "
                         f"run: {peer.error}")
     out = peer.outcome
-    how = out.killed_reason or f"process {peer.process_id} of {count} exited with code {out.returncode}"
-    return RunError(f"the run's {how} on node {peer.node_id}; the last lines of its output are "
+    how = out.killed_reason or (f"ended when its process {peer.process_id} of {count} exited "
+                                f"with code {out.returncode}")
+    return RunError(f"the run {how}, on node {peer.node_id}; the last lines of its output are "
                     "below", detail="\n".join(out.log_tail[-20:]), killed_by=out.killed_by)
 
 
