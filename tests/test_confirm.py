@@ -188,3 +188,33 @@ def test_a_record_without_inputs_names_no_file_as_a_likely_cause():
                 confirmation=Confirmation(runs=1, agree=True, candidates=found, unknown=unknown))
     text = render(v)
     assert "Candidates: none found." in text and "Not known to the record" in text, text
+
+
+def test_files_a_pin_covers_take_no_place_among_the_unpinned_inputs_kept(tmp_path):
+    """The watch keeps the first 200 unpinned paths read. Files under covered roots (the
+    installation, the tree, the data) are read by the hundred when jax loads its sharding
+    modules: they must not fill those places before the training reads its own input. Run in a
+    subprocess, since an audit hook cannot be removed."""
+    import subprocess
+    import sys
+
+    covered = tmp_path / "site"
+    covered.mkdir()
+    for i in range(300):
+        (covered / f"m{i}.py").write_text("")
+    outside = tmp_path / "scale.txt"
+    outside.write_text("1.0\n")
+    code = f"""
+import json
+from repro.child.inputs import InputWatch
+watch = InputWatch([{str(covered)!r}])
+watch.start()
+for i in range(300):
+    open({str(covered)!r} + f"/m{{i}}.py").close()
+open({str(outside)!r}).close()
+print(json.dumps(watch.report()["files"]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    files = json.loads(out.stdout)
+    assert list(files) == [str(outside.resolve())], files
+    assert files[str(outside.resolve())].startswith("sha256:")

@@ -61,16 +61,19 @@ class InputWatch:
             self.active = True
         if writes:
             self.written.add(real)
-        elif len(self.read) < MAX_FILES and real not in self.read:
-            self.read[real] = None
+        elif real not in self.read and len(self.read) < MAX_FILES and not self._covered(real):
+            self.read[real] = None   # what a pin covers is left out here, so it takes no place
+
+    def _covered(self, path: str) -> bool:
+        """A path a pin or the installation accounts for: never an unpinned input."""
+        return path in self.exact or path.startswith(_SYSTEM) or path.startswith(self.exclude)
 
     def report(self) -> dict[str, object]:
         """{"files": {path: "sha256:<hex>" | "size:<n>" | "gone"}, "env": {...}} for run.json."""
         self.stop()
         files = {}
         for path in self.read:
-            if path in self.written or path in self.exact or path.startswith(_SYSTEM) or \
-                    path.startswith(self.exclude) or os.path.isdir(path):
+            if path in self.written or os.path.isdir(path):
                 continue
             files[path] = _describe(path)
         env = {k: os.environ[k] for k in ENV_FACTS if k in os.environ}
