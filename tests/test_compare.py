@@ -333,7 +333,8 @@ def test_auto_ignores_informational_fields():
 # a value of the field's type that differs from FP's, and what the reason says of it
 OTHER_VALUE = {"device_count": (2, "2"), "cpus": (7, "7"), "l1d_cache": (49152, "49152 bytes"),
                "settings": ({"matmul_precision": "default"}, "settings matmul_precision"),
-               "mesh": ([["data", 2], ["model", 2]], "mesh none -> {data: 2, model: 2}")}
+               "mesh": ([["data", 2], ["model", 2]], "mesh none -> {data: 2, model: 2}"),
+               "process_count": (2, "2")}
 
 
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)
