@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import Project, build_workload, sha256
+from repro import pipeline
 from repro.errors import SpecError
-from repro.spec import load_spec
+from repro.spec import Spec, load_spec
+from repro.verdict import Status
 
 MLP_PY = '''
 import jax
@@ -187,3 +190,44 @@ def test_calibrate_meshes_refuses_a_bad_mesh(tmp_path):
     assert proc.returncode == 2 and "'8x1' has 8 places but environment.devices is 4" in proc.stderr, proc.stderr
     proc = p.repro("calibrate", "specs/tiny.yaml", "--meshes", "2by2", "--no-progress")
     assert proc.returncode == 2 and "'2by2' is not a mesh" in proc.stderr, proc.stderr
+
+
+# -- the zoo's sharded spec -----------------------------------------------------------------------
+ZOO_SPEC = Path(__file__).resolve().parents[1] / "specs" / "sharded-lm.yaml"
+
+
+def zoo_on(mesh: dict[str, int], *, mesh_tolerance: bool = True) -> Spec:
+    """specs/sharded-lm.yaml with another mesh (same file, so the same repository and record)."""
+    spec = load_spec(ZOO_SPEC)
+    tolerance = spec.tolerance if mesh_tolerance else spec.tolerance.model_copy(update={"mesh": None})
+    other = spec.model_copy(update={"environment": spec.environment.model_copy(update={"mesh": mesh}),
+                                    "tolerance": tolerance})
+    other._path = spec.path
+    return other
+
+
+def test_the_zoo_record_kept_its_invariance_check_and_noise_floor():
+    meta = json.loads((ZOO_SPEC.parents[1] / "fixtures/records/sharded-lm/cpu/record.json").read_text())
+    assert meta["noise"] == {"runs": 2, "spread": {}}          # two runs, bitwise the same
+    inv = meta["invariance"]
+    assert inv["axes"] == ["data", "model"] and inv["recorded"] == [4, 2]
+    assert [c["mesh"] for c in inv["checked"]] == [[8, 1], [2, 4]]
+    assert all(not c["bitwise"] and c["moved"] > 0 for c in inv["checked"])   # measured, not assumed
+    assert meta["fingerprint"]["mesh"] == [["data", 4], ["model", 2]]
+    assert load_spec(ZOO_SPEC).tolerance.mesh is not None
+
+
+@pytest.mark.slow
+def test_the_zoo_spec_on_another_mesh_passes_within_tolerance_mesh_and_fails_without():
+    v = pipeline.verify(zoo_on({"data": 2, "model": 4}), pipeline.Options(echo=False, confirm=0))
+    assert v.status == Status.PASS and not v.bitwise, v.mode_reason
+    assert "mesh {data: 4, model: 2} -> {data: 2, model: 4} (the mesh alone: tolerance.mesh " \
+           "applies)" in v.mode_reason, v.mode_reason
+    changes = {c.key: (c.recorded, c.current) for c in v.changes}
+    assert changes["environment.mesh"] == ("{data: 4, model: 2}", "{data: 2, model: 4}")
+    # the spec's own tolerances are far tighter than the layout's effect on Adam's weights
+    v = pipeline.verify(zoo_on({"data": 2, "model": 4}, mesh_tolerance=False),
+                        pipeline.Options(echo=False, confirm=0))
+    assert v.status == Status.FAIL, v.mode_reason
+    assert any(r.kind == "weight" and not r.ok for r in v.rows)
+    assert "tolerance.mesh" not in v.mode_reason
