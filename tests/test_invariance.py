@@ -138,6 +138,7 @@ def test_invariance_violated_fails_to_record_naming_quantity_and_meshes(tmp_path
     out = proc.stdout + proc.stderr
     assert "record.invariance: the result depends on the mesh: metric loss from step 0" in out, out
     assert "mesh {data: 2, model: 2} (the spec's) and mesh {data: 4, model: 1}" in out, out
+    assert "FAIL tiny [cpu] (mesh-dependent)" in out and "Class: mesh-dependent" in out, out
     assert not (p.record_dir / "record.json").exists()   # nothing written
 
 
