@@ -99,6 +99,16 @@ class Outputs:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """One process of a multi-process run whose processes are started elsewhere (`--engine ray`,
+    one per node): which one this is, and the coordinator all of them join. A backend given it
+    starts that process only; without it, a local backend starts all of them."""
+
+    process_id: int
+    coordinator: str   # host:port, on process 0's node
+
+
+@dataclass(frozen=True)
 class Job:
     """What the child runner needs, and nothing else.
 
@@ -141,6 +151,10 @@ class Job:
     emulate_cpu: str | None = None           # run under qemu-x86_64 -cpu MODEL (variation.py)
     devices: int = 1                         # environment.devices (per process)
     mesh: tuple[tuple[str, int], ...] = ()   # environment.mesh: (axis, size) in order; () none
+    processes: int = 1                       # environment.processes: joined by jax.distributed
+    process_id: int = 0                      # which of them this job is (0 writes the output)
+    coordinator: str | None = None           # host:port of jax.distributed's coordinator (processes > 1);
+                                             # set by the parent: the backend starts `process_id` only
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from repro.backends import Backend, RunDir, get_backend
-from repro.backends.base import progress_lines
+from repro.backends.base import ChildOutcome, progress_lines
 from repro.changes import changes_since_record
 from repro.confirm import classify
 from repro.env.settings import child_isa, determinism_settings
 from repro.errors import ReproError
 from repro.failfast import compare_to_record, expecting, stopped_at
 from repro.invariance import check_invariance
-from repro.job import Job
+from repro.job import Job, Placement
 from repro.localise import attach_traces
 from repro.noise import annotate_spread, describe, noise_floor
 from repro.paths import cache_dir
@@ -68,6 +68,7 @@ class Options:
     replay: Replay | None = None         # start from a checkpoint / end at one (repro/replay.py)
     segments: str | None = None          # verify by replaying these segments (repro/commands/segments.py)
     jobs: int = 1                        # segments replayed at a time
+    placement: Placement | None = None   # one process of a run spread over nodes (--engine ray)
 
     def backend_impl(self) -> Backend[Any]:
         return get_backend(self.backend, docker_memory=self.docker_memory, docker_pids=self.docker_pids)
@@ -113,7 +114,14 @@ def make_job(prep: Prepared, options: Options) -> Job:
                packages=dict(spec.environment.packages), hash_seed=var.hash_seed, listing_order=var.listing_order,
                compile_cache=str(cache_dir() / "jax-compile") if cache else None, emulate_cpu=var.emulate_cpu,
                isa=child_isa(environment), xla_flags=tuple(environment.xla_flags),
-               devices=environment.devices, mesh=environment.mesh_axes()), spec, options.replay)
+               devices=environment.devices, mesh=environment.mesh_axes(),
+               processes=environment.processes), spec, options.replay)
+
+
+def placed(job: Job, options: Options) -> Job:
+    """The job of the one process `options.placement` names (the others run on other nodes)."""
+    p = options.placement
+    return job if p is None else job.replace(process_id=p.process_id, coordinator=p.coordinator)
 
 
 @dataclass
@@ -132,7 +140,7 @@ def execute(prep: Prepared, options: Options, recorded: RecordMeta | None = None
     run_dir = RunDir.create(prep.spec.name or "spec")
     try:
         write_restore(run_dir.out, options.replay)
-        timeout, job = options.timeout or prep.spec.timeout, make_job(prep, options)
+        timeout, job = options.timeout or prep.spec.timeout, placed(make_job(prep, options), options)
         job = expecting(job, prep.spec, recorded, options.fail_fast, options.replay, record_path, run_dir.out)
         with prep.code.in_use():   # no other process replaces the exported tree during the run
             outcome = backend.run(job, run_dir, env, timeout=timeout, echo=options.echo)
@@ -249,6 +257,32 @@ def verify(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
         again: Callable[[], RunResult] = lambda: execute(prepare(spec, options), options, recorded, directory).result
         classify(v, spec, done.result, again, options.confirm, rec.meta.inputs, options.varied)
     return v
+
+
+def run_peer(spec_ref: SpecRef, options: Options) -> ChildOutcome:
+    """Process k > 0 of a multi-process verify whose processes run on several nodes
+    (`options.placement`): the same pins, record and job as process 0's `verify` (fail-fast
+    expectations included, so every process stops where process 0 does), but only the run:
+    process 0 collects and judges. ReproError when a pin or the record does not hold."""
+    assert options.placement is not None and options.placement.process_id > 0
+    spec = as_spec(spec_ref)
+    prep = prepare(spec, options)
+    key = options.platform or options.backend_impl().expected_platform(spec)
+    recorded, directory = None, None
+    if key:
+        directory, recorded = open_record(record_dir(prep.repo_root, spec.name or "", key,
+                                                     options.records_root))
+    backend = options.backend_impl()
+    env = backend.prepare(spec, prep.repo_root, recorded, progress_lines(options.echo))
+    run_dir = RunDir.create(spec.name or "spec")
+    try:
+        write_restore(run_dir.out, options.replay)
+        timeout, job = options.timeout or spec.timeout, placed(make_job(prep, options), options)
+        job = expecting(job, spec, recorded, options.fail_fast, options.replay, directory, run_dir.out)
+        with prep.code.in_use():
+            return backend.run(job, run_dir, env, timeout=timeout, echo=options.echo)
+    finally:
+        run_dir.remove()
 
 
 def open_record(directory: Path) -> tuple[Path, RecordMeta]:

@@ -335,7 +335,10 @@ class EnvironmentSpec(_Model):
                          "product of its sizes")
     mesh: dict[str, int] | None = Field(None, description="named mesh axes in order, name -> "
                                         "size (`{data: 4, model: 2}`); the sizes multiply to "
-                                        "`devices`; the training reads it as ctx.mesh")
+                                        "`devices` x `processes`; the training reads it as ctx.mesh")
+    processes: int = Field(1, ge=1, le=1024, description="training processes joined by "
+                           "jax.distributed (each with `devices` devices; on CPU their "
+                           "collectives use gloo); process 0 writes the run's output. Default 1")
     # Sandbox limits of the docker backend. They cannot change a result, only stop a run, so
     # they stay out of the canonical form and the hash (exclude=True).
     memory: str | None = Field(None, exclude=True, pattern=r"^[0-9]+[kmgKMG]?$",
@@ -348,11 +351,15 @@ class EnvironmentSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _devices_from_mesh(cls, data: Any) -> Any:
-        """A mesh without `devices` means as many devices as the mesh has places."""
+        """A mesh without `devices` means as many devices per process as the mesh has places
+        divided among the processes."""
         if isinstance(data, dict) and "devices" not in data and isinstance(data.get("mesh"), dict):
             sizes = list(data["mesh"].values())
-            if sizes and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
-                return {**data, "devices": _product(sizes)}
+            procs = data.get("processes", 1)
+            if sizes and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes) \
+                    and isinstance(procs, int) and not isinstance(procs, bool) and procs >= 1 \
+                    and _product(sizes) % procs == 0:
+                return {**data, "devices": _product(sizes) // procs}
         return data
 
     @field_validator("mesh")
@@ -377,20 +384,25 @@ class EnvironmentSpec(_Model):
                                     for f in self.xla_flags):
             raise ValueError("xla_flags sets --xla_force_host_platform_device_count and devices "
                              "is set too; drop the flag: `devices` sets it on CPU")
-        if self.mesh is not None and _product(self.mesh.values()) != self.devices:
+        total = self.devices * self.processes
+        if self.mesh is not None and _product(self.mesh.values()) != total:
             shape = " x ".join(f"{k}={n}" for k, n in self.mesh.items())
+            given = (f"devices is {self.devices}" if self.processes == 1 else
+                     f"devices x processes is {self.devices} x {self.processes} = {total}")
             raise ValueError(f"mesh {shape} has {_product(self.mesh.values())} places but "
-                             f"devices is {self.devices}; make the sizes multiply to devices "
-                             "(or leave devices out: it defaults to the mesh's product)")
+                             f"{given}; make the sizes multiply to devices x processes (or leave "
+                             "devices out: it defaults to the mesh's product over processes)")
         return self
 
     @model_serializer(mode="wrap")
     def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """`devices` and `mesh` only where used: an unsharded spec's canonical form (and so
-        its hash) is what it was before they existed."""
+        """`devices`, `mesh` and `processes` only where used: an unsharded one-process spec's
+        canonical form (and so its hash) is what it was before they existed."""
         out: dict[str, Any] = handler(self)
         if out.get("devices") == 1:
             out.pop("devices", None)
+        if out.get("processes") == 1:
+            out.pop("processes", None)
         if out.get("mesh") is None:
             out.pop("mesh", None)
         return out
@@ -707,6 +719,12 @@ def load_spec(path: str | Path, *, require_pins: bool = True) -> Spec:
         raise SpecError("no such spec file", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read the spec: {exc}", file=str(path)) from None
+    return parse_spec_text(text, path, require_pins=require_pins)
+
+
+def parse_spec_text(text: str, path: Path, *, require_pins: bool = True) -> Spec:
+    """A spec from the text of the file at `path` (read, or about to be written): errors name
+    that file and its lines; the default `name` is the file stem."""
     data, lines = load_with_lines(text, str(path))
     spec = parse_spec(data, file=str(path), lines=lines, default_name=default_name(path),
                       require_pins=require_pins)

@@ -619,3 +619,64 @@ def test_rays_private_api_sits_behind_one_guard_that_names_the_version():
     assert users == {"ray_internals"}, users
     assert not [p for p in Path(rayexec.__file__).parents[1].rglob("*.py")
                 if p.name != "rayexec.py" and "ray._private" in p.read_text()]
+
+
+def test_a_two_process_spec_verifies_bitwise_with_one_process_on_each_node(cluster, tmp_path):
+    """environment.processes: 2 on the two one-CPU nodes: a placement group spreads them one a
+    node (STRICT_SPREAD), process 0's node hosts the coordinator, and the verify is bitwise
+    identical to the local record."""
+    from test_multiprocess import make_mp
+
+    p = make_mp(tmp_path / "mp")
+    p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray-mp"\n')
+    p.commit("the store")
+    p.repro("record", "specs/mp.yaml", check_rc=0)
+    p.commit("record")
+    out = p.repro("verify", "specs/mp.yaml", "--no-stream", "-v", "--engine", "ray",
+                  "--address", cluster.address, check_rc=0).stdout
+    assert "PASS mp [cpu] bitwise identical" in out, out
+    placed = re.search(r"2 processes placed by Ray \(STRICT_SPREAD\): process 0 on node (\w+), "
+                       r"process 1 on node (\w+)", out)
+    assert placed and placed.group(1) != placed.group(2), out
+
+
+def test_a_process_killed_on_its_node_fails_the_spec_naming_it_and_the_other_is_cancelled(cluster, tmp_path):
+    """SIGKILL process 1 (on the other node) mid-run: the verify is an error naming it (exit 2)
+    and neither runner outlives the command."""
+    import tempfile
+
+    from test_multiprocess import make_mp
+
+    pids_dir = Path(tempfile.mkdtemp(prefix="repro-mp-pids-"))   # seen by both nodes
+    try:
+        pids_dir.rmdir()   # absent while recording: the workload then neither waits nor writes
+        p = make_mp(tmp_path / "mp", steps=40, extra=f", pids_dir: {pids_dir}")
+        p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray-mp-kill"\n')
+        p.commit("the store")
+        p.repro("record", "specs/mp.yaml", check_rc=0)
+        p.commit("record")
+        pids_dir.mkdir()
+        cli = subprocess.Popen([sys.executable, "-m", "repro.cli", "verify", "specs/mp.yaml",
+                                "--no-stream", "--engine", "ray", "--address", cluster.address],
+                               cwd=p.root, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not all((pids_dir / f"{k}.pid").exists() for k in (0, 1)):
+                assert time.monotonic() < deadline and cli.poll() is None, cli.communicate()[0]
+                time.sleep(0.1)
+            runners = [int((pids_dir / f"{k}.pid").read_text()) for k in (0, 1)]
+            os.kill(runners[1], signal.SIGKILL)
+            out, _ = cli.communicate(timeout=120)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        assert cli.returncode == 2, out
+        assert f"process 1 of 2 (pid {runners[1]}) was killed by SIGKILL" in out, out
+        deadline = time.monotonic() + 10   # a cancelled task's worker goes, and its runner with it
+        while any(os.path.exists(f"/proc/{pid}") for pid in runners) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        from repro.proctree import alive
+        assert not any(alive(pid) for pid in runners), runners
+    finally:
+        shutil.rmtree(pids_dir, ignore_errors=True)

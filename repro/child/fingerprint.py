@@ -110,7 +110,7 @@ def _canary_cache_key(jax: ModuleType) -> str | None:
 
 def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] | None = None,
                 programs_error: str | None = None,
-                mesh: tuple[tuple[str, int], ...] = ()) -> Fingerprint:
+                mesh: tuple[tuple[str, int], ...] = (), processes: int = 1) -> Fingerprint:
     """Everything about the running environment that a result may depend on (child side).
     `programs`: the optimized HLO of every program the run compiled (env/kernels.py). Built as
     the JSON document run.json holds (its keys in this order, `kernels_error` only when set) and
@@ -152,6 +152,7 @@ def fingerprint(settings: dict[str, str], cpus: list[int], programs: list[str] |
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         **({"mesh": [[name, size] for name, size in mesh]} if mesh else {}),   # environment.mesh
+        **({"process_count": processes} if processes > 1 else {}),   # environment.processes
         "cpus": len(cpus),
         "cpu_isa": flags,
         "effective_isa": isa,

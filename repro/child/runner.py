@@ -1,4 +1,4 @@
-"""The child side of a run: `python -P -m repro.child.runner JOB_JSON OUT_DIR`.
+"""The child side of a run: `python -P -m repro.child.runner JOB_JSON OUT_DIR [INPUT_DIR]`.
 
 Runs in a fresh process (or container) whose environment the parent built explicitly. It pins the
 CPU affinity, imports jax (the determinism settings are already in the environment), takes the
@@ -8,6 +8,13 @@ fingerprint, imports the training entrypoint from the code tree, calls `train(ct
 Exit status: 0 ok (or stopped by fail-fast: run.json status "stopped"), 3 the run failed
 (run.json says why); anything else is a crash before run.json could be written (the parent
 shows the output).
+
+A multi-process run (`environment.processes` > 1, docs/sharding.md) starts this runner once per
+process, each with its own job (`process_id`, `coordinator`); they join with
+`jax.distributed.initialize` and run the same code, so every collective (a gather of a value
+spread over processes) is entered by all of them. Only process 0 writes OUT_DIR; the others get
+a scratch OUT_DIR and read the parent's inputs (fail-fast arrays, a restored state) from
+INPUT_DIR, and print a failure to stderr, since nobody reads their run.json.
 """
 from __future__ import annotations
 
@@ -31,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = Job.read(Path(argv[0]))
     run_dir = Path(argv[1])
+    inputs = Path(argv[2]) if len(argv) > 2 else run_dir
     result: dict[str, Any] = {"status": "error", "timings": {}, "harness": repro.__version__}
     t_start = time.perf_counter()
     from repro.proctree import become_subreaper, kill_descendants
     become_subreaper()  # orphans of what the training starts come back to this process
     try:
-        _run(job, run_dir, result)
+        _run(job, run_dir, inputs, result)
     except _Failure as f:
         result.update(status="error", error=f.info)
     except BaseException as exc:  # a bug in the harness itself: report, never hide
@@ -48,7 +56,27 @@ def main(argv: list[str] | None = None) -> int:
         result["leftover_processes"] = left
     result["timings"]["total_s"] = time.perf_counter() - t_start
     write_json_atomic(run_dir / "run.json", result)
-    return 0 if result["status"] in ("ok", "stopped") else EXIT_FAILED
+    ok = result["status"] in ("ok", "stopped")
+    if job.processes > 1:
+        _leave_distributed(job, ok, result)
+    return 0 if ok else EXIT_FAILED
+
+
+def _leave_distributed(job: Job, ok: bool, result: dict[str, Any]) -> None:
+    """A process of a multi-process run: a failure goes to stderr (the parent shows this
+    process's output tail; its run.json is scratch unless it is process 0). A success waits in
+    jax.distributed.shutdown's barrier for the others, so process 0, which holds the
+    coordinator, outlives every process still talking to it."""
+    if not ok:
+        err = result.get("error") or {}
+        print(f"repro: process {job.process_id} of {job.processes} failed: "
+              f"{err.get('message', '')}\n{err.get('traceback') or ''}", file=sys.stderr, flush=True)
+        return
+    try:
+        import jax
+        jax.distributed.shutdown()
+    except Exception as exc:   # the others are gone already: the parent judges by exit codes
+        print(f"repro: process {job.process_id}: jax.distributed.shutdown: {exc}", file=sys.stderr)
 
 
 class _Failure(Exception):
@@ -126,7 +154,26 @@ def _reverse_listings() -> None:
     os.listdir, os.scandir = reversed_listdir, reversed_scandir  # type: ignore[assignment]
 
 
-def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
+def _join(job: Job) -> None:
+    """Join the run's other processes (environment.processes > 1) before any jax computation:
+    CPU collectives over gloo, the coordinator at the address the parent chose."""
+    import jax
+
+    if job.command is not None:
+        raise _Failure(kind="environment", message="environment.processes > 1 runs a train(ctx) "
+                       "entrypoint; an unmodified script (code.command) starts its own processes: "
+                       "set processes to 1")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=job.coordinator, num_processes=job.processes,
+                                   process_id=job.process_id)
+    except Exception as exc:
+        raise _Failure(kind="environment", message=f"process {job.process_id} of {job.processes} "
+                       f"could not join the coordinator at {job.coordinator}: "
+                       f"{type(exc).__name__}: {exc}") from None
+
+
+def _run(job: Job, run_dir: Path, inputs: Path, result: dict[str, Any]) -> None:
     from repro.child.fingerprint import check_packages, fingerprint, pick_cpus
 
     _die_with_parent(job.parent_pid)
@@ -153,6 +200,9 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     import jax  # noqa: F401  (settings come from the environment)
     import numpy as np
 
+    if job.processes > 1:
+        _join(job)
+
     from repro.child.kernels import ProgramWatch
     programs = ProgramWatch()
     programs.start()   # every program compiled or loaded from the cache: its library kernels
@@ -172,7 +222,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     if job.listing_order == "reversed":
         _reverse_listings()
     from repro.child.inputs import InputWatch, installation_roots
-    watch = InputWatch([tree, str(run_dir), os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
+    watch = InputWatch([tree, str(run_dir), str(inputs), os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
                         *job.data.values(), *installation_roots()])
     watch.start()   # files the training reads that no pin covers (repro/child/inputs.py)
     train = None if job.command is not None else _load_entrypoint(job, tree)
@@ -182,7 +232,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     expect = None if job.expect is None else Expectation(job.expect)
     arr = job.expect_arrays
     expect_arrays = None if arr is None else ArrayExpectation(
-        str(run_dir / Path(arr.file).name), list(arr.grad_steps), list(arr.state_steps),
+        str(inputs / Path(arr.file).name), list(arr.grad_steps), list(arr.state_steps),
         {"grad": (arr.grad_limit.rtol, arr.grad_limit.atol),
          "state": (arr.state_limit.rtol, arr.state_limit.atol)})
     if (expect is not None or expect_arrays is not None) and job.command is not None:
@@ -192,7 +242,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
             "then its outputs were compared")
     checkpoints = Checkpoints(run_dir / "checkpoints",
                               GradSchedule(job.checkpoints_every, list(job.checkpoints_steps)).keeps,
-                              restore_spec(job.restore, run_dir), job.stop_at)
+                              restore_spec(job.restore, inputs), job.stop_at)
     checkpoints.expect = expect_arrays
     if len(jax.devices()) < job.devices:
         raise _Failure(kind="environment", message=f"environment.devices is {job.devices}, but "
@@ -202,7 +252,7 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
                   grad_steps=GradSchedule(job.grads_every, list(job.grads_steps)),
                   trace_steps=None if job.trace_steps is None else GradSchedule(None, list(job.trace_steps)),
                   tree=tree, expect=expect, checkpoints=checkpoints, expect_arrays=expect_arrays,
-                  devices=job.devices, mesh_axes=job.mesh)
+                  devices=job.devices * job.processes, mesh_axes=job.mesh)
     checkpoints.mesh = lambda: ctx.mesh_or_none
     t0 = time.perf_counter()
     stopped: dict[str, Any] | None = None
@@ -229,7 +279,8 @@ def _run(job: Job, run_dir: Path, result: dict[str, Any]) -> None:
     # Taken after training: the fingerprint describes the process the result came from, and
     # the canary's compile (when not cached) finds the compiler warm.
     modules = list(programs.modules)   # the training's programs, not the canary's
-    result["fingerprint"] = fingerprint(settings, cpus, modules, programs.error, job.mesh).to_json()
+    result["fingerprint"] = fingerprint(settings, cpus, modules, programs.error, job.mesh,
+                                        job.processes).to_json()
 
     arrays: dict[str, np.ndarray] = {}
     if job.weights == "final" and stopped is None and ended_at is None:

@@ -53,8 +53,8 @@ from repro.record import (
     record_dir,
     write_record,
 )
-from repro.spec import Spec, default_name, parse_spec
-from repro.yamlio import load_with_lines, set_value
+from repro.spec import Spec, default_name, parse_spec_text
+from repro.yamlio import set_value
 
 WEIGHT_SUFFIXES = {".npz": "npz", ".safetensors": "safetensors"}   # and an Orbax directory
 ORBAX_MARK = "_METADATA"
@@ -126,7 +126,7 @@ def import_mlflow(req: ImportRequest) -> Imported:
         text = _project_spec(run, commit, root, spec_path, req, left_out)
     else:
         text = spec_path.read_text(encoding="utf-8")
-    spec = _parse(text, spec_path, require_pins=False)
+    spec = parse_spec_text(text, spec_path, require_pins=False)
     repo = code_repo(root, spec.code.repo)
     try:
         check_commit(repo, commit)
@@ -141,7 +141,7 @@ def import_mlflow(req: ImportRequest) -> Imported:
               "written for this run")
     for e in edits:
         text = set_value(text, tuple(e.key.split(".")), e.new, str(spec_path))
-    spec = _parse(text, spec_path, require_pins=True)
+    spec = parse_spec_text(text, spec_path, require_pins=True)
     names = _compared_metrics(spec, run)
     directory = record_dir(root, spec.name or "", req.platform, req.records_root)
     if (directory / "record.json").exists() and not req.overwrite:
@@ -212,14 +212,6 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve().relative_to(root))
     except ValueError:
         return str(path)
-
-
-def _parse(text: str, path: Path, *, require_pins: bool) -> Spec:
-    data, lines = load_with_lines(text, str(path))
-    spec = parse_spec(data, file=str(path), lines=lines, default_name=default_name(path),
-                      require_pins=require_pins)
-    spec._path = path.resolve()
-    return spec
 
 
 def _commit_of(run: MlflowRun) -> str:

@@ -51,6 +51,7 @@ from repro.docker.sandbox import (
 )
 from repro.env.devices import check_gpu
 from repro.env.settings import child_environment, compile_cache_env
+from repro.errors import ReproError
 from repro.job import Job
 from repro.record import RecordMeta
 from repro.spec import Spec
@@ -86,6 +87,11 @@ class DockerBackend:
 
     def prepare(self, spec: Spec, repo_root: Path, recorded: RecordMeta | None,
                 say: Callable[[str], None] | None = None) -> DockerEnvironment:
+        if spec.environment.processes > 1:
+            raise ReproError(f"environment.processes is {spec.environment.processes}: the docker "
+                             "backend runs one process per spec; run a multi-process spec with "
+                             "the local backend (--backend local), on this machine or on a Ray "
+                             "cluster (--engine ray)")
         image = resolve_image(spec, repo_root, recorded, say)
         env = spec.environment
         return DockerEnvironment(image, env.memory or self.memory or DEFAULT_MEMORY,

@@ -28,11 +28,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from repro.backends.base import ChildOutcome
 from repro.engines.executor import Batch, SpecJob, Work, run_spec_job
-from repro.errors import NeedsDevice, ReproError
+from repro.errors import NeedsDevice, ReproError, RunError
 
 if TYPE_CHECKING:   # repro.engines.parcel (spec, store: pydantic, numpy) loads after the connect
     from repro.engines.parcel import Parcel
@@ -44,6 +45,9 @@ WARM_EARLY_NODES = 8   # nodes warmed as a new connection is made, before the jo
 KEEP_WARM_ENV = "REPRO_RAY_KEEP_WARM_S"   # seconds a worker left for the next audit is kept
 KEEP_WARM_S = 600
 KEEP_WARM_MOST = 16    # workers left on one node at most
+PLACE_WAIT_S = 120.0   # the longest a multi-process spec waits for its placement group
+PEER_GRACE_S = 30.0    # after process 0's verdict, the longest the others get to end
+PEER_FAILED_S = 3.0    # after process 0's error, the time the others get to report their own
 
 
 def _moved(value: str, there: str, here: str) -> str:
@@ -87,9 +91,42 @@ def cpu_slot(n: int) -> Iterator[int | None]:
     yield None
 
 
-def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
+@dataclass(frozen=True)
+class PeerResult:
+    """What the task of process k > 0 of a multi-process run sends back: how its runner ended
+    (None when it could not start: `error` says why) and the node it ran on."""
+
+    process_id: int
+    node_id: str
+    outcome: ChildOutcome | None = None
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is None or self.outcome.returncode != 0
+
+
+def run_peer_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
+    """The task of process k > 0 of a multi-process run (job.options.placement), on its node:
+    the project rebuilt from the store as for process 0, and only its runner run there."""
+    return run_parcel(parcel, job, peer=True)
+
+
+def node_address() -> str:
+    """host:port for jax.distributed's coordinator, on the node this runs on (process 0's): its
+    IP as Ray knows it and a port free there now."""
+    import ray
+
+    from repro.backends.local import free_port
+
+    ip = ray.util.get_node_ip_address()
+    return f"{ip}:{free_port(ip)}"
+
+
+def run_parcel(parcel: Parcel, job: SpecJob[Any], peer: bool = False) -> Any:
     """The task, on a worker: rebuild the project from the store, run the job there, map the
-    verdict's paths back to the origin's (so a report names the files the user has)."""
+    verdict's paths back to the origin's (so a report names the files the user has). `peer`:
+    process k > 0 of a multi-process run: its run only (pipeline.run_peer), as a PeerResult."""
     _warmed()
     from repro.engines.parcel import StaleParcel, remove, unpack, workspace
     from repro.spec import load_spec
@@ -108,6 +145,8 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
         records = where / parcel.records_rel if parcel.records_rel is not None else None
         options = replace(job.options, records_root=records, cpu_slot=None, echo=False)
         with cpu_slot(spec.environment.cpus) as slot:
+            if peer:
+                return _run_peer(spec, replace(options, cpu_slot=slot), str(where), parcel.origin)
             result = job.run(spec, replace(options, cpu_slot=slot))
         return _back(result, str(where), parcel.origin)
     finally:
@@ -116,6 +155,21 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any]) -> Any:
             os.environ.pop(STORE_ENV, None)
         else:
             os.environ[STORE_ENV] = saved
+
+
+def _run_peer(spec: Any, options: Any, there: str, here: str) -> PeerResult:
+    import ray
+
+    from repro.pipeline import run_peer
+
+    node = ray.get_runtime_context().get_node_id()
+    k = options.placement.process_id
+    try:
+        outcome = run_peer(spec, options)
+    except ReproError as exc:
+        return PeerResult(k, node, error=str(exc).replace(there, here))
+    outcome.log_tail = [n.replace(there, here) for n in outcome.log_tail]
+    return PeerResult(k, node, outcome)
 
 
 def _back(result: Any, there: str, here: str) -> Any:
@@ -319,6 +373,18 @@ def _fits(resources: dict[str, float], job: SpecJob[Any], kinds: Sequence[str]) 
             and (env.platform != "gpu" or resources.get("GPU", 0) >= 1))
 
 
+def _peer_failure(peer: PeerResult, count: int) -> RunError:
+    """The error of a multi-process spec whose process k > 0 failed: who, where, its tail."""
+    if peer.outcome is None:
+        return RunError(f"process {peer.process_id} of {count} (node {peer.node_id}) could not "
+                        f"run: {peer.error}")
+    out = peer.outcome
+    how = out.killed_reason or (f"ended when its process {peer.process_id} of {count} exited "
+                                f"with code {out.returncode}")
+    return RunError(f"the run {how}, on node {peer.node_id}; the last lines of its output are "
+                    "below", detail="\n".join(out.log_tail[-20:]), killed_by=out.killed_by)
+
+
 class RayExecutor:
     """Runs SpecJobs as Ray tasks on the cluster at `address` ("auto": the one this machine
     belongs to; "ray://HOST:PORT": a Ray client). `node_kinds`: custom resources a task must
@@ -350,6 +416,8 @@ class RayExecutor:
         self._wanted: dict[str, int] = {}   # node: workers this executor's batches could use at once
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(run_parcel)
+        self._peer = ray.remote(run_peer_parcel)
+        self._address = ray.remote(node_address)
         self._warm = ray.remote(warm_up)
         # A new connection is a new Ray job, whose workers no node has started yet: start them
         # now, while the front end imports and loads the specs (their first map sends no more
@@ -488,6 +556,17 @@ class RayExecutor:
                     batch.results[index] = result
                 return
             wait_warm()
+            if job.spec.environment.processes > 1:   # one task a process, in a placement group
+                if on_start and not again:
+                    on_start(index)
+                with lock:
+                    spreading.add(index)
+                spread = self._spread(job, parcel, stopping)
+                with lock:
+                    spreading.discard(index)
+                    if spread is not None:
+                        batch.results[index] = spread
+                return
             with lock:
                 if stopping.is_set():
                     return
@@ -496,6 +575,7 @@ class RayExecutor:
                 on_start(index)
 
         shipped_again: set[int] = set()
+        spreading: set[int] = set()   # multi-process specs running (their tasks: _spread's own)
 
         def ship_again(index: int) -> bool:
             """A worker missed a blob the index said the remote holds: forget the index, list
@@ -541,12 +621,107 @@ class RayExecutor:
             with lock:
                 stopping.set()
                 running = [r for r, i in refs.items() if i not in batch.results]
+                spread = set(spreading)   # their tasks are cancelled by _spread as it sees `stopping`
             for ref in running + warm:
                 self.ray.cancel(ref, force=True)
-            batch.interrupted_running = {refs[r] for r in running}
+            batch.interrupted_running = {refs[r] for r in running} | spread
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return batch
+
+    def _spread(self, job: SpecJob[R], parcel: Parcel, stopping: threading.Event) -> R | None:
+        """A multi-process spec (environment.processes = P): P tasks in a placement group of P
+        bundles, STRICT_SPREAD (one process a node) when P live nodes can hold a bundle, else
+        PACK. Process 0's node gives the coordinator's address; process 0's task runs the job
+        (its verdict is the result), the others `run_peer`. The first process to fail fails the
+        spec with its own output tail, and the other tasks are cancelled (their workers killed,
+        and so their runners). None when stopped (Ctrl-C)."""
+        from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from repro.job import Placement
+        from repro.verdict import Status, Verdict
+
+        env, ray = job.spec.environment, self.ray
+        count = env.processes
+        if job.options.segments:
+            return job.failed(f"environment.processes is {count}: --segments with --engine ray "
+                              "does not replay a multi-process spec yet; verify it whole, or "
+                              "replay its segments with --engine local")
+        bundle = {"CPU": float(env.cpus), **{k: 1.0 for k in self.node_kinds}}
+        nodes = [n for n in ray.nodes() if n.get("Alive") and
+                 all(n.get("Resources", {}).get(r, 0) >= v for r, v in bundle.items())]
+        strategy = "STRICT_SPREAD" if len(nodes) >= count else "PACK"
+        group = placement_group([dict(bundle) for _ in range(count)], strategy=strategy,
+                                name=f"repro:{job.spec.name}")
+        tasks: dict[Any, int] = {}
+        try:
+            if not ray.wait([group.ready()], timeout=PLACE_WAIT_S)[0]:
+                return job.failed(f"environment.processes is {count}: the Ray cluster could not "
+                                  f"place {count} bundles of {bundle} ({strategy}) within "
+                                  f"{PLACE_WAIT_S:g} s; it has {len(nodes)} live node(s) that "
+                                  "hold one. Add nodes, or lower processes or cpus")
+            at = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=k)
+                  for k in range(count)]
+            coordinator = ray.get(self._address.options(num_cpus=0, max_retries=0,
+                                                        scheduling_strategy=at[0]).remote())
+            placed = placement_group_table(group).get("bundles_to_node_id", {})
+
+            def options(k: int) -> dict[str, Any]:
+                return {"num_cpus": env.cpus, "resources": {n: 1 for n in self.node_kinds},
+                        "max_retries": 0, "retry_exceptions": False, "scheduling_strategy": at[k],
+                        "name": f"repro:{job.spec.name}:process-{k}"}
+
+            def of(k: int) -> SpecJob[Any]:   # no confirm reruns: the other processes ran once
+                return replace(job, options=replace(job.options, confirm=0,
+                                                    placement=Placement(k, coordinator)))
+
+            tasks[self._task.options(**options(0)).remote(parcel, of(0))] = 0
+            for k in range(1, count):
+                tasks[self._peer.options(**options(k)).remote(parcel, of(k))] = k
+            pending, verdict, failure = list(tasks), None, None
+            grace: float | None = None
+            while pending and failure is None:
+                if stopping.is_set():
+                    return None
+                if grace is not None and time.monotonic() > grace:
+                    break
+                done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in done:
+                    if tasks[ref] == 0:
+                        verdict = self._get(ref, job)
+                        # process 0 failed: the others wait for it in vain, unless one of them
+                        # failed first (process 0 then only saw its peer vanish): a moment for that
+                        failed = isinstance(verdict, Verdict) and verdict.status == Status.ERROR
+                        grace = time.monotonic() + (PEER_FAILED_S if failed else PEER_GRACE_S)
+                        continue
+                    try:
+                        peer: PeerResult = ray.get(ref)
+                    except self.ray.exceptions.RayError as exc:
+                        failure = RunError(f"process {tasks[ref]} of {count} was lost on the Ray "
+                                           f"cluster: {type(exc).__name__}: {exc}")
+                        break
+                    if peer.failed:
+                        failure = _peer_failure(peer, count)
+                        break
+            if failure is not None:
+                return job.failed(failure)
+            if verdict is None:
+                return job.failed(f"process 0 of {count} did not end within {PEER_GRACE_S:g} s of "
+                                  "the others")
+            if pending and not (isinstance(verdict, Verdict) and verdict.status == Status.ERROR):
+                return job.failed(RunError(f"process {', '.join(str(tasks[r]) for r in pending)} "
+                                           f"of {count} did not end within {PEER_GRACE_S:g} s of "
+                                           "process 0's result; they were cancelled"))
+            notes = getattr(verdict, "notes", None)
+            if isinstance(notes, list):
+                notes.append(f"{count} processes placed by Ray ({strategy}): " + ", ".join(
+                    f"process {k} on node {placed.get(k, '?')}" for k in range(count)))
+            return verdict
+        finally:
+            for ref in tasks:
+                self.ray.cancel(ref, force=True)   # no-op for a task that ended
+            remove_placement_group(group)
 
     def close(self) -> None:
         """Disconnect, if this executor connected (stopping the local cluster it started, if

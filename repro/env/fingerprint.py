@@ -19,8 +19,8 @@ from typing import Any
 
 # Fingerprint fields that decide the arithmetic. When all are equal, `tolerance.mode: auto`
 # demands bitwise equality; any other field (hostname, CPU model name, python patch) only informs.
-NUMERIC_FIELDS = ("jax", "jaxlib", "numpy", "backend", "device_kind", "device_count", "mesh", "cpus",
-                  "effective_isa", "l1d_cache", "settings", "prng_canary", "machine")
+NUMERIC_FIELDS = ("jax", "jaxlib", "numpy", "backend", "device_kind", "device_count", "mesh",
+                  "process_count", "cpus", "effective_isa", "l1d_cache", "settings", "prng_canary", "machine")
 # (the host's raw `cpu_isa` flags only inform: what decides is the effective ISA, env/isa.py;
 # `l1d_cache` is set only when the programs hold contractions summed in L1-sized slices, and
 # `kernels` says which library kernels the programs call and what pins them: child/kernels.py)
@@ -192,6 +192,7 @@ class Fingerprint:
     device_kind: str | None = None
     device_count: int | None = None
     mesh: tuple[tuple[str, int], ...] | None = None   # environment.mesh: (axis, size) in order
+    process_count: int | None = None              # environment.processes (> 1 only)
     cpus: int | None = None
     cpu_isa: tuple[str, ...] | None = None        # the CPU's flags, as CPUID reports them
     effective_isa: str | None = None              # what code generation may use (env/isa.py)
@@ -266,7 +267,8 @@ class Fingerprint:
 
 FIELD_READERS: dict[str, Callable[[object, str], Any]] = {
     "python": _str, "jax": _str, "jaxlib": _str, "numpy": _str, "backend": _str,
-    "device_kind": _str, "device_count": _int, "mesh": _mesh, "cpus": _int, "cpu_isa": _strings,
+    "device_kind": _str, "device_count": _int, "mesh": _mesh, "process_count": _int,
+    "cpus": _int, "cpu_isa": _strings,
     "effective_isa": _str, "kernels": _kernels, "l1d_cache": _int, "kernels_error": _str,
     "cpu_model": _str, "machine": _str, "os": _str, "settings": _settings,
     "prng_canary": _str, "in_container": _bool}

@@ -150,33 +150,15 @@ class BlobStore:
         """Write the bytes of `chunks` as blob `sha256`, hashing them on the way: renamed into
         place only when their sha256 is the name, else nothing is kept. Returns the sha256 of
         the bytes received (the caller compares it with `sha256`)."""
-        target = self.path(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.sweep(target.parent)   # what a writer killed here (kill -9 mid-download) left
-        digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_tmp_prefix())
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            actual = digest.hexdigest()
-            if actual == sha256:
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return actual
+        return self.take(chunks, keep=lambda actual: actual == sha256,
+                         directory=self.path(sha256).parent)
 
-
-    def take(self, chunks: Iterable[bytes], keep: Callable[[str], bool] = lambda sha: True) -> str:
+    def take(self, chunks: Iterable[bytes], keep: Callable[[str], bool] = lambda sha: True,
+             directory: Path | None = None) -> str:
         """Write a stream whose hash is not known in advance as a blob: hashed as it is written
-        to a temporary file, renamed to its sha256's place only when `keep(sha256)` says so
-        (else nothing is kept). Returns the sha256."""
-        tmp, sha = self.stage(chunks)
+        to a temporary file (in `directory`, default the store's root), renamed to its sha256's
+        place only when `keep(sha256)` says so (else nothing is kept). Returns the sha256."""
+        tmp, sha = self.stage(chunks, directory)
         try:
             if keep(sha):
                 self.adopt(tmp, sha)
@@ -184,14 +166,17 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
         return sha
 
-    def stage(self, chunks: Iterable[bytes]) -> tuple[Path, str]:
+    def stage(self, chunks: Iterable[bytes], directory: Path | None = None) -> tuple[Path, str]:
         """A stream written, fsynced and hashed into a temporary file of the store (not a blob
         yet: `adopt` it, or unlink it): its path and sha256. For blobs that are kept only
-        together (a directory's files, once the directory's hash is known to match)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.sweep(self.root)
+        together (a directory's files, once the directory's hash is known to match). The
+        temporary file goes in `directory` (default the root), after what a writer killed
+        there (kill -9 mid-download) left is swept."""
+        directory = directory or self.root
+        directory.mkdir(parents=True, exist_ok=True)
+        self.sweep(directory)
         digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_tmp_prefix())
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=_tmp_prefix())
         try:
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:

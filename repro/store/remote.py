@@ -24,7 +24,7 @@ import os
 import re
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,22 +239,28 @@ class Remote:
             if self.atomic_put:
                 self.fs.pipe_file(target, data, **({"chunksize": S3_PART} if self.s3 else {}))
                 return
-            parent = target.rsplit("/", 1)[0]
-            self.fs.makedirs(parent, exist_ok=True)
-            if self.fs.isdir(target):   # a move onto it would put the blob inside it, "sent"
-                raise StoreError(f"the store remote {self.config.url}: a directory stands at blob "
-                                 f"{sha256[:12]}…'s name ({self.url(sha256)}); remove it and push again")
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            try:
-                self.fs.pipe_file(tmp, data)
-                self.fs.mv(tmp, target)
-            finally:
-                if self.fs.exists(tmp):
-                    self.fs.rm_file(tmp)
+            self._put_then_rename(sha256, lambda tmp: self.fs.pipe_file(tmp, data))
         except Exception as exc:   # the filesystem's client: OSError, botocore's, a bad option
             if not remote_failure(exc):
                 raise
             raise self._error(f"cannot upload blob {sha256[:12]}… to", exc) from None
+
+    def _put_then_rename(self, sha256: str, put: Callable[[str], object]) -> None:
+        """On a filesystem whose writes can be seen part-done: `put` the bytes under a
+        temporary name beside the blob's, then rename it into place."""
+        target = self.path(sha256)
+        parent = target.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        if self.fs.isdir(target):   # a move onto it would put the blob inside it, "sent"
+            raise StoreError(f"the store remote {self.config.url}: a directory stands at blob "
+                             f"{sha256[:12]}…'s name ({self.url(sha256)}); remove it and push again")
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            put(tmp)
+            self.fs.mv(tmp, target)
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm_file(tmp)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -286,15 +292,7 @@ class Remote:
             if self.atomic_put:
                 self.fs.put_file(str(path), target, **({"chunksize": S3_PART} if self.s3 else {}))
                 return
-            parent = target.rsplit("/", 1)[0]
-            self.fs.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            try:
-                self.fs.put_file(str(path), tmp)
-                self.fs.mv(tmp, target)
-            finally:
-                if self.fs.exists(tmp):
-                    self.fs.rm_file(tmp)
+            self._put_then_rename(sha256, lambda tmp: self.fs.put_file(str(path), tmp))
         except Exception as exc:   # the filesystem's client: OSError, botocore's, a bad option
             if not remote_failure(exc):
                 raise
