@@ -607,9 +607,12 @@ class Spec(_Model):
                                  "in that order")
             if any(n < 1 for n in shape):
                 raise ValueError(f"{where}: sizes are at least 1")
-            if _product(shape) != env.devices:
-                raise ValueError(f"{where} has {_product(shape)} places but environment.devices "
-                                 f"is {env.devices}; a mesh of the check uses the same devices")
+            total = env.devices * env.processes
+            if _product(shape) != total:
+                given = (f"environment.devices is {total}" if env.processes == 1 else
+                         f"devices x processes is {env.devices} x {env.processes} = {total}")
+                raise ValueError(f"{where} has {_product(shape)} places but {given}; a mesh of "
+                                 "the check uses the same devices")
         return self
 
     @model_validator(mode="after")

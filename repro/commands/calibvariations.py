@@ -190,9 +190,11 @@ def parse_meshes(text: str, spec: Spec) -> list[Variation]:
         product = 1
         for n in sizes:
             product *= n
-        if product != env.devices:
-            raise ReproError(f"--meshes: {item!r} has {product} places but environment.devices "
-                             f"is {env.devices}; every mesh uses the same devices")
+        if product != env.devices * env.processes:
+            given = (f"environment.devices is {env.devices}" if env.processes == 1 else
+                     f"devices x processes is {env.devices * env.processes}")
+            raise ReproError(f"--meshes: {item!r} has {product} places but {given}; every mesh "
+                             "uses the same devices")
         if sizes != own and all(v.mesh != sizes for v in out):
             out.append(mesh_variation(sizes))
     return out
