@@ -484,6 +484,9 @@ def add_calibrate(sub: Sub) -> None:
     p.add_argument("--variations", metavar="KINDS", help="only these kinds, comma-separated: "
                    "isa, cpus, compile-cache, hash-seed, listing, gpu-ops, cpu (default: all but cpu, "
                    "whose runs on emulated CPUs are 20-50x slower)")
+    p.add_argument("--meshes", metavar="SHAPES", help="instead, run the spec on each of these "
+                   "meshes (sizes in environment.mesh's axis order, e.g. 8x1,4x2,2x4; same devices "
+                   "and global batch); --write sets tolerance.mesh (docs/sharding.md)")
     p.add_argument("--json", metavar="F", help="write the machine-readable result")
     p.add_argument("--backend", default="local", choices=("local", "docker"))
     p.add_argument("--timeout", type=_positive(float), metavar="S", help="kill a run after S "
@@ -510,7 +513,7 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
         with progress_display(describe_variation, title=f"repro calibrate {ns.spec}",
                               line=variation_line, plain_file=sys.stderr, plain=ns.no_progress) as progress:
             cal = calibrate(ns.spec, options, jobs=ns.jobs, only=only, write=ns.write,
-                            progress=progress)
+                            progress=progress, meshes=ns.meshes)
     except RunError as exc:  # the baseline failed: its output says why
         print(f"repro: error: {exc}", file=sys.stderr)
         if exc.detail.strip():

@@ -62,10 +62,11 @@ class Comparison:
 
 
 def resolve_tolerance(tol_spec: ToleranceSpec, kind: QuantityKind, name: str | None,
-                      platform_key: str) -> Tolerance:
+                      platform_key: str, mesh: bool = False) -> Tolerance:
     """rtol/atol for one quantity. Later layers override earlier ones field by field:
     built-in fallback < `default` < the quantity's block (`grads`, `weights`, `metrics.<name>`)
-    < `platforms.<key>` (its rtol/atol, then its default, then its quantity block)."""
+    < `platforms.<key>` (its rtol/atol, then its default, then its quantity block) < with `mesh`
+    (the mesh is the only environment difference) `tolerance.mesh`, layered the same way."""
     out: Tolerance = {"rtol": FALLBACK["rtol"], "atol": FALLBACK["atol"]}
 
     def overlay(block: Tol | None) -> None:
@@ -87,7 +88,18 @@ def resolve_tolerance(tol_spec: ToleranceSpec, kind: QuantityKind, name: str | N
         overlay(plat)
         overlay(plat.default)
         overlay(quantity_block(plat))
+    if mesh and tol_spec.mesh is not None:
+        overlay(tol_spec.mesh)
+        overlay(tol_spec.mesh.default)
+        overlay(quantity_block(tol_spec.mesh))
     return out
+
+
+def mesh_only(recorded_fp: Fingerprint | None, run_fp: Fingerprint | None) -> bool:
+    """Is the mesh the only numeric environment difference? Then tolerance.mesh applies."""
+    if recorded_fp is None or run_fp is None:
+        return False
+    return numeric_fingerprint_equal(recorded_fp, run_fp)[1] == ["mesh"]
 
 
 def numeric_fingerprint_equal(a: Fingerprint, b: Fingerprint) -> tuple[bool, list[str]]:
@@ -235,10 +247,13 @@ def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
     bitwise, reason = choose_bitwise(tolerance.mode, recorded.fingerprint,
                                      run_fingerprint)
     out = Comparison(bitwise=bitwise, reason=reason)
+    mesh = not bitwise and mesh_only(recorded.fingerprint, run_fingerprint)
+    if mesh and tolerance.mesh is not None:
+        out.reason += " (the mesh alone: tolerance.mesh applies)"
     rec_metrics, record_arrays = recorded.metrics, recorded.arrays
     names = metric_names if metric_names is not None else sorted(set(rec_metrics) | set(run_metrics))
     for name in names:
-        tol = resolve_tolerance(tolerance, "metric", name, platform_key)
+        tol = resolve_tolerance(tolerance, "metric", name, platform_key, mesh)
         a, b = rec_metrics.get(name), run_metrics.get(name)
         if a is None or b is None:
             out.rows.append(QuantityResult("metric", name, ok=False, bitwise=bitwise, **tol,
@@ -254,17 +269,20 @@ def compare_run(recorded: Recorded, run_metrics: Mapping[str, MetricSeries],
             continue
         out.rows.append(compare_arrays("metric", name, metric_array(a), metric_array(b),
                                        bitwise=bitwise, tol=tol, steps=a["steps"]))
-    out.rows += _compare_leaves("grad", record_arrays, run_arrays, tolerance, platform_key, bitwise)
-    out.rows += _compare_leaves("weight", record_arrays, run_arrays, tolerance, platform_key, bitwise)
-    out.rows += _compare_leaves("state", record_arrays, run_arrays, tolerance, platform_key, bitwise)
+    out.rows += _compare_leaves("grad", record_arrays, run_arrays, tolerance, platform_key, bitwise,
+                                mesh)
+    out.rows += _compare_leaves("weight", record_arrays, run_arrays, tolerance, platform_key, bitwise,
+                                mesh)
+    out.rows += _compare_leaves("state", record_arrays, run_arrays, tolerance, platform_key, bitwise,
+                                mesh)
     return out
 
 
 def _compare_leaves(kind: Literal["grad", "weight", "state"], rec: Mapping[str, np.ndarray],
                     run: Mapping[str, np.ndarray], tolerance: ToleranceSpec, platform_key: str,
-                    bitwise: bool) -> list[QuantityResult]:
+                    bitwise: bool, mesh: bool = False) -> list[QuantityResult]:
     prefix = {"grad": "grads/", "weight": "weights", "state": "checkpoints/"}[kind]
-    tol = resolve_tolerance(tolerance, kind, None, platform_key)
+    tol = resolve_tolerance(tolerance, kind, None, platform_key, mesh)
     rows: list[QuantityResult] = []
     if kind == "weight":
         keys = _ordered([k for k in rec if k.startswith(prefix)], [k for k in run if k.startswith(prefix)])

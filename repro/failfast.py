@@ -29,7 +29,7 @@ from repro.verdict import Stop
 if TYPE_CHECKING:
     import numpy as np
 
-    from repro.compare import Comparison, Recorded
+    from repro.compare import Comparison, Recorded, Tolerance
     from repro.record import MetricSeries, Record, RecordMeta
     from repro.replay import Replay
     from repro.result import RunResult
@@ -60,8 +60,10 @@ def expecting(job: Job, spec: Spec, recorded: RecordMeta | None, on: bool,
     names = [n for n in (spec.record.metrics or sorted(recorded.metrics)) if n in recorded.metrics]
     exact = _bitwise_sure(tolerance.mode, recorded)
     expect = {}
+    mesh = _other_mesh(job, recorded)
     for n in names:
-        t = resolve_tolerance(tolerance, "metric", n, recorded.platform)
+        t = _widest(resolve_tolerance(tolerance, "metric", n, recorded.platform),
+                    resolve_tolerance(tolerance, "metric", n, recorded.platform, mesh))
         limit = Limit(0.0, 0.0) if exact else Limit(t["rtol"], t["atol"])
         steps, values = recorded.metrics[n]["steps"], recorded.metrics[n]["values"]
         keep = [i for i, st in enumerate(steps) if st >= lo and (hi is None or st < hi)]
@@ -130,12 +132,27 @@ def _expect_arrays(job: Job, spec: Spec, recorded: RecordMeta, directory: Path, 
     exact = _bitwise_sure(tolerance.mode, recorded)
     limits = {}
     kinds: tuple[Literal["grad"], Literal["state"]] = ("grad", "state")
+    mesh = _other_mesh(job, recorded)
     for kind in kinds:
-        t = resolve_tolerance(tolerance, kind, None, recorded.platform)
+        t = _widest(resolve_tolerance(tolerance, kind, None, recorded.platform),
+                    resolve_tolerance(tolerance, kind, None, recorded.platform, mesh))
         limits[kind] = Limit(0.0, 0.0) if exact else Limit(t["rtol"], t["atol"])
     return job.replace(expect_arrays=ExpectedArrays(EXPECTED_FILE, tuple(steps["grad"]),
                                                     tuple(steps["state"]), limits["grad"],
                                                     limits["state"]))
+
+
+def _other_mesh(job: Job, recorded: RecordMeta) -> bool:
+    """Does this run use another mesh than the record's? Then the final comparison may apply
+    tolerance.mesh (when the mesh is the only difference, known once the run is done), so the
+    run is stopped early only beyond the wider of it and the spec's own tolerance."""
+    fp = recorded.fingerprint
+    return fp is not None and tuple(tuple(m) for m in (fp.mesh or ())) != tuple(
+        tuple(m) for m in job.mesh)
+
+
+def _widest(a: Tolerance, b: Tolerance) -> Tolerance:
+    return {"rtol": max(a["rtol"], b["rtol"]), "atol": max(a["atol"], b["atol"])}
 
 
 def _bitwise_sure(mode: str, recorded: RecordMeta) -> bool:

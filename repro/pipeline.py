@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from repro.confirm import classify
 from repro.env.settings import child_isa, determinism_settings
 from repro.errors import ReproError
 from repro.failfast import compare_to_record, expecting, stopped_at
+from repro.invariance import check_invariance
 from repro.job import Job, Placement
 from repro.localise import attach_traces
 from repro.noise import annotate_spread, describe, noise_floor
@@ -209,9 +210,18 @@ def record(spec_ref: SpecRef, options: Options | None = None) -> Verdict:
             v.rows, v.bitwise, v.fail_class = floor.disagreement.failures, True, "nondeterministic"
             v.mode_reason = describe(floor.disagreement, runs)
             return v
+        # record.invariance: the same training on each listed mesh, within tolerance.mesh
+        inv = check_invariance(spec, result, lambda var: execute(
+            prepare(spec, replace(options, variation=var)), replace(options, variation=var)).result)
+        if inv is not None and inv.violation is not None:   # nothing is written
+            v = run_verdict(prep, result, Status.FAIL, options)
+            v.rows, v.bitwise, v.fail_class = inv.violation.failures, False, "mesh-dependent"
+            v.mode_reason = inv.message
+            return v
         directory = record_dir(prep.repo_root, spec.name or "", result.platform_key, options.records_root)
         write_record(directory, record_meta(prep.spec, prep.repo_root, prep.code, done.result,
-                                            done.image_ref, options.backend, floor.info()),
+                                            done.image_ref, options.backend, floor.info(),
+                                            inv.info if inv is not None else None),
                      result.arrays, result.checkpoints)
     except ReproError as exc:
         return error_verdict(spec_ref, exc, spec=spec, backend=options.backend)

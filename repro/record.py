@@ -150,6 +150,26 @@ class NoiseInfo(_Part):
     spread: dict[str, Spread] = Field(default_factory=dict)
 
 
+class MeshChecked(_Part):
+    """One mesh of record.invariance as run at record time, against the recorded mesh: its
+    sizes, whether every quantity was bitwise, and the largest move (None: not finite)."""
+
+    mesh: list[int]
+    bitwise: bool
+    moved: int                    # quantities not bitwise equal
+    max_abs: float | None
+    max_rel: float | None
+
+
+class InvarianceInfo(_Part):
+    """What record.invariance checked (docs/sharding.md): the mesh axes, the recorded mesh's
+    sizes, and each other mesh's result; absent from records of specs without it."""
+
+    axes: list[str]
+    recorded: list[int]
+    checked: list[MeshChecked]
+
+
 class ProgramPrint(_Part):
     """One traced function's program for one input signature (docs/localisation.md)."""
 
@@ -262,6 +282,7 @@ class RecordMeta(_Part):
     # record key (weights/<path>, grads/<step>/<path>) -> PartitionSpec (JSON,
     # child/sharding.py) of each sharded array; absent when nothing was sharded
     shardings: dict[str, list[Any] | str] | None = None
+    invariance: InvarianceInfo | None = None   # record.invariance: the meshes checked
 
     @model_validator(mode="after")
     def _fingerprint_or_source(self) -> RecordMeta:
@@ -276,7 +297,7 @@ class RecordMeta(_Part):
         """Records made before `source` existed are written back byte for byte (their
         checksums hold): an absent source is no key, not a null."""
         out: dict[str, Any] = handler(self)
-        for key in ("source", "shardings"):   # likewise an unsharded record: no `shardings`
+        for key in ("source", "shardings", "invariance"):   # likewise an unsharded record: no `shardings`
             if out.get(key) is None:
                 out.pop(key, None)
         return out

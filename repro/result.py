@@ -28,6 +28,7 @@ from repro.record import (
     DataInfo,
     FingerprintField,
     ImagePackages,
+    InvarianceInfo,
     MetricSeries,
     NoiseInfo,
     RecordMeta,
@@ -230,7 +231,8 @@ def check_recordable(spec: Spec, result: RunResult) -> None:
 
 
 def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
-                image_ref: str | None, backend: str, noise: NoiseInfo | None = None) -> RecordMeta:
+                image_ref: str | None, backend: str, noise: NoiseInfo | None = None,
+                invariance: InvarianceInfo | None = None) -> RecordMeta:
     """What record.json says about a run (its `arrays` index is added when written)."""
     packages = None
     if result.packages is not None:  # docker: what a rebuild from recipe must match
@@ -247,7 +249,7 @@ def record_meta(spec: Spec, repo_root: Path, code: CodePin, result: RunResult,
         image=image_ref, image_packages=packages, backend=backend,
         platform=result.platform_key, fingerprint=result.fingerprint, metrics=result.metrics,
         grad_steps=result.grad_steps, timings=result.timings, inputs=result.inputs, noise=noise,
-        traced=result.traced, shardings=result.shardings or None)
+        traced=result.traced, shardings=result.shardings or None, invariance=invariance)
 
 
 def _relative(path: Path | None, root: Path) -> str:

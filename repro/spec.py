@@ -458,6 +458,14 @@ class CheckpointsRecord(_Model):
     steps: list[int] = Field(default_factory=list, description="... and at these steps")
 
 
+class InvarianceSpec(_Model):
+    """record.invariance: meshes the training must give the same result on (docs/sharding.md).
+    Each mesh is its sizes in the order of environment.mesh's axes."""
+
+    meshes: list[list[int]] = Field(min_length=1, description="mesh shapes, sizes in the order "
+                                    "of environment.mesh's axes, each multiplying to devices")
+
+
 class RecordSpec(_Model):
     metrics: list[str] | None = Field(None, description="metrics compared; default: all logged")
     grads: GradsRecord | None = None
@@ -476,6 +484,11 @@ class RecordSpec(_Model):
     # close). It changes how a record is made, never its numbers: not part of the hash.
     runs: int = Field(2, ge=1, le=100, exclude=True,
                       description="trainings per record (default 2): the noise floor")
+    # Meshes checked at record time: how a record is made, never its numbers (like runs), so not
+    # part of the hash; a spec without it hashes as before.
+    invariance: InvarianceSpec | None = Field(
+        None, exclude=True, description="meshes the result must not depend on beyond "
+                                        "tolerance.mesh, checked at record time")
 
 
 class Tol(_Model):
@@ -497,6 +510,17 @@ class ToleranceSpec(_Model):
     grads: Tol | None = None
     weights: Tol | None = None
     platforms: dict[str, PlatformTolerance] = Field(default_factory=dict)
+    # Applied when the mesh is the only environment difference (another mesh at verify, the
+    # meshes of record.invariance, calibrate --meshes --write); docs/sharding.md.
+    mesh: PlatformTolerance | None = None
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`mesh` only where set: a spec without it hashes as before it existed."""
+        out: dict[str, Any] = handler(self)
+        if out.get("mesh") is None:
+            out.pop("mesh", None)
+        return out
 
     @classmethod
     def from_canonical(cls, doc: Any, where: str) -> ToleranceSpec:
@@ -562,6 +586,33 @@ class Spec(_Model):
         if self.record.weights == "final" and self.code.outputs and self.code.outputs.weights is None:
             raise ValueError("record.weights is final (the default) but code.outputs names no "
                              "weights file; add code.outputs.weights or set record.weights: none")
+        return self
+
+    @model_validator(mode="after")
+    def _invariance(self) -> Spec:
+        """record.invariance's meshes fit environment.mesh: as many sizes as axes, the same
+        number of devices."""
+        inv, env = self.record.invariance, self.environment
+        if inv is None:
+            return self
+        if not env.mesh:
+            raise ValueError("record.invariance needs environment.mesh (the axes its meshes size), "
+                             "e.g. `environment: {devices: 8, mesh: {data: 4, model: 2}}`")
+        axes = list(env.mesh)
+        for i, shape in enumerate(inv.meshes):
+            where = f"record.invariance.meshes[{i}] {shape}"
+            if len(shape) != len(axes):
+                raise ValueError(f"{where} has {len(shape)} sizes but environment.mesh has "
+                                 f"{len(axes)} axes ({', '.join(axes)}); give one size per axis, "
+                                 "in that order")
+            if any(n < 1 for n in shape):
+                raise ValueError(f"{where}: sizes are at least 1")
+            total = env.devices * env.processes
+            if _product(shape) != total:
+                given = (f"environment.devices is {total}" if env.processes == 1 else
+                         f"devices x processes is {env.devices} x {env.processes} = {total}")
+                raise ValueError(f"{where} has {_product(shape)} places but {given}; a mesh of "
+                                 "the check uses the same devices")
         return self
 
     @model_validator(mode="after")

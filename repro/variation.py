@@ -28,6 +28,7 @@ class Variation:
     listing_order: ListingOrder = "native"  # reversed: os.listdir/os.scandir come back reversed
     deterministic_ops: bool | None = None   # False: --xla_gpu_deterministic_ops=false
     emulate_cpu: str | None = None          # run under `qemu-x86_64 -cpu MODEL` (local backend)
+    mesh: tuple[int, ...] | None = None     # environment.mesh's sizes, its axes kept in order
 
     def environment(self, env: EnvironmentSpec) -> EnvironmentSpec:
         """The spec's environment block as this variation runs it."""
@@ -36,6 +37,8 @@ class Variation:
             changes["isa"] = self.isa
         if self.cpus is not None:
             changes["cpus"] = self.cpus
+        if self.mesh is not None:   # same axis names, same devices (checked by the caller)
+            changes["mesh"] = dict(zip(env.mesh or {}, self.mesh, strict=True))
         return env.model_copy(update=changes) if changes else env
 
     def check(self, backend: str) -> None:

@@ -265,7 +265,7 @@ class Verdict:
     error: str = ""                           # one-paragraph message for status error
     error_detail: str = ""                    # e.g. the user's trimmed traceback, the log tail
     killed_by: str = ""                       # error: the run was killed (KilledBy value)
-    fail_class: str = ""                      # fail: "nondeterministic" (runs disagree) | "changed"
+    fail_class: str = ""                      # fail: "nondeterministic" (runs disagree) | "changed" | "mesh-dependent"
     confirmation: Confirmation | None = None  # fail: the reruns that decided fail_class
     record_path: str = ""
     spec_hash: str = ""

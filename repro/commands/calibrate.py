@@ -40,9 +40,11 @@ from repro.commands.calibstats import (
     resolved_bounds,
 )
 from repro.commands.calibvariations import (
+    MESH,
     TOLERATED,
     Host,
     cpu_variations,
+    parse_meshes,
     select,
     unavailable,
     variation_kind,
@@ -178,14 +180,16 @@ OnDone = Callable[[VariationRun, int, int], None]
 def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = None, *,
               jobs: int | None = None, only: Collection[str] | None = None,
               write: bool = False, host: Host | None = None, on_done: OnDone | None = None,
-              today: _dt.date | None = None, progress: Progress | None = None) -> Calibration:
+              today: _dt.date | None = None, progress: Progress | None = None,
+              meshes: str | None = None) -> Calibration:
     """Run the spec as pinned and under each variation this host can do (`only`: those kinds,
     of KINDS), compare each with the baseline, propose tolerances from the TOLERATED kinds and,
     with `write`, set them in the spec. `jobs` runs at a time (default: cores // environment.cpus); `on_done(run,
     finished, total)` as each run ends; `progress` sees every run queued, started and finished
     (the result: its VariationRun). Raises ReproError for a bad spec, a broken pin or a
     failed baseline (RunError, with the run's detail); a failed variation is reported in the
-    result. KeyboardInterrupt kills every run."""
+    result. KeyboardInterrupt kills every run. `meshes` ("8x1,4x2,2x4"): instead, the spec on
+    each of those meshes (docs/sharding.md); their deviations propose tolerance.mesh."""
     t0 = time.perf_counter()
     # the baseline always fills the compile cache: compile-cache=warm loads from it
     options = dataclasses.replace(options or pipeline.Options(), compile_cache=True, echo=False,
@@ -194,7 +198,11 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
     if write:
         check_writable(spec)
     host = host or Host.here()
-    planned = select(variations_for(spec, host), only)
+    if meshes is not None and only is not None:
+        raise ReproError("--meshes and --variations are separate matrices (tolerance.mesh and "
+                         "the spec's own tolerances): run calibrate once for each")
+    planned = parse_meshes(meshes, spec) if meshes is not None else select(
+        variations_for(spec, host), only)
     prep = pipeline.prepare(spec, options)
     slots = jobs or max(1, host.cores // spec.environment.cpus)
     total = len(planned) + 1
@@ -237,21 +245,23 @@ def calibrate(spec_ref: pipeline.SpecRef, options: pipeline.Options | None = Non
         if not batch.complete:
             raise KeyboardInterrupt
     runs = [outcomes[v.name].run for v in planned]
-    tolerated = [v for v in planned if variation_kind(v) in TOLERATED]
+    kinds = (MESH,) if meshes is not None else TOLERATED
+    scope = (MESH,) if meshes is not None else ()
+    tolerated = [v for v in planned if variation_kind(v) in kinds]
     observed = [d for v in tolerated for d in outcomes[v.name].deviations]
     order = {"metrics": 0, "grads": 1, "weights": 2}
     keys = sorted(dict.fromkeys(d.key for d in observed), key=lambda k: order[k[0]])  # stable
     tolerance = spec.tolerance
     proposed = tuple(dataclasses.replace(
-        propose_tolerance(k, [d for d in observed if d.key == k]),
-        current=resolved_bounds(tolerance, k, baseline.platform_key)) for k in keys)
+        propose_tolerance(k, [d for d in observed if d.key == k]), scope=scope,
+        current=resolved_bounds(tolerance, k, baseline.platform_key, bool(scope))) for k in keys)
     cal = Calibration(
         spec=spec.name or "spec", spec_path=str(spec.path or ""), host=host,
         platform=baseline.platform_key, jobs=slots, mode=spec.tolerance.mode,
         baseline=base.run, runs=runs,
         proposal=Proposal(proposed, sum(outcomes[v.name].run.error is None for v in tolerated),
-                          baseline.platform_key),
-        unavailable=unavailable(spec, host) + (
+                          baseline.platform_key, kinds=kinds),
+        unavailable=[] if meshes is not None else unavailable(spec, host) + (
             ["cpu: emulated CPUs (qemu-user) are not run unless asked: --variations cpu"]
             if only is None and cpu_variations(spec, host)[0] else []))
     cal.notes = _notes(cal)

@@ -125,10 +125,11 @@ class ProposedTolerance:
     differing: int = 0          # elements that differed, over every variation
     problem: str = ""           # why no tolerance covers what was seen: not written
     current: Bounds | None = None
+    scope: tuple[str, ...] = ()  # ("mesh",): a block of tolerance.mesh (calibrate --meshes)
 
     @property
     def label(self) -> str:
-        return ".".join(self.key)
+        return ".".join(self.scope + self.key)
 
     @property
     def at_floor(self) -> bool:
@@ -183,8 +184,10 @@ class Proposal:
     kinds: tuple[str, ...] = TOLERATED    # the variation kinds they absorb
 
 
-def resolved_bounds(tolerance: ToleranceSpec, key: TolKey, platform_key: str) -> Bounds:
+def resolved_bounds(tolerance: ToleranceSpec, key: TolKey, platform_key: str,
+                    mesh: bool = False) -> Bounds:
+    """What applies to one block now (`mesh`: when the mesh is the only difference)."""
     kind: QuantityKind = "metric" if key[0] == "metrics" else "grad" if key[0] == "grads" else \
         "weight"
-    tol = resolve_tolerance(tolerance, kind, key[1] if len(key) > 1 else None, platform_key)
+    tol = resolve_tolerance(tolerance, kind, key[1] if len(key) > 1 else None, platform_key, mesh)
     return Bounds(tol["rtol"], tol["atol"])

@@ -18,6 +18,9 @@ from repro.spec import EnvironmentSpec, Spec
 from repro.variation import BASELINE, Variation
 
 KINDS = ("isa", "cpus", "compile-cache", "hash-seed", "listing", "gpu-ops", "cpu")
+# `--meshes 8x1,4x2`: the same training on other meshes (same devices and global batch); their
+# deviations go to tolerance.mesh, which applies only when the mesh is the one difference.
+MESH = "mesh"
 # The kinds whose deviations the proposed tolerances absorb: rounding that differs between
 # environments a verify can meet (another host's ISA, a cold or warm cache, another core count
 # once environment.cpus is changed: a numeric fingerprint field, so compared within tolerance). The
@@ -62,6 +65,8 @@ def effective_isa(env: EnvironmentSpec, host: Host) -> str:
 
 def variation_kind(variation: Variation) -> str:
     """Which of KINDS a variation belongs to ('baseline' for the plain run)."""
+    if variation.mesh is not None:
+        return MESH
     if variation.emulate_cpu is not None:
         return "cpu"
     if variation.isa is not None:
@@ -158,3 +163,38 @@ def select(variations: Sequence[Variation], only: Collection[str] | None) -> lis
         raise ReproError(f"unknown variation kind(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(KINDS)}")
     return [v for v in variations if variation_kind(v) in only]
+
+
+def parse_meshes(text: str, spec: Spec) -> list[Variation]:
+    """`8x1,4x2,2x4` as mesh variations of `spec` (its own mesh left out): one size per axis of
+    environment.mesh, in its order, multiplying to environment.devices. ReproError saying what
+    is wrong otherwise."""
+    from repro.invariance import mesh_variation
+
+    env = spec.environment
+    if not env.mesh:
+        raise ReproError("--meshes needs a spec with environment.mesh (the axes the sizes are "
+                         "for), e.g. `environment: {devices: 8, mesh: {data: 4, model: 2}}`")
+    axes, own = list(env.mesh), tuple(env.mesh.values())
+    out: list[Variation] = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            sizes = tuple(int(n) for n in item.split("x"))
+        except ValueError:
+            raise ReproError(f"--meshes: {item!r} is not a mesh; write sizes joined by x, one per "
+                             f"axis of environment.mesh ({', '.join(axes)}), e.g. "
+                             f"{'x'.join(str(n) for n in own)}") from None
+        if len(sizes) != len(axes) or any(n < 1 for n in sizes):
+            raise ReproError(f"--meshes: {item!r} needs {len(axes)} sizes of at least 1, one per "
+                             f"axis of environment.mesh ({', '.join(axes)})")
+        product = 1
+        for n in sizes:
+            product *= n
+        if product != env.devices * env.processes:
+            given = (f"environment.devices is {env.devices}" if env.processes == 1 else
+                     f"devices x processes is {env.devices * env.processes}")
+            raise ReproError(f"--meshes: {item!r} has {product} places but {given}; every mesh "
+                             "uses the same devices")
+        if sizes != own and all(v.mesh != sizes for v in out):
+            out.append(mesh_variation(sizes))
+    return out

@@ -58,7 +58,8 @@ def write_tolerances(spec_path: str | Path, proposal: Proposal, when: _dt.date,
         raise ReproError("nothing to write: no variation finished with a quantity a tolerance "
                          "could cover")
     for t in blocks:
-        text = set_value(text, ("tolerance",) + t.key, {"rtol": t.rtol, "atol": t.atol}, str(path))
+        text = set_value(text, ("tolerance",) + t.scope + t.key, {"rtol": t.rtol, "atol": t.atol},
+                         str(path))
     comment = (f"{STAMP} {when.isoformat()} on {host_summary}, {proposal.variations} "
                f"variations: largest deviation × {proposal.margin:g}, floor rtol {proposal.floor.rtol:g} "
                f"atol {proposal.floor.atol:g}")
@@ -75,10 +76,10 @@ def write_tolerances(spec_path: str | Path, proposal: Proposal, when: _dt.date,
     before, after = spec.tolerance, edited.tolerance
     changes, warnings = [], []
     for t in blocks:
-        old = resolved_bounds(before, t.key, proposal.platform)
-        new = resolved_bounds(after, t.key, proposal.platform)
+        old = resolved_bounds(before, t.key, proposal.platform, bool(t.scope))
+        new = resolved_bounds(after, t.key, proposal.platform, bool(t.scope))
         changes.append((t.label, old, new))
-        if new != Bounds(t.rtol, t.atol):
+        if new != Bounds(t.rtol, t.atol) and not t.scope:
             warnings.append(f"tolerance.platforms.{proposal.platform} overrides the calibrated "
                             f"{t.label} on {proposal.platform} (rtol {new.rtol:g}, atol "
                             f"{new.atol:g} apply); remove its keys there to use the calibration")

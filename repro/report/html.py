@@ -190,6 +190,8 @@ def _fail_class(r: dict) -> str:
     if cls == "nondeterministic":
         why = (f"run again from the same pins, the training gave other bits (first at "
                f"{c.get('first_difference')})" if c else "the runs from the same pins differ")
+    elif cls == "mesh-dependent":
+        why = "the same training on another mesh of the same devices moved beyond tolerance"
     elif c:
         why = (f"{c.get('runs', 0) + 1} runs from the same pins agree bitwise with each other but "
                "not with the record: an input that no pin covers changed")

@@ -142,6 +142,9 @@ def class_lines(v: Verdict) -> list[str]:
         return [f"Class: nondeterministic: run again from the same pins, the training gave other "
                 f"bits than the first time (first at {c.first_difference}). The record may be "
                 f"right; the training is not deterministic. Usual causes: {CAUSES}."]
+    if v.fail_class == "mesh-dependent":   # record.invariance (repro/invariance.py)
+        return ["Class: mesh-dependent: the same training on another mesh of the same devices "
+                "moved beyond tolerance (see above); nothing was recorded."]
     if c is None:
         return ["Class: changed: a pin, spec key or environment fact that decides the numbers "
                 "changed since the record (below)."]
