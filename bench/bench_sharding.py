@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_verify import timed  # noqa: E402  (the same clean-environment timer)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "specs/sharded-lm.yaml"
@@ -69,19 +70,6 @@ def bare() -> None:
     from zoo import sharded_lm
     params = sharded_lm.train(BareContext(spec))
     [np.asarray(p) for p in jax.tree_util.tree_leaves(params)]
-
-
-def timed(cmd: list[str], extra_env: dict | None = None) -> float:
-    """Wall seconds of one command, without inherited JAX_/XLA_ variables; exits on failure."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env["JAX_PLATFORMS"] = "cpu"
-    env.update(extra_env or {})
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return elapsed
 
 
 def main() -> None:
