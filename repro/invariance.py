@@ -82,7 +82,9 @@ def violation_message(cmp: Comparison, axes: list[str], own: list[int], other: l
         f"{bad.label}" + (f" from step {bad.first_step}" if bad.first_step is not None else "")
         + (f" (max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}, tolerance rtol="
            f"{bad.rtol:g} atol={bad.atol:g})" if not bad.note else f" ({bad.note})"))
-    return (f"record.invariance: the result depends on the mesh: {what} differs between mesh "
+    # follows "compared within tolerance: " in the verdict
+    return (f"tolerance.mesh, on each mesh record.invariance lists: the result depends on the "
+            f"mesh: {what} differs between mesh "
             f"{mesh_words(axes, own)} (the spec's) and mesh {mesh_words(axes, other)} "
             f"({len(cmp.failures)} of {len(cmp.rows)} quantities beyond tolerance). Nothing was "
             "recorded. Measure the spread with `repro calibrate SPEC --meshes "

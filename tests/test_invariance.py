@@ -139,7 +139,8 @@ def test_invariance_violated_fails_to_record_naming_quantity_and_meshes(tmp_path
     proc = p.repro("record", "specs/tiny.yaml")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
-    assert "record.invariance: the result depends on the mesh: metric loss from step 0" in out, out
+    assert ("compared within tolerance: tolerance.mesh, on each mesh record.invariance lists: the "
+            "result depends on the mesh: metric loss from step 0") in out, out
     assert "mesh {data: 2, model: 2} (the spec's) and mesh {data: 4, model: 1}" in out, out
     assert "FAIL tiny [cpu] (mesh-dependent)" in out and "Class: mesh-dependent" in out, out
     assert not (p.record_dir / "record.json").exists()   # nothing written
