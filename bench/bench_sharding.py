@@ -22,36 +22,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bare_mlp  # noqa: E402  (the bare context the other benches use)
 from bench_verify import timed  # noqa: E402  (the same clean-environment timer)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "specs/sharded-lm.yaml"
 
 
-class BareContext:
-    """What `zoo.sharded_lm.train` uses of ctx, nothing more."""
+class BareContext(bare_mlp.BareContext):
+    """What `zoo.sharded_lm.train` uses of ctx, nothing more: bare_mlp's, plus the spec's mesh
+    (built by the same rule as ctx.mesh) and its gradient schedule."""
 
     def __init__(self, spec):
-        import jax
-        from jax.sharding import Mesh
+        from repro.child.sharding import build_mesh
 
-        self.seeds, self.config = dict(spec.seeds), dict(spec.config)
-        self.data = {k: str(ROOT / e.path) for k, e in spec.data.items()}
-        axes = spec.environment.mesh_axes()
-        devices = sorted(jax.devices(), key=lambda d: d.id)[: spec.environment.devices]
-        self.mesh = Mesh(np.array(devices).reshape([n for _, n in axes]), [a for a, _ in axes])
+        super().__init__(dict(spec.seeds), {k: str(ROOT / e.path) for k, e in spec.data.items()},
+                         dict(spec.config))
+        self.mesh = build_mesh(spec.environment.devices, spec.environment.mesh_axes())
         self.grads_every = spec.record.grads.every
-
-    def seed(self, name):
-        return self.seeds[name]
-
-    def key(self, name):
-        import jax
-        return jax.random.PRNGKey(self.seeds[name])
-
-    def log(self, step, **scalars):
-        for v in scalars.values():
-            float(np.asarray(v))
 
     def log_grads(self, step, grads):
         if step % self.grads_every == 0:
