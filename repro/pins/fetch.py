@@ -122,6 +122,11 @@ def fetch_data(name: str, path: str, sha256: str | None, url: str, repo_root: Pa
                            f"sha256 {sha256}, actual sha256 {actual}; nothing was kept. Put the "
                            "pinned file at the URL, or re-pin the entry if the new content is "
                            "intended (`repro hash FILE` prints its sha256)")
+    return _stored_view(sha256, path)
+
+
+def _stored_view(sha256: str, path: str) -> Path:
+    """The view the training reads of a blob just kept in the machine's store."""
     view = data_view(sha256, path)
     _link(machine_store().path(sha256), view)
     return view
@@ -211,9 +216,7 @@ def fetch_dvc(name: str, path: str, sha256: str, repo_root: Path, commit: str, o
                            "`dvc push` the right file from a machine that has it (or repair the "
                            "remote); if the new content is intended, `dvc add` it, commit and "
                            "`repro pin`")
-    view = data_view(sha256, path)
-    _link(machine_store().path(sha256), view)
-    return view
+    return _stored_view(sha256, path)
 
 
 def fetch_dvc_dir(name: str, path: str, sha256: str, repo_root: Path, commit: str, out: DvcOut,
@@ -352,9 +355,7 @@ def fetch_stored(name: str, path: str, sha256: str, config: RemoteConfig, size: 
                            f"pinned file: expected sha256 {sha256}, actual sha256 {actual}; "
                            "nothing was kept. Push it again (`repro push`) from a machine that "
                            "has the file, or put the file at the path")
-    view = data_view(sha256, path)
-    _link(machine_store().path(sha256), view)
-    return view
+    return _stored_view(sha256, path)
 
 
 class _Limit:
