@@ -93,6 +93,23 @@ def _contraction(op: str, operands: list[str], rest: str, shapes: Mapping[str, s
     return k
 
 
+_READ_OPS = frozenset({"custom-call", "dot", "convolution", "fusion", "reduce", "reduce-window"})
+_OPERAND = re.compile(r"%([\w.\-]+)")
+
+
+def _after_close(body: str, start: int) -> int:
+    """The index just past the ")" that closes the "(" before `start` (operand lists hold tuple
+    shapes, so parentheses nest); len(body) + 1 when it is never closed."""
+    depth, i = 1, start
+    while depth:
+        j = body.find(")", i)
+        if j < 0:
+            return len(body) + 1
+        depth += body.count("(", i, j) - 1
+        i = j + 1
+    return i
+
+
 def parse(hlo_text: str) -> list[_Call]:
     """The run-time-dispatched kernel calls of one optimized HLO module's text."""
     comps: dict[str, list[str]] = {}
@@ -120,12 +137,12 @@ def parse(hlo_text: str) -> list[_Call]:
                 continue
             op = op_m.group(1)
             shape = body[:op_m.start(1)].strip()
+            if op not in _READ_OPS:   # only its shape matters (an operand of a dot)
+                rows.append((name, shape, op, [], ""))
+                continue
             args_start = op_m.end()
-            depth, i = 1, args_start
-            while i < len(body) and depth:
-                depth += {"(": 1, ")": -1}.get(body[i], 0)
-                i += 1
-            operands = re.findall(r"%([\w.\-]+)", body[args_start:i - 1])
+            i = _after_close(body, args_start)
+            operands = _OPERAND.findall(body, args_start, i - 1)
             rows.append((name, shape, op, operands, body[i:]))
             if op == "fusion":
                 callee = re.search(r"calls=%?([\w.\-]+)", body[i:])
