@@ -719,8 +719,12 @@ class RayExecutor:
                     f"process {k} on node {placed.get(k, '?')}" for k in range(count)))
             return verdict
         finally:
-            for ref in tasks:
-                self.ray.cancel(ref, force=True)   # no-op for a task that ended
+            # Only the tasks whose result is not ready: a task's result can be ready before the
+            # driver has taken its worker's reply, and a cancel in that moment crashes the driver
+            # (Ray 2.60: "Tried to complete task that was not pending", ray-project/ray#54527).
+            refs = list(tasks)
+            for ref in ray.wait(refs, num_returns=len(refs), timeout=0)[1] if refs else ():
+                self.ray.cancel(ref, force=True)
             remove_placement_group(group)
 
     def close(self) -> None:
