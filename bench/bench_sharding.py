@@ -48,6 +48,12 @@ class BareContext(bare_mlp.BareContext):
         self.mesh = build_mesh(spec.environment.devices, spec.environment.mesh_axes())
         self.grads_every = spec.record.grads.every
 
+    def restore(self, state):   # a fresh run: nothing kept to start from
+        return 0, state
+
+    def checkpoint(self, step, state):   # a bare run keeps no state (repro's keeping is overhead)
+        pass
+
     def log_grads(self, step, grads):
         if step % self.grads_every == 0:
             import jax

@@ -21,7 +21,10 @@ terms (batch x seq_len = 8 x 32 tokens; MLP width 4 x 64), so a slice fits a 32 
 Logged per step ``s``: ``loss`` (the batch's mean next-byte cross-entropy at the parameters
 before the update) and its gradient (``ctx.log_grads``); after every ``eval_every``-th step
 ``val_loss`` on ``zoo.lm``'s fixed validation batch (its first ``val_windows`` windows). Returns
-the final params (global values; the record keeps their PartitionSpecs).
+the final params (global values; the record keeps their PartitionSpecs). Resumable: the state
+(params, Adam's state, the batch generator's state) is restored with ``ctx.restore`` and offered
+to ``ctx.checkpoint`` after each step; a kept state keeps each leaf's PartitionSpec, and a
+restored one is laid out by it on ``ctx.mesh`` (``--segments``, ``--resume-check``).
 
 Imports only numpy, jax, optax and zoo.lm's data helpers.
 """
@@ -191,7 +194,13 @@ def train(ctx):
     opt_state = init(params)
     xv, yv = jax.device_put(xv, b_sh), jax.device_put(yv, b_sh)
     rng = np.random.default_rng(ctx.seed("data"))
-    for step in range(cfg["steps"]):
+
+    # a replayed segment starts from a kept state, laid out as it was kept (on this mesh)
+    start, state = ctx.restore({"params": params, "opt_state": opt_state,
+                                "data_rng": rng.bit_generator.state})
+    params, opt_state = state["params"], state["opt_state"]
+    rng.bit_generator.state = state["data_rng"]
+    for step in range(start, cfg["steps"]):
         xb, yb = batch(rng, train_tokens, cfg["batch_size"], cfg["seq_len"])
         params, opt_state, loss, grads = step_fn(params, opt_state, jax.device_put(xb, b_sh),
                                                  jax.device_put(yb, b_sh))
@@ -199,4 +208,6 @@ def train(ctx):
         ctx.log_grads(step, grads)
         if (step + 1) % cfg["eval_every"] == 0:
             ctx.log(step, val_loss=evaluate(params, xv, yv))
+        ctx.checkpoint(step + 1, {"params": params, "opt_state": opt_state,
+                                  "data_rng": rng.bit_generator.state})
     return params
