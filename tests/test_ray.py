@@ -624,10 +624,11 @@ def test_rays_private_api_sits_behind_one_guard_that_names_the_version():
 def test_a_two_process_spec_verifies_bitwise_with_one_process_on_each_node(cluster, tmp_path):
     """environment.processes: 2 on the two one-CPU nodes: a placement group spreads them one a
     node (STRICT_SPREAD), process 0's node hosts the coordinator, and the verify is bitwise
-    identical to the local record."""
+    identical to the local record. `--segments all`: each segment is its two processes' tasks,
+    every process restoring the recorded state from its node's copy of the record."""
     from test_multiprocess import make_mp
 
-    p = make_mp(tmp_path / "mp")
+    p = make_mp(tmp_path / "mp", record_extra="\n  checkpoints: {every: 3}")
     p.write("pyproject.toml", f'[tool.repro]\nstore = "s3://{BUCKET}/ray-mp"\n')
     p.commit("the store")
     p.repro("record", "specs/mp.yaml", check_rc=0)
@@ -638,6 +639,9 @@ def test_a_two_process_spec_verifies_bitwise_with_one_process_on_each_node(clust
     placed = re.search(r"2 processes placed by Ray \(STRICT_SPREAD\): process 0 on node (\w+), "
                        r"process 1 on node (\w+)", out)
     assert placed and placed.group(1) != placed.group(2), out
+    out = p.repro("verify", "specs/mp.yaml", "--no-stream", "--segments", "all", "--engine", "ray",
+                  "--address", cluster.address, check_rc=0).stdout
+    assert "PASS mp [cpu] bitwise identical" in out and "2 of 2 segments" in out, out
 
 
 def test_a_process_killed_on_its_node_fails_the_spec_naming_it_and_the_other_is_cancelled(cluster, tmp_path):

@@ -45,6 +45,7 @@ from repro.store.recordblobs import CHECKPOINTS
 from repro.verdict import SegmentOutcome, Segments, Status, Verdict, error_verdict
 
 if TYPE_CHECKING:
+    from repro.backends.base import ChildOutcome
     from repro.spec import Spec
 
 
@@ -108,7 +109,8 @@ def run_replays(loaded: Loaded, options: pipeline.Options, replays: Sequence[Rep
         shipped = dataclasses.replace(options, echo=False, segments=None, jobs=1, replay=None)
         jobs: list[SpecJob[RunResult | ReproError]] = [
             SpecJob(loaded.prep.spec, shipped, functools.partial(run_unit, r.start, r.stop_at, r.keep),
-                    ReproError) for r in replays]
+                    ReproError, peer=functools.partial(run_unit_peer, r.start, r.stop_at, r.keep))
+            for r in replays]
         batch = executor.map(run_spec_job, jobs, on_start=on_start, on_done=on_done)
     else:
         batch = executor.map(work, list(replays), on_start=on_start, on_done=on_done)
@@ -127,6 +129,15 @@ def run_unit(start: int, stop_at: int | None, keep: tuple[int, ...], spec: Spec,
                                 loaded.meta, loaded.directory).result
     except ReproError as exc:
         return exc
+
+
+def run_unit_peer(start: int, stop_at: int | None, keep: tuple[int, ...], spec: Spec,
+                  options: pipeline.Options) -> ChildOutcome:
+    """Process k > 0 of a multi-process spec's replay unit, on its node: the same Replay, rebuilt
+    from its own copy of the record, so every process restores the state at `start` and stops
+    where process 0 does (ReproError when a pin or the record does not hold)."""
+    replay = replay_of(load(spec, options), start, stop_at, keep)
+    return pipeline.run_peer(spec, dataclasses.replace(options, replay=replay))
 
 
 def window(metrics: Mapping[str, Any], arrays: Mapping[str, Any], seg: Segment

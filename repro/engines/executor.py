@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from repro.backends.base import ChildOutcome
     from repro.errors import ReproError
     from repro.pipeline import Options
     from repro.spec import Spec
@@ -42,13 +43,16 @@ class SpecJob(Generic[R]):
     (a cluster pickles it); there it gets the spec and options as the worker sees them.
     `failed(message)` is the result when no run could finish (the worker died on every try, the
     project could not be shipped; a NeedsDevice when no node has the GPU a GPU spec needs: a
-    SKIPPED verdict). `commits`: more commits the run checks out (bisect)."""
+    SKIPPED verdict). `commits`: more commits the run checks out (bisect). `peer`: what process
+    k > 0 of a multi-process spec runs on its node (only its run, a ChildOutcome; None:
+    `pipeline.run_peer`, the peer of a whole run), so it runs what process 0's `run` runs."""
 
     spec: Spec
     options: Options
     run: Callable[[Spec, Options], R]
     failed: Callable[[str | ReproError], R]
     commits: tuple[str, ...] = ()
+    peer: Callable[[Spec, Options], ChildOutcome] | None = None
 
 
 def run_spec_job(job: SpecJob[R], slot: int) -> R:

@@ -146,7 +146,8 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any], peer: bool = False) -> Any:
         options = replace(job.options, records_root=records, cpu_slot=None, echo=False)
         with cpu_slot(spec.environment.cpus) as slot:
             if peer:
-                return _run_peer(spec, replace(options, cpu_slot=slot), str(where), parcel.origin)
+                return _run_peer(spec, replace(options, cpu_slot=slot), str(where), parcel.origin,
+                                 job.peer)
             result = job.run(spec, replace(options, cpu_slot=slot))
         return _back(result, str(where), parcel.origin)
     finally:
@@ -157,7 +158,7 @@ def run_parcel(parcel: Parcel, job: SpecJob[Any], peer: bool = False) -> Any:
             os.environ[STORE_ENV] = saved
 
 
-def _run_peer(spec: Any, options: Any, there: str, here: str) -> PeerResult:
+def _run_peer(spec: Any, options: Any, there: str, here: str, peer: Any = None) -> PeerResult:
     import ray
 
     from repro.pipeline import run_peer
@@ -165,7 +166,7 @@ def _run_peer(spec: Any, options: Any, there: str, here: str) -> PeerResult:
     node = ray.get_runtime_context().get_node_id()
     k = options.placement.process_id
     try:
-        outcome = run_peer(spec, options)
+        outcome = (peer or run_peer)(spec, options)   # a segment's peer: the same replay
     except ReproError as exc:
         return PeerResult(k, node, error=str(exc).replace(there, here))
     outcome.log_tail = [n.replace(there, here) for n in outcome.log_tail]
@@ -644,16 +645,19 @@ class RayExecutor:
 
         env, ray = job.spec.environment, self.ray
         count = env.processes
-        if job.options.segments:
-            return job.failed(f"environment.processes is {count}: --segments with --engine ray "
-                              "does not replay a multi-process spec yet; verify it whole, or "
-                              "replay its segments with --engine local")
+        if job.options.segments:   # a whole spec whose segments would replay on one worker
+            return job.failed(f"environment.processes is {count}: `repro audit --segments "
+                              "--engine ray` sends a spec as one task, and a multi-process spec's "
+                              "segments are replayed by `repro verify --segments … --engine ray` "
+                              "(each segment its processes' tasks); audit it whole, or verify "
+                              "its segments so")
         bundle = {"CPU": float(env.cpus), **{k: 1.0 for k in self.node_kinds}}
         nodes = [n for n in ray.nodes() if n.get("Alive") and
                  all(n.get("Resources", {}).get(r, 0) >= v for r, v in bundle.items())]
         strategy = "STRICT_SPREAD" if len(nodes) >= count else "PACK"
         group = placement_group([dict(bundle) for _ in range(count)], strategy=strategy,
-                                name=f"repro:{job.spec.name}")
+                                # unique: a spec's segments are placed side by side
+                                name=f"repro:{job.spec.name}:{os.urandom(4).hex()}")
         tasks: dict[Any, int] = {}
         try:
             if not ray.wait([group.ready()], timeout=PLACE_WAIT_S)[0]:
