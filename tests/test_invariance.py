@@ -236,3 +236,21 @@ def test_the_zoo_spec_on_another_mesh_passes_within_tolerance_mesh_and_fails_wit
     assert v.status == Status.FAIL, v.mode_reason
     assert any(r.kind == "weight" and not r.ok for r in v.rows)
     assert "tolerance.mesh" not in v.mode_reason
+
+
+@pytest.mark.slow
+def test_the_zoo_spec_replays_its_segments_bitwise_and_a_segment_on_another_mesh_within_tolerance():
+    """#27: `--segments all` on the sharded spec passes. Each segment restores the recorded
+    state (params, Adam's moments, the batch generator) laid out by its PartitionSpecs on the
+    spec's mesh; on another mesh the same state is laid out there and the segment compares
+    within tolerance.mesh, naming the mesh change."""
+    from repro.commands.check import check
+
+    v = check(ZOO_SPEC, pipeline.Options(echo=False, confirm=0, segments="all", jobs=3))
+    assert v.status == Status.PASS and v.bitwise, v.mode_reason
+    assert v.segments is not None and v.segments.text() == "segments: 3 of 3 replayed (all), all pass"
+    assert not any(o.continued for o in v.segments.outcomes)   # -j 3: each restored on its own
+    v = check(zoo_on({"data": 2, "model": 4}), pipeline.Options(echo=False, confirm=0, segments="20-40"))
+    assert v.status == Status.PASS and not v.bitwise, v.mode_reason
+    assert "mesh {data: 4, model: 2} -> {data: 2, model: 4} (the mesh alone: tolerance.mesh " \
+           "applies)" in v.mode_reason, v.mode_reason

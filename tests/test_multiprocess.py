@@ -54,13 +54,18 @@ def train(ctx):
     lr = ctx.config["lr"]
     step_fn = jax.jit(jax.value_and_grad(loss_fn))
     update = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g))
-    for step in range(ctx.config["steps"]):
+    start, params = ctx.restore(params)   # a kept state: gathered from both, restored onto the mesh
+    if start:
+        assert all(leaf.sharding.mesh.shape == mesh.shape and not leaf.is_fully_addressable
+                   for leaf in jax.tree_util.tree_leaves(params)), "not restored onto the global mesh"
+    for step in range(start, ctx.config["steps"]):
         if step == 2 and me == ctx.config.get("fail_in", -1):
             raise FloatingPointError(f"process {me} gives up at step {step}")
         loss, g = step_fn(params, x, y)
         params = update(params, g)
         ctx.log(step, loss=loss)
         ctx.log_grads(step, g)
+        ctx.checkpoint(step + 1, params)
         if where:   # the kill test: say who is where (after a step's output), then wait to be killed
             print(f"process {me} at step {step}", flush=True)
             if step == 0:
@@ -93,16 +98,18 @@ config: {{lr: 0.05, steps: {steps}{extra}}}
 record:
   metrics: [loss]
   grads: {{every: 2}}
-  runs: 1
+  runs: 1{record_extra}
 '''
 
 
-def make_mp(root: Path, processes: int = 2, devices: int = 2, steps: int = 6, extra: str = "") -> Project:
+def make_mp(root: Path, processes: int = 2, devices: int = 2, steps: int = 6, extra: str = "",
+            record_extra: str = "") -> Project:
     p, _ = build_workload(root)
     p.write("tinyproj/train.py", textwrap.dedent(MP_PY))
     commit = p.commit("multi-process workload")
     p.write("specs/mp.yaml", SPEC.format(commit=commit, sha=sha256(p.data), processes=processes,
-                                         devices=devices, steps=steps, extra=extra))
+                                         devices=devices, steps=steps, extra=extra,
+                                         record_extra=record_extra))
     p.commit("spec")
     return p
 
@@ -148,6 +155,22 @@ def test_two_processes_of_two_devices_record_and_verify_bitwise(tmp_path):
     assert meta["shardings"]["grads/2/hidden/w"] == []   # replicated over the 4-device mesh
     out = p.repro("verify", "specs/mp.yaml", "--no-stream", check_rc=0).stdout
     assert "PASS mp [cpu] bitwise identical" in out, out
+
+
+@pytest.mark.slow
+def test_a_multi_process_spec_replays_its_segments_and_passes_the_restart_check(tmp_path):
+    """Kept states of a 2-process run are global values gathered from both processes; a
+    replayed segment restores them in every process onto the global mesh (the workload asserts
+    it), and the segments and the restart check are bitwise."""
+    p = make_mp(tmp_path / "proj", record_extra="\n  checkpoints: {every: 2}")
+    out = p.repro("record", "specs/mp.yaml", check_rc=0).stdout
+    assert "RECORDED mp [cpu]" in out, out
+    meta = json.loads((mp_record(p) / "record.json").read_text())
+    assert sorted(meta["checkpoints"]["states"], key=int) == ["2", "4", "6"], meta["checkpoints"]
+    out = p.repro("verify", "specs/mp.yaml", "--no-stream", "--segments", "all", check_rc=0).stdout
+    assert "PASS mp [cpu] bitwise identical" in out and "3 of 3 segments" in out, out
+    out = p.repro("verify", "specs/mp.yaml", "--no-stream", "--resume-check", check_rc=0).stdout
+    assert "PASS mp [cpu] bitwise identical" in out and "restored at step 2" in out, out
 
 
 def _runner_pids(marker: str) -> list[int]:
