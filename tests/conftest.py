@@ -123,9 +123,17 @@ def write_data(path: Path, seed: int = 0) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _repro_cache(tmp_path_factory):
-    """Keep repro's machine caches (exported trees, hash cache) inside the test session."""
+    """Keep repro's machine caches (exported trees, hash cache) inside the test session. Under
+    xdist the workers share one JAX compilation cache (the run's base directory, beside their
+    own): a program one worker compiled loads in the others, as between `-j` runs of repro. It
+    changes how long a run takes, never its numbers (test_audit checks every bit)."""
     old = os.environ.get("REPRO_CACHE_DIR")
-    os.environ["REPRO_CACHE_DIR"] = str(tmp_path_factory.mktemp("repro-cache"))
+    cache = tmp_path_factory.mktemp("repro-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "jax-compile"   # pytest-N/, not popen-gwK/
+        shared.mkdir(exist_ok=True)
+        (cache / "jax-compile").symlink_to(shared, target_is_directory=True)
+    os.environ["REPRO_CACHE_DIR"] = str(cache)
     yield
     if old is None:
         os.environ.pop("REPRO_CACHE_DIR", None)
