@@ -231,6 +231,9 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         return _run_each(ns, functools.partial(check_restart, at=plan.resume_at, jobs=plan.jobs),
                          jobs)
     if plan.mode == "check":
+        from repro.backends.prestart import ahead  # the child starts while the rest loads
+        ahead([Path(p) for p in ns.specs], backend=ns.backend, engine=ns.engine,
+              emulate_cpu=ns.emulate_cpu, compile_cache=ns.compile_cache)
         from repro.commands.check import check
         return _run_each(ns, check, jobs)
     executor = _executor(ns, plan.jobs, ns.code)   # -j segments at a time here; on Ray each a task

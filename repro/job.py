@@ -109,6 +109,36 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class EarlyStart:
+    """What a runner does before it imports jax, known from the spec alone: a local run's child
+    can start on it while the repro command still loads, checks pins and reads the record
+    (repro/backends/prestart.py), and take its Job when that is ready. A Job is handed to such a
+    runner only when `of(job)` equals the one it started with."""
+
+    parent_pid: int
+    cpus: int
+    cpu_slot: int | None
+    isa: str
+    settings: tuple[tuple[str, str], ...]
+    xla_flags: tuple[str, ...]
+
+    @classmethod
+    def of(cls, job: Job) -> EarlyStart:
+        return cls(job.parent_pid or 0, job.cpus, job.cpu_slot, job.isa,
+                   tuple(sorted(job.settings.items())), tuple(job.xla_flags))
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> EarlyStart:
+        doc = json.loads(Path(path).read_text())
+        return cls(int(doc["parent_pid"]), int(doc["cpus"]), doc["cpu_slot"], str(doc["isa"]),
+                   tuple((str(k), str(v)) for k, v in doc["settings"]),
+                   tuple(str(f) for f in doc["xla_flags"]))
+
+
+@dataclass(frozen=True)
 class Job:
     """What the child runner needs, and nothing else.
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import repro
+from repro.backends import prestart
 from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
 from repro.env.devices import check_gpu
 from repro.env.settings import child_environment, compile_cache_env
@@ -72,15 +73,21 @@ class LocalBackend:
         child_env, dropped = child_environment(job.settings, [str(harness_shim(run_dir))],
                                                hash_seed=job.hash_seed)
         child_env.update(compile_cache_env(job.compile_cache))
-        job.replace(parent_pid=os.getpid()).write(run_dir.job)
+        job = job.replace(parent_pid=os.getpid())
+        job.write(run_dir.job)
         python = [sys.executable]
         if job.emulate_cpu:   # the same interpreter on an emulated CPU (env/emulate.py)
             from repro.env.emulate import command
             python = command(job.emulate_cpu)
-        cmd = [*python, "-P", "-m", "repro.child.runner", str(run_dir.job), str(run_dir.out)]
-        proc = subprocess.Popen(cmd, cwd=job.tree, env=child_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        early = prestart.claim(job, python, child_env)   # started while the command loaded
+        if early is not None:
+            proc = early.proc
+            prestart.hand_over(early, run_dir.job, run_dir.out)
+        else:
+            cmd = [*python, "-P", "-m", "repro.child.runner", str(run_dir.job), str(run_dir.out)]
+            proc = subprocess.Popen(cmd, cwd=job.tree, env=child_env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         _LIVE.add(proc)
         assert proc.stdout is not None
         pump, tail = pump_output(proc.stdout, run_dir.log, echo)
@@ -98,6 +105,8 @@ class LocalBackend:
             _LIVE.discard(proc)
             _kill_group(proc)  # whatever is left in its group (the runner killed the rest)
             pump.join(timeout=5)
+            if early is not None:
+                early.remove()
         outcome.returncode = proc.returncode
         if proc.returncode is not None and proc.returncode < 0 and not outcome.timed_out:
             sig = -proc.returncode

@@ -24,27 +24,52 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import repro  # the harness, imported before the code tree is put on sys.path
 from repro.ioutil import write_json_atomic, write_npz_atomic
-from repro.job import Job, Outputs
+from repro.job import EarlyStart, Job, Outputs
 
 EXIT_FAILED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    t_start = time.perf_counter()
+    from repro.proctree import become_subreaper, kill_descendants
+    become_subreaper()  # orphans of what the training starts come back to this process
+    early: EarlyStart | None = None
+    started: _Started | _Failure | None = None
+    waited = 0.0
+    if argv and argv[0] == "--early":   # started ahead of its job (repro/backends/prestart.py)
+        early = EarlyStart.read(Path(argv[1]))
+        try:
+            started = _start(early.parent_pid, False, early.cpus, early.cpu_slot, None, early.isa,
+                             dict(early.settings), early.xla_flags)
+        except _Failure as f:   # said in the run's run.json, once there is a run
+            started = f
+        t_wait = time.perf_counter()
+        line = sys.stdin.readline()   # "JOB<TAB>OUT_DIR": the job is ready
+        if not line.strip():   # the repro command did not need this run, or is gone
+            os._exit(0)
+        waited = time.perf_counter() - t_wait
+        argv = line.rstrip("\n").split("\t")
     job = Job.read(Path(argv[0]))
     run_dir = Path(argv[1])
     inputs = Path(argv[2]) if len(argv) > 2 else run_dir
     result: dict[str, Any] = {"status": "error", "timings": {}, "harness": repro.__version__}
-    t_start = time.perf_counter()
-    from repro.proctree import become_subreaper, kill_descendants
-    become_subreaper()  # orphans of what the training starts come back to this process
+    if early is not None:
+        result["timings"]["waited_for_job_s"] = waited
     try:
-        _run(job, run_dir, inputs, result)
+        if early is not None:
+            if EarlyStart.of(job) != early:   # the parent checks this before handing it over
+                raise _Failure(kind="harness", message=f"the job handed to a runner started "
+                               f"early does not match its start ({EarlyStart.of(job)} != {early})")
+            os.chdir(job.tree)   # where a runner started for this job would have started
+        _run(job, run_dir, inputs, result, started)
     except _Failure as f:
         result.update(status="error", error=f.info)
     except BaseException as exc:  # a bug in the harness itself: report, never hide
@@ -54,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     left = kill_descendants(os.getpid(), reap=True)  # nothing the training started outlives the run
     if left:
         result["leftover_processes"] = left
-    result["timings"]["total_s"] = time.perf_counter() - t_start
+    result["timings"]["total_s"] = time.perf_counter() - t_start - waited
     write_json_atomic(run_dir / "run.json", result)
     ok = result["status"] in ("ok", "stopped")
     if job.processes > 1:
@@ -173,31 +198,63 @@ def _join(job: Job) -> None:
                        f"{type(exc).__name__}: {exc}") from None
 
 
-def _run(job: Job, run_dir: Path, inputs: Path, result: dict[str, Any]) -> None:
-    from repro.child.fingerprint import check_packages, fingerprint, pick_cpus
+@dataclass
+class _Started:
+    """What the runner did before its training could start: the cores it is pinned to, the
+    compilation-cache entries it seeded, the settings in force and jax imported."""
 
-    _die_with_parent(job.parent_pid)
-    if job.watch_stdin:
+    cpus: list[int]
+    seeded: set[str]
+    settings: dict[str, str]
+    isa_notes: list[str]
+    import_s: float   # seconds jax's import took
+
+
+def _start(parent_pid: int | None, watch_stdin: bool, cpus_wanted: int, cpu_slot: int | None,
+           cache_seed: str | None, isa: str, settings: Mapping[str, str],
+           xla_flags: tuple[str, ...]) -> _Started:
+    """Everything before the training that needs only the environment: die with the parent,
+    pin the cores, put environment.isa's recipe into os.environ, import jax."""
+    from repro.child.fingerprint import pick_cpus
+
+    _die_with_parent(parent_pid)
+    if watch_stdin:
         _die_on_stdin_eof()
 
     try:
-        cpus = pick_cpus(job.cpus, job.cpu_slot)
+        cpus = pick_cpus(cpus_wanted, cpu_slot)
     except RuntimeError as exc:
         raise _Failure(kind="environment", message=str(exc)) from None
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
 
-    seeded = _seed_compile_cache(job)
+    seeded = _seed_compile_cache(cache_seed)
     from repro.child.portable import UnknownFlag, apply
     try:   # environment.isa for this CPU and this jaxlib, put into os.environ before jax loads
-        settings, isa_notes = apply(job.isa, job.settings, job.xla_flags)
+        in_force, isa_notes = apply(isa, settings, xla_flags)
     except UnknownFlag as exc:
         raise _Failure(kind="environment", message=f"environment.xla_flags: {exc} is not a flag of "
                        "this jaxlib (XLA would abort on it); remove it, or pin a jax that has it") from None
-    if isa_notes:
-        result.setdefault("notes", []).extend(isa_notes)
     t0 = time.perf_counter()
     import jax  # noqa: F401  (settings come from the environment)
+    import numpy  # noqa: F401
+    return _Started(cpus, seeded, in_force, isa_notes, time.perf_counter() - t0)
+
+
+def _run(job: Job, run_dir: Path, inputs: Path, result: dict[str, Any],
+         started: _Started | _Failure | None = None) -> None:
+    from repro.child.fingerprint import check_packages, fingerprint
+
+    if started is None:
+        started = _start(job.parent_pid, job.watch_stdin, job.cpus, job.cpu_slot,
+                         job.compile_cache_seed, job.isa, job.settings, job.xla_flags)
+    if isinstance(started, _Failure):
+        raise started
+    cpus, seeded, settings = started.cpus, started.seeded, started.settings
+    t0 = time.perf_counter() - started.import_s   # import_jax_s: the import and what follows
+    if started.isa_notes:
+        result.setdefault("notes", []).extend(started.isa_notes)
+    import jax
     import numpy as np
 
     if job.processes > 1:
@@ -386,22 +443,22 @@ def _run_script(job: Job, tree: str, run_dir: Path, ctx: Any, notes: list[str]) 
     return found.get("weights")
 
 
-def _seed_compile_cache(job: Job) -> set[str]:
-    """Sandbox: copy the read-only compilation cache into the writable one JAX is pointed at
-    (JAX_COMPILATION_CACHE_DIR, a tmpfs). Returns the names copied."""
+def _seed_compile_cache(seed: str | None) -> set[str]:
+    """Sandbox: copy the read-only compilation cache `seed` into the writable one JAX is pointed
+    at (JAX_COMPILATION_CACHE_DIR, a tmpfs). Returns the names copied."""
     target = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if not job.compile_cache_seed or not target:
+    if not seed or not target:
         return set()
     import shutil
 
     os.makedirs(target, exist_ok=True)
     copied: set[str] = set()
     try:
-        names = os.listdir(job.compile_cache_seed)
+        names = os.listdir(seed)
     except OSError:
         return copied
     for name in names:
-        src = os.path.join(job.compile_cache_seed, name)
+        src = os.path.join(seed, name)
         if os.path.isfile(src) and not os.path.islink(src):
             shutil.copyfile(src, os.path.join(target, name))
             copied.add(name)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from repro.spec import EnvironmentSpec
+if TYPE_CHECKING:   # the child's environment is built without loading the spec's models
+    from repro.spec import EnvironmentSpec
 
 # Deterministic XLA defaults; the spec's xla_flags are appended. Unknown flags make XLA abort,
 # so only flags that exist in every supported jaxlib are listed.

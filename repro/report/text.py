@@ -101,9 +101,12 @@ def render(v: Verdict, *, verbose: bool = False) -> str:
     if v.metrics_final and v.status in (RAN, RECORDED):
         out.append("  final metrics: " + ", ".join(f"{k}={_fmt_metric(x)}"
                                                    for k, x in sorted(v.metrics_final.items())))
-    if v.timings.get("train_s") is not None and v.status in (RAN, RECORDED):
+    if v.timings.get("train_s") is not None and (v.status in (RAN, RECORDED) or verbose):
+        early = v.timings.get("waited_for_job_s")   # repro/backends/prestart.py
         out.append(f"  training took {v.timings['train_s']:.2f} s "
-                   f"(process {v.timings.get('total_s', 0):.2f} s)")
+                   f"(process {v.timings.get('total_s', 0):.2f} s)" +
+                   (f"; the process started while repro loaded and waited {early:.2f} s for its job"
+                    if early is not None else ""))
     if v.status == FAIL and v.fail_class:
         out.append("")
         out += class_lines(v)
