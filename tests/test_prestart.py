@@ -44,9 +44,11 @@ def test_a_verify_starts_its_child_early_and_its_verdict_is_bitwise(recorded_tem
         assert leftovers(tmp) == []
 
 
-def test_a_start_the_job_does_not_match_is_not_used_and_is_killed(recorded_template, tmp_path):
+def test_a_start_the_job_does_not_match_is_not_used_and_its_cache_entry_goes(recorded_template,
+                                                                           tmp_path, monkeypatch):
     from repro.backends.prestart import _cache_file
 
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "cache"))   # the stale entry is ours alone
     p, tmp = copy_of(recorded_template, tmp_path), tmp_path / "tmp"
     cached = _cache_file((p.root / "specs/tiny.yaml").read_bytes())
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,10 @@ def test_a_start_the_job_does_not_match_is_not_used_and_is_killed(recorded_templ
     proc = verify(p, tmp)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS tiny [cpu] bitwise identical" in proc.stdout and EARLY not in proc.stdout, proc.stdout
-    assert leftovers(tmp) == []
+    assert leftovers(tmp) == [] and not cached.exists()
+    proc = verify(p, tmp)   # read from the spec again, and cached right
+    assert "PASS tiny [cpu] bitwise identical" in proc.stdout and EARLY in proc.stdout, proc.stdout
+    assert json.loads(cached.read_text())["cpus"] == 1
 
 
 def test_a_command_that_fails_before_its_run_leaves_no_early_child(recorded_template, tmp_path):

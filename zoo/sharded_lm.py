@@ -26,7 +26,7 @@ the final params (global values; the record keeps their PartitionSpecs). Resumab
 to ``ctx.checkpoint`` after each step; a kept state keeps each leaf's PartitionSpec, and a
 restored one is laid out by it on ``ctx.mesh`` (``--segments``, ``--resume-check``).
 
-Imports only numpy, jax, optax and zoo.lm's data helpers.
+Imports only numpy, jax, optax and zoo.lm's data helpers and LayerNorm.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from zoo.lm import VOCAB, batch, load_corpus, split, validation_batch
+from zoo.lm import VOCAB, _layer_norm, batch, load_corpus, split, validation_batch
 
 DEFAULTS = {"steps": 60, "lr": 3e-3, "batch_size": 8, "seq_len": 32, "d_model": 64, "heads": 4,
             "layers": 2, "eval_every": 20, "val_windows": 8}
@@ -101,12 +101,6 @@ def init_params(key, d_model: int, layers: int, seq_len: int) -> dict:
             "mlp": {"fc": normal(base + 4, (d, 4 * d), 0.02), "fc_bias": jnp.zeros((4 * d,), jnp.float32),
                     "proj": normal(base + 5, (4 * d, d), resid), "proj_bias": jnp.zeros((d,), jnp.float32)}}
     return params
-
-
-def _layer_norm(p: dict, x: jax.Array) -> jax.Array:
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]
 
 
 def _attention(p: dict, x: jax.Array, heads: int) -> jax.Array:

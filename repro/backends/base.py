@@ -34,6 +34,20 @@ IN_USE = ".in-use"           # a run directory's lock file, held by the process 
 _HELD: dict[Path, int] = {}  # run directory -> its held lock's descriptor
 
 
+
+def harness_dir(parent: Path) -> Path:
+    """`parent/_harness`, a directory whose only entry is a link to the harness package: a
+    local child's PYTHONPATH, so the code tree can never shadow repro, and nothing else of the
+    harness checkout is importable."""
+    import repro
+
+    shim = parent / "_harness"
+    shim.mkdir(exist_ok=True)
+    link = shim / "repro"
+    if not link.exists():
+        link.symlink_to(Path(repro.__file__).resolve().parent, target_is_directory=True)
+    return shim
+
 @dataclass(frozen=True)
 class RunDir:
     """A run's scratch directory. The parent owns `job.json` and `output.log`; the child may

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import repro
 from repro.backends import prestart
-from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, pump_output
+from repro.backends.base import ChildOutcome, Echo, KilledBy, RunDir, harness_dir, pump_output
 from repro.env.devices import check_gpu
 from repro.env.settings import child_environment, compile_cache_env
 from repro.job import Job
@@ -34,16 +33,6 @@ class LocalEnvironment:
 
     notes: tuple[str, ...] = ()
     image_ref: str | None = None
-
-
-def harness_shim(run_dir: RunDir) -> Path:
-    """A directory whose only entry is a link to the harness package."""
-    shim = run_dir.root / "_harness"
-    shim.mkdir(exist_ok=True)
-    link = shim / "repro"
-    if not link.exists():
-        link.symlink_to(Path(repro.__file__).resolve().parent, target_is_directory=True)
-    return shim
 
 
 class LocalBackend:
@@ -70,7 +59,7 @@ class LocalBackend:
             echo: Echo = False) -> ChildOutcome:
         if job.processes > 1:
             return run_processes(job, run_dir, timeout=timeout, echo=echo)
-        child_env, dropped = child_environment(job.settings, [str(harness_shim(run_dir))],
+        child_env, dropped = child_environment(job.settings, [str(harness_dir(run_dir.root))],
                                                hash_seed=job.hash_seed)
         child_env.update(compile_cache_env(job.compile_cache))
         job = job.replace(parent_pid=os.getpid())
@@ -149,7 +138,7 @@ def run_processes(job: Job, run_dir: RunDir, *, timeout: float, echo: Echo = Fal
     import threading
     import time
 
-    child_env, dropped = child_environment(job.settings, [str(harness_shim(run_dir))],
+    child_env, dropped = child_environment(job.settings, [str(harness_dir(run_dir.root))],
                                            hash_seed=job.hash_seed)
     child_env.update(compile_cache_env(job.compile_cache))
     # the coordinator given (--engine ray: the others run on other nodes): start this one only

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from repro.backends.base import harness_dir
 from repro.job import EarlyStart, Job
 
 
@@ -35,10 +36,11 @@ class Early:
     python: tuple[str, ...]
     env: dict[str, str]                  # the child's environment, PYTHONPATH left out
     proc: subprocess.Popen[bytes]
-    shim: Path                           # PYTHONPATH: a directory holding only the harness
+    root: Path                           # its start's file and its harness directory
+    cached: Path | None                  # the cache entry it was started from, if any
 
     def remove(self) -> None:
-        shutil.rmtree(self.shim, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 _EARLY: list[Early] = []
@@ -53,7 +55,8 @@ def ahead(spec_files: Sequence[Path], *, backend: str, engine: str, emulate_cpu:
 
     The start is read from the spec, or, before the spec's models are even imported, from the
     cache of the start a spec file with these exact bytes gave last time (`cache_dir()/early`);
-    a stale or wrong entry costs nothing but the early child, which no job then claims."""
+    a stale or wrong entry costs nothing but the early child, which no job then claims, and is
+    removed then (`claim`), so the next command reads the spec again."""
     if len(spec_files) != 1 or backend != "local" or engine != "local" or emulate_cpu:
         return
     try:
@@ -70,14 +73,15 @@ def ahead(spec_files: Sequence[Path], *, backend: str, engine: str, emulate_cpu:
         found = _start_of(spec_files[0])
         if found is None:
             return
-        start = found
         with contextlib.suppress(OSError):
             from repro.ioutil import atomic_write_text
             cached.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(cached, json.dumps({"cpus": start.cpus, "isa": start.isa,
-                                                  "settings": start.settings,
-                                                  "xla_flags": start.xla_flags}))
-    _spawn(start, compile_cache)
+            atomic_write_text(cached, json.dumps({"cpus": found.cpus, "isa": found.isa,
+                                                  "settings": found.settings,
+                                                  "xla_flags": found.xla_flags}))
+        _spawn(found, compile_cache, None)
+        return
+    _spawn(start, compile_cache, cached)
 
 
 def _start_of(spec_file: Path) -> EarlyStart | None:
@@ -105,24 +109,22 @@ def _cache_file(spec_bytes: bytes) -> Path:
     return cache_dir() / "early" / f"{key}.json"
 
 
-def _spawn(start: EarlyStart, compile_cache: bool) -> None:
+def _spawn(start: EarlyStart, compile_cache: bool, cached: Path | None) -> None:
     from repro.env.settings import child_environment, compile_cache_env
     from repro.paths import cache_dir
 
-    shim = Path(tempfile.mkdtemp(prefix="repro-early-"))
-    import repro
-    (shim / "repro").symlink_to(Path(repro.__file__).resolve().parent, target_is_directory=True)
-    start.write(shim / "early.json")
-    env, _ = child_environment(dict(start.settings), [str(shim)])
+    root = Path(tempfile.mkdtemp(prefix="repro-early-"))
+    start.write(root / "early.json")
+    env, _ = child_environment(dict(start.settings), [str(harness_dir(root))])
     env.update(compile_cache_env(str(cache_dir() / "jax-compile") if compile_cache else None))
     python = (sys.executable,)
     proc = subprocess.Popen([*python, "-P", "-m", "repro.child.runner", "--early",
-                             str(shim / "early.json")], cwd=shim, env=env,
+                             str(root / "early.json")], cwd=root, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     if not _EARLY:
         atexit.register(discard)
-    _EARLY.append(Early(start, python, _without_path(env), proc, shim))
+    _EARLY.append(Early(start, python, _without_path(env), proc, root, cached))
 
 
 def claim(job: Job, python: Sequence[str], env: Mapping[str, str]) -> Early | None:
@@ -134,6 +136,9 @@ def claim(job: Job, python: Sequence[str], env: Mapping[str, str]) -> Early | No
                 early.proc.poll() is None:
             _EARLY.remove(early)
             return early
+    for early in _EARLY:   # started from a cached start the run did not have: it is stale
+        if early.cached is not None:
+            early.cached.unlink(missing_ok=True)
     return None
 
 
