@@ -5,6 +5,7 @@ not the record's: an input no pin covers moved, and the verdict names it). Real 
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -55,7 +56,10 @@ def test_a_noisy_training_recorded_once_fails_as_nondeterministic_with_where(pro
     assert v.status == "fail" and v.fail_class == "nondeterministic"
     assert v.confirmation is not None and v.confirmation.agree is False
     assert v.confirmation.runs == 1
-    assert v.confirmation.first_difference.startswith("metric loss, step 1"), v.confirmation
+    # where: the loss after the first update (step 1) at the earliest; two close draws of the
+    # unseeded noise round alike in float32 for a step or two (measured once: step 3)
+    where = re.match(r"metric loss, step (\d+) \(max abs ", v.confirmation.first_difference or "")
+    assert where and int(where.group(1)) >= 1, v.confirmation
     assert not [c for c in v.changes if c.numeric]
 
     # --confirm 0: no rerun, no class, and the verdict says how to get one
